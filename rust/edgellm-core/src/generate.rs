@@ -153,8 +153,8 @@ impl Generator {
             return Err(Error::arg("the prompt is empty (no tokens to condition on)"));
         }
         model.check_tokens(&prompt)?;
-        if prompt.len() > model.max_context() {
-            return Err(Error::ContextLength { what: "prompt", len: prompt.len(), max: model.max_context() });
+        if let Some(max) = model.context_bound().filter(|&m| prompt.len() > m) {
+            return Err(Error::ContextLength { what: "prompt", len: prompt.len(), max });
         }
         let d = &model.generation_defaults;
         let sampler = Sampler::new(opts.sampler_config(d))?;
@@ -251,7 +251,7 @@ impl Generator {
         }
         // max_context bounds the whole sequence (prompt + generated), as in
         // transformers' max_length: no token is sampled past it.
-        if self.tokens.len() >= self.model.max_context() {
+        if self.model.context_bound().is_some_and(|m| self.tokens.len() >= m) {
             self.finish(FinishReason::ContextLength);
             return self.flush();
         }
@@ -261,7 +261,7 @@ impl Generator {
                 // Prefill in chunks; between chunks the step returns (no token) so
                 // the caller can honour Ctrl-C during long prompts too.
                 let t = Instant::now();
-                let done = self.cache.len();
+                let done = self.cache.seen();
                 let end = (done + PREFILL_CHUNK).min(self.prompt_len);
                 let chunk = self.tokens[done..end].to_vec();
                 let last = end == self.prompt_len;
@@ -274,13 +274,14 @@ impl Generator {
                 l
             }
             Some(tok) => {
-                if self.cache.len() >= self.cache.max_len() {
+                if self.cache.max_len().is_some_and(|m| self.cache.seen() >= m) {
                     self.finish(FinishReason::ContextLength);
                     return self.flush();
                 }
-                if self.model.crosses_rope_switch(self.cache.len(), self.cache.len() + 1) {
+                let rope_from = self.cache.rope_len(0, self.cache.seen());
+                if self.model.crosses_rope_switch(rope_from, rope_from + 1) {
                     // Recompute every position with the long rotary factors.
-                    self.cache.truncate(0);
+                    self.cache.clear();
                     let all = self.tokens.clone();
                     self.model.forward(&all, &mut self.cache, LogitsRows::Last)?
                 } else {

@@ -3,6 +3,7 @@
 use crate::error::{to_py, IntoPy};
 use crate::generator::PyGenerator;
 use edgellm_core::info;
+use edgellm_core::kv_cache::KvConfig;
 use edgellm_core::model::{parse_isa, parse_quant, LoadOptions};
 use edgellm_core::{Error, GenerationOptions, Generator, Model};
 use numpy::{PyArray1, PyArrayMethods};
@@ -34,7 +35,9 @@ impl PyModel {
     #[staticmethod]
     /// `progress`, if given, is called as `progress(done, total)` (with the GIL)
     /// while the weights are quantized.
-    #[pyo3(signature = (path, threads=None, max_context=None, isa=None, quant=None, progress=None))]
+    /// `kv_cache` is the KV policy as JSON (see `edgellm.load`).
+    #[pyo3(signature = (path, threads=None, max_context=None, isa=None, quant=None, progress=None, kv_cache=None))]
+    #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
         path: PathBuf,
@@ -43,6 +46,7 @@ impl PyModel {
         isa: Option<String>,
         quant: Option<String>,
         progress: Option<Py<PyAny>>,
+        kv_cache: Option<String>,
     ) -> PyResult<Self> {
         let progress: Option<edgellm_core::model::Progress> = progress.map(|cb| {
             let f = move |done: usize, total: usize| {
@@ -61,6 +65,10 @@ impl PyModel {
             isa: parse_isa(isa.as_deref()).py_err()?,
             quant: quant.as_deref().map(parse_quant).transpose().py_err()?,
             progress,
+            kv_cache: match kv_cache {
+                Some(json) => KvConfig::from_json(&json).py_err()?,
+                None => KvConfig::default(),
+            },
         };
         let model = py.detach(|| Model::load(&path, &opts)).py_err()?;
         Ok(PyModel { inner: Arc::new(model) })
@@ -77,6 +85,15 @@ impl PyModel {
     #[getter]
     fn max_context(&self) -> usize {
         self.inner.max_context()
+    }
+    /// The KV policy, e.g. `streaming(sinks=4, window=1024) + kivi2(group=32, residual=128)`.
+    #[getter]
+    fn kv_cache(&self) -> String {
+        self.inner.kv_config().describe()
+    }
+    /// Bytes of the KV cache of the most recent generation or evaluation.
+    fn kv_cache_bytes(&self) -> usize {
+        self.inner.kv_cache_bytes()
     }
     #[getter]
     fn threads(&self) -> usize {
@@ -173,13 +190,14 @@ impl PyModel {
     }
 
     /// Teacher-forced (total NLL in nats, predicted tokens) over windows.
-    #[pyo3(signature = (ids, window=None))]
-    fn nll(&self, py: Python<'_>, ids: Vec<i64>, window: Option<usize>) -> PyResult<(f64, usize)> {
+    /// `decode=True` feeds one token per step through the KV policy.
+    #[pyo3(signature = (ids, window=None, decode=false))]
+    fn nll(&self, py: Python<'_>, ids: Vec<i64>, window: Option<usize>, decode: bool) -> PyResult<(f64, usize)> {
         let ids = to_ids(ids, self.inner.config.vocab_size)?;
         let m = self.inner.clone();
         // Check for Ctrl-C between chunks: the callback briefly takes the GIL.
         let mut cancel = || Python::attach(|py| py.check_signals().is_err());
-        let r = py.detach(move || m.nll(&ids, window, &mut cancel));
+        let r = py.detach(move || m.nll(&ids, window, decode, &mut cancel));
         match r {
             Err(Error::Cancelled) => {
                 py.check_signals()?;

@@ -94,12 +94,12 @@ pub fn flash_attend_slices(
         assert!(kh.len() >= kv_len * hd && vh.len() >= kv_len * hd, "fewer cached positions than pos0 + n");
     }
     let kv = KvParts {
-        parts: vec![KvPart {
-            start: 0,
-            len: kv_len,
-            keys: keys.iter().map(|s| &s[..kv_len * hd]).collect(),
-            values: values.iter().map(|s| &s[..kv_len * hd]).collect(),
-        }],
+        parts: vec![KvPart::slices(
+            0,
+            kv_len,
+            keys.iter().map(|s| &s[..kv_len * hd]).collect(),
+            values.iter().map(|s| &s[..kv_len * hd]).collect(),
+        )],
         len: kv_len,
     };
     run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass);
@@ -122,8 +122,47 @@ pub(crate) struct KvParts<'a> {
 pub(crate) struct KvPart<'a> {
     pub start: usize,
     pub len: usize,
-    pub keys: Vec<&'a [f32]>,
-    pub values: Vec<&'a [f32]>,
+    pub data: KvData<'a>,
+}
+
+/// Where a part's keys and values come from.
+pub(crate) enum KvData<'a> {
+    /// f32 rows per KV head (`[position][head_dim]`), read in place.
+    Slices { keys: Vec<&'a [f32]>, values: Vec<&'a [f32]> },
+    /// A packed (f16, int8, KIVI...) cache, decoded one key block at a time into a
+    /// task's scratch, so the whole cache is never expanded.
+    Tiles(&'a dyn KvTiles),
+}
+
+/// A packed store that decodes rows `r0..r1` (relative to its part) of one KV head
+/// into `out` (`(r1 − r0) × head_dim` floats, `[position][head_dim]`).
+pub(crate) trait KvTiles: Sync {
+    fn keys(&self, head: usize, r0: usize, r1: usize, out: &mut [f32]);
+    fn values(&self, head: usize, r0: usize, r1: usize, out: &mut [f32]);
+}
+
+impl<'a> KvPart<'a> {
+    pub fn slices(start: usize, len: usize, keys: Vec<&'a [f32]>, values: Vec<&'a [f32]>) -> Self {
+        KvPart { start, len, data: KvData::Slices { keys, values } }
+    }
+
+    /// Keys (`values == false`) or values of block `j0..j1` (global indices) of
+    /// KV head `h`: borrowed in place, or decoded into `buf`.
+    fn block<'b>(&'b self, h: usize, j0: usize, j1: usize, hd: usize, values: bool, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let (r0, r1) = (j0 - self.start, j1 - self.start);
+        match &self.data {
+            KvData::Slices { keys, values: vals } => &(if values { vals } else { keys })[h][r0 * hd..r1 * hd],
+            KvData::Tiles(t) => {
+                buf.resize((r1 - r0) * hd, 0.0);
+                if values {
+                    t.values(h, r0, r1, buf);
+                } else {
+                    t.keys(h, r0, r1, buf);
+                }
+                buf
+            }
+        }
+    }
 }
 
 /// Which keys (global indices) each query token sees.
@@ -138,9 +177,9 @@ pub(crate) trait Mask: Sync {
 
 /// Causal (+ sliding window) mask of queries at positions `pos0..`; key `j` sits at
 /// position `j`.
-struct Causal {
-    pos0: usize,
-    window: Option<usize>,
+pub(crate) struct Causal {
+    pub pos0: usize,
+    pub window: Option<usize>,
 }
 
 impl Mask for Causal {
@@ -194,6 +233,9 @@ struct Scratch {
     /// `P · V` of one block (`rows × head_dim`), in the transposed-values mode.
     pv: Vec<f32>,
     live: Vec<bool>,
+    /// Decoded key and value blocks of packed parts.
+    kt: Vec<f32>,
+    vtile: Vec<f32>,
 }
 
 /// Shapes shared by the passes.
@@ -240,8 +282,7 @@ impl<M: Mask> Plan<'_, M> {
         let ta = t0 + sc.vis.iter().position(|v| *v != Vis::None)?;
         let tb = t0 + sc.vis.iter().rposition(|v| *v != Vis::None)? + 1;
         let bk = b.j1 - b.j0;
-        let part = &self.kv.parts[b.part];
-        let kb = &part.keys[kvh][(b.j0 - part.start) * hd..(b.j1 - part.start) * hd];
+        let kb = self.kv.parts[b.part].block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
         let rows = (tb - ta) * g;
         if sc.s.len() < rows * bk {
             sc.s.resize(rows * bk, 0.0);
@@ -283,9 +324,12 @@ impl<M: Mask> Plan<'_, M> {
         for &b in blocks {
             let Some((ta, tb)) = self.scores(kvh, t0, t1, b, sc) else { continue };
             let bk = b.j1 - b.j0;
-            let part = &self.kv.parts[b.part];
-            let vb = &part.values[kvh][(b.j0 - part.start) * hd..(b.j1 - part.start) * hd];
-            let Scratch { s, m, l, acc, pv, live, .. } = sc;
+            let Scratch { s, m, l, acc, pv, live, vtile, .. } = sc;
+            let vb: &[f32] = if self.vt.is_none() {
+                self.kv.parts[b.part].block(kvh, b.j0, b.j1, hd, true, vtile)
+            } else {
+                &[]
+            };
             // Rows ta..tb of the task.
             let (r0, rows) = ((ta - t0) * self.group, (tb - ta) * self.group);
             let (m, l, acc) = (&mut m[r0..r0 + rows], &mut l[r0..r0 + rows], &mut acc[r0 * hd..(r0 + rows) * hd]);
@@ -431,9 +475,9 @@ pub(crate) fn run<M: Mask>(
     let vt = (qb_tokens.min(n) * group >= VT_MIN_ROWS).then(|| {
         let mut vt = vec![0f32; nkv * kv.len * hd];
         vt.par_chunks_mut((kv.len * hd).max(1)).enumerate().for_each(|(h, dst)| {
+            let mut buf = Vec::new();
             for b in &blocks {
-                let part = &kv.parts[b.part];
-                let src = &part.values[h][(b.j0 - part.start) * hd..(b.j1 - part.start) * hd];
+                let src = kv.parts[b.part].block(h, b.j0, b.j1, hd, true, &mut buf);
                 let bk = b.j1 - b.j0;
                 let d = &mut dst[b.j0 * hd..b.j1 * hd];
                 for (jj, row) in src.chunks_exact(hd).enumerate() {

@@ -265,18 +265,13 @@ pub fn tree_attend_slices(
     let (nk, nv) = (per_head(new_k), per_head(new_v));
     let kv = KvParts {
         parts: vec![
-            KvPart {
-                start: 0,
-                len: prefix_len,
-                keys: prefix_keys.iter().map(|s| &s[..prefix_len * hd]).collect(),
-                values: prefix_values.iter().map(|s| &s[..prefix_len * hd]).collect(),
-            },
-            KvPart {
-                start: prefix_len,
-                len: n,
-                keys: nk.iter().map(Vec::as_slice).collect(),
-                values: nv.iter().map(Vec::as_slice).collect(),
-            },
+            KvPart::slices(
+                0,
+                prefix_len,
+                prefix_keys.iter().map(|s| &s[..prefix_len * hd]).collect(),
+                prefix_values.iter().map(|s| &s[..prefix_len * hd]).collect(),
+            ),
+            KvPart::slices(prefix_len, n, nk.iter().map(Vec::as_slice).collect(), nv.iter().map(Vec::as_slice).collect()),
         ],
         len: prefix_len + n,
     };

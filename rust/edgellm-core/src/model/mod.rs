@@ -10,7 +10,8 @@ pub use transformer::LogitsRows;
 use crate::error::{Error, Result};
 use crate::formats::hf_config::{self, GenerationDefaults};
 use crate::formats::TensorStore;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 use config::ModelConfig;
@@ -36,6 +37,8 @@ pub struct LoadOptions {
     pub quant: Option<edgellm_kernels::quant::GgmlType>,
     /// Progress of in-situ quantization, one call per weight matrix.
     pub progress: Option<Progress>,
+    /// The KV-cache policy of every generation and evaluation (default: full f32).
+    pub kv_cache: KvConfig,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("isa", &self.isa)
             .field("quant", &self.quant)
             .field("progress", &self.progress.is_some())
+            .field("kv_cache", &self.kv_cache)
             .finish()
     }
 }
@@ -73,6 +77,9 @@ pub struct Model {
     files: Vec<PathBuf>,
     file_bytes: u64,
     max_context: usize,
+    kv_config: KvConfig,
+    /// Bytes of the KV cache of the latest generation or evaluation step.
+    last_kv_bytes: AtomicUsize,
     ropes: Vec<Rope>,
     kernels: &'static Kernels,
     pool: rayon::ThreadPool,
@@ -188,6 +195,8 @@ impl Model {
             files: store.files().to_vec(),
             file_bytes: store.file_bytes(),
             max_context,
+            kv_config: opts.kv_cache.clone(),
+            last_kv_bytes: AtomicUsize::new(0),
             kernels,
             pool,
         })
@@ -219,9 +228,30 @@ impl Model {
             .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer.json", self.path.display())))
     }
 
+    /// A fresh cache following the model's KV policy.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, self.max_context)
+        KvCache::with_config(&self.kv_config, self.kernels, c.num_layers, c.num_kv_heads, c.head_dim, self.max_context)
+    }
+
+    pub fn kv_config(&self) -> &KvConfig {
+        &self.kv_config
+    }
+
+    /// Bytes held by the KV cache of the most recent generation or evaluation
+    /// (as of its latest step); 0 before any.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.last_kv_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_kv_bytes(&self, cache: &KvCache) {
+        self.last_kv_bytes.store(cache.bytes(), Ordering::Relaxed);
+    }
+
+    /// The context bound on a sequence: `None` when the KV policy (sliding
+    /// window, StreamingLLM) lets generation run past the context length.
+    pub fn context_bound(&self) -> Option<usize> {
+        (!self.kv_config.unbounded()).then_some(self.max_context)
     }
 
     /// Runs `f` on this model's thread pool.
@@ -241,7 +271,7 @@ impl Model {
     /// (`[rows × vocab]`). Fails before any work if an id is out of range or the
     /// cache would pass the context length.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows) -> Result<Vec<f32>> {
-        let rope_len = cache.len() + tokens.len();
+        let rope_len = cache.seen() + tokens.len();
         self.forward_part(tokens, cache, rows, rope_len)
     }
 
@@ -254,8 +284,11 @@ impl Model {
         }
         self.check_tokens(tokens)?;
         cache.reserve(tokens.len())?;
+        let rope_len = cache.rope_len(tokens.len(), rope_len);
         let t = Transformer { cfg: &self.config, w: &self.weights, ropes: &self.ropes, k: self.kernels };
-        Ok(self.install(|| t.forward(tokens, cache, rows, rope_len)))
+        let logits = self.install(|| t.forward(tokens, cache, rows, rope_len));
+        self.note_kv_bytes(cache);
+        Ok(logits)
     }
 
     /// Whether growing a cached sequence from `from` to `to` positions crosses a
@@ -268,7 +301,7 @@ impl Model {
 
     /// Logits of every position of a fresh sequence, `[len × vocab]`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.len() > self.max_context {
+        if self.context_bound().is_some_and(|m| tokens.len() > m) {
             return Err(Error::ContextLength { what: "input", len: tokens.len(), max: self.max_context });
         }
         let mut cache = self.new_cache();
@@ -278,24 +311,43 @@ impl Model {
     /// Teacher-forced negative log-likelihood of `tokens`, evaluated over
     /// consecutive non-overlapping windows of at most `window` tokens (default:
     /// the context length). Returns (total NLL in nats, predicted tokens).
-    pub fn nll(&self, tokens: &[u32], window: Option<usize>, cancel: &mut dyn FnMut() -> bool) -> Result<(f64, usize)> {
-        let window = window.unwrap_or(self.max_context).min(self.max_context);
+    ///
+    /// `decode` feeds each window one token per step through the KV policy, the
+    /// way eviction and quantization policies are evaluated in their papers
+    /// (and the way generation sees them); otherwise windows run in chunks of
+    /// 128 tokens. With a sliding-window or StreamingLLM policy the window may be
+    /// longer than the context.
+    pub fn nll(
+        &self,
+        tokens: &[u32],
+        window: Option<usize>,
+        decode: bool,
+        cancel: &mut dyn FnMut() -> bool,
+    ) -> Result<(f64, usize)> {
+        let window = match (window, self.context_bound()) {
+            (Some(w), Some(m)) if w > m => {
+                return Err(Error::ContextLength { what: "perplexity window", len: w, max: m });
+            }
+            (Some(w), _) => w,
+            (None, _) => self.max_context,
+        };
         if window < 2 {
             return Err(Error::arg("perplexity window must be at least 2 tokens"));
         }
         self.check_tokens(tokens)?;
         let (mut total, mut count) = (0.0f64, 0usize);
-        const CHUNK: usize = 128; // bounds the logits buffer to CHUNK × vocab
+        // Bounds the logits buffer to CHUNK × vocab.
+        let chunk = if decode { 1 } else { 128 };
+        let vocab = self.config.vocab_size;
         for win in tokens.chunks(window) {
             let mut cache = self.new_cache();
-            for (ci, chunk) in win.chunks(CHUNK).enumerate() {
-                if cancel() {
+            for (ci, part) in win.chunks(chunk).enumerate() {
+                if ci % 64 == 0 && cancel() {
                     return Err(Error::Cancelled);
                 }
-                let logits = self.forward_part(chunk, &mut cache, LogitsRows::All, win.len())?;
-                let vocab = self.config.vocab_size;
+                let logits = self.forward_part(part, &mut cache, LogitsRows::All, win.len())?;
                 for (j, row) in logits.chunks_exact(vocab).enumerate() {
-                    let next = ci * CHUNK + j + 1;
+                    let next = ci * chunk + j + 1;
                     if next < win.len() {
                         total += crate::sampling::neg_log_softmax(row, win[next] as usize);
                         count += 1;

@@ -140,13 +140,36 @@ impl Rope {
         for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
             let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             for head in row.chunks_exact_mut(head_dim) {
-                for i in 0..half {
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * c[i] - b * s[i];
-                    head[i + half] = b * c[i] + a * s[i];
-                }
+                rotate(head, c, s);
             }
         }
+    }
+
+    /// Rotates every head row of `x` (`[rows × head_dim]`, already rotated at some
+    /// positions) forward by `delta` positions: a pure rotation, no attention
+    /// scaling, so a key rotated at `p` becomes one rotated at `p + delta`.
+    pub fn shift(&self, x: &mut [f32], head_dim: usize, delta: usize, seq_len: usize) {
+        let inv = self.inv_freq(seq_len);
+        let (c, s): (Vec<f32>, Vec<f32>) = inv
+            .iter()
+            .map(|&f| {
+                let angle = (delta as f32 * f) as f64;
+                (angle.cos() as f32, angle.sin() as f32)
+            })
+            .unzip();
+        for head in x.chunks_exact_mut(head_dim) {
+            rotate(head, &c, &s);
+        }
+    }
+}
+
+/// Rotates pairs `(i, i + half)` of one head by the angles of `cos`/`sin` (`half` each).
+fn rotate(head: &mut [f32], c: &[f32], s: &[f32]) {
+    let half = c.len();
+    for i in 0..half {
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * c[i] - b * s[i];
+        head[i + half] = b * c[i] + a * s[i];
     }
 }
 
@@ -189,6 +212,24 @@ mod tests {
             a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
         };
         assert!((dot_at(10, 3) - dot_at(107, 100)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn shift_composes_with_rotation() {
+        for scaling in [RopeScaling::None, RopeScaling::Linear { factor: 2.0 }] {
+            let r = rope(scaling);
+            let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+            let (c, s) = r.tables(5..6, 6);
+            let mut a = x.clone();
+            r.apply(&mut a, 2, 32, &c, &s);
+            r.shift(&mut a, 32, 40, 6);
+            let (c, s) = r.tables(45..46, 46);
+            let mut b = x.clone();
+            r.apply(&mut b, 2, 32, &c, &s);
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-5, "{u} vs {v}");
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use super::config::{BlockKind, ModelConfig};
 use super::rope::Rope;
 use super::weights::{LayerWeights, Weights};
-use crate::attention::flash::flash_attend;
 use crate::attention::AttentionParams;
 use crate::kv_cache::KvCache;
 use crate::ops::activation;
@@ -40,14 +39,15 @@ struct Scratch {
 }
 
 impl Transformer<'_> {
-    /// Embeds `tokens` at positions `cache.len()..`, runs every layer (appending to
-    /// the cache) and returns the requested logits rows, `[rows × vocab]`.
-    /// `rope_len` is the length of the logical pass this is part of.
-    /// Token ids and cache room must have been checked by the caller.
+    /// Embeds `tokens` at positions `cache.seen()..`, runs every layer (appending to
+    /// the cache, which then evicts what its policy drops) and returns the
+    /// requested logits rows, `[rows × vocab]`. `rope_len` is the sequence length
+    /// length-dependent rotary scaling assumes. Token ids must have been checked
+    /// and the step reserved (`cache.reserve(tokens.len())`) by the caller.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, rope_len: usize) -> Vec<f32> {
         let c = self.cfg;
         let (n, h) = (tokens.len(), c.hidden_size);
-        let pos0 = cache.len();
+        let pos0 = cache.seen();
         let mut x = vec![0f32; n * h];
         for (t, &id) in tokens.iter().enumerate() {
             let row = &mut x[t * h..(t + 1) * h];
@@ -72,7 +72,7 @@ impl Transformer<'_> {
         };
         for (li, lw) in self.w.layers.iter().enumerate() {
             let rope = c.layer_rope[li].map(|r| (&self.ropes[r], &tables[r]));
-            self.layer(li, lw, rope, cache, pos0, &mut x, &mut s);
+            self.layer(li, lw, rope, cache, rope_len, &mut x, &mut s);
         }
         cache.advance(n);
 
@@ -101,7 +101,7 @@ impl Transformer<'_> {
         lw: &LayerWeights,
         rope: Option<(&Rope, &(Vec<f32>, Vec<f32>))>,
         cache: &mut KvCache,
-        pos0: usize,
+        rope_len: usize,
         x: &mut [f32],
         s: &mut Scratch,
     ) {
@@ -129,7 +129,13 @@ impl Transformer<'_> {
             window: c.layer_windows[li],
             softcap: c.attn_softcap,
         };
-        flash_attend(k, &params, cache, li, pos0, &s.q, &mut s.att, None);
+        let (hd, shift) = (c.head_dim, cache.sink_shift());
+        let shift_sinks = |keys: &mut [f32], _sinks: usize| {
+            if let (Some((r, _)), Some(d)) = (rope, shift) {
+                r.shift(keys, hd, d, rope_len);
+            }
+        };
+        cache.attend(k, li, &params, &s.q, &mut s.att, Some(&shift_sinks));
         lw.o.forward(k, &s.att, &mut s.proj);
         if let Some(pn) = &lw.post_attn_norm {
             pn.apply(&mut s.proj);

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-FTYPES = {"q8_0": 7, "q4_0": 2, "q4_K_M": 15}  # llama_ftype values
+QUANTS = ("q8_0", "q4_0", "q4_K_M")  # made by llama.cpp's quantizer (tests/llamacpp_quantize.py)
 
 
 def ensure_checkpoint(work: Path) -> Path:
@@ -56,18 +56,14 @@ def ensure_gguf(work: Path, hf: Path) -> dict:
         spec.loader.exec_module(conv)
         arch = json.loads((hf / "config.json").read_text())["architectures"][0]
         conv.CLASSES[arch](hf, "f16").write(files["f16"], "tinyllama-shape-random")
-    import llama_cpp
-
-    for name, ftype in FTYPES.items():
+    spec = importlib.util.spec_from_file_location("llamacpp_quantize", ROOT / "tests" / "llamacpp_quantize.py")
+    lq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lq)
+    for name in QUANTS:
         out = work / f"tinyllama-{name}.gguf"
         files[name] = out
         if not out.exists():
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = ftype
-            params.nthread = 2
-            rc = llama_cpp.llama_model_quantize(str(files["f16"]).encode(), str(out).encode(), params)
-            if rc != 0:
-                raise RuntimeError(f"llama.cpp quantization to {name} failed ({rc})")
+            lq.quantize(files["f16"], out, name, threads=2)
     return files
 
 

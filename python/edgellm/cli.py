@@ -20,6 +20,19 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("--max-context", type=int, default=None, help="longest sequence in tokens (default: the model's)")
     p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, neon")
     p.add_argument("--quant", default=None, help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ...")
+    k = p.add_argument_group("KV cache (an eviction rule x a storage format)")
+    k.add_argument("--kv-cache", default=None, choices=["full", "window", "streaming", "h2o"],
+                   help="eviction rule (default: full); or a JSON policy via --kv-json")
+    k.add_argument("--kv-window", type=int, default=None, help="window/streaming: recent tokens kept")
+    k.add_argument("--kv-sinks", type=int, default=None, help="streaming: attention-sink tokens kept (default 4)")
+    k.add_argument("--kv-budget", type=float, default=None,
+                   help="h2o: tokens kept, as a fraction of those seen (<= 1) or a count")
+    k.add_argument("--kv-recent", type=int, default=None, help="h2o: newest tokens always kept")
+    k.add_argument("--kv-quant", default=None, choices=["f32", "f16", "int8", "kivi"], help="storage (default f32)")
+    k.add_argument("--kv-bits", type=int, default=None, help="kivi: 2 or 4 bits (default 2)")
+    k.add_argument("--kv-group", type=int, default=None, help="kivi: group size (default 32)")
+    k.add_argument("--kv-residual", type=int, default=None, help="kivi: newest tokens kept in f16 (default 128)")
+    k.add_argument("--kv-json", default=None, help="the whole policy as JSON, as load(kv_cache=...) takes it")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +68,44 @@ def _load(a: argparse.Namespace) -> Model:
         opts["isa"] = a.isa
     if a.quant is not None:
         opts["quant"] = a.quant
+    kv = _kv_policy(a)
+    if kv is not None:
+        opts["kv_cache"] = kv
     return load(a.model, threads=a.threads, **opts)
+
+
+def _kv_policy(a: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The ``kv_cache`` dict described by the ``--kv-*`` flags (None: the default)."""
+    if a.kv_json is not None:
+        try:
+            policy = json.loads(a.kv_json)
+        except ValueError as e:
+            raise EdgeLLMError(f"--kv-json is not valid JSON: {e}") from None
+        return policy
+    quant: Optional[Dict[str, Any]] = None
+    if a.kv_quant is not None:
+        quant = {"type": a.kv_quant}
+        if a.kv_quant == "kivi":
+            for key, flag in (("bits", a.kv_bits), ("group_size", a.kv_group), ("residual", a.kv_residual)):
+                if flag is not None:
+                    quant[key] = flag
+    rule = a.kv_cache or "full"
+    if rule == "full" and quant is None:
+        return None
+    policy: Dict[str, Any] = {"type": rule}
+    if rule in ("window", "streaming") and a.kv_window is not None:
+        policy["size" if rule == "window" else "window"] = a.kv_window
+    if rule == "streaming" and a.kv_sinks is not None:
+        policy["sinks"] = a.kv_sinks
+    if rule == "h2o":
+        if a.kv_budget is not None:
+            b = a.kv_budget
+            policy["budget"] = int(b) if b > 1 and b == int(b) else b
+        if a.kv_recent is not None:
+            policy["recent"] = a.kv_recent
+    if quant is not None:
+        policy["quant"] = quant
+    return policy
 
 
 def _print_stats(stats: Optional[Dict[str, Any]]) -> None:
@@ -64,7 +114,8 @@ def _print_stats(stats: Optional[Dict[str, Any]]) -> None:
     print(
         f"\n[prompt {stats['prompt_tokens']} tok, {stats['prompt_tokens_per_second']:.1f} tok/s | "
         f"first token {stats['time_to_first_token'] * 1000:.0f} ms | "
-        f"generated {stats['generated_tokens']} tok, {stats['decode_tokens_per_second']:.1f} tok/s]",
+        f"generated {stats['generated_tokens']} tok, {stats['decode_tokens_per_second']:.1f} tok/s | "
+        f"KV cache {_human_bytes(stats.get('kv_cache_bytes', 0))}]",
         file=sys.stderr,
     )
 
@@ -167,8 +218,10 @@ def cmd_perplexity(a: argparse.Namespace) -> int:
     model = _load(a)
     with open(a.file, encoding="utf-8") as f:
         text = f.read()
-    ppl = model.perplexity(text, window=a.window)
+    ppl = model.perplexity(text, window=a.window, mode=a.mode)
     print(f"perplexity {ppl:.4f}")
+    if a.mode == "decode":
+        print(f"kv cache {model.kv_cache}: {_human_bytes(model.kv_cache_bytes())} at the end")
     return 0
 
 
@@ -228,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, positional=True)
     p.add_argument("file")
     p.add_argument("--window", type=int, default=None, help="tokens per window (default: the context)")
+    p.add_argument("--mode", choices=["chunked", "decode"], default="chunked",
+                   help="decode: one token per step through the KV policy")
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("bench", help="prefill/decode speed (like llama-bench)")

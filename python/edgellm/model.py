@@ -20,7 +20,7 @@ Prompt = Union[str, Sequence[int], "np.ndarray"]
 Message = Mapping[str, Any]
 
 _DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
-_LOAD_OPTIONS = ("max_context", "isa", "quant")
+_LOAD_OPTIONS = ("max_context", "isa", "quant", "kv_cache")
 
 
 def default_model_path() -> str:
@@ -143,6 +143,16 @@ class Model:
     @property
     def threads(self) -> int:
         return self._core.threads
+
+    @property
+    def kv_cache(self) -> str:
+        """The KV-cache policy, e.g. ``"streaming(sinks=4, window=1024) + kivi2(group=32, residual=128)"``."""
+        return self._core.kv_cache
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by the KV cache of the most recent generation or perplexity
+        run on this model (as of its latest step); 0 before any."""
+        return self._core.kv_cache_bytes()
 
     @property
     def isa(self) -> str:
@@ -274,17 +284,30 @@ class Model:
 
     # --- evaluation ---------------------------------------------------------------
     def perplexity(
-        self, text: Union[str, Sequence[int]], window: Optional[int] = None, add_special_tokens: bool = True
+        self,
+        text: Union[str, Sequence[int]],
+        window: Optional[int] = None,
+        add_special_tokens: bool = True,
+        mode: str = "chunked",
     ) -> float:
         """Teacher-forced perplexity of ``text`` (or token ids) over consecutive
-        windows of at most ``window`` tokens (default: the model's context)."""
+        windows of at most ``window`` tokens (default: the model's context).
+
+        ``mode="decode"`` feeds the tokens one per step through the model's KV
+        policy (eviction and quantization act between steps, as in generation and
+        as these methods are evaluated in their papers); ``"chunked"`` (default)
+        runs each window in chunks of 128 tokens. With a ``window`` or
+        ``streaming`` KV policy, ``window`` may exceed the context length."""
+        if mode not in ("chunked", "decode"):
+            raise InvalidArgumentError(f"perplexity mode must be 'chunked' or 'decode', not {mode!r}")
+        _check_count("window", window, minimum=2)
         if isinstance(text, str):
             ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         else:
             ids = _as_id_list(text)
         if len(ids) < 2:
             raise InvalidArgumentError("perplexity needs at least 2 tokens")
-        nll, count = self._core.nll(ids, window)
+        nll, count = self._core.nll(ids, window, decode=mode == "decode")
         return float(np.exp(nll / count))
 
 
@@ -325,6 +348,22 @@ def load(
     ``quant`` (quantize the weights at load: "q8_0", "q4_0", "q4_K", "q6_K", ... —
     GGUF-compatible blocks run by the integer-dot kernels).
 
+    ``kv_cache``: the KV-cache policy of every generation and evaluation, an
+    eviction rule composed with a storage format (default: everything, f32):
+
+    - ``{"type": "window", "size": N}``: the N most recent tokens;
+    - ``{"type": "streaming", "sinks": 4, "window": N}``: StreamingLLM, the first
+      tokens plus a recent window, positions counted inside the cache;
+    - ``{"type": "h2o", "budget": 0.2, "recent": N}``: H2O heavy hitters within a
+      budget (a fraction of the tokens seen, or a token count);
+    - ``{"type": "kivi", "bits": 2, "group_size": 32, "residual": 128}``,
+      ``{"type": "int8"}``, ``{"type": "f16"}``: quantized storage of every token.
+
+    The eviction rules take ``"quant": {...}`` (or ``"int8"``, ``"kivi"``...) to
+    store their tokens quantized, e.g. ``{"type": "streaming", "sinks": 4,
+    "window": 1024, "quant": {"type": "kivi", "bits": 2}}``. With ``window`` and
+    ``streaming`` generation never raises ``ContextLengthError``.
+
     ``progress``: a bar on stderr while quantizing (default: when stderr is a
     terminal; ``True``/``False`` to force), or a callable ``f(done, total)``."""
     unknown = set(options) - set(_LOAD_OPTIONS)
@@ -335,6 +374,14 @@ def load(
     _check_count("threads", threads, minimum=1)
     _check_count("max_context", options.get("max_context"), minimum=1)
     p = default_model_path() if path is None else os.fspath(path)
+    kv = options.get("kv_cache")
+    if kv is not None:
+        if not isinstance(kv, (str, Mapping)):
+            raise InvalidArgumentError(f"kv_cache must be a dict or a type name, not {type(kv).__name__}")
+        try:
+            options["kv_cache"] = json.dumps(kv if isinstance(kv, str) else dict(kv))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"kv_cache is not JSON-serialisable: {e}") from None
     if options.get("quant") is not None:
         options["progress"] = _progress_callback(progress, f"quantizing to {options['quant']}")
     return Model(_core.Model.load(p, threads=threads, **options))

@@ -211,6 +211,10 @@ impl Generator {
     pub fn generated(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
     }
+    /// Bytes held by this generation's KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
     pub fn sampler_config(&self) -> &SamplerConfig {
         self.sampler.config()
     }

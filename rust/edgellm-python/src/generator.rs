@@ -86,7 +86,7 @@ impl PyGenerator {
     /// Timing and counts of this generation.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with(|g| g.stats().clone());
+        let (s, kv_bytes) = self.with(|g| (g.stats().clone(), g.kv_cache_bytes()));
         let d = PyDict::new(py);
         d.set_item("prompt_tokens", s.prompt_tokens)?;
         d.set_item("generated_tokens", s.generated_tokens)?;
@@ -95,6 +95,7 @@ impl PyGenerator {
         d.set_item("time_to_first_token", s.time_to_first_token)?;
         d.set_item("decode_seconds", s.decode_seconds)?;
         d.set_item("decode_tokens_per_second", s.decode_tokens_per_second())?;
+        d.set_item("kv_cache_bytes", kv_bytes)?;
         Ok(d)
     }
 }

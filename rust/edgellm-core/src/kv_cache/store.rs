@@ -9,8 +9,8 @@ use crate::attention::flash::KvTiles;
 use edgellm_kernels::Kernels;
 use half::f16;
 
-/// Rows a store grows by, at least.
-pub(crate) const GROW_BLOCK: usize = 256;
+/// Rows a store grows by, at least (capacity is a multiple of it).
+pub(crate) const GROW_BLOCK: usize = 64;
 
 pub(crate) trait Store: KvTiles + Send {
     /// Tokens held.

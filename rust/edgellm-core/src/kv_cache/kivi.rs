@@ -7,8 +7,9 @@
 //!
 //! Group `g` (physical index; groups before `g0` are dropped but not yet
 //! compacted), KV head `h`, with `B = bits`:
-//! - key codes `[g][h][channel][G·B/8 bytes]` (tokens packed along a channel),
-//!   key (scale, min) as f16 pairs `[g][h][channel]`;
+//! - key codes `[g][h][token][⌈hd·B/8⌉ bytes]` (a token's channels packed
+//!   together, so decoding writes whole rows), key (scale, min) as f16 pairs
+//!   `[g][h][channel]`;
 //! - value codes `[g][h][token][⌈hd·B/8⌉ bytes]`, value (scale, min) pairs
 //!   `[g][h][token][channel group]`.
 //!
@@ -98,10 +99,6 @@ impl KiviStore {
     fn levels(&self) -> f32 {
         ((1 << self.bits) - 1) as f32
     }
-    /// Bytes of one channel's key codes in a group.
-    fn kchan_bytes(&self) -> usize {
-        self.group * self.bits / 8
-    }
     fn vrow_bytes(&self) -> usize {
         (self.hd * self.bits).div_ceil(8)
     }
@@ -116,30 +113,25 @@ impl KiviStore {
         self.ngroups * self.group - self.skip
     }
 
-    #[inline]
-    fn code(bytes: &[u8], i: usize, bits: usize) -> f32 {
-        let per = 8 / bits;
-        ((bytes[i / per] >> ((i % per) * bits)) & ((1 << bits) - 1) as u8) as f32
-    }
-
     /// Quantizes the oldest `G` tail tokens into a new group.
     fn flush_group(&mut self) {
         let (heads, hd, g, bits) = (self.heads, self.hd, self.group, self.bits);
-        let (kcb, vrb, nvg, levels) = (self.kchan_bytes(), self.vrow_bytes(), self.nvg(), self.levels());
-        grow(&mut self.kcodes, heads * hd * kcb);
+        let (vrb, nvg, levels) = (self.vrow_bytes(), self.nvg(), self.levels());
+        grow(&mut self.kcodes, heads * g * vrb);
         grow(&mut self.kparams, heads * hd * 2);
         grow(&mut self.vcodes, heads * g * vrb);
         grow(&mut self.vparams, heads * g * nvg * 2);
         let per = 8 / bits;
         for h in 0..heads {
-            // Keys: per channel, over the group's tokens.
+            // Keys: per channel, over the group's tokens; code of token t, channel
+            // c at row t, position c.
+            let base = self.kcodes.len();
+            self.kcodes.resize(base + g * vrb, 0);
             for c in 0..hd {
-                let base = self.kcodes.len();
-                self.kcodes.resize(base + kcb, 0);
                 let tk = &self.tail_k;
                 let xs = (0..g).map(|t| tk[(t * heads + h) * hd + c].to_f32());
                 let out = &mut self.kcodes[base..];
-                let (s, m) = quantize(xs, levels, &mut |i, q| out[i / per] |= q << ((i % per) * bits));
+                let (s, m) = quantize(xs, levels, &mut |t, q| out[t * vrb + c / per] |= q << ((c % per) * bits));
                 self.kparams.extend([s, m]);
             }
         }
@@ -172,7 +164,7 @@ impl KiviStore {
         }
         let (heads, hd, g) = (self.heads, self.hd, self.group);
         let g0 = self.g0;
-        self.kcodes.drain(..g0 * heads * hd * self.kchan_bytes());
+        self.kcodes.drain(..g0 * heads * g * self.vrow_bytes());
         self.kparams.drain(..g0 * heads * hd * 2);
         self.vcodes.drain(..g0 * heads * g * self.vrow_bytes());
         self.vparams.drain(..g0 * heads * g * self.nvg() * 2);
@@ -181,37 +173,48 @@ impl KiviStore {
 
     /// Decodes rows `r0..r1` of head `h`: keys or values.
     fn decode(&self, keys: bool, h: usize, r0: usize, r1: usize, out: &mut [f32]) {
-        let (heads, hd, g, bits) = (self.heads, self.hd, self.group, self.bits);
+        match self.bits {
+            2 => self.decode_bits::<2>(keys, h, r0, r1, out),
+            _ => self.decode_bits::<4>(keys, h, r0, r1, out),
+        }
+    }
+
+    /// [`decode`](Self::decode) for a fixed width, so code extraction is shifts and
+    /// masks on whole rows.
+    fn decode_bits<const BITS: usize>(&self, keys: bool, h: usize, r0: usize, r1: usize, out: &mut [f32]) {
+        let (heads, hd, g) = (self.heads, self.hd, self.group);
+        let vrb = self.vrow_bytes();
         let qlen = self.qlen();
         let mut r = r0;
-        // Quantized part, one group segment at a time.
+        // Per-channel key scales and minimums of the current group, as f32.
+        let (mut ks, mut km) = (Vec::new(), Vec::new());
         while r < r1.min(qlen) {
             let idx = self.skip + r;
             let (gi, t0) = (self.g0 + idx / g, idx % g);
             let t1 = (t0 + (r1.min(qlen) - r)).min(g);
-            let o = &mut out[(r - r0) * hd..];
+            let o = &mut out[(r - r0) * hd..(r - r0 + t1 - t0) * hd];
+            let rows = (gi * heads + h) * g;
             if keys {
-                let kcb = self.kchan_bytes();
-                for c in 0..hd {
-                    let pi = ((gi * heads + h) * hd + c) * 2;
-                    let (s, m) = (self.kparams[pi].to_f32(), self.kparams[pi + 1].to_f32());
-                    let codes = &self.kcodes[((gi * heads + h) * hd + c) * kcb..][..kcb];
-                    for t in t0..t1 {
-                        o[(t - t0) * hd + c] = m + s * Self::code(codes, t, bits);
-                    }
+                let p = &self.kparams[(gi * heads + h) * hd * 2..][..hd * 2];
+                ks.clear();
+                km.clear();
+                ks.extend(p.chunks_exact(2).map(|sm| sm[0].to_f32()));
+                km.extend(p.chunks_exact(2).map(|sm| sm[1].to_f32()));
+                for (t, orow) in (t0..t1).zip(o.chunks_exact_mut(hd)) {
+                    let codes = &self.kcodes[(rows + t) * vrb..][..vrb];
+                    unpack_affine::<BITS>(codes, &ks, &km, orow);
                 }
             } else {
-                let (vrb, nvg) = (self.vrow_bytes(), self.nvg());
-                for t in t0..t1 {
-                    let row = (gi * heads + h) * g + t;
+                let nvg = self.nvg();
+                for (t, orow) in (t0..t1).zip(o.chunks_exact_mut(hd)) {
+                    let row = rows + t;
                     let codes = &self.vcodes[row * vrb..][..vrb];
-                    let orow = &mut o[(t - t0) * hd..][..hd];
                     for cg in 0..nvg {
                         let pi = (row * nvg + cg) * 2;
                         let (s, m) = (self.vparams[pi].to_f32(), self.vparams[pi + 1].to_f32());
-                        for c in cg * self.vgroup..((cg + 1) * self.vgroup).min(hd) {
-                            orow[c] = m + s * Self::code(codes, c, bits);
-                        }
+                        let (c0, c1) = (cg * self.vgroup, ((cg + 1) * self.vgroup).min(hd));
+                        // Channel groups are multiples of 8, so they start on a byte.
+                        unpack_scalar::<BITS>(&codes[c0 * BITS / 8..], s, m, &mut orow[c0..c1]);
                     }
                 }
             }
@@ -225,6 +228,39 @@ impl KiviStore {
                 *o = x.to_f32();
             }
         }
+    }
+}
+
+/// `out[c] = min[c] + scale[c] · code(c)` for the `BITS`-bit codes packed in `codes`.
+#[inline]
+fn unpack_affine<const BITS: usize>(codes: &[u8], scale: &[f32], min: &[f32], out: &mut [f32]) {
+    let per = 8 / BITS;
+    let mask = (1u8 << BITS) - 1;
+    let full = out.len() / per;
+    for (b, &byte) in codes[..full].iter().enumerate() {
+        for j in 0..per {
+            let c = b * per + j;
+            out[c] = min[c] + scale[c] * ((byte >> (j * BITS)) & mask) as f32;
+        }
+    }
+    for c in full * per..out.len() {
+        out[c] = min[c] + scale[c] * ((codes[c / per] >> ((c % per) * BITS)) & mask) as f32;
+    }
+}
+
+/// `out[c] = min + scale · code(c)`.
+#[inline]
+fn unpack_scalar<const BITS: usize>(codes: &[u8], scale: f32, min: f32, out: &mut [f32]) {
+    let per = 8 / BITS;
+    let mask = (1u8 << BITS) - 1;
+    let full = out.len() / per;
+    for (b, &byte) in codes[..full].iter().enumerate() {
+        for j in 0..per {
+            out[b * per + j] = min + scale * ((byte >> (j * BITS)) & mask) as f32;
+        }
+    }
+    for c in full * per..out.len() {
+        out[c] = min + scale * ((codes[c / per] >> ((c % per) * BITS)) & mask) as f32;
     }
 }
 

@@ -286,6 +286,7 @@ def test_finish_reason_values(llama, models, greedy_text):
 
 STATS_KEYS = {
     "prompt_tokens",
+    "kv_cache_bytes",
     "generated_tokens",
     "prefill_seconds",
     "prompt_tokens_per_second",
@@ -299,7 +300,9 @@ def _check_stats(s, prompt_len, generated):
     assert set(s) == STATS_KEYS
     assert s["prompt_tokens"] == prompt_len
     assert s["generated_tokens"] == generated
-    for k in STATS_KEYS - {"prompt_tokens", "generated_tokens"}:
+    # Full f32 cache: at least the prompt and generated tokens' keys and values.
+    assert isinstance(s["kv_cache_bytes"], int) and s["kv_cache_bytes"] > 0
+    for k in STATS_KEYS - {"prompt_tokens", "generated_tokens", "kv_cache_bytes"}:
         assert isinstance(s[k], float) and s[k] >= 0 and np.isfinite(s[k]), k
     assert s["time_to_first_token"] >= s["prefill_seconds"]
 

@@ -212,3 +212,16 @@ def test_cli_kv_flags(tmp_path: Path) -> None:
     assert r.returncode == 0 and "window(64)" in r.stdout, r.stderr
     r = run_cli("generate", "x", "--kv-json", "{nope")
     assert r.returncode != 0 and "JSON" in r.stderr
+
+
+def test_memory_estimate_follows_the_policy(heldout_ids: List[int]) -> None:
+    ids = heldout_ids[:1000]
+    for kv in (None, "int8", {"type": "kivi", "bits": 2}, {"type": "window", "size": 300},
+               {"type": "streaming", "sinks": 4, "window": 200, "quant": "f16"}, {"type": "h2o", "budget": 0.25}):
+        m = edgellm.load(kv_cache=kv)
+        estimate = m.memory(context=1000)["kv_cache"]
+        m.perplexity(ids, mode="decode")
+        # Measured = estimate + the stores' growth slack (rows are added 64 at a time, and a quarter more when growing).
+        assert estimate <= m.kv_cache_bytes() <= 1.7 * estimate + 64 * 1024, (m.kv_cache, estimate, m.kv_cache_bytes())
+    r = run_cli("info", "--kv-cache", "streaming", "--kv-window", "100", "--kv-quant", "kivi")
+    assert r.returncode == 0 and "streaming(sinks=4, window=100) + kivi2" in r.stdout, r.stderr

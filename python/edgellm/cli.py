@@ -207,6 +207,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     kv = info["kv_bytes_per_token"]
     print(f"KV cache            {_human_bytes(kv)} per token ({info['kv_dtype']}), "
           f"{_human_bytes(kv * info['max_context'])} at full context")
+    print(f"KV policy           {info['kv_cache']}")
     print("weights by format   " + ", ".join(f"{k} {_human_bytes(v)}" for k, v in info["weight_bytes"].items()))
     print(f"memory at {mem['context']} tokens x {mem['batch']}: weights {_human_bytes(mem['weights'])} + "
           f"KV {_human_bytes(mem['kv_cache'])} + activations {_human_bytes(mem['activations'])} "

@@ -48,7 +48,14 @@ pub fn kv_bytes_per_token(m: &Model) -> usize {
     2 * c.num_layers * c.kv_dim() * KV_ELEMENT_BYTES
 }
 
-/// The cache stores f32 keys and values.
+/// KV-cache bytes after `context` tokens under the model's KV policy (what it
+/// keeps, how it stores it), without growth slack.
+pub fn kv_cache_bytes_at(m: &Model, context: usize) -> usize {
+    let (c, kv) = (&m.config, m.kv_config());
+    c.num_layers * c.num_kv_heads * kv.head_bytes(kv.kept(context), c.head_dim)
+}
+
+/// The full cache stores f32 keys and values.
 pub const KV_ELEMENT_BYTES: usize = 4;
 
 /// Resident bytes of the weights, by storage format. Norms and biases are held
@@ -100,7 +107,7 @@ pub fn memory_estimate(m: &Model, context: usize, batch: usize) -> MemoryEstimat
     let activations = 4 * (n * per_token + m.threads() * context + c.vocab_size);
     MemoryEstimate {
         weights: weight_bytes_by_dtype(m).values().sum(),
-        kv_cache: batch * context * kv_bytes_per_token(m),
+        kv_cache: batch * kv_cache_bytes_at(m, context),
         activations: batch * activations,
     }
 }

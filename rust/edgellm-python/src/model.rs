@@ -277,6 +277,7 @@ impl PyModel {
         d.set_item("weight_bytes", by_dtype)?;
         d.set_item("memory_at_max_context", self.memory(py, None, 1)?)?;
         d.set_item("kv_dtype", "f32")?;
+        d.set_item("kv_cache", m.kv_config().describe())?;
         d.set_item("vocab_size", c.vocab_size)?;
         d.set_item("hidden_size", c.hidden_size)?;
         d.set_item("intermediate_size", c.intermediate_size)?;

@@ -128,6 +128,40 @@ impl KvConfig {
         matches!(self.eviction, Eviction::Window { .. } | Eviction::Streaming { .. })
     }
 
+    /// Tokens a layer keeps after `seen` tokens.
+    pub fn kept(&self, seen: usize) -> usize {
+        match self.eviction {
+            Eviction::Full => seen,
+            Eviction::Window { size } => seen.min(size),
+            Eviction::Streaming { sinks, window } => seen.min(sinks + window),
+            Eviction::H2o { budget, .. } => seen.min(budget.tokens(seen)),
+        }
+    }
+
+    /// Bytes of keys and values for `tokens` cached tokens of one KV head of
+    /// one layer (`head_dim` wide), excluding growth slack.
+    pub fn head_bytes(&self, tokens: usize, head_dim: usize) -> usize {
+        match self.quant {
+            KvQuant::F32 => tokens * 2 * head_dim * 4,
+            KvQuant::F16 => tokens * 2 * head_dim * 2,
+            KvQuant::Int8 => tokens * 2 * (head_dim + 4),
+            KvQuant::Kivi { bits, group_size, residual } => {
+                // The f16 tail holds between residual − group + 1 and residual tokens
+                // once quantization starts: count the worst case.
+                let quantized = if tokens > residual && tokens >= group_size {
+                    (tokens - residual.max(group_size - 1)).div_ceil(group_size) * group_size
+                } else {
+                    0
+                };
+                let tail = tokens - quantized.min(tokens);
+                let row = (head_dim * bits as usize).div_ceil(8);
+                let vgroups = head_dim.div_ceil(group_size.min(head_dim));
+                let per_group = group_size * 2 * row + head_dim * 4 + group_size * vgroups * 4;
+                quantized / group_size * per_group + tail * 2 * head_dim * 2
+            }
+        }
+    }
+
     /// A short description, e.g. `streaming(sinks=4, window=1024) + kivi2(g32, r128)`.
     pub fn describe(&self) -> String {
         let e = match &self.eviction {
@@ -285,6 +319,20 @@ mod tests {
             let e = parse(s).unwrap_err().to_string();
             assert!(e.contains(needle), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn size_estimates() {
+        let kivi = KvConfig::from_json(r#"{"type": "kivi", "bits": 2, "group_size": 32, "residual": 128}"#).unwrap();
+        // 4096 tokens of a 64-wide head: ~3 bits per value plus an f16 tail.
+        let f16 = KvConfig::from_json(r#""f16""#).unwrap().head_bytes(4096, 64);
+        let r = kivi.head_bytes(4096, 64) as f64 / f16 as f64;
+        assert!(r > 0.18 && r < 0.22, "{r}");
+        assert_eq!(kivi.head_bytes(100, 64), f16 / 4096 * 100);
+        let s = KvConfig::from_json(r#"{"type": "streaming", "sinks": 4, "window": 100}"#).unwrap();
+        assert_eq!((s.kept(50), s.kept(5000)), (50, 104));
+        let h = KvConfig::from_json(r#"{"type": "h2o", "budget": 0.2}"#).unwrap();
+        assert_eq!(h.kept(1000), 200);
     }
 
     #[test]

@@ -51,6 +51,7 @@ MEMORY_POLICIES: Dict[str, Optional[Dict[str, Any]]] = {
     "kivi4": {"type": "kivi", "bits": 4},
     "kivi2": KIVI2,
     "kivi2 r32": {"type": "kivi", "bits": 2, "residual": 32},
+    "kivi2 g64": {"type": "kivi", "bits": 2, "group_size": 64},
     "h2o 20%": {"type": "h2o", "budget": 0.2, "recent": 64},
     "streaming 4+1020": {"type": "streaming", "sinks": 4, "window": 1020},
     "streaming 4+1020 + kivi2": {"type": "streaming", "sinks": 4, "window": 1020, "quant": KIVI2},
@@ -137,6 +138,7 @@ def perplexities(threads: int, tokens: int) -> Dict[str, Any]:
         res["h2o"][str(budget)] = m.perplexity(ids, mode="decode")
     for name, kv in (("2", {"type": "kivi", "bits": 2}), ("4", {"type": "kivi", "bits": 4}),
                      ("2 (r32)", {"type": "kivi", "bits": 2, "residual": 32}),
+                     ("2 (g64)", {"type": "kivi", "bits": 2, "group_size": 64}),
                      ("2 (r0)", {"type": "kivi", "bits": 2, "residual": 0}),
                      ("8 (int8)", "int8"), ("16 (f16)", "f16")):
         res["kivi"][name] = edgellm.load(threads=threads, kv_cache=kv).perplexity(ids, mode="decode")
@@ -236,6 +238,9 @@ def main() -> None:
         "kivi2_ppl_increase_pct": 100 * (p["kivi"]["2"] / p["full"] - 1),
         "kivi2_memory_vs_f16": mem["kivi2"][i] / f16,
         "kivi2_r32_memory_vs_f16": mem["kivi2 r32"][i] / f16,
+        "kivi2_r32_ppl_increase_pct": 100 * (p["kivi"]["2 (r32)"] / p["full"] - 1),
+        "kivi2_g64_memory_vs_f16": mem["kivi2 g64"][i] / f16,
+        "kivi2_g64_ppl_increase_pct": 100 * (p["kivi"]["2 (g64)"] / p["full"] - 1),
         "memory_context": r["memory"]["contexts"][i],
         "h2o_20pct_ppl_increase_pct": 100 * (p["h2o"]["0.2"] / p["full"] - 1),
         "streaming_default_far_vs_1k": far / near,

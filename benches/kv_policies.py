@@ -43,6 +43,7 @@ TIME_POLICIES: Dict[str, Optional[Dict[str, Any]]] = {
     "kivi2": KIVI2,
     "streaming 4+1020 + kivi2": {"type": "streaming", "sinks": 4, "window": 1020, "quant": KIVI2},
     "h2o 20%": {"type": "h2o", "budget": 0.2, "recent": 64},
+    "quest 8 blocks": {"type": "full", "select_blocks": 8},
 }
 MEMORY_POLICIES: Dict[str, Optional[Dict[str, Any]]] = {
     "full f32": None,
@@ -136,13 +137,17 @@ def perplexities(threads: int, tokens: int) -> Dict[str, Any]:
     for budget in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0):
         m = edgellm.load(threads=threads, kv_cache={"type": "h2o", "budget": budget, "recent": 32})
         res["h2o"][str(budget)] = m.perplexity(ids, mode="decode")
+    res["select"] = {}
+    for blocks in (1, 2, 4, 8):
+        m = edgellm.load(threads=threads, kv_cache={"type": "full", "select_blocks": blocks})
+        res["select"][str(blocks)] = m.perplexity(ids, mode="decode")
     for name, kv in (("2", {"type": "kivi", "bits": 2}), ("4", {"type": "kivi", "bits": 4}),
                      ("2 (r32)", {"type": "kivi", "bits": 2, "residual": 32}),
                      ("2 (g64)", {"type": "kivi", "bits": 2, "group_size": 64}),
                      ("2 (r0)", {"type": "kivi", "bits": 2, "residual": 0}),
                      ("8 (int8)", "int8"), ("16 (f16)", "f16")):
         res["kivi"][name] = edgellm.load(threads=threads, kv_cache=kv).perplexity(ids, mode="decode")
-    for k in ("h2o", "kivi"):
+    for k in ("h2o", "kivi", "select"):
         for name, p in res[k].items():
             print(f"  {k} {name:10s} ppl {p:9.3f} ({100 * (p / full - 1):+6.2f}%)")
     return res

@@ -84,6 +84,8 @@ def test_decode_mode_equals_chunked_for_the_full_cache(heldout_ids: List[int]) -
         ({"type": "h2o", "budget": 0.2, "recent": 32}, 0.10),
         ({"type": "h2o", "budget": 0.2, "recent": 32, "quant": "int8"}, 0.10),
         ({"type": "streaming", "sinks": 4, "window": 256, "quant": {"type": "kivi", "bits": 2}}, 0.02),
+        ({"type": "full", "select_blocks": 4}, 0.02),
+        ({"type": "full", "select_blocks": 4, "quant": {"type": "kivi", "bits": 2}}, 0.03),
     ],
 )
 def test_decode_perplexity_stays_close_to_the_full_cache(heldout_ids: List[int], kv: Any, max_increase: float) -> None:
@@ -100,7 +102,8 @@ def test_eviction_changes_results_when_it_evicts(heldout_ids: List[int]) -> None
     # must change the numbers.
     ids = heldout_ids[:600]
     full = edgellm.load().perplexity(ids, mode="decode")
-    for kv in ({"type": "window", "size": 16}, {"type": "h2o", "budget": 0.05}, {"type": "kivi", "bits": 2, "residual": 0}):
+    for kv in ({"type": "window", "size": 16}, {"type": "h2o", "budget": 0.05}, {"type": "kivi", "bits": 2, "residual": 0},
+               {"type": "full", "select_blocks": 1}):
         assert edgellm.load(kv_cache=kv).perplexity(ids, mode="decode") != pytest.approx(full, rel=1e-4), kv
 
 
@@ -176,6 +179,7 @@ def test_kv_cache_bytes_reflect_the_storage(heldout_ids: List[int]) -> None:
         ({"type": "streaming", "window": 8, "quant": {"type": "kivi"}, "sinks": -1}, "non-negative"),
         ({"type": "h2o", "budget": 0.2, "quant": "kivi"}, "cannot be combined"),
         ({"type": "lru"}, "unknown kv_cache type"),
+        ({"type": "streaming", "window": 64, "select_blocks": 2}, "needs type"),
         ({"window": 3}, "type"),
         (42, "dict"),
         ({"type": "window", "size": 4, "extra": object()}, "JSON"),
@@ -208,6 +212,8 @@ def test_cli_kv_flags(tmp_path: Path) -> None:
                 "--kv-recent", "16")
     assert r.returncode == 0, r.stderr
     assert "perplexity" in r.stdout and "h2o(budget=0.3, recent=16)" in r.stdout
+    r = run_cli("perplexity", str(text_file), "--mode", "decode", "--kv-select", "2", "--kv-quant", "int8")
+    assert r.returncode == 0 and "full + int8 + select 2 blocks" in r.stdout, r.stderr
     r = run_cli("perplexity", str(text_file), "--mode", "decode", "--kv-json", json.dumps({"type": "window", "size": 64}))
     assert r.returncode == 0 and "window(64)" in r.stdout, r.stderr
     r = run_cli("generate", "x", "--kv-json", "{nope")

@@ -32,6 +32,8 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     k.add_argument("--kv-bits", type=int, default=None, help="kivi: 2 or 4 bits (default 2)")
     k.add_argument("--kv-group", type=int, default=None, help="kivi: group size (default 32)")
     k.add_argument("--kv-residual", type=int, default=None, help="kivi: newest tokens kept in f16 (default 128)")
+    k.add_argument("--kv-select", type=int, default=None,
+                   help="full cache: attend only to the N most relevant 64-token key blocks per step (Quest)")
     k.add_argument("--kv-json", default=None, help="the whole policy as JSON, as load(kv_cache=...) takes it")
 
 
@@ -90,9 +92,11 @@ def _kv_policy(a: argparse.Namespace) -> Optional[Dict[str, Any]]:
                 if flag is not None:
                     quant[key] = flag
     rule = a.kv_cache or "full"
-    if rule == "full" and quant is None:
+    if rule == "full" and quant is None and a.kv_select is None:
         return None
     policy: Dict[str, Any] = {"type": rule}
+    if a.kv_select is not None:
+        policy["select_blocks"] = a.kv_select
     if rule in ("window", "streaming") and a.kv_window is not None:
         policy["size" if rule == "window" else "window"] = a.kv_window
     if rule == "streaming" and a.kv_sinks is not None:

@@ -359,6 +359,11 @@ def load(
     - ``{"type": "kivi", "bits": 2, "group_size": 32, "residual": 128}``,
       ``{"type": "int8"}``, ``{"type": "f16"}``: quantized storage of every token.
 
+    - ``{"type": "full", "select_blocks": N}``: query-aware block selection
+      (Quest): each decoding step attends only to the N 64-token key blocks with
+      the highest bound on the attention score, plus the newest block; nothing
+      is evicted, attention reads less.
+
     The eviction rules take ``"quant": {...}`` (or ``"int8"``, ``"kivi"``...) to
     store their tokens quantized, e.g. ``{"type": "streaming", "sinks": 4,
     "window": 1024, "quant": {"type": "kivi", "bits": 2}}``. With ``window`` and

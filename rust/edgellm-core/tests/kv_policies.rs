@@ -204,3 +204,48 @@ fn h2o_with_a_model_window_masks_by_true_position() {
     // Heavy hitters, not just the newest: some kept token is older than the last 30.
     assert!(cache.positions(0).unwrap()[0] < (n - 30) as u32);
 }
+
+#[test]
+fn block_selection_attends_to_the_blocks_with_the_highest_bound() {
+    let n = 64 * 9 + 17;
+    // Enough blocks selected: the full cache, bit for bit.
+    let (full, toks, _) = run(&KvConfig::default(), n, None, 21);
+    let (all, ..) = run(&KvConfig::from_json(r#"{"type": "full", "select_blocks": 10}"#).unwrap(), n, None, 21);
+    assert_eq!(full, all);
+    // Three blocks plus the newest: the reference recomputes Quest's bound per
+    // KV head from the rotated keys and attends over the chosen blocks only.
+    let (got, ..) = run(&KvConfig::from_json(r#"{"type": "full", "select_blocks": 3}"#).unwrap(), n, None, 21);
+    let r = rope();
+    let keys: Vec<Vec<f32>> = toks.iter().enumerate().map(|(t, tok)| rotated(&r, &tok.k, KV_HEADS, t)).collect();
+    let q = rotated(&r, &toks[n - 1].q, HEADS, n - 1);
+    let group = HEADS / KV_HEADS;
+    let nb = n.div_ceil(64);
+    let mut want = vec![0f32; HEADS * HD];
+    for kvh in 0..KV_HEADS {
+        let bound = |b: usize| -> f32 {
+            let (mut lo, mut hi) = (vec![f32::INFINITY; HD], vec![f32::NEG_INFINITY; HD]);
+            for k in &keys[b * 64..((b + 1) * 64).min(n)] {
+                for c in 0..HD {
+                    lo[c] = lo[c].min(k[kvh * HD + c]);
+                    hi[c] = hi[c].max(k[kvh * HD + c]);
+                }
+            }
+            (0..group)
+                .map(|g| {
+                    let qh = &q[(kvh * group + g) * HD..][..HD];
+                    (0..HD).map(|c| (qh[c] * lo[c]).max(qh[c] * hi[c])).sum::<f32>()
+                })
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        let mut order: Vec<usize> = (0..nb - 1).collect();
+        order.sort_by(|&a, &b| bound(b).total_cmp(&bound(a)));
+        let mut blocks: Vec<usize> = order[..3].to_vec();
+        blocks.push(nb - 1);
+        let kept: Vec<usize> = blocks.iter().flat_map(|&b| b * 64..((b + 1) * 64).min(n)).collect();
+        let out = reference(&toks, &kept, &kept, n - 1, None);
+        want[kvh * group * HD..(kvh + 1) * group * HD].copy_from_slice(&out[kvh * group * HD..(kvh + 1) * group * HD]);
+    }
+    assert_close(&got, &want, 2e-5, "select 3 blocks");
+    assert_close(&got, &full, f32::INFINITY, "");
+    assert!(got != full, "selecting 4 of 10 blocks changed nothing");
+}

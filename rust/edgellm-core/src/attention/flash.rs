@@ -101,6 +101,7 @@ pub fn flash_attend_slices(
             values.iter().map(|s| &s[..kv_len * hd]).collect(),
         )],
         len: kv_len,
+        select: None,
     };
     run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass);
 }
@@ -117,6 +118,15 @@ pub(crate) struct KvParts<'a> {
     pub parts: Vec<KvPart<'a>>,
     /// Total number of keys (the parts cover `0..len` in order).
     pub len: usize,
+    /// Query-aware selection: `select[kv_head][j0 / KEY_BLOCK]` says whether the
+    /// key block starting at `j0` is attended by that head (one part from 0).
+    pub select: Option<Vec<Vec<bool>>>,
+}
+
+impl KvParts<'_> {
+    fn skips(&self, kvh: usize, b: Block) -> bool {
+        self.select.as_ref().is_some_and(|s| !s[kvh][b.j0 / KEY_BLOCK])
+    }
 }
 
 pub(crate) struct KvPart<'a> {
@@ -322,6 +332,9 @@ impl<M: Mask> Plan<'_, M> {
         sc.acc.clear();
         sc.acc.resize(rows * hd, 0.0);
         for &b in blocks {
+            if self.kv.skips(kvh, b) {
+                continue;
+            }
             let Some((ta, tb)) = self.scores(kvh, t0, t1, b, sc) else { continue };
             let bk = b.j1 - b.j0;
             let Scratch { s, m, l, acc, pv, live, vtile, .. } = sc;
@@ -595,6 +608,9 @@ pub(crate) fn run<M: Mask>(
                     for qb in 0..nqb {
                         let (t0, t1) = plan.tokens(qb);
                         for &b in blocks {
+                            if kv.skips(kvh, b) {
+                                continue;
+                            }
                             let Some((ta, tb)) = plan.scores(kvh, t0, t1, b, sc) else { continue };
                             let bk = b.j1 - b.j0;
                             let dst = &mut acc[b.j0 - c0..b.j1 - c0];

@@ -274,6 +274,7 @@ pub fn tree_attend_slices(
             KvPart::slices(prefix_len, n, nk.iter().map(Vec::as_slice).collect(), nv.iter().map(Vec::as_slice).collect()),
         ],
         len: prefix_len + n,
+        select: None,
     };
     let mask = TreeMask { tree, prefix: prefix_len, window: p.window };
     flash::run(k, p, &kv, &mask, q, out, mass);

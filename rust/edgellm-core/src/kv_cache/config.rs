@@ -55,11 +55,17 @@ pub enum KvQuant {
 pub struct KvConfig {
     pub eviction: Eviction,
     pub quant: KvQuant,
+    /// Query-aware block selection (Quest, Tang et al. 2024): while decoding,
+    /// each KV head attends only to the `n` key blocks (of 64 tokens) whose upper
+    /// bound on the attention score, from per-block channel minima and maxima,
+    /// is highest, plus the blocks of the new tokens. Nothing is evicted. Full
+    /// eviction only (blocks must keep their tokens).
+    pub select_blocks: Option<usize>,
 }
 
 impl Default for KvConfig {
     fn default() -> Self {
-        KvConfig { eviction: Eviction::Full, quant: KvQuant::F32 }
+        KvConfig { eviction: Eviction::Full, quant: KvQuant::F32, select_blocks: None }
     }
 }
 
@@ -74,11 +80,21 @@ impl KvConfig {
         let (ty, obj) = type_and_fields(v, "kv_cache")?;
         let mut f = Fields::new(obj, &format!("kv_cache type {ty:?}"));
         let cfg = match ty.as_str() {
-            "full" => KvConfig { eviction: Eviction::Full, quant: f.quant()? },
-            "window" => KvConfig { eviction: Eviction::Window { size: f.count("size", None)? }, quant: f.quant()? },
+            "full" => {
+                let select_blocks = match f.count_or_zero("select_blocks", 0)? {
+                    0 if f.obj.and_then(|o| o.get("select_blocks")).is_some_and(|v| !v.is_null()) => {
+                        return Err(Error::arg("kv_cache: select_blocks must be at least 1"))
+                    }
+                    0 => None,
+                    n => Some(n),
+                };
+                KvConfig { eviction: Eviction::Full, quant: f.quant()?, select_blocks }
+            }
+            "window" => KvConfig { eviction: Eviction::Window { size: f.count("size", None)? }, quant: f.quant()?, select_blocks: None },
             "streaming" | "sink" | "sinks" => KvConfig {
                 eviction: Eviction::Streaming { sinks: f.count_or_zero("sinks", 4)?, window: f.count("window", None)? },
                 quant: f.quant()?,
+                select_blocks: None,
             },
             "h2o" => {
                 let budget = match f.take("budget") {
@@ -102,9 +118,9 @@ impl KvConfig {
                         return Err(Error::arg(format!("kv_cache h2o: recent ({recent}) exceeds the budget ({b} tokens)")));
                     }
                 }
-                KvConfig { eviction: Eviction::H2o { budget, recent }, quant: f.quant()? }
+                KvConfig { eviction: Eviction::H2o { budget, recent }, quant: f.quant()?, select_blocks: None }
             }
-            "f32" | "f16" | "int8" | "kivi" => KvConfig { eviction: Eviction::Full, quant: parse_quant(v)? },
+            "f32" | "f16" | "int8" | "kivi" => KvConfig { eviction: Eviction::Full, quant: parse_quant(v)?, select_blocks: None },
             other => {
                 return Err(Error::arg(format!(
                     "unknown kv_cache type {other:?}; expected full, window, streaming, h2o, kivi, int8, f16 or f32"
@@ -112,6 +128,11 @@ impl KvConfig {
             }
         };
         if !matches!(ty.as_str(), "f32" | "f16" | "int8" | "kivi") {
+            if f.obj.is_some_and(|o| o.contains_key("select_blocks")) && ty != "full" {
+                return Err(Error::arg(
+                    "kv_cache: select_blocks (query-aware block selection) needs type \"full\": evicting rules move tokens between blocks",
+                ));
+            }
             f.finish()?;
         }
         if matches!(cfg.eviction, Eviction::H2o { .. }) && matches!(cfg.quant, KvQuant::Kivi { .. }) {
@@ -177,7 +198,10 @@ impl KvConfig {
             KvQuant::Int8 => "int8".to_string(),
             KvQuant::Kivi { bits, group_size, residual } => format!("kivi{bits}(group={group_size}, residual={residual})"),
         };
-        format!("{e} + {q}")
+        match self.select_blocks {
+            Some(n) => format!("{e} + {q} + select {n} blocks"),
+            None => format!("{e} + {q}"),
+        }
     }
 }
 
@@ -294,8 +318,10 @@ mod tests {
         let h = parse(r#"{"type": "h2o", "budget": 100, "quant": "int8"}"#).unwrap();
         assert_eq!((h.eviction, h.quant), (Eviction::H2o { budget: Budget::Tokens(100), recent: 0 }, KvQuant::Int8));
         let k = parse(r#"{"type": "kivi", "bits": 4, "group_size": 16, "residual": 0}"#).unwrap();
-        assert_eq!(k, KvConfig { eviction: Eviction::Full, quant: KvQuant::Kivi { bits: 4, group_size: 16, residual: 0 } });
+        assert_eq!(k, KvConfig { eviction: Eviction::Full, quant: KvQuant::Kivi { bits: 4, group_size: 16, residual: 0 }, select_blocks: None });
         assert_eq!(parse(r#""int8""#).unwrap().quant, KvQuant::Int8);
+        let q = parse(r#"{"type": "full", "select_blocks": 8, "quant": "kivi"}"#).unwrap();
+        assert_eq!((q.select_blocks, q.eviction), (Some(8), Eviction::Full));
     }
 
     #[test]
@@ -313,6 +339,8 @@ mod tests {
             (r#"{"type": "kivi", "bits": 3}"#, "2 or 4"),
             (r#"{"type": "kivi", "group_size": 12}"#, "multiple of 8"),
             (r#"{"size": 3}"#, "\"type\""),
+            (r#"{"type": "window", "size": 8, "select_blocks": 2}"#, "needs type"),
+            (r#"{"type": "full", "select_blocks": 0}"#, "at least 1"),
             ("[1]", "must be a dict"),
             ("{", "kv_cache"),
         ] {

@@ -24,7 +24,7 @@ mod store;
 
 pub use config::{Budget, Eviction, KvConfig, KvQuant};
 
-use crate::attention::flash::{self, Causal, KvData, KvPart, KvParts, Mask};
+use crate::attention::flash::{self, Causal, KvData, KvPart, KvParts, Mask, KEY_BLOCK, SPLIT_MAX_TOKENS};
 use crate::attention::AttentionParams;
 use crate::error::{Error, Result};
 use edgellm_kernels::Kernels;
@@ -40,6 +40,9 @@ struct LayerKv {
     /// H2O: true position and accumulated attention of every main token.
     pos: Vec<u32>,
     score: Vec<f32>,
+    /// Block selection: per key block of [`KEY_BLOCK`] tokens, per KV head, the
+    /// channel minima then maxima of its keys, `[block][kv_head][2][head_dim]`.
+    bounds: Vec<f32>,
 }
 
 pub struct KvCache {
@@ -87,6 +90,7 @@ impl KvCache {
                 },
                 pos: Vec::new(),
                 score: Vec::new(),
+                bounds: Vec::new(),
             })
             .collect();
         KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len }
@@ -120,7 +124,9 @@ impl KvCache {
         self.layers
             .iter()
             .map(|l| {
-                l.main.bytes() + (l.sink_k.capacity() + l.sink_v.capacity() + l.score.capacity()) * 4 + l.pos.capacity() * 4
+                l.main.bytes()
+                    + (l.sink_k.capacity() + l.sink_v.capacity() + l.score.capacity() + l.bounds.capacity()) * 4
+                    + l.pos.capacity() * 4
             })
             .sum()
     }
@@ -177,6 +183,9 @@ impl KvCache {
             }
         }
         if first < self.pending {
+            if self.cfg.select_blocks.is_some() {
+                update_bounds(&mut l.bounds, l.main.len(), &k[first * row..], heads, hd);
+            }
             l.main.append(&k[first * row..], &v[first * row..]);
         }
         if matches!(self.cfg.eviction, Eviction::H2o { .. }) {
@@ -238,7 +247,13 @@ impl KvCache {
             };
             parts.push(KvPart { start: l.nsinks, len: main_len, data });
         }
-        let kv = KvParts { parts, len: total };
+        let select = match self.cfg.select_blocks {
+            Some(keep) if n <= SPLIT_MAX_TOKENS && total.div_ceil(KEY_BLOCK) > keep => {
+                Some(select_blocks(&l.bounds, q, p, pos0, total, keep))
+            }
+            _ => None,
+        };
+        let kv = KvParts { parts, len: total, select };
         let mut mass = if h2o { vec![0f32; total] } else { Vec::new() };
         let mass_arg = h2o.then_some(mass.as_mut_slice());
         match (p.window, h2o) {
@@ -301,6 +316,7 @@ impl KvCache {
             l.nsinks = 0;
             l.pos.clear();
             l.score.clear();
+            l.bounds.clear();
         }
         self.seen = 0;
         self.pending = 0;
@@ -318,6 +334,67 @@ impl KvCache {
         let hd = self.head_dim;
         (&k[head][..upto * hd], &v[head][..upto * hd])
     }
+}
+
+/// Folds keys (`[n × heads × hd]`, tokens `first..first+n` of the layer) into
+/// the per-block channel minima and maxima.
+fn update_bounds(bounds: &mut Vec<f32>, first: usize, k: &[f32], heads: usize, hd: usize) {
+    let stride = heads * 2 * hd;
+    for (t, row) in k.chunks_exact(heads * hd).enumerate() {
+        let b = (first + t) / KEY_BLOCK;
+        if bounds.len() < (b + 1) * stride {
+            bounds.resize(b * stride, 0.0);
+            for _ in 0..heads {
+                bounds.extend(std::iter::repeat_n(f32::INFINITY, hd));
+                bounds.extend(std::iter::repeat_n(f32::NEG_INFINITY, hd));
+            }
+        }
+        for h in 0..heads {
+            let mm = &mut bounds[b * stride + h * 2 * hd..][..2 * hd];
+            let (lo, hi) = mm.split_at_mut(hd);
+            for ((l, u), x) in lo.iter_mut().zip(hi).zip(&row[h * hd..(h + 1) * hd]) {
+                *l = l.min(*x);
+                *u = u.max(*x);
+            }
+        }
+    }
+}
+
+/// Quest's choice per KV head: the blocks holding the step's tokens (queries
+/// `pos0..total`) plus the `keep` others with the highest bound
+/// `Σ_c max(q_c·min_c, q_c·max_c)` over the head group's queries.
+fn select_blocks(bounds: &[f32], q: &[f32], p: &AttentionParams, pos0: usize, total: usize, keep: usize) -> Vec<Vec<bool>> {
+    let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
+    let group = nh / nkv;
+    let nb = total.div_ceil(KEY_BLOCK);
+    let first_new = pos0 / KEY_BLOCK;
+    let stride = nkv * 2 * hd;
+    (0..nkv)
+        .map(|kvh| {
+            let mut sel = vec![false; nb];
+            sel[first_new..].iter_mut().for_each(|s| *s = true);
+            let mut scored: Vec<(f32, usize)> = (0..first_new)
+                .map(|b| {
+                    let mm = &bounds[b * stride + kvh * 2 * hd..][..2 * hd];
+                    let (lo, hi) = mm.split_at(hd);
+                    let best = q
+                        .chunks_exact(nh * hd)
+                        .flat_map(|t| t[kvh * group * hd..(kvh + 1) * group * hd].chunks_exact(hd))
+                        .map(|qh| qh.iter().zip(lo).zip(hi).map(|((x, l), u)| (x * l).max(x * u)).sum::<f32>())
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    (best, b)
+                })
+                .collect();
+            let take = keep.min(scored.len());
+            if take > 0 && take < scored.len() {
+                scored.select_nth_unstable_by(take - 1, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+            }
+            for &(_, b) in &scored[..take] {
+                sel[b] = true;
+            }
+            sel
+        })
+        .collect()
 }
 
 /// H2O: keep flags for tokens with accumulated attention `score`: the `recent`

@@ -187,7 +187,7 @@ def plots(r: Dict[str, Any], out: Path) -> List[Path]:
     fig.savefig(files[-1], dpi=110)
 
     p = r["perplexity"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
     budgets = [float(b) for b in p["h2o"]]
     a1.plot([100 * b for b in budgets], list(p["h2o"].values()), marker="o", label="H2O (recent 32)")
     a1.axhline(p["full"], color="gray", linestyle="--", label="full cache")
@@ -200,6 +200,13 @@ def plots(r: Dict[str, Any], out: Path) -> List[Path]:
     a2.axhline(p["full"], color="gray", linestyle="--")
     a2.set_ylim(p["full"] * 0.97, max(p["kivi"].values()) * 1.01)
     a2.set_xlabel("KV bits (KIVI group 32, residual 128 unless noted)")
+    a2.tick_params(axis="x", labelsize=7)
+    blocks = list(p["select"])
+    a3.plot([int(b) for b in blocks], [p["select"][b] for b in blocks], marker="o", label="Quest selection")
+    a3.axhline(p["full"], color="gray", linestyle="--", label="full cache")
+    a3.set_xlabel("key blocks of 64 tokens attended per step")
+    a3.legend()
+    a3.grid(alpha=0.3)
     fig.suptitle(f"Default model, held-out text ({p['tokens']} tokens, decode mode)")
     fig.tight_layout()
     files.append(out / "kv_perplexity.png")

@@ -6,10 +6,12 @@
 //!
 //! Tensors stay memory-mapped, except where llama.cpp's converter changed them
 //! and the change is undone here (into owned buffers):
-//! - Q and K rows of `llama`, `minicpm` and `smollm3` files were permuted from
-//!   HF's rotate-half layout to interleaved pairs; the rows are put back (whole
-//!   rows, so any block-quantized type works).
 //! - Gemma (1, 2, 3) norm weights were stored as `1 + w`; 1 is subtracted.
+//! - Q and K rows of `llama`, `minicpm` and `smollm3` files were permuted from
+//!   HF's rotate-half layout to interleaved pairs. They are run as stored (the
+//!   model's rotary embedding then pairs `(2i, 2i+1)`, [`GgufModel::interleaved_qk`]),
+//!   so these large matrices stay mapped; only MiniCPM's Q/K biases, which its
+//!   converter left unpermuted, are permuted to match.
 //!
 //! Architectures (`general.architecture`): llama (also Mistral files; a
 //! `sliding_window` makes it Mistral), qwen2, qwen3, gemma, gemma2, gemma3, phi2,
@@ -41,6 +43,8 @@ pub struct GgufModel {
     pub generation: GenerationDefaults,
     /// HF tensor name → GGUF tensor name (for error messages).
     pub names: Vec<(String, String)>,
+    /// Q/K rows are in llama.cpp's interleaved-pair order.
+    pub interleaved_qk: bool,
 }
 
 /// Whether `path` is a file to load as GGUF: a `.gguf` extension or the magic.
@@ -140,7 +144,14 @@ fn translate(file: &GgufFile) -> Result<GgufModel> {
     let (store_map, names) = tensors::hf_tensors(file, &hp)?;
     let size = file.map.len() as u64;
     let store = TensorStore::from_tensors(store_map, vec![file.path.clone()], size);
-    Ok(GgufModel { config, store, tokenizer: tokenizer(file)?, generation: generation(file)?, names })
+    Ok(GgufModel {
+        config,
+        store,
+        tokenizer: tokenizer(file)?,
+        generation: generation(file)?,
+        names,
+        interleaved_qk: arch.permuted_qk(),
+    })
 }
 
 /// The HF `config.json` equivalent of the metadata.

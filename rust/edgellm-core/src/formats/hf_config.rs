@@ -197,6 +197,7 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
         norm_eps,
         ropes,
         layer_rope,
+        rope_interleaved: false,
         block,
         mlp_kind: if arch == Phi { MlpKind::Plain } else { MlpKind::Gated },
         embed_scale: embed_scale as f32,

@@ -149,6 +149,10 @@ pub struct ModelConfig {
     /// Per layer: index into `ropes`, or `None` for a layer without position
     /// encoding (SmolLM3's NoPE layers).
     pub layer_rope: Vec<Option<usize>>,
+    /// Q/K rows hold rotary pairs interleaved, `(2i, 2i+1)`, rather than HF's
+    /// halves `(i, i + d/2)`: llama.cpp's converter permutes llama-style files
+    /// that way, and running them as stored keeps their weights memory-mapped.
+    pub rope_interleaved: bool,
     pub block: BlockKind,
     pub mlp_kind: MlpKind,
     /// Multiplies the token embeddings (Gemma: sqrt(hidden); MiniCPM: scale_emb).

@@ -133,7 +133,8 @@ impl Model {
             }
             e => e,
         };
-        let config = hf_config::parse_model_config(&g.config).map_err(as_format)?;
+        let mut config = hf_config::parse_model_config(&g.config).map_err(as_format)?;
+        config.rope_interleaved = g.interleaved_qk;
         let weights = Weights::from_hf(&g.store, &config).map_err(as_format)?;
         // Gemma's embedding scale, rounded like the HF path for bf16 weights.
         Self::assemble(path, config, weights, g.tokenizer, g.generation, &g.store, opts, &[DType::BF16])
@@ -186,7 +187,7 @@ impl Model {
             None => default_context(&config),
         };
         Ok(Model {
-            ropes: config.ropes.iter().map(Rope::new).collect(),
+            ropes: config.ropes.iter().map(|r| Rope::new(r).with_interleaved_pairs(config.rope_interleaved)).collect(),
             config,
             weights,
             tokenizer,

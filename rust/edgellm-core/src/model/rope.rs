@@ -16,6 +16,8 @@ pub struct Rope {
     /// LongRope: frequencies once the sequence passes `original_max`.
     long_inv_freq: Option<(usize, Vec<f32>)>,
     attention_scaling: f32,
+    /// Pairs `(2i, 2i+1)` instead of `(i, i + dim/2)` (see `ModelConfig::rope_interleaved`).
+    interleaved: bool,
 }
 
 fn default_inv_freq(theta: f64, dim: usize) -> Vec<f64> {
@@ -85,7 +87,14 @@ impl Rope {
             inv_freq: inv.into_iter().map(|f| f as f32).collect(),
             long_inv_freq,
             attention_scaling,
+            interleaved: false,
         }
+    }
+
+    /// The same rotation on interleaved pairs `(2i, 2i+1)`.
+    pub fn with_interleaved_pairs(mut self, interleaved: bool) -> Self {
+        self.interleaved = interleaved;
+        self
     }
 
     pub fn dim(&self) -> usize {
@@ -140,7 +149,7 @@ impl Rope {
         for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
             let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             for head in row.chunks_exact_mut(head_dim) {
-                rotate(head, c, s);
+                rotate(head, c, s, self.interleaved);
             }
         }
     }
@@ -158,18 +167,27 @@ impl Rope {
             })
             .unzip();
         for head in x.chunks_exact_mut(head_dim) {
-            rotate(head, &c, &s);
+            rotate(head, &c, &s, self.interleaved);
         }
     }
 }
 
-/// Rotates pairs `(i, i + half)` of one head by the angles of `cos`/`sin` (`half` each).
-fn rotate(head: &mut [f32], c: &[f32], s: &[f32]) {
+/// Rotates pairs `(i, i + half)` (or `(2i, 2i+1)`) of one head by the angles of
+/// `cos`/`sin` (`half` each).
+fn rotate(head: &mut [f32], c: &[f32], s: &[f32], interleaved: bool) {
     let half = c.len();
-    for i in 0..half {
-        let (a, b) = (head[i], head[i + half]);
-        head[i] = a * c[i] - b * s[i];
-        head[i + half] = b * c[i] + a * s[i];
+    if interleaved {
+        for (i, pair) in head[..2 * half].chunks_exact_mut(2).enumerate() {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c[i] - b * s[i];
+            pair[1] = b * c[i] + a * s[i];
+        }
+    } else {
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * c[i] - b * s[i];
+            head[i + half] = b * c[i] + a * s[i];
+        }
     }
 }
 
@@ -230,6 +248,25 @@ mod tests {
                 assert!((u - v).abs() < 1e-5, "{u} vs {v}");
             }
         }
+    }
+
+    #[test]
+    fn interleaved_pairs_are_the_permuted_halves() {
+        let r = rope(RopeScaling::None);
+        let ri = rope(RopeScaling::None).with_interleaved_pairs(true);
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.61).cos()).collect();
+        // llama.cpp's permute per head of 32: stored 2i + j = HF j·16 + i.
+        let perm = |v: &[f32]| -> Vec<f32> {
+            v.chunks(32).flat_map(|h| (0..32).map(move |s| h[(s % 2) * 16 + s / 2])).collect()
+        };
+        let (c, s) = r.tables(9..10, 10);
+        let (mut a, mut b) = (x.clone(), perm(&x));
+        r.apply(&mut a, 2, 32, &c, &s);
+        ri.apply(&mut b, 2, 32, &c, &s);
+        assert_eq!(perm(&a), b);
+        r.shift(&mut a, 32, 7, 10);
+        ri.shift(&mut b, 32, 7, 10);
+        assert_eq!(perm(&a), b);
     }
 
     #[test]

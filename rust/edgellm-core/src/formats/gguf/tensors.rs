@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 enum Target {
     /// Renamed, bytes unchanged (memory-mapped).
     Plain(String),
-    /// Q/K rows interleaved by the converter, put back for `heads` heads.
-    Unpermute(String, usize),
+    /// A Q/K bias the converter left in HF order while permuting its weight
+    /// (MiniCPM): permuted the same way for `heads` heads.
+    Permute(String, usize),
     /// A Gemma norm stored as `1 + w`.
     MinusOne(String),
     /// A fused `[q | k | v]` projection of a non-fused architecture (old Phi-2
@@ -45,12 +46,13 @@ fn target(hp: &Hparams, name: &str) -> Option<Target> {
     let layer: usize = layer.parse().ok().filter(|&l| l < hp.n_layer && !layer.starts_with('+'))?;
     let p = format!("model.layers.{layer}");
     let hf = |s: &str| format!("{p}.{s}.{suffix}");
-    // Biases are permuted with their weights, except by the MiniCPM converter.
-    let unpermute = arch.permuted_qk() && (suffix == "weight" || arch != MiniCpm);
+    // Q/K weights run in the converter's interleaved order (the rotary embedding
+    // follows); biases are permuted with them, except by the MiniCPM converter.
+    let permute_bias = arch == MiniCpm && suffix == "bias";
     match part {
         "attn_norm" => plain(hf("input_layernorm")),
-        "attn_q" if unpermute => Some(Target::Unpermute(hf("self_attn.q_proj"), hp.n_head)),
-        "attn_k" if unpermute => Some(Target::Unpermute(hf("self_attn.k_proj"), hp.n_head_kv)),
+        "attn_q" if permute_bias => Some(Target::Permute(hf("self_attn.q_proj"), hp.n_head)),
+        "attn_k" if permute_bias => Some(Target::Permute(hf("self_attn.k_proj"), hp.n_head_kv)),
         "attn_q" => plain(hf("self_attn.q_proj")),
         "attn_k" => plain(hf("self_attn.k_proj")),
         "attn_v" => plain(hf("self_attn.v_proj")),
@@ -105,41 +107,21 @@ fn mapped(file: &GgufFile, t: &TensorInfo) -> Result<Tensor> {
         .map_err(|e| Error::format(format!("tensor {:?}: {e}", t.name)))
 }
 
-/// Undoes llama.cpp's `permute`: per head, rows stored as `[d/2][2]` pairs go
-/// back to HF's `[2][d/2]` halves.
-fn unpermute(t: &Tensor, heads: usize, name: &str) -> Result<Tensor> {
+/// llama.cpp's `permute` of a bias: per head of `d`, HF's halves `[2][d/2]`
+/// become interleaved pairs `[d/2][2]`.
+fn permute(t: &Tensor, heads: usize, name: &str) -> Result<Tensor> {
     let shape = t.shape().to_vec();
     let rows = shape[0];
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if shape.len() != 1 || heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
         return Err(Error::format(format!(
-            "tensor {name:?} has {rows} rows, which do not split into {heads} heads of an even size"
+            "tensor {name:?} of shape {shape:?} is not a bias of {heads} heads of an even size"
         )));
     }
-    let d = rows / heads;
+    let (d, v) = (rows / heads, t.to_f32_vec());
     let half = d / 2;
-    let src_row = |r: usize| {
-        let (h, rest) = (r / d, r % d);
-        let (j, i) = (rest / half, rest % half);
-        h * d + 2 * i + j
-    };
-    match shape.len() {
-        1 => {
-            let v = t.to_f32_vec();
-            let out: Vec<f32> = (0..rows).map(|r| v[src_row(r)]).collect();
-            Tensor::from_f32(&out, shape)
-        }
-        2 => {
-            let rb = t.row_bytes();
-            let src = t.as_bytes();
-            let mut out = Vec::with_capacity(src.len());
-            for r in 0..rows {
-                let s = src_row(r);
-                out.extend_from_slice(&src[s * rb..(s + 1) * rb]);
-            }
-            Tensor::from_bytes(&out, t.dtype(), shape)
-        }
-        n => Err(Error::format(format!("tensor {name:?} has {n} dimensions, expected 1 or 2"))),
-    }
+    // Stored index h·d + 2i + j holds HF index h·d + j·half + i.
+    let out: Vec<f32> = (0..rows).map(|s| (s / d) * d + (s % 2) * half + (s % d) / 2).map(|r| v[r]).collect();
+    Tensor::from_f32(&out, shape)
 }
 
 /// Every bound tensor under its HF name, plus the HF → GGUF name pairs.
@@ -162,7 +144,7 @@ pub(super) fn hf_tensors(file: &GgufFile, hp: &Hparams) -> Result<HfTensors> {
         let tensor = mapped(file, t)?;
         match target {
             Target::Plain(hf) => put(hf, tensor, &t.name)?,
-            Target::Unpermute(hf, heads) => put(hf, unpermute(&tensor, heads, &t.name)?, &t.name)?,
+            Target::Permute(hf, heads) => put(hf, permute(&tensor, heads, &t.name)?, &t.name)?,
             Target::MinusOne(hf) => {
                 if tensor.shape().len() != 1 {
                     return Err(Error::format(format!("norm tensor {:?} is not 1-dimensional", t.name)));
@@ -230,24 +212,21 @@ mod tests {
     }
 
     #[test]
-    fn unpermute_inverts_the_converter() {
+    fn bias_permutation_is_the_converters() {
         let v: Vec<f32> = (0..24).map(|x| x as f32).collect();
         for heads in [1, 2, 3, 6] {
-            let stored = Tensor::from_f32(&permute(&v, heads), vec![24]).unwrap();
-            assert_eq!(unpermute(&stored, heads, "t").unwrap().to_f32_vec(), v);
-            // As rows of a 2-D tensor (2 columns).
-            let m: Vec<f32> = permute(&v, heads).iter().flat_map(|&x| [x, -x]).collect();
-            let back = unpermute(&Tensor::from_f32(&m, vec![24, 2]).unwrap(), heads, "t").unwrap().to_f32_vec();
-            assert_eq!(back, v.iter().flat_map(|&x| [x, -x]).collect::<Vec<_>>());
+            let t = Tensor::from_f32(&v, vec![24]).unwrap();
+            assert_eq!(super::permute(&t, heads, "t").unwrap().to_f32_vec(), permute(&v, heads));
         }
-        assert!(unpermute(&Tensor::from_f32(&v, vec![24]).unwrap(), 5, "t").is_err());
+        assert!(super::permute(&Tensor::from_f32(&v, vec![24]).unwrap(), 5, "t").is_err());
+        assert!(super::permute(&Tensor::from_f32(&v, vec![12, 2]).unwrap(), 2, "t").is_err());
     }
 
     #[test]
     fn names_follow_the_converter() {
         let hp = |arch| Hparams { arch, n_layer: 2, n_head: 2, n_head_kv: 1, head_dim: 4 };
         let name = |arch, n: &str| match target(&hp(arch), n) {
-            Some(Target::Plain(s)) | Some(Target::MinusOne(s)) | Some(Target::Unpermute(s, _)) => s,
+            Some(Target::Plain(s)) | Some(Target::MinusOne(s)) | Some(Target::Permute(s, _)) => s,
             Some(_) => "<special>".into(),
             None => "<none>".into(),
         };
@@ -260,8 +239,10 @@ mod tests {
         assert_eq!(name(Arch::Qwen3, "blk.0.attn_k_norm.weight"), "model.layers.0.self_attn.k_norm.weight");
         assert_eq!(name(Arch::Llama, "rope_freqs.weight"), "<none>");
         assert!(matches!(target(&hp(Arch::Gemma), "output_norm.weight"), Some(Target::MinusOne(_))));
-        assert!(matches!(target(&hp(Arch::Llama), "blk.0.attn_k.weight"), Some(Target::Unpermute(_, 1))));
-        assert!(matches!(target(&hp(Arch::MiniCpm), "blk.0.attn_q.bias"), Some(Target::Plain(_))));
+        // Permuted Q/K weights stay mapped; only MiniCPM's unpermuted biases change.
+        assert!(matches!(target(&hp(Arch::Llama), "blk.0.attn_k.weight"), Some(Target::Plain(_))));
+        assert!(matches!(target(&hp(Arch::Llama), "blk.0.attn_k.bias"), Some(Target::Plain(_))));
+        assert!(matches!(target(&hp(Arch::MiniCpm), "blk.0.attn_q.bias"), Some(Target::Permute(_, 2))));
         assert!(matches!(target(&hp(Arch::Qwen2), "blk.0.attn_q.weight"), Some(Target::Plain(_))));
     }
 }

@@ -1,4 +1,4 @@
-"""The ``edgellm`` command line: generate, chat, info, perplexity."""
+"""The ``edgellm`` command line: generate, chat, info, perplexity, bench, quantize."""
 
 from __future__ import annotations
 
@@ -197,6 +197,33 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .calibrate import quantize
+    from .model import default_model_path
+
+    texts = None
+    if a.calibration:
+        texts = []
+        for path in a.calibration:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+    src = default_model_path() if a.src == "default" else a.src
+    report = quantize(
+        src, a.dst, method=a.method, bits=a.bits, group_size=a.group_size, symmetric=not a.asymmetric,
+        calibration=texts, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
+        act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, threads=a.threads,
+        overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
+    )
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        errs = report["relative_output_error"]
+        mean = f", mean relative output error {sum(errs.values()) / len(errs):.4f}" if errs else ""
+        print(f"wrote {report['dst']} ({report['method']}, {report['format']}, {_human_bytes(report['file_bytes'])}, "
+              f"{report['calibration_tokens']} calibration tokens, {report['seconds']:.1f} s{mean})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -238,6 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", action="store_true", help="also probe memory bandwidth and report the decode bound")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("quantize", help="calibrated quantization (RTN, GPTQ, AWQ, SmoothQuant) into a new checkpoint")
+    p.add_argument("src", help="HF checkpoint directory, or 'default' for the embedded model")
+    p.add_argument("dst", help="output directory (an edgellm checkpoint that `edgellm.load` runs)")
+    p.add_argument("--method", default="gptq", choices=["rtn", "gptq", "awq", "smoothquant"])
+    p.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2])
+    p.add_argument("--group-size", type=int, default=128, help="columns per scale: a multiple of 32, or -1 (per row)")
+    p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1 blocks) instead of symmetric q4_0")
+    p.add_argument("--calibration", action="append", default=None, metavar="FILE",
+                   help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
+    p.add_argument("--embedding", default="q8_0", choices=["q8_0", "keep"], help="format of embedding and head")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens in all")
+    p.add_argument("--no-act-order", action="store_true", help="GPTQ: quantize columns in their stored order")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)")
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_quantize)
     return parser
 
 

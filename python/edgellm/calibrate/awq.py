@@ -10,10 +10,10 @@ minimise the output error ``||X Wᵀ - X Ŵᵀ||²`` on calibration inputs, comp
 through the Gram matrix ``XᵀX``.
 
 - scale search: ``s = mean|x|^r / mean|ŵ|^(1-r)`` (``ŵ``: weights normalised by
-  their group maximum; ``duo_scaling`` as in AutoAWQ; ``duo=False`` gives the
-  paper's ``mean|x|^r``), normalised by ``sqrt(max s · min s)``, over a grid of
-  exponents ``r`` in ``[0, 1)``; ``r = 0`` with ``duo=False`` is plain RTN, so the
-  search never does worse than RTN on the calibration data.
+  their group maximum; AutoAWQ's ``duo_scaling``) and the paper's ``s = mean|x|^r``,
+  normalised by ``sqrt(max s · min s)``, over a grid of exponents ``r`` in
+  ``[0, 1)``; ``s = 1`` (plain RTN) is a candidate, so the search never does worse
+  than RTN on the calibration data.
 - clipping search: per (row, group), the range shrink factor in
   ``[1, 1 - max_shrink]`` minimising that group's contribution to the error.
 """
@@ -38,7 +38,7 @@ def gram(x: np.ndarray) -> np.ndarray:
 def output_error(w: np.ndarray, w_hat: np.ndarray, g: np.ndarray) -> float:
     """Mean squared output error ``E||x (w - ŵ)ᵀ||²`` per token given ``g = XᵀX/n``."""
     d = np.asarray(w, dtype=np.float64) - np.asarray(w_hat, dtype=np.float64)
-    return float(np.einsum("ij,jk,ik->", d, g, d))
+    return float(np.sum((d @ g) * d))
 
 
 def _w_mean(weights: Sequence[np.ndarray], grid: Grid) -> np.ndarray:
@@ -70,6 +70,8 @@ def awq_scales(
     best = (np.inf, np.ones_like(x_mean), 0.0)
     candidates: List[Tuple[float, bool]] = [(0.0, False)]  # plain RTN first
     candidates += [(i / n_grid, duo) for i in range(n_grid)]
+    if duo:
+        candidates += [(i / n_grid, False) for i in range(1, n_grid)]  # the paper's mean|x|^r too
     for r, use_w in candidates:
         if use_w:
             s = np.power(np.maximum(x_mean, 1e-8), r) / np.power(np.maximum(w_mean, 1e-8), 1 - r)
@@ -101,7 +103,7 @@ def awq_clip(w: np.ndarray, g: np.ndarray, grid: Grid, *, n_grid: int = 20, max_
         for j in range(ng):
             sl = slice(j * gsz, (j + 1) * gsz)
             dj = d[:, sl]
-            err = np.einsum("ij,jk,ik->i", dj, g[sl, sl], dj)
+            err = np.sum((dj @ g[sl, sl]) * dj, axis=1)
             better = err < best_err[:, j]
             best_err[better, j] = err[better]
             best[better, j] = ratio

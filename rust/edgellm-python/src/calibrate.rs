@@ -21,7 +21,7 @@ fn matrix<'py>(py: Python<'py>, v: Vec<f32>, cols: usize) -> PyResult<Bound<'py,
     Ok(PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any())
 }
 
-fn contiguous<'a>(name: &str, s: Result<&'a [f32], numpy::NotContiguousError>) -> PyResult<&'a [f32]> {
+fn contiguous<'a, E>(name: &str, s: Result<&'a [f32], E>) -> PyResult<&'a [f32]> {
     s.map_err(|_| to_py(Error::arg(format!("{name} must be a C-contiguous float32 array"))))
 }
 
@@ -117,11 +117,22 @@ impl PyCalibrator {
         Ok((matrix(py, w, shape[1])?, b.map(|b| PyArray1::from_vec(py, b).into_any())))
     }
 
-    /// Replaces the current layer's projection `name` (same shape) for the following
-    /// captures and the advance.
-    fn set_linear(&self, py: Python<'_>, name: &str, weight: PyReadonlyArray2<'_, f32>) -> PyResult<()> {
+    /// Replaces the current layer's projection `name` (same shape) and, if given,
+    /// its bias, for the following captures and the advance.
+    #[pyo3(signature = (name, weight, bias=None))]
+    fn set_linear(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        weight: PyReadonlyArray2<'_, f32>,
+        bias: Option<PyReadonlyArray1<'_, f32>>,
+    ) -> PyResult<()> {
         let w = contiguous("weight", weight.as_slice())?.to_vec();
-        py.detach(|| self.lock().set_linear(name, &w)).py_err()
+        let b = match &bias {
+            Some(b) => Some(contiguous("bias", b.as_slice())?.to_vec()),
+            None => None,
+        };
+        py.detach(|| self.lock().set_linear(name, &w, b.as_deref())).py_err()
     }
 
     /// The current layer's norm `name` ("attn_norm", "mlp_norm", "post_attn_norm",

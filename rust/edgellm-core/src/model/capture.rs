@@ -209,13 +209,20 @@ impl Calibrator {
         Ok((w, [rows, cols], l.bias.clone()))
     }
 
-    /// Replaces the current layer's `name` weight (same shape, f32, row-major) for
-    /// the following captures and the advance; the bias is kept.
-    pub fn set_linear(&mut self, name: &str, weight: &[f32]) -> Result<()> {
+    /// Replaces the current layer's `name` weight (same shape, f32, row-major) and,
+    /// if given, its bias (only where the layer has one) for the following captures
+    /// and the advance.
+    pub fn set_linear(&mut self, name: &str, weight: &[f32], bias: Option<&[f32]>) -> Result<()> {
         let l = self.linear_mut(name)?;
         let shape = l.weight.shape().to_vec();
         if shape.iter().product::<usize>() != weight.len() {
             return Err(Error::arg(format!("{name}: {} values given for a weight of shape {shape:?}", weight.len())));
+        }
+        match (bias, &mut l.bias) {
+            (Some(b), Some(lb)) if b.len() == lb.len() => lb.copy_from_slice(b),
+            (Some(_), Some(_)) => return Err(Error::arg(format!("{name}: bias length differs from the layer's"))),
+            (Some(_), None) => return Err(Error::arg(format!("{name} has no bias"))),
+            (None, _) => {}
         }
         l.weight = Tensor::from_f32(weight, shape)?;
         Ok(())
@@ -469,14 +476,15 @@ mod tests {
         let (w, shape, _) = cal.linear("v").unwrap();
         assert_eq!(shape, [m.config.kv_dim(), h]);
         let zeros = vec![0f32; w.len()];
-        cal.set_linear("v", &zeros).unwrap();
+        cal.set_linear("v", &zeros, None).unwrap();
         let after = cal.capture().unwrap();
         assert_eq!(after.attn_in, first.attn_in);
         // Zero values: every attention output is zero.
         assert!(after.o_in.iter().all(|&v| v == 0.0));
         assert!(first.o_in.iter().any(|&v| v != 0.0));
-        assert!(cal.set_linear("v", &zeros[1..]).is_err());
-        assert!(cal.set_linear("nope", &zeros).is_err());
+        assert!(cal.set_linear("v", &zeros[1..], None).is_err());
+        assert!(cal.set_linear("nope", &zeros, None).is_err());
+        assert!(cal.set_linear("v", &zeros, Some(&[1.0])).is_err()); // llama has no biases
 
         let (nw, nb) = cal.norm("attn_norm").unwrap();
         assert!(nb.is_none());

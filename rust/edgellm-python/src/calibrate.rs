@@ -6,6 +6,7 @@ use crate::error::{to_py, IntoPy};
 use crate::model::PyModel;
 use edgellm_core::model::capture::Calibrator;
 use edgellm_core::Error;
+use edgellm_kernels::quant::minifloat::{self, Fp8};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -154,4 +155,54 @@ impl PyCalibrator {
         }
         self.lock().set_norm(name, w, b).py_err()
     }
+}
+
+fn fp8_format(name: &str) -> PyResult<Fp8> {
+    match name.to_ascii_lowercase().as_str() {
+        "e4m3" | "e4m3fn" | "float8_e4m3fn" => Ok(Fp8::E4M3),
+        "e5m2" | "float8_e5m2" => Ok(Fp8::E5M2),
+        _ => Err(to_py(Error::arg(format!("unknown FP8 format {name:?}; choose e4m3 or e5m2")))),
+    }
+}
+
+/// FP8 codes (uint8) of float32 values, rounded to nearest even; `saturate` clamps
+/// magnitudes past the format's largest finite value instead of overflowing.
+#[pyfunction]
+#[pyo3(signature = (values, format, saturate=false))]
+pub fn fp8_encode<'py>(py: Python<'py>, values: PyReadonlyArray1<'py, f32>, format: &str, saturate: bool) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let f = fp8_format(format)?;
+    let v = contiguous("values", values.as_slice())?.to_vec();
+    let out: Vec<u8> = py.detach(|| v.iter().map(|&x| if saturate { f.encode_saturating(x) } else { f.encode(x) }).collect());
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// float32 values of FP8 codes.
+#[pyfunction]
+pub fn fp8_decode<'py>(py: Python<'py>, codes: PyReadonlyArray1<'py, u8>, format: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let f = fp8_format(format)?;
+    let c = codes.as_slice().map_err(|_| to_py(Error::arg("codes must be a C-contiguous uint8 array")))?.to_vec();
+    Ok(PyArray1::from_vec(py, c.iter().map(|&b| f.decode(b)).collect()))
+}
+
+/// Indices (0..16) of the nearest NF4 code-book values.
+#[pyfunction]
+pub fn nf4_encode<'py>(py: Python<'py>, values: PyReadonlyArray1<'py, f32>) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let v = contiguous("values", values.as_slice())?.to_vec();
+    let out: Vec<u8> = py.detach(|| v.iter().map(|&x| minifloat::nf4_encode(x)).collect());
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// The 16 NF4 code-book values.
+#[pyfunction]
+pub fn nf4_values() -> Vec<f32> {
+    minifloat::NF4_VALUES.to_vec()
+}
+
+pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
+    m.add_class::<PyCalibrator>()?;
+    m.add_function(wrap_pyfunction!(fp8_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(fp8_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(nf4_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(nf4_values, m)?)?;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<generator::PyGenerator>()?;
-    m.add_class::<calibrate::PyCalibrator>()?;
+    calibrate::register(m)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(active_isa, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

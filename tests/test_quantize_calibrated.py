@@ -213,9 +213,34 @@ def test_cli_quantize(tmp_path, capsys):
     from edgellm.cli import main
 
     assert main(["quantize", "default", str(tmp_path / "cli"), "--method", "rtn", "--bits", "8",
-                 "--group-size", "32", "--progress", "off", "--json"]) == 0
+                 "--group-size", "32", "--progress", "off", "--json", "--gguf", str(tmp_path / "cli.gguf")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "q8_0"
     assert edgellm.load(tmp_path / "cli").info()["dtype"] == "q8_0"
+    assert edgellm.load(tmp_path / "cli.gguf").info()["dtype"] == "q8_0"
     assert main(["quantize", "default", str(tmp_path / "cli"), "--method", "rtn"]) == 1  # exists, not empty
     assert "not empty" in capsys.readouterr().err
+
+
+def test_gguf_export_round_trips(rtn_dir, tmp_path):
+    """The calibrated checkpoint exported to GGUF loads back with the same blocks,
+    tokenizer and logits; the gguf package (an independent reader) sees llama.cpp's
+    names and block types."""
+    from edgellm.calibrate import export_gguf
+
+    path = export_gguf(rtn_dir, tmp_path / "m.gguf")
+    a, b = edgellm.load(rtn_dir), edgellm.load(path)
+    ids = a.tokenizer.encode(TEXTS[0] + TEXTS[1])
+    assert b.tokenizer.encode(TEXTS[0] + TEXTS[1]) == ids
+    np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
+    assert b.info()["dtype"] == "q4_0"
+    gguf = pytest.importorskip("gguf")
+    r = gguf.GGUFReader(str(path))
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.attn_q.weight"] == "Q4_0" and types["blk.5.ffn_down.weight"] == "Q4_0"
+    assert types["token_embd.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
+    assert "output.weight" not in types  # tied embeddings
+    assert r.fields["general.architecture"].contents() == "llama"
+    assert r.fields["general.file_type"].contents() == 2  # MOSTLY_Q4_0
+    with pytest.raises(edgellm.InvalidArgumentError):
+        export_gguf(model_dir("qwen2"), tmp_path / "q.gguf")

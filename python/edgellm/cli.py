@@ -214,9 +214,15 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, threads=a.threads,
         overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
     )
+    if a.gguf:
+        from .calibrate import export_gguf
+
+        report["gguf"] = str(export_gguf(a.dst, a.gguf))
     if a.json:
         print(json.dumps(report, indent=2))
     else:
+        if a.gguf:
+            print(f"wrote {report['gguf']}")
         errs = report["relative_output_error"]
         mean = f", mean relative output error {sum(errs.values()) / len(errs):.4f}" if errs else ""
         print(f"wrote {report['dst']} ({report['method']}, {report['format']}, {_human_bytes(report['file_bytes'])}, "
@@ -284,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--gguf", default=None, metavar="FILE", help="also export the result as a GGUF file (llama.cpp)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_quantize)
     return parser

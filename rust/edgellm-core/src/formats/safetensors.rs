@@ -188,7 +188,8 @@ impl TensorStore {
                 (Dtype::U8, Some((ty, shape))) => (DType::Quant(ty), shape),
                 (Dtype::U8, None) => {
                     return Err(in_file(Error::format(format!(
-                        "tensor {name:?} has dtype U8 but the metadata key {QUANT_METADATA_KEY:?} does not describe it"
+                        "tensor {name:?} has dtype U8, which holds quantized blocks only when the metadata key \
+                         {QUANT_METADATA_KEY:?} describes it; supported weight dtypes are F32, F16 and BF16"
                     ))))
                 }
                 (d, None) => (map_dtype(&name, d).map_err(in_file)?, info.shape.clone()),

@@ -18,7 +18,7 @@ pub struct PyCalibrator {
 }
 
 fn matrix<'py>(py: Python<'py>, v: Vec<f32>, cols: usize) -> PyResult<Bound<'py, PyAny>> {
-    let rows = if cols == 0 { 0 } else { v.len() / cols };
+    let rows = v.len().checked_div(cols).unwrap_or(0);
     Ok(PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any())
 }
 

@@ -42,6 +42,9 @@ pub struct LayerInputs {
     pub down_in: Vec<f32>,
 }
 
+/// A projection's weight (f32, row-major), its `[out, in]` shape and its bias.
+pub type LinearParams = (Vec<f32>, [usize; 2], Option<Vec<f32>>);
+
 pub struct Calibrator {
     model: Arc<Model>,
     /// Tokens of each calibration sequence.
@@ -54,11 +57,12 @@ pub struct Calibrator {
 }
 
 #[derive(Clone, Copy)]
-enum Site {
-    AttnIn,
-    OIn,
-    MlpIn,
-    DownIn,
+/// Which projection input a tap reports.
+enum Input {
+    Attn,
+    O,
+    Mlp,
+    Down,
 }
 
 impl Calibrator {
@@ -127,10 +131,10 @@ impl Calibrator {
             self.model.install(|| {
                 self.run_layer(lw, &mut x, n, &mut |site, v| {
                     match site {
-                        Site::AttnIn => &mut out.attn_in,
-                        Site::OIn => &mut out.o_in,
-                        Site::MlpIn => &mut out.mlp_in,
-                        Site::DownIn => &mut out.down_in,
+                        Input::Attn => &mut out.attn_in,
+                        Input::O => &mut out.o_in,
+                        Input::Mlp => &mut out.mlp_in,
+                        Input::Down => &mut out.down_in,
                     }
                     .extend_from_slice(v)
                 })
@@ -199,7 +203,7 @@ impl Calibrator {
     }
 
     /// The current layer's `name` projection as f32 `[out × in]` plus its bias.
-    pub fn linear(&mut self, name: &str) -> Result<(Vec<f32>, [usize; 2], Option<Vec<f32>>)> {
+    pub fn linear(&mut self, name: &str) -> Result<LinearParams> {
         let l = self.linear_mut(name)?;
         let (rows, cols) = (l.out_features(), l.in_features());
         let mut w = vec![0f32; rows * cols];
@@ -285,7 +289,7 @@ impl Calibrator {
     /// One layer over one sequence of `n` tokens (`x`: `[n × hidden]`, updated in
     /// place), reporting each projection input to `tap`. Mirrors
     /// `Transformer::layer` operation for operation.
-    fn run_layer(&self, lw: &LayerWeights, x: &mut [f32], n: usize, tap: &mut dyn FnMut(Site, &[f32])) {
+    fn run_layer(&self, lw: &LayerWeights, x: &mut [f32], n: usize, tap: &mut dyn FnMut(Input, &[f32])) {
         let m = &*self.model;
         let (c, k) = (&m.config, m.kernels);
         let li = self.layer;
@@ -295,7 +299,7 @@ impl Calibrator {
         let mut kk = vec![0f32; n * c.kv_dim()];
         let mut v = vec![0f32; n * c.kv_dim()];
         lw.attn_norm.apply_into(x, &mut xn);
-        tap(Site::AttnIn, &xn);
+        tap(Input::Attn, &xn);
         lw.q.forward(k, &xn, &mut q);
         lw.k.forward(k, &xn, &mut kk);
         lw.v.forward(k, &xn, &mut v);
@@ -333,7 +337,7 @@ impl Calibrator {
         let value_refs: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
         let mut att = vec![0f32; n * c.q_dim()];
         flash_attend_slices(k, &params, &key_refs, &value_refs, 0, &q, &mut att, None);
-        tap(Site::OIn, &att);
+        tap(Input::O, &att);
         let mut proj = vec![0f32; n * h];
         lw.o.forward(k, &att, &mut proj);
         if let Some(pn) = &lw.post_attn_norm {
@@ -341,7 +345,7 @@ impl Calibrator {
         }
         match c.block {
             BlockKind::Parallel => {
-                tap(Site::MlpIn, &xn);
+                tap(Input::Mlp, &xn);
                 let mlp_out = self.mlp(lw, &xn, n, tap);
                 for ((xv, a), mo) in x.iter_mut().zip(&proj).zip(&mlp_out) {
                     *xv += c.residual_scale * (a + mo);
@@ -351,7 +355,7 @@ impl Calibrator {
                 add_scaled(x, &proj, c.residual_scale);
                 let mn = lw.mlp_norm.as_ref().expect("sequential blocks have an MLP norm");
                 mn.apply_into(x, &mut xn);
-                tap(Site::MlpIn, &xn);
+                tap(Input::Mlp, &xn);
                 let mut mlp_out = self.mlp(lw, &xn, n, tap);
                 if let Some(pn) = &lw.post_mlp_norm {
                     pn.apply(&mut mlp_out);
@@ -361,7 +365,7 @@ impl Calibrator {
         }
     }
 
-    fn mlp(&self, lw: &LayerWeights, xn: &[f32], n: usize, tap: &mut dyn FnMut(Site, &[f32])) -> Vec<f32> {
+    fn mlp(&self, lw: &LayerWeights, xn: &[f32], n: usize, tap: &mut dyn FnMut(Input, &[f32])) -> Vec<f32> {
         let m = &*self.model;
         let (c, k) = (&m.config, m.kernels);
         let inter = n * c.intermediate_size;
@@ -373,12 +377,12 @@ impl Calibrator {
                 let mut gate = vec![0f32; inter];
                 g.forward(k, xn, &mut gate);
                 activation::gated(c.activation, &mut gate, &up);
-                tap(Site::DownIn, &gate);
+                tap(Input::Down, &gate);
                 lw.down.forward(k, &gate, &mut out);
             }
             None => {
                 activation::apply(c.activation, &mut up);
-                tap(Site::DownIn, &up);
+                tap(Input::Down, &up);
                 lw.down.forward(k, &up, &mut out);
             }
         }

@@ -138,6 +138,7 @@ fn pow2_f64(e: i32) -> f64 {
 
 /// QLoRA's NF4 code book: 16 values in [-1, 1], quantiles of a standard normal
 /// distribution with an exact zero (bitsandbytes' table).
+#[allow(clippy::excessive_precision)] // bitsandbytes' literals, verbatim
 pub const NF4_VALUES: [f32; 16] = [
     -1.0,
     -0.6961928009986877,

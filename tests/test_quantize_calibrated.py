@@ -222,6 +222,10 @@ def test_cli_quantize(tmp_path, capsys):
     assert edgellm.load(tmp_path / "cli.gguf").info()["dtype"] == "q8_0"
     assert main(["quantize", "default", str(tmp_path / "cli"), "--method", "rtn"]) == 1  # exists, not empty
     assert "not empty" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "cli")]) == 0
+    assert "quantized by        rtn 8-bit symmetric group 32 (q8_0 blocks" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "cli"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"]["method"] == "rtn"
 
 
 def test_gguf_export_round_trips(rtn_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -138,6 +139,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     mem = model.memory(a.context, a.batch)
     if a.json:
         info["memory"] = mem
+        info["quantization"] = _quantization_section(info["path"])
         print(json.dumps(info, indent=2))
         return 0
     p = info["parameters"]
@@ -157,10 +159,29 @@ def cmd_info(a: argparse.Namespace) -> int:
     print(f"KV cache            {_human_bytes(kv)} per token ({info['kv_dtype']}), "
           f"{_human_bytes(kv * info['max_context'])} at full context")
     print("weights by format   " + ", ".join(f"{k} {_human_bytes(v)}" for k, v in info["weight_bytes"].items()))
+    q = _quantization_section(info["path"])
+    if q:
+        sym = "symmetric" if q.get("symmetric", True) else "asymmetric"
+        group = "per row" if q.get("group_size") == -1 else f"group {q.get('group_size')}"
+        print(f"quantized by        {q.get('method')} {q.get('bits')}-bit {sym} {group} ({q.get('format')} blocks, "
+              f"embedding {q.get('embedding')}), {q.get('calibration_tokens', 0)} calibration tokens")
     print(f"memory at {mem['context']} tokens x {mem['batch']}: weights {_human_bytes(mem['weights'])} + "
           f"KV {_human_bytes(mem['kv_cache'])} + activations {_human_bytes(mem['activations'])} "
           f"= {_human_bytes(mem['total'])}")
     return 0
+
+
+def _quantization_section(path: str) -> Optional[Dict[str, Any]]:
+    """The ``edgellm_quantization`` section ``edgellm quantize`` writes to config.json."""
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            section = json.load(f).get("edgellm_quantization")
+    except (OSError, ValueError):
+        return None
+    return section if isinstance(section, dict) else None
 
 
 def cmd_perplexity(a: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ ROWS = [
     ("int4 GPTQ g128 sym, act-order (q4_0)", dict(method="gptq", bits=4, group_size=128)),
     ("int4 GPTQ g128 sym, no act-order (q4_0)", dict(method="gptq", bits=4, group_size=128, act_order=False)),
     ("int4 AWQ g128 sym (q4_0)", dict(method="awq", bits=4, group_size=128)),
+    ("mixed 5.5 bpw: int4 RTN g128 + sensitive projections q8_0", dict(method="rtn", bits=4, group_size=128, mixed_bpw=5.5)),
+    ("mixed 5.5 bpw: int4 GPTQ g128 + sensitive projections q8_0", dict(method="gptq", bits=4, group_size=128, mixed_bpw=5.5)),
     ("int4 RTN g128 asym (q4_1)", dict(method="rtn", bits=4, group_size=128, symmetric=False)),
     ("int4 GPTQ g128 asym (q4_1)", dict(method="gptq", bits=4, group_size=128, symmetric=False)),
     ("int4 AWQ g128 asym (q4_1)", dict(method="awq", bits=4, group_size=128, symmetric=False)),
@@ -126,7 +128,11 @@ def main() -> None:
                 size, secs = sum(w.values()), time.time() - t0
             else:
                 dst = Path(tmp) / label.split(" (")[0].replace(" ", "_").replace("=", "")
-                rep = edgellm.quantize(src, dst, threads=args.threads, max_tokens=args.max_tokens, progress=False, **spec)
+                extra = {}
+                if spec.get("mixed_bpw") and spec["method"] == "rtn":
+                    extra["calibration"] = [(src / "calibration_sample.py.txt").read_text(encoding="utf-8")]
+                rep = edgellm.quantize(src, dst, threads=args.threads, max_tokens=args.max_tokens, progress=False,
+                                       **spec, **extra)
                 size, secs = rep["file_bytes"], rep["seconds"]
                 model = edgellm.load(dst, threads=args.threads)
             ppl = model.perplexity(ids, window=1024)

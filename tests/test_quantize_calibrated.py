@@ -250,3 +250,30 @@ def test_gguf_export_round_trips(rtn_dir, tmp_path):
     assert r.fields["general.file_type"].contents() == 2  # MOSTLY_Q4_0
     with pytest.raises(edgellm.InvalidArgumentError):
         export_gguf(model_dir("qwen2"), tmp_path / "q.gguf")
+
+
+def test_mixed_precision_promotes_sensitive_projections(rtn_dir, heldout_ids, f16_ppl, tmp_path, capsys):
+    """A sensitivity pass promotes the projections with the largest RTN output error
+    to q8_0 within the bits-per-weight target; the result beats plain RTN int4."""
+    from edgellm.cli import main
+
+    report = edgellm.quantize(DEFAULT, tmp_path / "mixed", method="rtn", bits=4, group_size=128, mixed_bpw=5.5,
+                              calibration=[(DEFAULT / "calibration_sample.py.txt").read_text()], max_tokens=4096,
+                              progress=False)
+    plan = report["plan"]
+    assert len(plan) == 42 and set(plan.values()) == {"q4_0", "q8_0"}
+    assert 5.0 < report["projection_bits_per_weight"] <= 5.5
+    m = edgellm.load(tmp_path / "mixed")
+    wb = m.info()["weight_bytes"]
+    p = m.info()["parameters"]
+    assert (wb["q4_0"] + wb["q8_0"]) * 8 == pytest.approx(
+        report["projection_bits_per_weight"] * (p["attention"] + p["ffn"]) + 8.5 * p["embedding"])
+    rtn_ppl = edgellm.load(rtn_dir).perplexity(heldout_ids, window=1024)
+    assert f16_ppl < m.perplexity(heldout_ids, window=1024) < rtn_ppl
+    assert main(["info", str(tmp_path / "mixed")]) == 0
+    out = capsys.readouterr().out
+    assert "per-layer plan" in out and "q8_0" in out.split("per-layer plan")[1]
+    with pytest.raises(edgellm.InvalidArgumentError):
+        edgellm.quantize(DEFAULT, tmp_path / "bad", method="rtn", bits=4, mixed_bpw=9.0)
+    with pytest.raises(edgellm.InvalidArgumentError, match="calibration"):
+        edgellm.quantize(model_dir("llama"), tmp_path / "bad2", method="rtn", bits=4, group_size=32, mixed_bpw=6.0)

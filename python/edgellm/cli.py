@@ -165,6 +165,17 @@ def cmd_info(a: argparse.Namespace) -> int:
         group = "per row" if q.get("group_size") == -1 else f"group {q.get('group_size')}"
         print(f"quantized by        {q.get('method')} {q.get('bits')}-bit {sym} {group} ({q.get('format')} blocks, "
               f"embedding {q.get('embedding')}), {q.get('calibration_tokens', 0)} calibration tokens")
+        if q.get("projection_bits_per_weight"):
+            print(f"projection bits     {q['projection_bits_per_weight']} per weight")
+        plan = q.get("plan")
+        if isinstance(plan, dict) and plan:
+            print(f"per-layer plan      (mixed precision, target {q.get('mixed_bpw')} bits/weight)")
+            layers: Dict[str, List[str]] = {}
+            for key, ty in plan.items():
+                _, idx, proj = str(key).split(".", 2)
+                layers.setdefault(idx, []).append(f"{proj} {ty}")
+            for idx in sorted(layers, key=int):
+                print(f"  layer {idx:<13} {', '.join(layers[idx])}")
     print(f"memory at {mem['context']} tokens x {mem['batch']}: weights {_human_bytes(mem['weights'])} + "
           f"KV {_human_bytes(mem['kv_cache'])} + activations {_human_bytes(mem['activations'])} "
           f"= {_human_bytes(mem['total'])}")
@@ -232,7 +243,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     report = quantize(
         src, a.dst, method=a.method, bits=a.bits, group_size=a.group_size, symmetric=not a.asymmetric,
         calibration=texts, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
-        act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, threads=a.threads,
+        act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, mixed_bpw=a.mixed_bpw, threads=a.threads,
         overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
     )
     if a.gguf:
@@ -308,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-act-order", action="store_true", help="GPTQ: quantize columns in their stored order")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    p.add_argument("--mixed-bpw", type=float, default=None, metavar="BPW",
+                   help="mixed precision: promote the most sensitive projections to q8_0 within this average bits/weight")
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")

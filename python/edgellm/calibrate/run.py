@@ -84,6 +84,41 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
     return seqs
 
 
+_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5}  # bits per weight of the block types
+
+
+def _sensitivity_plan(
+    model: Any, seqs: List[List[int]], grid: Grid, target: float, q_dim: int, kv_dim: int, num_layers: int
+) -> "set[Tuple[int, str]]":
+    """(layer, projection) pairs to store as q8_0: the float model's projections by
+    decreasing relative output error on ``grid`` (round to nearest), promoted while
+    the average bits per projection weight stays within ``target``."""
+    cal = _core.Calibrator(model._core, seqs)
+    items: List[Tuple[float, int, int, str]] = []
+    for li in range(num_layers):
+        layer = _Layer(cal)
+        caps = cal.capture()
+        for key, readers, _prev in layer.groups(q_dim, kv_dim):
+            g = gram(caps[key])
+            for n in readers:
+                w = layer.w[n]
+                if not _fits(grid, w.shape[1]):
+                    continue
+                ref = output_error(w, np.zeros_like(w), g)
+                err = output_error(w, rtn(w, grid).dequantize(), g) / ref if ref > 0 else 0.0
+                items.append((err, w.size, li, n))
+        cal.advance()
+    low = _BPW[grid.ggml_type]
+    budget = (target - low) * sum(p for _, p, _, _ in items)
+    promote = set()
+    for _err, params, li, n in sorted(items, key=lambda t: -t[0]):
+        extra = (_BPW["q8_0"] - low) * params
+        if extra <= budget + 1e-9:
+            promote.add((li, n))
+            budget -= extra
+    return promote
+
+
 def _fits(grid: Grid, cols: int) -> bool:
     """Whether rows of ``cols`` values are whole GGML blocks and groups of ``grid``."""
     return cols % 32 == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
@@ -161,6 +196,7 @@ def quantize(
     act_order: bool = True,
     damp: float = 0.01,
     alpha: float = 0.5,
+    mixed_bpw: Optional[float] = None,
     threads: Optional[int] = None,
     overwrite: bool = False,
     progress: Union[None, bool, Callable[[int, int], None]] = None,
@@ -176,7 +212,12 @@ def quantize(
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
-    ``seq_len`` tokens, at most ``max_tokens`` in all. GPTQ options: ``act_order`` (default
+    ``seq_len`` tokens, at most ``max_tokens`` in all. ``mixed_bpw``: mixed precision, a
+    target average of bits per projection weight (q4_0 is 4.5, q4_1 5.0, q8_0 8.5):
+    a sensitivity pass ranks the projections by their relative output error on
+    the grid and promotes the most fragile to q8_0 while the average stays within
+    the target (the plan is stored in config.json and shown by ``edgellm info``).
+    GPTQ options: ``act_order`` (default
     on: columns by decreasing Hessian diagonal, groups fixed up front), ``damp``; SmoothQuant: ``alpha``.
 
     Returns a report: method, format, calibration tokens, seconds, file bytes and
@@ -194,6 +235,10 @@ def quantize(
         raise InvalidArgumentError(
             f"format {format!r} cannot hold a {bits}-bit {'symmetric' if symmetric else 'asymmetric'} grid; "
             f"it is stored as {grid.ggml_type}"
+        )
+    if mixed_bpw is not None and not _BPW[grid.ggml_type] <= mixed_bpw <= _BPW["q8_0"]:
+        raise InvalidArgumentError(
+            f"mixed_bpw must lie between {_BPW[grid.ggml_type]} ({grid.ggml_type}) and {_BPW['q8_0']} (q8_0), got {mixed_bpw}"
         )
     if embedding not in ("q8_0", "keep"):
         raise InvalidArgumentError(f"embedding must be 'q8_0' or 'keep', got {embedding!r}")
@@ -244,6 +289,14 @@ def quantize(
     else:
         seqs = [[0, 0]]  # RTN without texts: the calibrator only walks the weights
     tokens = sum(len(s) for s in seqs) if have_texts else 0
+    promote: set = set()
+    if mixed_bpw is not None:
+        if not have_texts:
+            raise InvalidArgumentError("mixed precision needs calibration texts for its sensitivity pass")
+        promote = _sensitivity_plan(model, seqs, grid, mixed_bpw, q_dim, kv_dim, num_layers)
+    high = Grid(bits=8, group_size=group_size, symmetric=True)
+    plan: Dict[str, str] = {}
+    proj_bits = proj_params = 0
     cal = _core.Calibrator(model._core, seqs)
     cb = _progress_callback(progress, f"{method} {grid.ggml_type}")
     done = 0
@@ -281,16 +334,20 @@ def quantize(
                     if cb:
                         cb(done, n_linears)
                     continue
+                lg = high if (li, n) in promote else grid
                 if method == "gptq":
-                    qw = gptq(w, 2.0 * g, grid, damp=damp, act_order=act_order)
+                    qw = gptq(w, 2.0 * g, lg, damp=damp, act_order=act_order)
                 elif method == "awq" and n not in ("q", "k"):
                     # Clipping search, skipped for q/k as in AutoAWQ: their errors pass
                     # through the softmax, which their own output error does not see
                     # (clipping them helped the default model, int4 g128 -0.11% vs
                     # +0.07% on 4096 held-out tokens, but hurt random-weight fixtures).
-                    qw = rtn(w, grid, awq_clip(w, g, grid))
+                    qw = rtn(w, lg, awq_clip(w, g, lg))
                 else:
-                    qw = rtn(w, grid)
+                    qw = rtn(w, lg)
+                plan[f"layers.{li}.{n}"] = lg.ggml_type
+                proj_bits += int(_BPW[lg.ggml_type] * w.size)
+                proj_params += w.size
                 deq = qw.dequantize()
                 if g is not None:
                     ref = output_error(w, np.zeros_like(w), g)
@@ -334,6 +391,9 @@ def quantize(
         "embedding": embedding,
         "calibration_tokens": tokens,
     }
+    section["projection_bits_per_weight"] = round(proj_bits / proj_params, 4) if proj_params else None
+    if mixed_bpw is not None:
+        section.update(mixed_bpw=mixed_bpw, plan=plan)
     if method == "gptq":
         section.update(act_order=act_order, damp=damp)
     if method == "smoothquant":

@@ -1,9 +1,10 @@
-"""The ``edgellm`` command line: generate, chat, info, perplexity."""
+"""The ``edgellm`` command line: generate, chat, info, perplexity, bench, quantize."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -193,6 +194,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     mem = model.memory(a.context, a.batch)
     if a.json:
         info["memory"] = mem
+        info["quantization"] = _quantization_section(info["path"])
         print(json.dumps(info, indent=2))
         return 0
     p = info["parameters"]
@@ -213,10 +215,40 @@ def cmd_info(a: argparse.Namespace) -> int:
           f"{_human_bytes(kv * info['max_context'])} at full context")
     print(f"KV policy           {info['kv_cache']}")
     print("weights by format   " + ", ".join(f"{k} {_human_bytes(v)}" for k, v in info["weight_bytes"].items()))
+    q = _quantization_section(info["path"])
+    if q:
+        sym = "symmetric" if q.get("symmetric", True) else "asymmetric"
+        group = "per row" if q.get("group_size") == -1 else f"group {q.get('group_size')}"
+        print(f"quantized by        {q.get('method')} {q.get('bits')}-bit {sym} {group} ({q.get('format')} blocks, "
+              f"embedding {q.get('embedding')}), {q.get('calibration_tokens', 0)} calibration tokens")
+        if q.get("projection_bits_per_weight"):
+            print(f"projection bits     {q['projection_bits_per_weight']} per weight")
+        plan = q.get("plan")
+        if isinstance(plan, dict) and plan:
+            print(f"per-layer plan      (mixed precision, target {q.get('mixed_bpw')} bits/weight)")
+            layers: Dict[str, List[str]] = {}
+            for key, ty in plan.items():
+                _, idx, proj = str(key).split(".", 2)
+                layers.setdefault(idx, []).append(f"{proj} {ty}")
+            for idx in sorted(layers, key=int):
+                print(f"  layer {idx:<13} {', '.join(layers[idx])}")
     print(f"memory at {mem['context']} tokens x {mem['batch']}: weights {_human_bytes(mem['weights'])} + "
           f"KV {_human_bytes(mem['kv_cache'])} + activations {_human_bytes(mem['activations'])} "
           f"= {_human_bytes(mem['total'])}")
     return 0
+
+
+def _quantization_section(path: str) -> Optional[Dict[str, Any]]:
+    """The ``edgellm_quantization`` section ``edgellm quantize`` writes to config.json."""
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            section = json.load(f).get("edgellm_quantization")
+    except (OSError, ValueError):
+        return None
+    return section if isinstance(section, dict) else None
 
 
 def cmd_perplexity(a: argparse.Namespace) -> int:
@@ -252,6 +284,39 @@ def cmd_bench(a: argparse.Namespace) -> int:
         tg = r.get(f"tg{a.n}", {}).get("mean", 0.0)
         print(f"read bandwidth {r['bandwidth_gb_s']:.1f} GB/s -> decode bound {r['tg_bound_tok_s']:.1f} tok/s; "
               f"measured {tg:.1f} tok/s = {100 * tg / r['tg_bound_tok_s']:.0f}% of the bound")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .calibrate import quantize
+    from .model import default_model_path
+
+    texts = None
+    if a.calibration:
+        texts = []
+        for path in a.calibration:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+    src = default_model_path() if a.src == "default" else a.src
+    report = quantize(
+        src, a.dst, method=a.method, bits=a.bits, group_size=a.group_size, symmetric=not a.asymmetric,
+        calibration=texts, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
+        act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, mixed_bpw=a.mixed_bpw, threads=a.threads,
+        overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
+    )
+    if a.gguf:
+        from .calibrate import export_gguf
+
+        report["gguf"] = str(export_gguf(a.dst, a.gguf))
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        if a.gguf:
+            print(f"wrote {report['gguf']}")
+        errs = report["relative_output_error"]
+        mean = f", mean relative output error {sum(errs.values()) / len(errs):.4f}" if errs else ""
+        print(f"wrote {report['dst']} ({report['method']}, {report['format']}, {_human_bytes(report['file_bytes'])}, "
+              f"{report['calibration_tokens']} calibration tokens, {report['seconds']:.1f} s{mean})")
     return 0
 
 
@@ -298,6 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", action="store_true", help="also probe memory bandwidth and report the decode bound")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("quantize", help="calibrated quantization (RTN, GPTQ, AWQ, SmoothQuant) into a new checkpoint")
+    p.add_argument("src", help="HF checkpoint directory, or 'default' for the embedded model")
+    p.add_argument("dst", help="output directory (an edgellm checkpoint that `edgellm.load` runs)")
+    p.add_argument("--method", default="gptq", choices=["rtn", "gptq", "awq", "smoothquant"])
+    p.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2])
+    p.add_argument("--group-size", type=int, default=128, help="columns per scale: a multiple of 32, or -1 (per row)")
+    p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1 blocks) instead of symmetric q4_0")
+    p.add_argument("--calibration", action="append", default=None, metavar="FILE",
+                   help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
+    p.add_argument("--embedding", default="q8_0", choices=["q8_0", "keep"], help="format of embedding and head")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens in all")
+    p.add_argument("--no-act-order", action="store_true", help="GPTQ: quantize columns in their stored order")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of the mean Hessian diagonal)")
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    p.add_argument("--mixed-bpw", type=float, default=None, metavar="BPW",
+                   help="mixed precision: promote the most sensitive projections to q8_0 within this average bits/weight")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--gguf", default=None, metavar="FILE", help="also export the result as a GGUF file (llama.cpp)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_quantize)
     return parser
 
 

@@ -1,6 +1,7 @@
 //! `edgellm._core`: the Python face of edgellm-core. Thin by design: argument
 //! conversion, GIL release around compute, and error mapping (see `error.rs`).
 
+mod calibrate;
 mod error;
 mod generator;
 mod model;
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<generator::PyGenerator>()?;
+    calibrate::register(m)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(active_isa, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

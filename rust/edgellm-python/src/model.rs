@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 #[pyclass(name = "Model", module = "edgellm._core", frozen)]
 pub struct PyModel {
-    inner: Arc<Model>,
+    pub(crate) inner: Arc<Model>,
 }
 
 /// Token ids from Python ints, rejecting negatives and values past u32.

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+use edgellm_kernels::quant::GgmlType;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +52,60 @@ fn map_dtype(name: &str, d: Dtype) -> Result<DType> {
             "tensor {name:?} has dtype {other:?}; supported weight dtypes are F32, F16 and BF16"
         ))),
     }
+}
+
+/// Safetensors metadata key of edgellm's quantized checkpoints: a JSON object
+/// mapping tensor names to `{"type": "<ggml type>", "shape": [rows, cols]}`. Such a
+/// tensor is stored as dtype U8 holding the GGML blocks of its rows (any U8 shape
+/// whose size matches), so the file stays readable by every safetensors reader.
+pub const QUANT_METADATA_KEY: &str = "edgellm.quantized_tensors";
+
+/// Block types a quantized safetensors tensor may hold (the weight types the
+/// kernels run).
+const STORABLE_QUANT: [GgmlType; 11] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::IQ4NL,
+];
+
+/// The quantized-tensor descriptions of a file's metadata (empty without the key).
+/// Anything malformed is a format error; sizes are checked when the tensors are built.
+fn parse_quant_metadata(meta: &Option<std::collections::HashMap<String, String>>) -> Result<BTreeMap<String, (GgmlType, Vec<usize>)>> {
+    let mut out = BTreeMap::new();
+    let Some(text) = meta.as_ref().and_then(|m| m.get(QUANT_METADATA_KEY)) else {
+        return Ok(out);
+    };
+    let bad = |why: String| Error::format(format!("metadata {QUANT_METADATA_KEY:?}: {why}"));
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let obj = json.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    for (name, desc) in obj {
+        let ty_name = desc.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad(format!("{name:?} has no \"type\" string")))?;
+        let ty = STORABLE_QUANT.into_iter().find(|t| t.name().eq_ignore_ascii_case(ty_name)).ok_or_else(|| {
+            bad(format!(
+                "{name:?} has type {ty_name:?}; quantized tensors may be {}",
+                STORABLE_QUANT.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let dims = desc.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad(format!("{name:?} has no \"shape\" array")))?;
+        if dims.is_empty() || dims.len() > 4 {
+            return Err(bad(format!("{name:?} has a shape of {} dimensions (1 to 4 allowed)", dims.len())));
+        }
+        let shape = dims
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad(format!("{name:?} has a shape that is not a list of non-negative integers")))?;
+        out.insert(name.clone(), (ty, shape));
+    }
+    Ok(out)
 }
 
 impl TensorStore {
@@ -126,14 +181,35 @@ impl TensorStore {
         let (header_len, meta) = SafeTensors::read_metadata(&map[..])
             .map_err(|e| Error::format(format!("{}: {}", path.display(), describe(e))))?;
         let data_start = 8 + header_len; // read_metadata checked this fits the file
+        let in_file = |e: Error| Error::format(format!("{}: {e}", path.display()));
+        let mut quantized = parse_quant_metadata(meta.metadata()).map_err(in_file)?;
         for (name, info) in meta.tensors() {
-            let dtype = map_dtype(&name, info.dtype).map_err(|e| Error::format(format!("{}: {e}", path.display())))?;
+            let (dtype, shape) = match (info.dtype, quantized.remove(&name)) {
+                (Dtype::U8, Some((ty, shape))) => (DType::Quant(ty), shape),
+                (Dtype::U8, None) => {
+                    return Err(in_file(Error::format(format!(
+                        "tensor {name:?} has dtype U8, which holds quantized blocks only when the metadata key \
+                         {QUANT_METADATA_KEY:?} describes it; supported weight dtypes are F32, F16 and BF16"
+                    ))))
+                }
+                (d, None) => (map_dtype(&name, d).map_err(in_file)?, info.shape.clone()),
+                (d, Some(_)) => {
+                    return Err(in_file(Error::format(format!(
+                        "tensor {name:?} is described as quantized in {QUANT_METADATA_KEY:?} but has dtype {d:?}, not U8"
+                    ))))
+                }
+            };
             let (s, e) = info.data_offsets;
-            let tensor = Tensor::from_mapped(map.clone(), data_start + s, e - s, dtype, info.shape.clone())
+            let tensor = Tensor::from_mapped(map.clone(), data_start + s, e - s, dtype, shape)
                 .map_err(|e| Error::format(format!("{}: tensor {name:?}: {e}", path.display())))?;
             if self.tensors.insert(name.clone(), tensor).is_some() {
                 return Err(Error::format(format!("tensor {name:?} appears in more than one file ({})", path.display())));
             }
+        }
+        if let Some(name) = quantized.keys().next() {
+            return Err(in_file(Error::format(format!(
+                "{QUANT_METADATA_KEY:?} describes tensor {name:?}, which the file does not hold"
+            ))));
         }
         self.file_bytes += map.len() as u64;
         self.files.push(path.to_path_buf());
@@ -164,5 +240,71 @@ impl TensorStore {
     }
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of one U8 tensor of `bytes` bytes with `metadata` (raw JSON
+    /// string values) in a fresh directory.
+    fn write(tag: &str, bytes: usize, metadata: Option<&str>, dtype: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("edgellm-stq-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = metadata.map(|m| format!("\"__metadata__\":{{\"{QUANT_METADATA_KEY}\":{}}},", serde_json::Value::String(m.into()))).unwrap_or_default();
+        let elems = if dtype == "F32" { bytes / 4 } else { bytes };
+        let header = format!("{{{meta}\"w\":{{\"dtype\":\"{dtype}\",\"shape\":[{elems}],\"data_offsets\":[0,{bytes}]}}}}");
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend((0..bytes).map(|i| (i * 37 % 251) as u8));
+        let path = dir.join("model.safetensors");
+        std::fs::write(&path, file).unwrap();
+        path
+    }
+
+    fn open(path: &Path) -> Result<TensorStore> {
+        let mut s = TensorStore { tensors: BTreeMap::new(), files: Vec::new(), file_bytes: 0 };
+        s.add_file(path)?;
+        Ok(s)
+    }
+
+    #[test]
+    fn quantized_u8_tensor_loads_with_its_block_type_and_shape() {
+        // 2 rows of 64 q4_0 values: 2 × 2 blocks × 18 bytes.
+        let p = write("ok", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 64]}}"#), "U8");
+        let s = open(&p).unwrap();
+        let t = s.get("w").unwrap();
+        assert_eq!(t.dtype(), DType::Quant(GgmlType::Q4_0));
+        assert_eq!(t.shape(), &[2, 64]);
+        assert_eq!(t.nbytes(), 72);
+        let mut row = vec![0f32; 64];
+        t.row_to_f32(1, &mut row); // dequantizes without panicking
+    }
+
+    #[test]
+    fn hostile_quant_metadata_is_a_format_error() {
+        let cases: [(&str, usize, Option<&str>, &str); 12] = [
+            ("nometa", 72, None, "U8"),
+            ("badjson", 72, Some("{not json"), "U8"),
+            ("notobj", 72, Some("[1, 2]"), "U8"),
+            ("notype", 72, Some(r#"{"w": {"shape": [2, 64]}}"#), "U8"),
+            ("badtype", 72, Some(r#"{"w": {"type": "f32", "shape": [2, 64]}}"#), "U8"),
+            ("wrongsize", 72, Some(r#"{"w": {"type": "q4_0", "shape": [3, 64]}}"#), "U8"),
+            ("partialblock", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 60]}}"#), "U8"),
+            ("overflow", 72, Some(r#"{"w": {"type": "q8_0", "shape": [18446744073709551615, 18446744073709551584]}}"#), "U8"),
+            ("negative", 72, Some(r#"{"w": {"type": "q4_0", "shape": [-2, 64]}}"#), "U8"),
+            ("noshape", 72, Some(r#"{"w": {"type": "q4_0", "shape": []}}"#), "U8"),
+            ("ghost", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 64]}, "x": {"type": "q4_0", "shape": [2, 64]}}"#), "U8"),
+            ("notu8", 36, Some(r#"{"w": {"type": "q4_0", "shape": [1, 64]}}"#), "F32"),
+        ];
+        for (tag, bytes, meta, dtype) in cases {
+            let p = write(tag, bytes, meta, dtype);
+            match open(&p) {
+                Err(Error::ModelFormat(m)) => assert!(!m.is_empty(), "{tag}"),
+                Err(e) => panic!("{tag}: wrong error kind {e:?}"),
+                Ok(_) => panic!("{tag}: loaded"),
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! A loaded model: configuration, weights, tokenizer and the thread pool that runs it.
 
+pub mod capture;
 pub mod config;
 pub mod rope;
 mod transformer;

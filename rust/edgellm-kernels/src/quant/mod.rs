@@ -32,6 +32,7 @@ pub enum GgmlType {
 }
 
 pub mod blocks;
+pub mod minifloat;
 mod dequant;
 mod dot;
 mod quantize;

@@ -33,16 +33,25 @@ def _fits(grid, cols):
     return grid.group_size == -1 or cols % grid.group_size == 0
 
 
+def _outlier_case(shape, grid, seed):
+    """(w, x, XᵀX/n, RTN's output error) of a layer with outlier input channels,
+    or None when the grid's groups do not divide the columns."""
+    rows, cols = shape
+    if not _fits(grid, cols):
+        return None
+    w, x = layer(seed, rows, cols)
+    g = gram(x)
+    return w, x, g, output_error(w, rtn(w, grid).dequantize(), g)
+
+
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes, grid=grids, seed=st.integers(0, 2**31 - 1))
 def test_gptq_beats_rtn_on_outlier_inputs(shape, grid, seed):
-    rows, cols = shape
-    if not _fits(grid, cols):
+    case = _outlier_case(shape, grid, seed)
+    if case is None:
         return
-    w, x = layer(seed, rows, cols)
-    g = gram(x)
-    e_rtn = output_error(w, rtn(w, grid).dequantize(), g)
-    h = Hessian(cols)
+    w, x, g, e_rtn = case
+    h = Hessian(shape[1])
     for part in np.array_split(x, 3):  # accumulated in pieces = 2·XᵀX/n at once
         h.add(part)
     np.testing.assert_allclose(h.h, 2 * g, rtol=1e-10, atol=1e-10)
@@ -53,12 +62,10 @@ def test_gptq_beats_rtn_on_outlier_inputs(shape, grid, seed):
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes, grid=grids, seed=st.integers(0, 2**31 - 1))
 def test_awq_beats_rtn_on_outlier_inputs(shape, grid, seed):
-    rows, cols = shape
-    if not _fits(grid, cols):
+    case = _outlier_case(shape, grid, seed)
+    if case is None:
         return
-    w, x = layer(seed, rows, cols)
-    g = gram(x)
-    e_rtn = output_error(w, rtn(w, grid).dequantize(), g)
+    w, x, g, e_rtn = case
     s, _ = awq_scales(np.abs(x).mean(axis=0), g, [w], grid)
     ws = w * s
     clip = awq_clip(ws, g / np.outer(s, s), grid)  # Gram of the scaled inputs x / s

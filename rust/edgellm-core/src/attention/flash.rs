@@ -179,10 +179,17 @@ impl<'a> KvPart<'a> {
 pub(crate) trait Mask: Sync {
     /// `[lo, hi)` containing every key query `t` sees.
     fn bounds(&self, t: usize) -> (usize, usize);
-    /// Whether query `t` sees every key of `[j0, j1)`.
-    fn full(&self, t: usize, j0: usize, j1: usize) -> bool;
-    /// Whether query `t` sees key `j`.
-    fn sees(&self, t: usize, j: usize) -> bool;
+    /// Whether query `t` sees every key of `[j0, j1)` (by default: it lies
+    /// within the bounds, for masks that are one interval per query).
+    fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
+        let (lo, hi) = self.bounds(t);
+        j0 >= lo && j1 <= hi
+    }
+    /// Whether query `t` sees key `j` (by default: within the bounds).
+    fn sees(&self, t: usize, j: usize) -> bool {
+        let (lo, hi) = self.bounds(t);
+        (lo..hi).contains(&j)
+    }
 }
 
 /// Causal (+ sliding window) mask of queries at positions `pos0..`; key `j` sits at
@@ -196,14 +203,6 @@ impl Mask for Causal {
     fn bounds(&self, t: usize) -> (usize, usize) {
         let pos = self.pos0 + t;
         (self.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos + 1)
-    }
-    fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
-        let (lo, hi) = self.bounds(t);
-        j0 >= lo && j1 <= hi
-    }
-    fn sees(&self, t: usize, j: usize) -> bool {
-        let (lo, hi) = self.bounds(t);
-        (lo..hi).contains(&j)
     }
 }
 

@@ -433,14 +433,6 @@ impl Mask for PositionMask<'_> {
         let lo = self.key_pos[..hi].partition_point(|&p| p as usize + self.window <= qpos);
         (lo, hi)
     }
-    fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
-        let (lo, hi) = self.bounds(t);
-        j0 >= lo && j1 <= hi
-    }
-    fn sees(&self, t: usize, j: usize) -> bool {
-        let (lo, hi) = self.bounds(t);
-        (lo..hi).contains(&j)
-    }
 }
 
 #[cfg(test)]

@@ -249,3 +249,56 @@ fn block_selection_attends_to_the_blocks_with_the_highest_bound() {
     assert_close(&got, &full, f32::INFINITY, "");
     assert!(got != full, "selecting 4 of 10 blocks changed nothing");
 }
+
+#[test]
+fn a_step_of_many_tokens_sees_what_one_token_steps_see() {
+    // Windows and sinks apply inside a step too. For a window the last token's
+    // output is the same whether the sequence arrives one token per step or in
+    // chunks. StreamingLLM's sinks sit right before the oldest window token of the
+    // step, so in a chunk they are further from its later queries than in decoding:
+    // checked against the reference with that placement.
+    for (spec, sinks, window) in [
+        (r#"{"type": "window", "size": 20}"#, 0, 20),
+        (r#"{"type": "streaming", "sinks": 3, "window": 17}"#, 3, 17),
+        (r#"{"type": "streaming", "sinks": 4, "window": 40, "quant": "f16"}"#, 4, 40),
+    ] {
+        let cfg = KvConfig::from_json(spec).unwrap();
+        let n = 150;
+        let (one, toks, _) = run(&cfg, n, None, 31);
+        let r = rope();
+        for chunk in [7, 64, 150] {
+            let mut cache = KvCache::with_config(&cfg, kernels(), 1, KV_HEADS, HD, 1 << 20);
+            let mut last = Vec::new();
+            for c0 in (0..n).step_by(chunk) {
+                let c1 = (c0 + chunk).min(n);
+                let k: Vec<f32> = (c0..c1).flat_map(|t| rotated(&r, &toks[t].k, KV_HEADS, t)).collect();
+                let v: Vec<f32> = (c0..c1).flat_map(|t| toks[t].v.clone()).collect();
+                let q: Vec<f32> = (c0..c1).flat_map(|t| rotated(&r, &toks[t].q, HEADS, t)).collect();
+                cache.reserve(c1 - c0).unwrap();
+                cache.write(0, &k, &v);
+                let shift = cache.sink_shift();
+                let shift_sinks = |keys: &mut [f32], _: usize| {
+                    if let Some(d) = shift {
+                        r.shift(keys, HD, d, c1);
+                    }
+                };
+                let mut out = vec![0f32; q.len()];
+                cache.attend(kernels(), 0, &params(None), &q, &mut out, Some(&shift_sinks));
+                cache.advance(c1 - c0);
+                last = out[out.len() - HEADS * HD..].to_vec();
+            }
+            if sinks == 0 {
+                assert_close(&last, &one, 2e-5, &format!("{spec}, chunks of {chunk}"));
+                continue;
+            }
+            let last_c0 = (n - 1) / chunk * chunk;
+            let main_len = window.min(last_c0.saturating_sub(sinks)) + (n - last_c0.max(sinks));
+            let first_main = n - main_len;
+            let kept: Vec<usize> = (0..sinks).chain((n - 1 - window).max(first_main)..n).collect();
+            let pos: Vec<usize> = kept.iter().map(|&t| if t < sinks { t + first_main - sinks } else { t }).collect();
+            let want = reference(&toks, &kept, &pos, n - 1, None);
+            let tol = if spec.contains("f16") { 2e-3 } else { 2e-5 };
+            assert_close(&last, &want, tol, &format!("{spec}, chunks of {chunk}"));
+        }
+    }
+}

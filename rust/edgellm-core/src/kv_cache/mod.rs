@@ -6,13 +6,17 @@
 //! - Each layer keeps its tokens in time order in a [`store::Store`]; StreamingLLM's
 //!   attention sinks live beside it in f32. Eviction happens after each step
 //!   ([`KvCache::advance`]), so between steps a bounded policy holds at most its
-//!   budget and the tokens of one step see each other in full.
+//!   budget. Within a multi-token step (prefill) the window and the sinks are
+//!   applied by the attention mask, so each token sees what it would see alone;
+//!   H2O, which scores tokens by the attention they received, evicts per step.
 //! - Keys are rotated at their true positions when written. Rotary attention
 //!   depends only on relative positions, so a window keeps the distances of the
 //!   full sequence. StreamingLLM assigns positions inside the cache: sinks at
 //!   `0..s`, the window right after; the window keys already have those relative
 //!   distances, and the few sink keys are re-rotated on use by the gap
 //!   ([`KvCache::sink_shift`]), so nothing is rotated twice per step but the sinks.
+//!   In a multi-token step the sinks sit right before the step's oldest window
+//!   token (one placement per step), exactly the paper's placement when decoding.
 //! - H2O accumulates, per layer and token, the attention weight the token
 //!   received (summed over heads and queries, collected inside the flash kernel),
 //!   and keeps the `recent` newest tokens plus the heaviest others.
@@ -256,10 +260,20 @@ impl KvCache {
         let kv = KvParts { parts, len: total, select };
         let mut mass = if h2o { vec![0f32; total] } else { Vec::new() };
         let mass_arg = h2o.then_some(mass.as_mut_slice());
-        match (p.window, h2o) {
-            (Some(w), true) => {
+        // The tokens of one step see what they would see one at a time: a window
+        // policy's `size` previous tokens, StreamingLLM's sinks and window.
+        match (self.cfg.eviction.clone(), p.window) {
+            (Eviction::H2o { .. }, Some(w)) => {
                 let mask = PositionMask { pos0, qpos0: self.seen, window: w, key_pos: &l.pos };
                 flash::run(k, p, &kv, &mask, q, out, mass_arg);
+            }
+            (Eviction::Window { size }, w) => {
+                let window = Some(w.map_or(size + 1, |w| w.min(size + 1)));
+                flash::run(k, p, &kv, &Causal { pos0, window }, q, out, mass_arg)
+            }
+            (Eviction::Streaming { window, .. }, w) if n > 1 => {
+                let mask = StreamingMask { pos0, sinks: l.nsinks, recent: window + 1, model_window: w };
+                flash::run(k, p, &kv, &mask, q, out, mass_arg)
             }
             _ => flash::run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass_arg),
         }
@@ -414,6 +428,32 @@ fn h2o_keep(score: &[f32], budget: usize, recent: usize) -> Vec<bool> {
         }
     }
     keep
+}
+
+/// StreamingLLM within a step: query `t` (slot `pos0 + t`) sees the sink slots
+/// and the `recent` slots ending at itself (and only keys within the model's own
+/// window, if it has one).
+struct StreamingMask {
+    pos0: usize,
+    sinks: usize,
+    recent: usize,
+    model_window: Option<usize>,
+}
+
+impl Mask for StreamingMask {
+    fn bounds(&self, t: usize) -> (usize, usize) {
+        let pos = self.pos0 + t;
+        (self.model_window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos + 1)
+    }
+    fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
+        let (lo, hi) = self.bounds(t);
+        let recent_lo = (hi.saturating_sub(self.recent)).max(lo);
+        j0 >= lo && j1 <= hi && (j1 <= self.sinks || j0 >= recent_lo)
+    }
+    fn sees(&self, t: usize, j: usize) -> bool {
+        let (lo, hi) = self.bounds(t);
+        (lo..hi).contains(&j) && (j < self.sinks || j + self.recent >= hi)
+    }
 }
 
 /// Causal mask over cache slots with a sliding window measured in true

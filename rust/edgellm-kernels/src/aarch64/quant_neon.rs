@@ -60,6 +60,12 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     }
 }
 
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]): the
+/// NEON `vec_dot` per (row, token) pair.
+pub(crate) fn gemm_q(w: &[u8], acts: &quant::qgemm::QActs, out: &mut [f32], ldo: usize, _scratch: &mut quant::qgemm::QGemmScratch) {
+    quant::qgemm::gemm_q_with(vec_dot, w, acts, out, ldo)
+}
+
 mod imp {
     use super::*;
     use crate::quant::blocks::*;

@@ -136,13 +136,14 @@ pub(crate) fn gemm_q_with(
 
 /// Whether `isa`'s `gemm_q` is bit-identical to the scalar `vec_dot` for `ty`:
 /// always on the scalar path (it is that loop), and for the types with an
-/// interleaved kernel on x86 (AVX2). Elsewhere the table's `vec_dot` is looped,
-/// which differs from the scalar one in the f32 summation order.
+/// interleaved kernel (AVX2: q4_0, q8_0, q4_K, q6_K; NEON: q4_0, q8_0).
+/// Elsewhere the table's `vec_dot` is looped, which differs from the scalar one
+/// in the f32 summation order.
 pub fn bit_exact(isa: crate::Isa, ty: GgmlType) -> bool {
     match isa {
         crate::Isa::Scalar => true,
         crate::Isa::Avx2 => has_panel_kernel(ty),
-        crate::Isa::Neon => false,
+        crate::Isa::Neon => matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0),
     }
 }
 

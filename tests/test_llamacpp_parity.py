@@ -13,7 +13,7 @@ f32 logits by ~5e-3):
 * prefill logits of a 48-token prompt;
 * logits of short (< 8 token) sequences;
 * in both, for quantized files, edgellm quantizes every activation row to q8_0 as
-  ggml does (the integer GEMV for one row, the integer multi-row GEMM for more), so
+  ggml does (integer GEMVs for up to 4 rows, the integer multi-row GEMM from 5), so
   the two engines mostly agree to float rounding (~5e-7; see below);
 * greedy decoding, llama.cpp's token by token (its KV-cache path) against
   `Model.generate(..., temperature=0)`.

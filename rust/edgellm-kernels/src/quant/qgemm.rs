@@ -186,109 +186,104 @@ pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {
     })
 }
 
-#[inline(always)]
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-#[inline(always)]
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-#[inline(always)]
-fn put_f32(b: &mut [u8], at: usize, v: f32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-#[inline(always)]
-fn put_i16(b: &mut [u8], at: usize, v: i16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
 /// Packs weight rows `rows` (each `rb` bytes of `ty`, `k` elements; at most
 /// [`PANEL`], missing rows packed as zeros) into `out` in the interleaved layout
 /// of [`panel_layout`]`(ty)`: for block `b`, group `g` (elements `4g..4g+4` of the
 /// block), row `r`: byte `b * stride + 32 g + 4 r + i` = quant `4g + i` of row `r`,
 /// unpacked (q4_0 and q4_K: the unsigned nibble; q8_0: the signed byte; q6_K: the
-/// unsigned 6-bit value), followed by the scale tables.
+/// unsigned 6-bit value), followed by the scale tables. Word-at-a-time (4 quants
+/// per u32 operation): the packing is a small fraction of the products.
 pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut [u8]) {
     let l = panel_layout(ty).expect("pack_panel: type without a panel layout");
     let nb = k / l.elems;
-    let rows = w.len() / rb;
-    assert!(rows <= PANEL && w.len() == rows * rb && out.len() >= nb * l.stride);
-    out[..nb * l.stride].fill(0);
+    let rows = if rb == 0 { 0 } else { w.len() / rb };
+    assert!(
+        ty.row_bytes(k) == Some(rb) && rows <= PANEL && w.len() == rows * rb && out.len() >= nb * l.stride,
+        "pack_panel: bad shapes"
+    );
+    // Full panels overwrite every byte of every block (all quants, all tables).
+    if rows < PANEL {
+        out[..nb * l.stride].fill(0);
+    }
     const NIB: u32 = 0x0F0F_0F0F;
-    for r in 0..rows {
-        let row = &w[r * rb..(r + 1) * rb];
-        for b in 0..nb {
-            let o = &mut out[b * l.stride..(b + 1) * l.stride];
-            let q = |g: usize| 32 * g + 4 * r;
-            match ty {
-                GgmlType::Q4_0 => {
-                    let blk = &row[18 * b..18 * b + 18];
-                    for i in 0..4 {
-                        let v = u32_at(blk, 2 + 4 * i);
-                        put_u32(o, q(i), v & NIB);
-                        put_u32(o, q(i + 4), (v >> 4) & NIB);
-                    }
-                    put_f32(o, l.d + 4 * r, f16_at(blk, 0));
-                }
-                GgmlType::Q8_0 => {
-                    let blk = &row[34 * b..34 * b + 34];
-                    for g in 0..8 {
-                        put_u32(o, q(g), u32_at(blk, 2 + 4 * g));
-                    }
-                    put_f32(o, l.d + 4 * r, f16_at(blk, 0));
-                }
-                GgmlType::Q4K => {
-                    let blk = &row[144 * b..144 * b + 144];
-                    // Chunk j (64 elements) = low nibbles (sub-block 2j) then high
-                    // nibbles (sub-block 2j + 1) of qs[32j..32j + 32].
-                    for j in 0..4 {
-                        for i in 0..8 {
-                            let v = u32_at(blk, Q4K_QS + 32 * j + 4 * i);
-                            put_u32(o, q(16 * j + i), v & NIB);
-                            put_u32(o, q(16 * j + 8 + i), (v >> 4) & NIB);
+    let bb = ty.block_bytes();
+    // SAFETY: every read is inside row `r < rows` (`rb = nb · bb` bytes) of `w`, at
+    // block offsets + field offsets < bb; every write is inside block `b < nb` of
+    // `out` (`stride` bytes) at the layout's offsets: checked by the assert above.
+    unsafe {
+        let rd = |p: *const u8| (p as *const u32).read_unaligned();
+        let wr = |p: *mut u8, v: u32| (p as *mut u32).write_unaligned(v);
+        let wf = |p: *mut u8, v: f32| (p as *mut f32).write_unaligned(v);
+        let wh = |p: *mut u8, v: i16| (p as *mut i16).write_unaligned(v);
+        let f16 = |p: *const u8| half::f16::from_bits((p as *const u16).read_unaligned()).to_f32();
+        for r in 0..rows {
+            for b in 0..nb {
+                let blk = w.as_ptr().add(r * rb + b * bb);
+                let o = out.as_mut_ptr().add(b * l.stride);
+                let q = |g: usize| o.add(32 * g + 4 * r);
+                match ty {
+                    GgmlType::Q4_0 => {
+                        for i in 0..4 {
+                            let v = rd(blk.add(2 + 4 * i));
+                            wr(q(i), v & NIB);
+                            wr(q(i + 4), (v >> 4) & NIB);
                         }
+                        wf(o.add(l.d + 4 * r), f16(blk));
                     }
-                    put_f32(o, l.d + 4 * r, f16_at(blk, 0));
-                    put_f32(o, l.dmin + 4 * r, f16_at(blk, Q4K_DMIN));
-                    let scales = &blk[Q4K_SCALES..Q4K_SCALES + 12];
-                    for sb in 0..8 {
-                        let (sc, m) = scale_min_k4(sb, scales);
-                        for h in 0..2 {
-                            put_i16(o, l.sc + 32 * sb + 4 * r + 2 * h, sc as i16);
-                            put_i16(o, l.sc2 + 32 * sb + 4 * r + 2 * h, m as i16);
+                    GgmlType::Q8_0 => {
+                        for g in 0..8 {
+                            wr(q(g), rd(blk.add(2 + 4 * g)));
                         }
+                        wf(o.add(l.d + 4 * r), f16(blk));
                     }
-                }
-                GgmlType::Q6K => {
-                    let blk = &row[210 * b..210 * b + 210];
-                    // Element 128n + 32s + l: low nibble of ql[64n + 32(s % 2) + l]
-                    // (high nibble for s ≥ 2), high bits (qh[32n + l] >> 2s) & 3.
-                    for n in 0..2 {
-                        for s in 0..4 {
+                    GgmlType::Q4K => {
+                        // Chunk j (64 elements) = low nibbles (sub-block 2j) then high
+                        // nibbles (sub-block 2j + 1) of qs[32j..32j + 32].
+                        for j in 0..4 {
                             for i in 0..8 {
-                                let lo = (u32_at(blk, 64 * n + 32 * (s % 2) + 4 * i) >> (4 * (s / 2))) & NIB;
-                                let hi = ((u32_at(blk, Q6K_QH + 32 * n + 4 * i) >> (2 * s)) & 0x0303_0303) << 4;
-                                put_u32(o, q(32 * n + 8 * s + i), lo | hi);
+                                let v = rd(blk.add(Q4K_QS + 32 * j + 4 * i));
+                                wr(q(16 * j + i), v & NIB);
+                                wr(q(16 * j + 8 + i), (v >> 4) & NIB);
+                            }
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk));
+                        wf(o.add(l.dmin + 4 * r), f16(blk.add(Q4K_DMIN)));
+                        let scales = core::slice::from_raw_parts(blk.add(Q4K_SCALES), 12);
+                        for sb in 0..8 {
+                            let (sc, m) = scale_min_k4(sb, scales);
+                            for h in 0..2 {
+                                wh(o.add(l.sc + 32 * sb + 4 * r + 2 * h), sc as i16);
+                                wh(o.add(l.sc2 + 32 * sb + 4 * r + 2 * h), m as i16);
                             }
                         }
                     }
-                    put_f32(o, l.d + 4 * r, f16_at(blk, Q6K_D));
-                    let sc = |j: usize| blk[Q6K_SCALES + j] as i8 as i16;
-                    for j in 0..16 {
-                        for h in 0..2 {
-                            put_i16(o, l.sc + 32 * j + 4 * r + 2 * h, sc(j));
+                    GgmlType::Q6K => {
+                        // Element 128n + 32s + l: low nibble of ql[64n + 32(s % 2) + l]
+                        // (high nibble for s ≥ 2), high bits (qh[32n + l] >> 2s) & 3.
+                        for n in 0..2 {
+                            for i in 0..8 {
+                                let (l0, l1) = (rd(blk.add(64 * n + 4 * i)), rd(blk.add(64 * n + 32 + 4 * i)));
+                                let h = rd(blk.add(Q6K_QH + 32 * n + 4 * i));
+                                let hi = |s: usize| ((h >> (2 * s)) & 0x0303_0303) << 4;
+                                wr(q(32 * n + i), (l0 & NIB) | hi(0));
+                                wr(q(32 * n + 8 + i), (l1 & NIB) | hi(1));
+                                wr(q(32 * n + 16 + i), ((l0 >> 4) & NIB) | hi(2));
+                                wr(q(32 * n + 24 + i), ((l1 >> 4) & NIB) | hi(3));
+                            }
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk.add(Q6K_D)));
+                        let sc = |j: usize| *blk.add(Q6K_SCALES + j) as i8 as i16;
+                        for j in 0..16 {
+                            wh(o.add(l.sc + 32 * j + 4 * r), sc(j));
+                            wh(o.add(l.sc + 32 * j + 4 * r + 2), sc(j));
+                        }
+                        for p in 0..8 {
+                            wh(o.add(l.sc2 + 32 * p + 4 * r), sc(2 * p));
+                            wh(o.add(l.sc2 + 32 * p + 4 * r + 2), sc(2 * p + 1));
                         }
                     }
-                    for p in 0..8 {
-                        put_i16(o, l.sc2 + 32 * p + 4 * r, sc(2 * p));
-                        put_i16(o, l.sc2 + 32 * p + 4 * r + 2, sc(2 * p + 1));
-                    }
+                    _ => unreachable!(),
                 }
-                _ => unreachable!(),
             }
         }
     }
@@ -307,10 +302,11 @@ mod tests {
 
     #[test]
     fn pack_panel_puts_each_element_in_its_lane() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        // 5 rows: padding lanes must be zero; 8 rows: every byte is overwritten
+        // (the buffer starts as 0xAA garbage and is not cleared for full panels).
+        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K].into_iter().flat_map(|t| [(t, 5), (t, 8)]) {
             let k = 512;
             let rb = ty.row_bytes(k).unwrap();
-            let rows = 5;
             let mut w = vec![0u8; rows * rb];
             for r in 0..rows {
                 let x: Vec<f32> = (0..k).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + r as f32 * 0.3).collect();

@@ -49,7 +49,7 @@ impl Linear {
         debug_assert_eq!(x.len(), n * kd);
         debug_assert_eq!(out.len(), n * m);
         match self.float_rows() {
-            None if n >= QGEMM_MIN_ROWS => self.gemm_q(k, x, n, out),
+            None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
             _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
             Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
             // One row (or a few of quantized weights): a GEMV per row.
@@ -108,6 +108,16 @@ impl Linear {
                 });
             }
         }
+    }
+
+    /// Whether prompts (≥ `QGEMM_MIN_ROWS` rows) of these quantized weights take
+    /// the integer GEMM: where the table has an interleaved kernel for the type,
+    /// and always on the scalar path (the reference, where prefill then computes
+    /// exactly what decode does). Other types on SIMD paths dequantize into the
+    /// f32 GEMM (faster than looping their `vec_dot`).
+    fn uses_gemm_q(&self, k: &Kernels) -> bool {
+        let ty = self.weight.dtype().ggml();
+        k.isa == edgellm_kernels::Isa::Scalar || quant::qgemm::has_fast_path(k.isa, ty)
     }
 
     /// `out = x Wᵀ (+ b)` with quantized weights dequantized to f32 and the packed

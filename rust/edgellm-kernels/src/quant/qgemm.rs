@@ -134,17 +134,24 @@ pub(crate) fn gemm_q_with(
     }
 }
 
-/// Whether `isa`'s `gemm_q` is bit-identical to the scalar `vec_dot` for `ty`:
-/// always on the scalar path (it is that loop), and for the types with an
-/// interleaved kernel (AVX2: q4_0, q8_0, q4_K, q6_K; NEON: q4_0, q8_0).
-/// Elsewhere the table's `vec_dot` is looped, which differs from the scalar one
-/// in the f32 summation order.
-pub fn bit_exact(isa: crate::Isa, ty: GgmlType) -> bool {
+/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2:
+/// q4_0, q8_0, q4_K, q6_K; NEON: q4_0, q8_0). Without one, the SIMD tables loop
+/// their `vec_dot` over (row, token) pairs: correct, but for prompts slower than
+/// dequantizing the weights into the f32 GEMM.
+pub fn has_fast_path(isa: crate::Isa, ty: GgmlType) -> bool {
     match isa {
-        crate::Isa::Scalar => true,
+        crate::Isa::Scalar => false,
         crate::Isa::Avx2 => has_panel_kernel(ty),
         crate::Isa::Neon => matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0),
     }
+}
+
+/// Whether `isa`'s `gemm_q` is bit-identical to the scalar `vec_dot` for `ty`:
+/// always on the scalar path (it is that loop), and wherever the interleaved
+/// kernels run ([`has_fast_path`]). Elsewhere the table's `vec_dot` is looped,
+/// which differs from the scalar one in the f32 summation order.
+pub fn bit_exact(isa: crate::Isa, ty: GgmlType) -> bool {
+    isa == crate::Isa::Scalar || has_fast_path(isa, ty)
 }
 
 /// The types with an interleaved kernel (`pack_panel` layout) on the SIMD paths.

@@ -528,9 +528,13 @@ def test_lossy_gguf_matches_its_dequantized_tensors(gguf_models, tmp_path, name)
     file's dequantized tensors."""
     hf, _ = LOSSY[name]
     ids = reference(hf)["input_ids"].tolist()
-    rebuilt = edgellm.load(hf_dir_from_gguf(GGUF_DIR / f"{name}.gguf", hf, tmp_path / hf), threads=2)
-    tol = 1e-4 if name.endswith("f16") else 2e-2
-    assert max_abs_diff(gguf_models(name).logits(ids), rebuilt.logits(ids)) <= tol
+    # Quantized files: the rebuilt checkpoint is quantized again at load, which
+    # reproduces the file's blocks exactly (a dequantized q8_0/q4_0 block keeps its
+    # extreme value, hence its scale and every quant), so both models run the same
+    # int8-activation products and only the translation could differ.
+    quant = None if name.endswith("f16") else name.rsplit("-", 1)[1]
+    rebuilt = edgellm.load(hf_dir_from_gguf(GGUF_DIR / f"{name}.gguf", hf, tmp_path / hf), threads=2, quant=quant)
+    assert max_abs_diff(gguf_models(name).logits(ids), rebuilt.logits(ids)) <= 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(LOSSY))

@@ -11,9 +11,10 @@ Every file is then run by both engines on token ids (no tokenizer involved), wit
 f32 logits by ~5e-3):
 
 * prefill logits of a 48-token prompt;
-* logits of short (< 8 token) sequences: there edgellm runs every matrix product
-  as a GEMV that quantizes the activation row to q8_0 as ggml does, so for
-  quantized files the two engines mostly agree to float rounding (~5e-7; see below);
+* logits of short (< 8 token) sequences;
+* in both, for quantized files, edgellm quantizes every activation row to q8_0 as
+  ggml does (integer GEMVs for up to 4 rows, the integer multi-row GEMM from 5), so
+  the two engines mostly agree to float rounding (~5e-7; see below);
 * greedy decoding, llama.cpp's token by token (its KV-cache path) against
   `Model.generate(..., temperature=0)`.
 
@@ -23,9 +24,12 @@ logits have a standard deviation of ~1.15 and |logits| <= ~5):
 * F32: max |Δ| 1e-5 everywhere.
 * F16: llama.cpp rounds activations to f16 before f16 dot products, edgellm keeps
   them in f32: 0.004-0.008.
-* Q8_0 / Q4_0 prefill: edgellm's prompt path (>= 8 rows) dequantizes the weights
-  into its f32 GEMM, llama.cpp quantizes activations to q8_0 in every product, and
-  these random nets amplify that 8-bit activation noise: max 0.13-0.21, mean ~0.023.
+* Q8_0 / Q4_0 prefill: <= 5e-7 (Qwen2) or, for Llama, identical to float rounding
+  up to the first position where an activation crosses a q8_0 rounding boundary
+  (below), later positions then see it through attention: max 0.058-0.072, mean
+  0.0008-0.005, 50-92% of the rows within 1e-4. (Before edgellm's prompt path
+  quantized activations, it dequantized the weights into an f32 GEMM: max
+  0.13-0.21, mean ~0.023.)
 * Q8_0 / Q4_0 short sequences: <= 7e-7 in 92-100% of the rows. The rest differ by
   up to ~0.065 where one activation lands on a q8_0 rounding boundary and the
   engines round it to different integers (single tokens through the Q4_0 Llama: 3
@@ -66,16 +70,19 @@ VOCAB = 512
 THREADS = 2
 
 # Prefill (48-token prompt): max |Δlogit| (measured: f32 1e-5, f16 0.0074,
-# q8_0 0.18-0.21, q4_0 0.15-0.21), and mean |Δlogit|.
-PREFILL_MAX = {"f32": 1e-4, "f16": 0.03, "q8_0": 0.4, "q4_0": 0.45}
-PREFILL_MEAN = {"f32": 1e-5, "f16": 3e-3, "q8_0": 0.05, "q4_0": 0.05}
-# Short sequences (GEMV path in both engines): every row within SHORT_MAX, and for
+# q8_0 5e-7-0.072, q4_0 5e-7-0.058), mean |Δlogit|, and for the quantized formats
+# the fraction of rows within 1e-4 (measured 0.5-1.0: up to the first q8_0
+# rounding-boundary flip, see above).
+PREFILL_MAX = {"f32": 1e-4, "f16": 0.03, "q8_0": 0.15, "q4_0": 0.15}
+PREFILL_MEAN = {"f32": 1e-5, "f16": 3e-3, "q8_0": 0.012, "q4_0": 0.012}
+PREFILL_EXACT_FRACTION = 0.25
+# Short sequences (7 tokens): every row within SHORT_MAX, and for
 # the quantized formats at least SHORT_EXACT_FRACTION of the rows within 1e-4.
 SHORT_MAX = {"f32": 1e-4, "f16": 0.02, "q8_0": 0.15, "q4_0": 0.15}
 SHORT_EXACT_FRACTION = 0.8  # measured 0.92-1.0
 # Greedy: a divergence must be a near-tie of llama.cpp's logits (gap <= TIE).
 TIE = {"f32": 1e-3, "f16": 0.03, "q8_0": 0.15, "q4_0": 0.15}
-TIE_LONG_PROMPT = PREFILL_MAX  # after a >= 8-token prompt, edgellm's cache holds f32-activation keys/values
+TIE_LONG_PROMPT = TIE  # a longer prompt (the multi-row GEMM) fills the cache with the same arithmetic
 GREEDY_TOKENS = 40
 
 
@@ -188,10 +195,13 @@ def test_prefill_logits_match_llamacpp(engines, fam, fmt):
     d = np.abs(got - ref)
     scale = float(ref.std())
     assert 0.5 < scale < 3.0, f"llama.cpp logits look degenerate (std {scale})"
+    rows_exact = float(np.mean(d.max(axis=1) <= 1e-4))
     print(f"{fam}-{fmt} prefill: max |Δ| {d.max():.2e} mean {d.mean():.2e} (logit std {scale:.2f}), "
-          f"top-1 agreement {np.mean(got.argmax(1) == ref.argmax(1)):.3f}")
+          f"top-1 agreement {np.mean(got.argmax(1) == ref.argmax(1)):.3f}, rows within 1e-4 {rows_exact:.3f}")
     assert d.max() <= PREFILL_MAX[fmt], f"max |Δlogit| {d.max():.4g} > {PREFILL_MAX[fmt]}"
     assert d.mean() <= PREFILL_MEAN[fmt], f"mean |Δlogit| {d.mean():.4g} > {PREFILL_MEAN[fmt]}"
+    if fmt in ("q8_0", "q4_0", "f32"):
+        assert rows_exact >= PREFILL_EXACT_FRACTION, f"only {rows_exact:.3f} of the rows agree to 1e-4"
     # Where llama.cpp's choice is clear, edgellm's is the same (implied by the bound above,
     # stated for the report).
     top2 = np.sort(ref, axis=1)[:, -2:]
@@ -201,8 +211,8 @@ def test_prefill_logits_match_llamacpp(engines, fam, fmt):
 
 @pytest.mark.parametrize("fam,fmt", CASES)
 def test_short_sequence_logits_match_llamacpp_closely(engines, fam, fmt):
-    """Under 8 rows edgellm's products are GEMVs (int8 dot products on activations
-    quantized like ggml's): the same arithmetic as llama.cpp's."""
+    """edgellm's products on quantized weights are int8 dot products on activations
+    quantized like ggml's: the same arithmetic as llama.cpp's."""
     e = engines(fam, fmt)
     rows = []
     for seed in range(48):

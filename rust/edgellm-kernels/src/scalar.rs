@@ -16,6 +16,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_micro: crate::gemm::micro_kernel_scalar,
     quantize_act: crate::quant::quantize_act,
     vec_dot: crate::quant::vec_dot,
+    gemm_q: crate::quant::qgemm::gemm_q,
 };
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

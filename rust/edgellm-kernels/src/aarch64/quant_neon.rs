@@ -60,6 +60,82 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     }
 }
 
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
+/// q4_0 and q8_0: panels of 8 weight rows repacked into the interleaved layout
+/// (see [`quant::qgemm`]) times tiles of up to 4 tokens; per 4-element group, each
+/// token's 4 activation bytes are broadcast and dotted with 4 rows at once (`sdot`
+/// where the CPU has dotprod, `smull` + pairwise adds otherwise), so each i32 lane
+/// holds one row; bit-identical to the scalar `vec_dot`. Other types: the NEON
+/// `vec_dot` per (row, token) pair.
+pub(crate) fn gemm_q(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize, s: &mut quant::qgemm::QGemmScratch) {
+    use quant::qgemm::{check_gemm_q, pack_panel, panel_layout, PANEL};
+    let (ty, k) = (qa.ty(), qa.k());
+    let l = match (ty, panel_layout(ty)) {
+        (GgmlType::Q4_0 | GgmlType::Q8_0, Some(l)) => l,
+        _ => return quant::qgemm::gemm_q_with(vec_dot, w, qa, out, ldo),
+    };
+    let (rows, n) = check_gemm_q(w, qa, out, ldo);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let rb = ty.row_bytes(k).unwrap();
+    let ab = quant::vec_dot_type(ty).row_bytes(k).unwrap();
+    let nb = k / l.elems;
+    let panels = rows.div_ceil(PANEL);
+    let pb = nb * l.stride;
+    s.w.resize(panels * pb, 0);
+    for p in 0..panels {
+        let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
+        pack_panel(ty, &w[r0 * rb..r1 * rb], rb, k, &mut s.w[p * pb..(p + 1) * pb]);
+    }
+    let acts = qa.bytes();
+    let (da, sa) = (qa.da.as_slice(), qa.sa.as_slice());
+    assert!(da.len() == n * nb && (ty != GgmlType::Q4_0 || sa.len() == n * nb));
+    let dot = has_dotprod();
+    let nt = ((96 * 1024) / ab).clamp(4, 1024) / 4 * 4;
+    let mut res = [[0f32; PANEL]; 4];
+    for t0 in (0..n).step_by(nt) {
+        let t1 = (t0 + nt).min(n);
+        for p in 0..panels {
+            let panel = s.w[p * pb..(p + 1) * pb].as_ptr();
+            let (r0, nr) = (p * PANEL, PANEL.min(rows - p * PANEL));
+            let mut t = t0;
+            while t < t1 {
+                let c = 4.min(t1 - t);
+                let tile = imp::PanelTile {
+                    panel,
+                    nb,
+                    stride: l.stride,
+                    d: l.d,
+                    acts: acts[t * ab..].as_ptr(),
+                    ab,
+                    da: da[t * nb..].as_ptr(),
+                    sa: if ty == GgmlType::Q4_0 { sa[t * nb..].as_ptr() } else { core::ptr::null() },
+                };
+                // Sound: NEON is present wherever this table is handed out, the
+                // dotprod variant runs only where the CPU reports dotprod, and the
+                // tile covers `c` whole activation rows, their scales and the panel.
+                unsafe {
+                    match (c, dot) {
+                        (4, true) => imp::panel_tile_dot::<4>(&tile, &mut res),
+                        (3, true) => imp::panel_tile_dot::<3>(&tile, &mut res),
+                        (2, true) => imp::panel_tile_dot::<2>(&tile, &mut res),
+                        (_, true) => imp::panel_tile_dot::<1>(&tile, &mut res),
+                        (4, false) => imp::panel_tile_neon::<4>(&tile, &mut res),
+                        (3, false) => imp::panel_tile_neon::<3>(&tile, &mut res),
+                        (2, false) => imp::panel_tile_neon::<2>(&tile, &mut res),
+                        (_, false) => imp::panel_tile_neon::<1>(&tile, &mut res),
+                    }
+                }
+                for (i, rr) in res.iter().enumerate().take(c) {
+                    out[(t + i) * ldo + r0..][..nr].copy_from_slice(&rr[..nr]);
+                }
+                t += c;
+            }
+        }
+    }
+}
+
 mod imp {
     use super::*;
     use crate::quant::blocks::*;
@@ -388,5 +464,76 @@ mod imp {
             sum += f32_ld(wb) * f32_ld(ab) * vaddvq_s32(acc) as f32;
         }
         sum
+    }
+
+    /// A q4_0/q8_0 register tile of the interleaved GEMM (see `gemm_q`).
+    pub(super) struct PanelTile {
+        pub panel: *const u8,
+        pub nb: usize,
+        pub stride: usize,
+        /// Offset of the 8 f32 weight scales in a packed block.
+        pub d: usize,
+        pub acts: *const u8,
+        pub ab: usize,
+        /// Activation scales, `nb` per row.
+        pub da: *const f32,
+        /// q4_0: `8 · Σ a` per block, `nb` per row; null for q8_0.
+        pub sa: *const i32,
+    }
+
+    /// Per 32-bit lane `i`: `acc[i] += Σ_j w[4i + j] · a[4i + j]`, exact (both
+    /// variants keep each lane's 4 products in that lane).
+    #[inline(always)]
+    unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        if DOT {
+            dot16::<true>(acc, w, a)
+        } else {
+            // Products of bytes (2i, 2i + 1) summed pairwise: 8 × i16 for rows in
+            // pairs of lanes (|sum| ≤ 2 · 128 · 127), then added pairwise into the row.
+            let p = vpaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)), vmull_high_s8(w, a));
+            vpadalq_s16(acc, p)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn panel_tile<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+        let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+        for b in 0..x.nb {
+            let wb = x.panel.add(b * x.stride);
+            let mut s32 = [[vdupq_n_s32(0); 2]; T];
+            for g in 0..8 {
+                let w0 = ld_s8(wb.add(32 * g));
+                let w1 = ld_s8(wb.add(32 * g + 16));
+                for (t, st) in s32.iter_mut().enumerate() {
+                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(x.acts.add(t * x.ab + 34 * b + 2 + 4 * g) as *const i32));
+                    st[0] = dot4::<DOT>(st[0], w0, y);
+                    st[1] = dot4::<DOT>(st[1], w1, y);
+                }
+            }
+            let dw = [vld1q_f32(wb.add(x.d) as *const f32), vld1q_f32(wb.add(x.d + 16) as *const f32)];
+            for t in 0..T {
+                let da = vdupq_n_f32(*x.da.add(t * x.nb + b));
+                let off = if x.sa.is_null() { vdupq_n_s32(0) } else { vdupq_n_s32(*x.sa.add(t * x.nb + b)) };
+                for h in 0..2 {
+                    // (d_w · d_a) · isum, then the running sum: the scalar order.
+                    let isum = vcvtq_f32_s32(vsubq_s32(s32[t][h], off));
+                    acc[t][h] = vaddq_f32(acc[t][h], vmulq_f32(vmulq_f32(dw[h], da), isum));
+                }
+            }
+        }
+        for t in 0..T {
+            vst1q_f32(res[t].as_mut_ptr(), acc[t][0]);
+            vst1q_f32(res[t].as_mut_ptr().add(4), acc[t][1]);
+        }
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn panel_tile_dot<const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+        panel_tile::<true, T>(x, res)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn panel_tile_neon<const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+        panel_tile::<false, T>(x, res)
     }
 }

@@ -36,6 +36,7 @@ pub mod minifloat;
 mod dequant;
 mod dot;
 mod quantize;
+pub mod qgemm;
 
 pub use dot::{act_row_bytes, quantize_act, vec_dot, vec_dot_type};
 #[cfg_attr(not(target_arch = "aarch64"), allow(unused_imports))]

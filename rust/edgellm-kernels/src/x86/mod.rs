@@ -3,4 +3,5 @@
 
 pub mod avx2;
 pub mod gemm_avx2;
+pub mod qgemm_avx2;
 pub mod quant_avx2;

@@ -1,0 +1,360 @@
+//! Quantized GEMM for prefill: many activation rows (tokens) against a block of
+//! quantized weight rows, in integer arithmetic.
+//!
+//! The activation rows are quantized once ([`crate::Kernels::quantize_act`]); the
+//! [`crate::Kernels::gemm_q`] entry then computes `out[t * ldo + r] =
+//! vec_dot(w_r, act_t)` for every weight row `r` and token `t`. The reference
+//! ([`gemm_q`]) is literally that double loop over the scalar [`super::vec_dot`].
+//!
+//! The SIMD kernels repack each panel of [`PANEL`] weight rows once per call into
+//! an *interleaved* layout ([`pack_panel`]): for every group of 4 consecutive
+//! elements, the 4 quant values of each of the 8 rows side by side (32 bytes),
+//! unpacked to one byte per value, plus per-row block scales as f32 / i16 tables.
+//! One 4-byte group of a token's activations, broadcast, then multiplies all 8
+//! rows at once (`maddubs` on x86, `sdot`-style on aarch64), so vector lanes hold
+//! rows, every block's integer sum lands in its row's lane, and the f32 scaling
+//! and accumulation of 8 rows costs one vector operation. The packed panel stays
+//! in cache while every token streams past it.
+//!
+//! Accumulation order: per (row, token), block by block,
+//! `sum = sum + (d_w · d_a) · isum` (k-quants: `sum + ((d·d_a)·isum −
+//! (dmin·d_a)·msum)`) with the same exact integer `isum` as the scalar
+//! [`super::vec_dot`] — so the interleaved kernels are **bit-identical** to the
+//! scalar reference, whatever the tiling or thread count.
+
+use super::blocks::*;
+use super::{f16_at, scale_min_k4, vec_dot_type, GgmlType};
+
+
+/// Signature of [`crate::Kernels::gemm_q`].
+pub type GemmQFn = fn(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize, scratch: &mut QGemmScratch);
+
+/// Activation rows quantized for weights of one type (rows of
+/// `quantize_act(ty, ..)`), with the per-block values the interleaved kernels
+/// need computed once for every weight row they meet.
+pub struct QActs {
+    ty: GgmlType,
+    k: usize,
+    n: usize,
+    bytes: Vec<u8>,
+    /// q4_0/q8_0: the activation scale of every (row, block), as f32.
+    pub(crate) da: Vec<f32>,
+    /// q4_0: `8 · Σ a` of every (row, block).
+    pub(crate) sa: Vec<i32>,
+}
+
+impl QActs {
+    /// Wraps `bytes`, whole rows of `k` elements from `quantize_act(ty, ..)`, for
+    /// products with weights of type `ty`. Panics on a length mismatch.
+    pub fn new(ty: GgmlType, k: usize, bytes: Vec<u8>) -> QActs {
+        let ab = super::act_row_bytes(ty, k)
+            .unwrap_or_else(|| panic!("QActs: {k} elements are not whole {} blocks", ty.name()));
+        assert!(ab > 0 && bytes.len() % ab == 0, "QActs: {} bytes are not whole activation rows of {k}", bytes.len());
+        let n = bytes.len() / ab;
+        let (mut da, mut sa) = (Vec::new(), Vec::new());
+        if matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
+            da.reserve(bytes.len() / 34);
+            for blk in bytes.chunks_exact(34) {
+                da.push(f16_at(blk, 0));
+            }
+        }
+        if ty == GgmlType::Q4_0 {
+            sa.reserve(bytes.len() / 34);
+            for blk in bytes.chunks_exact(34) {
+                sa.push(8 * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>());
+            }
+        }
+        QActs { ty, k, n, bytes, da, sa }
+    }
+    /// The weight type these activations are quantized for.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// Elements per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    /// The quantized rows.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Weight rows per interleaved panel (vector lanes of the SIMD kernels).
+pub const PANEL: usize = 8;
+
+/// Reusable buffers of one thread for [`crate::Kernels::gemm_q`].
+#[derive(Default)]
+pub struct QGemmScratch {
+    /// Packed weight panels.
+    pub(crate) w: Vec<u8>,
+}
+
+/// Checks the operands of a `gemm_q` call; returns (weight rows, tokens).
+/// Panics on a length mismatch.
+pub fn check_gemm_q(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, usize) {
+    let (ty, k) = (acts.ty, acts.k);
+    let rb = ty.row_bytes(k).expect("checked by QActs::new");
+    assert!(rb > 0, "gemm_q: k must be positive");
+    assert!(w.len() % rb == 0, "gemm_q: {} weight bytes are not whole {} rows of {k}", w.len(), ty.name());
+    let (rows, n) = (w.len() / rb, acts.n);
+    assert!(ldo >= rows, "gemm_q: ldo {ldo} smaller than the {rows} weight rows");
+    assert!(n == 0 || out.len() >= (n - 1) * ldo + rows, "gemm_q: output too small");
+    (rows, n)
+}
+
+/// Reference: `out[t * ldo + r] = vec_dot(ty, w_r, act_t, k)` for every weight
+/// row `r` of `w` and activation row `t` of `acts` (from `quantize_act(ty, ..)`).
+pub fn gemm_q(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize, _scratch: &mut QGemmScratch) {
+    gemm_q_with(super::vec_dot, w, acts, out, ldo)
+}
+
+/// `gemm_q` as a double loop over a `vec_dot`: the reference, and the fallback of
+/// the SIMD tables for types without an interleaved kernel.
+pub(crate) fn gemm_q_with(
+    dot: fn(GgmlType, &[u8], &[u8], usize) -> f32,
+    w: &[u8],
+    acts: &QActs,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let (rows, n) = check_gemm_q(w, acts, out, ldo);
+    let (ty, k) = (acts.ty, acts.k);
+    let rb = ty.row_bytes(k).unwrap();
+    let ab = vec_dot_type(ty).row_bytes(k).unwrap();
+    for t in 0..n {
+        let a = &acts.bytes[t * ab..(t + 1) * ab];
+        for r in 0..rows {
+            out[t * ldo + r] = dot(ty, &w[r * rb..(r + 1) * rb], a, k);
+        }
+    }
+}
+
+/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2:
+/// q4_0, q8_0, q4_K, q6_K; NEON: q4_0, q8_0). Without one, the SIMD tables loop
+/// their `vec_dot` over (row, token) pairs: correct, but for prompts slower than
+/// dequantizing the weights into the f32 GEMM.
+pub fn has_fast_path(isa: crate::Isa, ty: GgmlType) -> bool {
+    match isa {
+        crate::Isa::Scalar => false,
+        crate::Isa::Avx2 => has_panel_kernel(ty),
+        crate::Isa::Neon => matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0),
+    }
+}
+
+/// Whether `isa`'s `gemm_q` is bit-identical to the scalar `vec_dot` for `ty`:
+/// always on the scalar path (it is that loop), and wherever the interleaved
+/// kernels run ([`has_fast_path`]). Elsewhere the table's `vec_dot` is looped,
+/// which differs from the scalar one in the f32 summation order.
+pub fn bit_exact(isa: crate::Isa, ty: GgmlType) -> bool {
+    isa == crate::Isa::Scalar || has_fast_path(isa, ty)
+}
+
+/// The types with an interleaved kernel (`pack_panel` layout) on the SIMD paths.
+pub fn has_panel_kernel(ty: GgmlType) -> bool {
+    panel_layout(ty).is_some()
+}
+
+/// Byte layout of one block (super-block for k-quants) of a packed panel. Every
+/// table starts 32-byte aligned relative to the block start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PanelLayout {
+    /// Bytes per packed block.
+    pub stride: usize,
+    /// Elements per block.
+    pub elems: usize,
+    /// Offset of `PANEL` f32 scales `d` (for q4_0/q8_0, `d` of the block).
+    pub d: usize,
+    /// Offset of `PANEL` f32 `dmin` (q4_K).
+    pub dmin: usize,
+    /// Offset of the i16 scale table: per sub-block, 16 × i16 with lanes `2r` and
+    /// `2r + 1` = the sub-block scale of row `r` (q4_K: 8 sub-blocks, q6_K: 16).
+    pub sc: usize,
+    /// Offset of a second i16 table: q4_K mins (per sub-block, lanes `2r, 2r+1` =
+    /// min of row `r`); q6_K scale pairs (per pair `p` of 16-element sub-blocks,
+    /// lanes `2r` = scale `2p` of row `r`, `2r + 1` = scale `2p + 1`).
+    pub sc2: usize,
+}
+
+pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {
+    use GgmlType::*;
+    let q = |elems: usize| elems * PANEL; // unpacked quant bytes of a block
+    Some(match ty {
+        Q4_0 | Q8_0 => PanelLayout { stride: q(32) + 32, elems: 32, d: q(32), dmin: 0, sc: 0, sc2: 0 },
+        // quants 2048, d 32, dmin 32, scales 8 × 32, mins 8 × 32
+        Q4K => PanelLayout { stride: q(256) + 64 + 512, elems: 256, d: q(256), dmin: q(256) + 32, sc: q(256) + 64, sc2: q(256) + 64 + 256 },
+        // quants 2048, d 32, scales 16 × 32, scale pairs 8 × 32
+        Q6K => PanelLayout { stride: q(256) + 32 + 768, elems: 256, d: q(256), dmin: 0, sc: q(256) + 32, sc2: q(256) + 32 + 512 },
+        _ => return None,
+    })
+}
+
+/// Packs weight rows `rows` (each `rb` bytes of `ty`, `k` elements; at most
+/// [`PANEL`], missing rows packed as zeros) into `out` in the interleaved layout
+/// of [`panel_layout`]`(ty)`: for block `b`, group `g` (elements `4g..4g+4` of the
+/// block), row `r`: byte `b * stride + 32 g + 4 r + i` = quant `4g + i` of row `r`,
+/// unpacked (q4_0 and q4_K: the unsigned nibble; q8_0: the signed byte; q6_K: the
+/// unsigned 6-bit value), followed by the scale tables. Word-at-a-time (4 quants
+/// per u32 operation): the packing is a small fraction of the products.
+pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut [u8]) {
+    let l = panel_layout(ty).expect("pack_panel: type without a panel layout");
+    let nb = k / l.elems;
+    let rows = if rb == 0 { 0 } else { w.len() / rb };
+    assert!(
+        ty.row_bytes(k) == Some(rb) && rows <= PANEL && w.len() == rows * rb && out.len() >= nb * l.stride,
+        "pack_panel: bad shapes"
+    );
+    // Full panels overwrite every byte of every block (all quants, all tables).
+    if rows < PANEL {
+        out[..nb * l.stride].fill(0);
+    }
+    const NIB: u32 = 0x0F0F_0F0F;
+    let bb = ty.block_bytes();
+    // SAFETY: every read is inside row `r < rows` (`rb = nb · bb` bytes) of `w`, at
+    // block offsets + field offsets < bb; every write is inside block `b < nb` of
+    // `out` (`stride` bytes) at the layout's offsets: checked by the assert above.
+    unsafe {
+        let rd = |p: *const u8| (p as *const u32).read_unaligned();
+        let wr = |p: *mut u8, v: u32| (p as *mut u32).write_unaligned(v);
+        let wf = |p: *mut u8, v: f32| (p as *mut f32).write_unaligned(v);
+        let wh = |p: *mut u8, v: i16| (p as *mut i16).write_unaligned(v);
+        let f16 = |p: *const u8| half::f16::from_bits((p as *const u16).read_unaligned()).to_f32();
+        for r in 0..rows {
+            for b in 0..nb {
+                let blk = w.as_ptr().add(r * rb + b * bb);
+                let o = out.as_mut_ptr().add(b * l.stride);
+                let q = |g: usize| o.add(32 * g + 4 * r);
+                match ty {
+                    GgmlType::Q4_0 => {
+                        for i in 0..4 {
+                            let v = rd(blk.add(2 + 4 * i));
+                            wr(q(i), v & NIB);
+                            wr(q(i + 4), (v >> 4) & NIB);
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk));
+                    }
+                    GgmlType::Q8_0 => {
+                        for g in 0..8 {
+                            wr(q(g), rd(blk.add(2 + 4 * g)));
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk));
+                    }
+                    GgmlType::Q4K => {
+                        // Chunk j (64 elements) = low nibbles (sub-block 2j) then high
+                        // nibbles (sub-block 2j + 1) of qs[32j..32j + 32].
+                        for j in 0..4 {
+                            for i in 0..8 {
+                                let v = rd(blk.add(Q4K_QS + 32 * j + 4 * i));
+                                wr(q(16 * j + i), v & NIB);
+                                wr(q(16 * j + 8 + i), (v >> 4) & NIB);
+                            }
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk));
+                        wf(o.add(l.dmin + 4 * r), f16(blk.add(Q4K_DMIN)));
+                        let scales = core::slice::from_raw_parts(blk.add(Q4K_SCALES), 12);
+                        for sb in 0..8 {
+                            let (sc, m) = scale_min_k4(sb, scales);
+                            for h in 0..2 {
+                                wh(o.add(l.sc + 32 * sb + 4 * r + 2 * h), sc as i16);
+                                wh(o.add(l.sc2 + 32 * sb + 4 * r + 2 * h), m as i16);
+                            }
+                        }
+                    }
+                    GgmlType::Q6K => {
+                        // Element 128n + 32s + l: low nibble of ql[64n + 32(s % 2) + l]
+                        // (high nibble for s ≥ 2), high bits (qh[32n + l] >> 2s) & 3.
+                        for n in 0..2 {
+                            for i in 0..8 {
+                                let (l0, l1) = (rd(blk.add(64 * n + 4 * i)), rd(blk.add(64 * n + 32 + 4 * i)));
+                                let h = rd(blk.add(Q6K_QH + 32 * n + 4 * i));
+                                let hi = |s: usize| ((h >> (2 * s)) & 0x0303_0303) << 4;
+                                wr(q(32 * n + i), (l0 & NIB) | hi(0));
+                                wr(q(32 * n + 8 + i), (l1 & NIB) | hi(1));
+                                wr(q(32 * n + 16 + i), ((l0 >> 4) & NIB) | hi(2));
+                                wr(q(32 * n + 24 + i), ((l1 >> 4) & NIB) | hi(3));
+                            }
+                        }
+                        wf(o.add(l.d + 4 * r), f16(blk.add(Q6K_D)));
+                        let sc = |j: usize| *blk.add(Q6K_SCALES + j) as i8 as i16;
+                        for j in 0..16 {
+                            wh(o.add(l.sc + 32 * j + 4 * r), sc(j));
+                            wh(o.add(l.sc + 32 * j + 4 * r + 2), sc(j));
+                        }
+                        for p in 0..8 {
+                            wh(o.add(l.sc2 + 32 * p + 4 * r), sc(2 * p));
+                            wh(o.add(l.sc2 + 32 * p + 4 * r + 2), sc(2 * p + 1));
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize_row, GgmlType};
+
+    /// Unpacks a packed panel's quants back to per-row element order.
+    fn unpacked(ty: GgmlType, packed: &[u8], k: usize, r: usize) -> Vec<u8> {
+        let l = panel_layout(ty).unwrap();
+        (0..k).map(|e| packed[(e / l.elems) * l.stride + 32 * ((e % l.elems) / 4) + 4 * r + e % 4]).collect()
+    }
+
+    #[test]
+    fn pack_panel_puts_each_element_in_its_lane() {
+        // 5 rows: padding lanes must be zero; 8 rows: every byte is overwritten
+        // (the buffer starts as 0xAA garbage and is not cleared for full panels).
+        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K].into_iter().flat_map(|t| [(t, 5), (t, 8)]) {
+            let k = 512;
+            let rb = ty.row_bytes(k).unwrap();
+            let mut w = vec![0u8; rows * rb];
+            for r in 0..rows {
+                let x: Vec<f32> = (0..k).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + r as f32 * 0.3).collect();
+                quantize_row(ty, &x, &mut w[r * rb..(r + 1) * rb]).unwrap();
+            }
+            let l = panel_layout(ty).unwrap();
+            let mut p = vec![0xAAu8; (k / l.elems) * l.stride];
+            pack_panel(ty, &w, rb, k, &mut p);
+            for r in 0..PANEL {
+                let got = unpacked(ty, &p, k, r);
+                if r >= rows {
+                    assert!(got.iter().all(|&v| v == 0));
+                    continue;
+                }
+                // Dequantize the packed values with the scales and compare.
+                let mut want = vec![0f32; k];
+                crate::quant::dequantize_row(ty, &w[r * rb..(r + 1) * rb], &mut want).unwrap();
+                let f = |at: usize| f32::from_le_bytes(p[at..at + 4].try_into().unwrap());
+                let i16_ = |at: usize| i16::from_le_bytes(p[at..at + 2].try_into().unwrap()) as f32;
+                for e in 0..k {
+                    let (b, j) = (e / l.elems, e % l.elems);
+                    let o = b * l.stride;
+                    let v = got[e];
+                    let deq = match ty {
+                        GgmlType::Q4_0 => f(o + l.d + 4 * r) * (v as f32 - 8.0),
+                        GgmlType::Q8_0 => f(o + l.d + 4 * r) * (v as i8 as f32),
+                        GgmlType::Q4K => {
+                            let sb = j / 32;
+                            f(o + l.d + 4 * r) * i16_(o + l.sc + 32 * sb + 4 * r) * v as f32
+                                - f(o + l.dmin + 4 * r) * i16_(o + l.sc2 + 32 * sb + 4 * r)
+                        }
+                        GgmlType::Q6K => {
+                            let sb = j / 16;
+                            assert_eq!(i16_(o + l.sc + 32 * sb + 4 * r), i16_(o + l.sc2 + 32 * (sb / 2) + 4 * r + 2 * (sb % 2)));
+                            f(o + l.d + 4 * r) * i16_(o + l.sc + 32 * sb + 4 * r) * (v as f32 - 32.0)
+                        }
+                        _ => unreachable!(),
+                    };
+                    assert_eq!(deq, want[e], "{} row {r} element {e}", ty.name());
+                }
+            }
+        }
+    }
+}

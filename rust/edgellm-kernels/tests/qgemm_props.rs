@@ -1,0 +1,232 @@
+//! The quantized GEMM (`Kernels::gemm_q`) of every instruction set this machine
+//! supports, on random odd shapes (1..9 tokens, row counts that are not multiples
+//! of the 8-row panel, odd block counts), against:
+//!
+//! - the scalar `vec_dot` per (row, token): bit-identical on the paths that
+//!   `qgemm::bit_exact` names (the interleaved kernels keep the reference's exact
+//!   integer sums and f32 operation order), within f32 summation order elsewhere;
+//! - an f64 dot product of the dequantized weight and activation rows.
+//!
+//! Outputs outside the weight rows (`ldo > rows`) must stay untouched.
+
+use edgellm_kernels::quant::qgemm::{self, QActs, QGemmScratch};
+use edgellm_kernels::quant::{self, act_row_bytes, dequantize_row, quantize_row, vec_dot_type, GgmlType};
+use edgellm_kernels::{Isa, Kernels};
+use proptest::prelude::*;
+
+fn paths() -> Vec<&'static Kernels> {
+    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    /// Per-block random scale, occasional outliers and zero blocks.
+    fn row(&mut self, n: usize) -> Vec<f32> {
+        let mut x = Vec::with_capacity(n);
+        for _ in 0..n / 32 {
+            let s = 0.05 + 2.0 * self.uniform().abs();
+            let zero = self.next() % 16 == 0;
+            for _ in 0..32 {
+                let o = if self.next() % 50 == 0 { 8.0 } else { 1.0 };
+                x.push(if zero { 0.0 } else { self.uniform() * s * o });
+            }
+        }
+        x
+    }
+}
+
+const TYPES: [GgmlType; 13] = [
+    GgmlType::Q4_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_1,
+    GgmlType::IQ4NL,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q5K,
+    GgmlType::Q8K,
+];
+
+/// `rows` weight rows of `ty` (quantized from random floats, or random bytes with
+/// sane f16 scales when `raw`), and `n` quantized activation rows.
+fn operands(ty: GgmlType, rows: usize, n: usize, k: usize, seed: u64, raw: bool) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+    let mut r = Rng::new(seed);
+    let rb = ty.row_bytes(k).unwrap();
+    let mut w = vec![0u8; rows * rb];
+    for row in w.chunks_exact_mut(rb) {
+        if raw {
+            row.copy_from_slice(&random_blocks(ty, k / ty.block_elems(), &mut r));
+        } else {
+            quantize_row(ty, &r.row(k), row).unwrap();
+        }
+    }
+    let x: Vec<f32> = (0..n).flat_map(|_| r.row(k)).collect();
+    let ab = act_row_bytes(ty, k).unwrap();
+    let mut acts = vec![0u8; n * ab];
+    for (a, xr) in acts.chunks_exact_mut(ab).zip(x.chunks_exact(k)) {
+        quant::quantize_act(ty, xr, a);
+    }
+    (w, acts, x)
+}
+
+/// Random bytes with every scale field a finite, moderate value.
+fn random_blocks(ty: GgmlType, nb: usize, r: &mut Rng) -> Vec<u8> {
+    use GgmlType::*;
+    let bb = ty.block_bytes();
+    let mut w: Vec<u8> = (0..nb * bb).map(|_| r.next() as u8).collect();
+    let f16_fields: &[usize] = match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4NL => &[0],
+        Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K => &[0, 2],
+        Q2K => &[80, 82],
+        Q3K => &[108],
+        Q6K => &[208],
+        _ => &[],
+    };
+    for blk in w.chunks_exact_mut(bb) {
+        for &at in f16_fields {
+            let v = edgellm_kernels::f16::from_f32(r.uniform() * 0.05);
+            blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+        }
+        if ty == Q8K {
+            blk[0..4].copy_from_slice(&(r.uniform() * 0.05).to_le_bytes());
+        }
+    }
+    w
+}
+
+fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {
+    let k = nb * ty.block_elems();
+    let (w, acts, _) = operands(ty, rows, n, k, seed, raw);
+    let (rb, ab) = (ty.row_bytes(k).unwrap(), act_row_bytes(ty, k).unwrap());
+    // f64 reference from the dequantized rows.
+    let deq = |t: GgmlType, b: &[u8]| {
+        let mut v = vec![0f32; k];
+        dequantize_row(t, b, &mut v).unwrap();
+        v
+    };
+    let wf: Vec<Vec<f32>> = w.chunks_exact(rb).map(|b| deq(ty, b)).collect();
+    let wmax: Vec<Vec<f32>> = wf
+        .iter()
+        .map(|r| r.chunks(ty.block_elems()).map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs()))).collect())
+        .collect();
+    let af: Vec<Vec<f32>> = acts.chunks_exact(ab).map(|b| deq(vec_dot_type(ty), b)).collect();
+    let qa = QActs::new(ty, k, acts.clone());
+    let ldo = rows + 3;
+    const FILL: f32 = -7.25;
+    for kern in paths() {
+        let mut out = vec![FILL; (n - 1) * ldo + rows + 3];
+        let mut scratch = QGemmScratch::default();
+        // Twice through one scratch: reuse must not leak state between calls.
+        for _ in 0..2 {
+            (kern.gemm_q)(&w, &qa, &mut out, ldo, &mut scratch);
+        }
+        let exact = qgemm::bit_exact(kern.isa, ty);
+        for t in 0..n {
+            for (j, &o) in out[t * ldo..(t + 1) * ldo].iter().enumerate().take(ldo.min(out.len() - t * ldo)) {
+                if j >= rows {
+                    assert_eq!(o, FILL, "{} {}: wrote past the rows at t={t} col={j}", kern.isa.name(), ty.name());
+                    continue;
+                }
+                let reference = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
+                // As in quant_props: each dequantized weight is a rounded `d·q - m`,
+                // bounded with its block's largest |w|.
+                let blk = ty.block_elems();
+                let (mut e64, mut mag) = (0f64, 0f64);
+                for (i, (&a, &b)) in wf[j].iter().zip(&af[t]).enumerate() {
+                    let amax = wmax[j][i / blk] as f64;
+                    e64 += a as f64 * b as f64;
+                    mag += (a.abs() as f64 + amax) * (b as f64).abs();
+                }
+                let tol = (nb + 16) as f64 * f32::EPSILON as f64 * mag + 1e-30;
+                let what = format!("{} {} rows={rows} n={n} nb={nb} raw={raw} (row {j}, token {t})", kern.isa.name(), ty.name());
+                if exact {
+                    assert_eq!(o.to_bits(), reference.to_bits(), "{what}: gemm_q {o} vs scalar vec_dot {reference}");
+                } else {
+                    assert!(((o - reference) as f64).abs() <= tol, "{what}: gemm_q {o} vs scalar {reference} (tol {tol})");
+                }
+                assert!((o as f64 - e64).abs() <= tol, "{what}: gemm_q {o} vs f64 {e64} (tol {tol})");
+            }
+        }
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn gemm_q_matches_vec_dot_and_f64(
+        seed in any::<u64>(),
+        rows in prop::sample::select(vec![1usize, 3, 7, 8, 9, 13, 17, 24]),
+        n in 1usize..10,
+        nb in prop::sample::select(vec![1usize, 2, 3, 7]),
+    ) {
+        for ty in TYPES {
+            check(ty, rows, n, nb, seed, false);
+        }
+    }
+
+    #[test]
+    fn gemm_q_random_weight_bytes(
+        seed in any::<u64>(),
+        rows in prop::sample::select(vec![1usize, 5, 9, 16]),
+        n in 1usize..10,
+        nb in prop::sample::select(vec![1usize, 3]),
+    ) {
+        for ty in TYPES {
+            check(ty, rows, n, nb, seed, true);
+        }
+    }
+}
+
+/// Larger shapes than the property test (several token passes, long rows).
+#[test]
+fn gemm_q_long_rows_and_many_tokens() {
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let nb = 4096 / ty.block_elems() + 1;
+        check(ty, 19, 9, nb, 11, false);
+    }
+    // More tokens than one pass over the panels holds (q8_K rows of 16 blocks: 4.6 KiB).
+    check(GgmlType::Q4K, 9, 37, 16, 5, false);
+}
+
+#[test]
+fn gemm_q_zero_sizes_and_length_checks() {
+    for kern in paths() {
+        let mut s = QGemmScratch::default();
+        let ty = GgmlType::Q4_0;
+        // No rows, no tokens: nothing to do.
+        (kern.gemm_q)(&[], &QActs::new(ty, 32, vec![0u8; 34]), &mut [], 0, &mut s);
+        (kern.gemm_q)(&[0u8; 18], &QActs::new(ty, 32, vec![]), &mut [], 1, &mut s);
+        let r = std::panic::catch_unwind(|| {
+            (kern.gemm_q)(&[0u8; 17], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 4], 1, &mut QGemmScratch::default())
+        });
+        assert!(r.is_err(), "{}: ragged weight bytes accepted", kern.isa.name());
+        let r = std::panic::catch_unwind(|| {
+            (kern.gemm_q)(&[0u8; 36], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 1], 2, &mut QGemmScratch::default())
+        });
+        assert!(r.is_err(), "{}: short output accepted", kern.isa.name());
+    }
+    assert!(std::panic::catch_unwind(|| QActs::new(GgmlType::Q4_0, 32, vec![0u8; 35])).is_err());
+    assert!(std::panic::catch_unwind(|| QActs::new(GgmlType::Q4K, 32, vec![])).is_err());
+}

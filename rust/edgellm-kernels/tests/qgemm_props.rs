@@ -11,42 +11,10 @@
 
 use edgellm_kernels::quant::qgemm::{self, QActs, QGemmScratch};
 use edgellm_kernels::quant::{self, act_row_bytes, dequantize_row, quantize_row, vec_dot_type, GgmlType};
-use edgellm_kernels::{Isa, Kernels};
 use proptest::prelude::*;
 
-fn paths() -> Vec<&'static Kernels> {
-    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    /// Per-block random scale, occasional outliers and zero blocks.
-    fn row(&mut self, n: usize) -> Vec<f32> {
-        let mut x = Vec::with_capacity(n);
-        for _ in 0..n / 32 {
-            let s = 0.05 + 2.0 * self.uniform().abs();
-            let zero = self.next() % 16 == 0;
-            for _ in 0..32 {
-                let o = if self.next() % 50 == 0 { 8.0 } else { 1.0 };
-                x.push(if zero { 0.0 } else { self.uniform() * s * o });
-            }
-        }
-        x
-    }
-}
+mod common;
+use common::{paths, Rng};
 
 const TYPES: [GgmlType; 13] = [
     GgmlType::Q4_0,

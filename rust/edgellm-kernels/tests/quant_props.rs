@@ -11,39 +11,10 @@
 //!   on odd numbers of blocks, for quantized weights and for random weight bytes.
 
 use edgellm_kernels::quant::{self, dequantize_row, quantize_row, vec_dot_type, GgmlType};
-use edgellm_kernels::{Isa, Kernels};
 use proptest::prelude::*;
 
-fn paths() -> Vec<&'static Kernels> {
-    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    /// Roughly normal (sum of uniforms), heavier tails via an occasional outlier.
-    fn normalish(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.uniform()).sum();
-        if self.next() % 64 == 0 {
-            s * 6.0
-        } else {
-            s
-        }
-    }
-}
+mod common;
+use common::{paths, Rng};
 
 /// Test rows: per block a random scale, some blocks shifted (asymmetric), some sparse.
 fn test_row(seed: u64, n: usize, block: usize, scale: f32) -> Vec<f32> {

@@ -147,8 +147,10 @@ def test_calibrated_int4_recovers_rtn_loss(method, rtn_dir, heldout_ids, f16_ppl
 def test_every_family_quantizes_and_runs(name, tmp_path):
     """Scale folding (LayerNorm with bias, Gemma's 1 + w norms, parallel blocks, v
     and up rows with biases) keeps the function: at 8 bits every method stays close
-    to the float logits; at 4 bits GPTQ and AWQ land closer than RTN (random-weight
-    fixtures, measured 0.57-0.89x of RTN's logit error)."""
+    to the float logits (prompts run the int8 GEMM, so activations are int8 too:
+    measured max error 0.7-7.5% of the logit range on these random-weight
+    fixtures); at 4 bits GPTQ and AWQ land closer than RTN (measured 0.57-0.89x of
+    RTN's logit error)."""
     src = model_dir(name)
     ref = edgellm.load(src, threads=2)
     ids = ref.tokenizer.encode(TEXTS[0])[:24]
@@ -165,7 +167,7 @@ def test_every_family_quantizes_and_runs(name, tmp_path):
         return np.abs(a - b).max() / np.abs(a).max()
 
     for method in ("rtn", "gptq", "awq", "smoothquant"):
-        assert error(method, 8) < 0.06, method
+        assert error(method, 8) < 0.1, method
     rtn4 = error("rtn", 4)
     assert error("gptq", 4) < rtn4
     assert error("awq", 4) < rtn4

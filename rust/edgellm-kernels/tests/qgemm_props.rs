@@ -40,7 +40,7 @@ fn operands(ty: GgmlType, rows: usize, n: usize, k: usize, seed: u64, raw: bool)
     let mut w = vec![0u8; rows * rb];
     for row in w.chunks_exact_mut(rb) {
         if raw {
-            row.copy_from_slice(&random_blocks(ty, k / ty.block_elems(), &mut r));
+            row.copy_from_slice(&r.blocks(ty, k / ty.block_elems()));
         } else {
             quantize_row(ty, &r.row(k), row).unwrap();
         }
@@ -52,31 +52,6 @@ fn operands(ty: GgmlType, rows: usize, n: usize, k: usize, seed: u64, raw: bool)
         quant::quantize_act(ty, xr, a);
     }
     (w, acts, x)
-}
-
-/// Random bytes with every scale field a finite, moderate value.
-fn random_blocks(ty: GgmlType, nb: usize, r: &mut Rng) -> Vec<u8> {
-    use GgmlType::*;
-    let bb = ty.block_bytes();
-    let mut w: Vec<u8> = (0..nb * bb).map(|_| r.next() as u8).collect();
-    let f16_fields: &[usize] = match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4NL => &[0],
-        Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K => &[0, 2],
-        Q2K => &[80, 82],
-        Q3K => &[108],
-        Q6K => &[208],
-        _ => &[],
-    };
-    for blk in w.chunks_exact_mut(bb) {
-        for &at in f16_fields {
-            let v = edgellm_kernels::f16::from_f32(r.uniform() * 0.05);
-            blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-        }
-        if ty == Q8K {
-            blk[0..4].copy_from_slice(&(r.uniform() * 0.05).to_le_bytes());
-        }
-    }
-    w
 }
 
 fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {

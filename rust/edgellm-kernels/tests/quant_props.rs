@@ -187,37 +187,10 @@ proptest! {
                 continue;
             }
             let n = nb * ty.block_elems();
-            let w = random_blocks(ty, nb, seed);
+            let w = Rng::new(seed).blocks(ty, nb);
             check_vec_dot(ty, &w, &test_row(seed ^ 0x5A5A, n, ty.block_elems(), 3.0), "random weight bytes");
         }
     }
-}
-
-/// Random bytes with every scale field a finite, moderate value.
-fn random_blocks(ty: GgmlType, nb: usize, seed: u64) -> Vec<u8> {
-    use GgmlType::*;
-    let mut r = Rng::new(seed);
-    let bb = ty.block_bytes();
-    let mut w: Vec<u8> = (0..nb * bb).map(|_| r.next() as u8).collect();
-    // Byte offsets of the f16 fields (d, and m / dmin where the type has one).
-    let f16_fields: &[usize] = match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4NL => &[0],
-        Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K => &[0, 2],
-        Q2K => &[80, 82],
-        Q3K => &[108],
-        Q6K => &[208],
-        _ => &[],
-    };
-    for blk in w.chunks_exact_mut(bb) {
-        for &at in f16_fields {
-            let v = half::f16::from_f32(r.uniform() * 0.05);
-            blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-        }
-        if ty == Q8K {
-            blk[0..4].copy_from_slice(&(r.uniform() * 0.05).to_le_bytes());
-        }
-    }
-    w
 }
 
 fn check_vec_dot(ty: GgmlType, w: &[u8], x: &[f32], what: &str) {

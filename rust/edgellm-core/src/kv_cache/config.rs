@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 
 /// Which cached tokens survive a step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Eviction {
     /// Everything, up to the context length.
     Full,

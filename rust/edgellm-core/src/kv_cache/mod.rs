@@ -225,7 +225,7 @@ impl KvCache {
         let l = &mut self.layers[layer];
         let total = l.nsinks + l.main.len();
         let pos0 = total - n;
-        let sinks_rotated: Option<Vec<f32>> = match (l.nsinks, self.cfg.eviction.clone(), shift_sinks) {
+        let sinks_rotated: Option<Vec<f32>> = match (l.nsinks, self.cfg.eviction, shift_sinks) {
             (ns, Eviction::Streaming { sinks, .. }, Some(f)) if ns > 0 => {
                 let mut keys = l.sink_k.clone();
                 f(&mut keys, sinks);
@@ -262,7 +262,7 @@ impl KvCache {
         let mass_arg = h2o.then_some(mass.as_mut_slice());
         // The tokens of one step see what they would see one at a time: a window
         // policy's `size` previous tokens, StreamingLLM's sinks and window.
-        match (self.cfg.eviction.clone(), p.window) {
+        match (self.cfg.eviction, p.window) {
             (Eviction::H2o { .. }, Some(w)) => {
                 let mask = PositionMask { pos0, qpos0: self.seen, window: w, key_pos: &l.pos };
                 flash::run(k, p, &kv, &mask, q, out, mass_arg);

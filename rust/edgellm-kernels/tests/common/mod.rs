@@ -2,6 +2,7 @@
 //! and a small deterministic generator of test data.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use edgellm_kernels::quant::GgmlType;
 use edgellm_kernels::{Isa, Kernels};
 
 pub fn paths() -> Vec<&'static Kernels> {
@@ -47,5 +48,30 @@ impl Rng {
             }
         }
         x
+    }
+    /// `nb` blocks of `ty` of random bytes, with every f16 scale field (d, and
+    /// m / dmin where the type has one) a finite, moderate value.
+    pub fn blocks(&mut self, ty: GgmlType, nb: usize) -> Vec<u8> {
+        use GgmlType::*;
+        let bb = ty.block_bytes();
+        let mut w: Vec<u8> = (0..nb * bb).map(|_| self.next() as u8).collect();
+        let f16_fields: &[usize] = match ty {
+            Q4_0 | Q5_0 | Q8_0 | IQ4NL => &[0],
+            Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K => &[0, 2],
+            Q2K => &[80, 82],
+            Q3K => &[108],
+            Q6K => &[208],
+            _ => &[],
+        };
+        for blk in w.chunks_exact_mut(bb) {
+            for &at in f16_fields {
+                let v = edgellm_kernels::f16::from_f32(self.uniform() * 0.05);
+                blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+            if ty == Q8K {
+                blk[0..4].copy_from_slice(&(self.uniform() * 0.05).to_le_bytes());
+            }
+        }
+        w
     }
 }

@@ -54,6 +54,11 @@ pub struct Kernels {
     /// weights of type `ty`, `act` from `quantize_act(ty, ..)`. The decode
     /// work-horse (integer dot products per block). Panics on a length mismatch.
     pub vec_dot: fn(ty: quant::GgmlType, w: &[u8], act: &[u8], n: usize) -> f32,
+    /// The decode GEMV for quantized weights: `out[r] = vec_dot(ty, w_r, act, n)`
+    /// for every row `w_r` of `w` (`out.len()` whole rows of `n` elements of `ty`),
+    /// `act` from `quantize_act(ty, ..)`. Kernels prepare the activation once per
+    /// call for all rows. Panics on a length mismatch.
+    pub gemv_q: fn(ty: quant::GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]),
     /// The prefill work-horse for quantized weights (see [`quant::qgemm`]):
     /// `out[t * ldo + r] = vec_dot(ty, w_r, act_t, k)` for every row `w_r` of `w`
     /// (whole rows of `k` elements of `ty`) and every row `act_t` of `acts`

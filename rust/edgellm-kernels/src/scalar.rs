@@ -16,6 +16,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_micro: crate::gemm::micro_kernel_scalar,
     quantize_act: crate::quant::quantize_act,
     vec_dot: crate::quant::vec_dot,
+    gemv_q: crate::quant::gemv_q,
     gemm_q: crate::quant::qgemm::gemm_q,
 };
 

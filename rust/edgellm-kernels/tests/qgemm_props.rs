@@ -10,11 +10,11 @@
 //! Outputs outside the weight rows (`ldo > rows`) must stay untouched.
 
 use edgellm_kernels::quant::qgemm::{self, QActs, QGemmScratch};
-use edgellm_kernels::quant::{self, act_row_bytes, dequantize_row, quantize_row, vec_dot_type, GgmlType};
+use edgellm_kernels::quant::{self, act_row_bytes, quantize_row, GgmlType};
 use proptest::prelude::*;
 
 mod common;
-use common::{paths, Rng};
+use common::{f64_dot_and_tol, paths, Rng};
 
 const TYPES: [GgmlType; 13] = [
     GgmlType::Q4_0,
@@ -58,18 +58,6 @@ fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {
     let k = nb * ty.block_elems();
     let (w, acts, _) = operands(ty, rows, n, k, seed, raw);
     let (rb, ab) = (ty.row_bytes(k).unwrap(), act_row_bytes(ty, k).unwrap());
-    // f64 reference from the dequantized rows.
-    let deq = |t: GgmlType, b: &[u8]| {
-        let mut v = vec![0f32; k];
-        dequantize_row(t, b, &mut v).unwrap();
-        v
-    };
-    let wf: Vec<Vec<f32>> = w.chunks_exact(rb).map(|b| deq(ty, b)).collect();
-    let wmax: Vec<Vec<f32>> = wf
-        .iter()
-        .map(|r| r.chunks(ty.block_elems()).map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs()))).collect())
-        .collect();
-    let af: Vec<Vec<f32>> = acts.chunks_exact(ab).map(|b| deq(vec_dot_type(ty), b)).collect();
     let qa = QActs::new(ty, k, acts.clone());
     let ldo = rows + 3;
     const FILL: f32 = -7.25;
@@ -88,16 +76,7 @@ fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {
                     continue;
                 }
                 let reference = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
-                // As in quant_props: each dequantized weight is a rounded `d·q - m`,
-                // bounded with its block's largest |w|.
-                let blk = ty.block_elems();
-                let (mut e64, mut mag) = (0f64, 0f64);
-                for (i, (&a, &b)) in wf[j].iter().zip(&af[t]).enumerate() {
-                    let amax = wmax[j][i / blk] as f64;
-                    e64 += a as f64 * b as f64;
-                    mag += (a.abs() as f64 + amax) * (b as f64).abs();
-                }
-                let tol = (nb + 16) as f64 * f32::EPSILON as f64 * mag + 1e-30;
+                let (e64, tol) = f64_dot_and_tol(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
                 let what = format!("{} {} rows={rows} n={n} nb={nb} raw={raw} (row {j}, token {t})", kern.isa.name(), ty.name());
                 if exact {
                     assert_eq!(o.to_bits(), reference.to_bits(), "{what}: gemm_q {o} vs scalar vec_dot {reference}");

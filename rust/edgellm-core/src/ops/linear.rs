@@ -101,10 +101,8 @@ impl Linear {
                 (k.quantize_act)(ty, x, &mut act);
                 let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
                 out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-                    for (i, y) in o.iter_mut().enumerate() {
-                        let r = c * chunk + i;
-                        *y = (k.vec_dot)(ty, &w[r * rb..(r + 1) * rb], &act, n);
-                    }
+                    let r0 = c * chunk;
+                    (k.gemv_q)(ty, &w[r0 * rb..(r0 + o.len()) * rb], &act, n, o);
                 });
             }
         }

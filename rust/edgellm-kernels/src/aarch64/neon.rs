@@ -17,6 +17,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_micro: super::gemm_neon::micro_kernel,
     quantize_act: super::quant_neon::quantize_act,
     vec_dot: super::quant_neon::vec_dot,
+    gemv_q: super::quant_neon::gemv_q,
     gemm_q: super::quant_neon::gemm_q,
 };
 

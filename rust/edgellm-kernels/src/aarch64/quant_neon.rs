@@ -60,6 +60,14 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     }
 }
 
+/// Decode GEMV (see [`crate::Kernels::gemv_q`]): this path's `vec_dot` per row.
+pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
+    let rb = quant::check_gemv(ty, w, act, n, out.len());
+    for (r, y) in out.iter_mut().enumerate() {
+        *y = vec_dot(ty, &w[r * rb..(r + 1) * rb], act, n);
+    }
+}
+
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
 /// q4_0 and q8_0: panels of 8 weight rows repacked into the interleaved layout
 /// (see [`quant::qgemm`]) times tiles of up to 4 tokens; per 4-element group, each

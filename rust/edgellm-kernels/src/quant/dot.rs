@@ -48,6 +48,36 @@ pub(crate) fn check_vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) {
     );
 }
 
+/// Panics unless `w` is `rows` whole rows of `n` elements of `ty` and `act` an
+/// activation row for them; returns the bytes of one weight row.
+#[inline]
+pub(crate) fn check_gemv(ty: GgmlType, w: &[u8], act: &[u8], n: usize, rows: usize) -> usize {
+    let rb = ty.row_bytes(n).unwrap_or_else(|| panic!("gemv_q: {n} elements are not whole {} blocks", ty.name()));
+    assert!(
+        rows.checked_mul(rb) == Some(w.len()),
+        "gemv_q: {rows} {} rows of {n} elements are {rb} bytes each, got {} bytes",
+        ty.name(),
+        w.len()
+    );
+    assert!(
+        vec_dot_type(ty).row_bytes(n) == Some(act.len()),
+        "gemv_q: the activation row of {n} elements for {} is not {} bytes",
+        ty.name(),
+        act.len()
+    );
+    rb
+}
+
+/// Reference decode GEMV: `out[r] =` [`vec_dot`]`(ty, row r of w, act, n)` for
+/// every row `r < out.len()` of `w` (whole rows of `n` elements of `ty`). Panics
+/// on a length mismatch.
+pub fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
+    let rb = check_gemv(ty, w, act, n, out.len());
+    for (r, y) in out.iter_mut().enumerate() {
+        *y = vec_dot_unchecked(ty, &w[r * rb..(r + 1) * rb], act, n);
+    }
+}
+
 /// Quantizes an activation row for dot products with `ty` weights (to
 /// [`vec_dot_type`]`(ty)`, ggml's reference rounding). Panics on a length mismatch.
 pub fn quantize_act(ty: GgmlType, x: &[f32], dst: &mut [u8]) {

@@ -38,7 +38,8 @@ mod dot;
 mod quantize;
 pub mod qgemm;
 
-pub use dot::{act_row_bytes, quantize_act, vec_dot, vec_dot_type};
+pub use dot::{act_row_bytes, gemv_q, quantize_act, vec_dot, vec_dot_type};
+pub(crate) use dot::check_gemv;
 #[cfg_attr(not(target_arch = "aarch64"), allow(unused_imports))]
 pub(crate) use dot::{check_vec_dot, float_dot, vec_dot_unchecked};
 

@@ -17,6 +17,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_micro: super::gemm_avx2::micro_kernel,
     quantize_act: super::quant_avx2::quantize_act,
     vec_dot: super::quant_avx2::vec_dot,
+    gemv_q: super::gemv_avx2::gemv_q,
     gemm_q: super::qgemm_avx2::gemm_q,
 };
 

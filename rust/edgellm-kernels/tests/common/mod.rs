@@ -75,3 +75,28 @@ impl Rng {
         w
     }
 }
+
+/// The f64 dot product of a weight row (`w`, `k` elements of `ty`) with an
+/// activation row from `quantize_act(ty, ..)`, and the tolerance a kernel's f32
+/// result may differ from it (or from another kernel's) by: each dequantized
+/// weight is a rounded `d·q − m`, bounded with its block's largest |w|, and the
+/// f32 sums run over the block count plus a slack.
+pub fn f64_dot_and_tol(ty: GgmlType, w: &[u8], act: &[u8], k: usize) -> (f64, f64) {
+    use edgellm_kernels::quant::{dequantize_row, vec_dot_type};
+    let deq = |t: GgmlType, b: &[u8]| {
+        let mut v = vec![0f32; k];
+        dequantize_row(t, b, &mut v).unwrap();
+        v
+    };
+    let (wf, af) = (deq(ty, w), deq(vec_dot_type(ty), act));
+    let blk = ty.block_elems();
+    let (mut e64, mut mag) = (0f64, 0f64);
+    for (wb, ab) in wf.chunks(blk).zip(af.chunks(blk)) {
+        let amax = wb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for (&a, &b) in wb.iter().zip(ab) {
+            e64 += a as f64 * b as f64;
+            mag += (a.abs() as f64 + amax) * (b as f64).abs();
+        }
+    }
+    (e64, ((k / blk) + 16) as f64 * f32::EPSILON as f64 * mag + 1e-30)
+}

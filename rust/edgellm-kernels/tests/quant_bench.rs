@@ -1,7 +1,8 @@
 //! Single-thread throughput of `vec_dot` per instruction set, in GB/s of weight
 //! bytes: one 4096-element row over and over (hot in L1: the kernel's compute
 //! speed), and a 4096 × 4096 matrix-vector product (weights streamed from memory,
-//! like decoding). Run with
+//! like decoding) as a loop of `vec_dot` and as one `gemv_q` call (the decode
+//! path, which prepares the activation once). Run with
 //! `cargo test --release -p edgellm-kernels --test quant_bench -- --ignored --nocapture`.
 
 use edgellm_kernels::quant::{act_row_bytes, quantize_row, GgmlType};
@@ -42,7 +43,7 @@ fn vec_dot_throughput() {
     use GgmlType::*;
     let x = row(1, K);
     let w_f32 = row(2, K * ROWS);
-    println!("vec_dot, single thread, k = {K}: GB/s of weight bytes (hot row in L1 | {ROWS}-row GEMV)");
+    println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q)");
     for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL] {
         let rb = ty.row_bytes(K).unwrap();
         let mut w = vec![0u8; rb * ROWS];
@@ -71,11 +72,17 @@ fn vec_dot_throughput() {
                 }
                 black_box(&y);
             });
+            let gemv_q = time(|| {
+                (k.gemv_q)(ty, &w, &act, K, &mut y);
+                black_box(&y);
+            });
+            let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
             line += &format!(
-                "  {:>6}: {:6.1} | {:6.1}",
+                "  {:>6}: {:6.1} | {:6.1} | {:6.1}",
                 isa.name(),
-                (rb * reps) as f64 / hot / 1e9,
-                (rb * ROWS) as f64 / gemv / 1e9
+                gbs(rb * reps, hot),
+                gbs(rb * ROWS, gemv),
+                gbs(rb * ROWS, gemv_q)
             );
         }
         println!("{line}");

@@ -35,7 +35,12 @@ pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut 
     s.w.resize(panels * pb, 0);
     for p in 0..panels {
         let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
-        pack_panel(ty, &w[r0 * rb..r1 * rb], rb, k, &mut s.w[p * pb..(p + 1) * pb]);
+        let (src, dst) = (&w[r0 * rb..r1 * rb], &mut s.w[p * pb..(p + 1) * pb]);
+        match ty {
+            // Sound: AVX2 table (see below); a full panel of whole rows.
+            GgmlType::Q4_0 | GgmlType::Q8_0 if r1 - r0 == PANEL => unsafe { pack::full_panel(ty, src, rb, nb, l, dst) },
+            _ => pack_panel(ty, src, rb, k, dst),
+        }
     }
     // Tokens per pass over the panels: their activations (~96 KiB) stay in L2.
     let nt = ((96 * 1024) / ab).clamp(TT, 1024) / TT * TT;
@@ -257,6 +262,113 @@ impl Tile<'_> {
         }
         for t in 0..T {
             _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
+
+/// [`pack_panel`] for full panels of q4_0 and q8_0 rows, by 8 × 4-dword
+/// transposes in registers instead of one word at a time (the packing was 6% of a
+/// q4_0 prompt). Writes the same bytes as [`pack_panel`].
+mod pack {
+    use super::*;
+
+    /// `[a.d0 b.d0 c.d0 e.d0 ...]` per lane: the 4 × 4 dword transpose of rows
+    /// `x[0..4]` within each 128-bit lane.
+    #[inline(always)]
+    unsafe fn transpose4(x: [__m256i; 4]) -> [__m256i; 4] {
+        let t0 = _mm256_unpacklo_epi32(x[0], x[1]);
+        let t1 = _mm256_unpackhi_epi32(x[0], x[1]);
+        let t2 = _mm256_unpacklo_epi32(x[2], x[3]);
+        let t3 = _mm256_unpackhi_epi32(x[2], x[3]);
+        [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    /// Panel scales: the f16 `d` at the start of block `b` of each of the 8 rows,
+    /// as f32 (exact, as `half` converts).
+    #[inline(always)]
+    unsafe fn scales(w: *const u8, rb: usize) -> __m256 {
+        let r = |i: usize| (w.add(i * rb) as *const u16).read_unaligned() as u64;
+        let lo = r(0) | r(1) << 16 | r(2) << 32 | r(3) << 48;
+        let hi = r(4) | r(5) << 16 | r(6) << 32 | r(7) << 48;
+        _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64))
+    }
+
+    /// Packs `PANEL` rows of `nb` blocks (`rb` bytes each) of q4_0 or q8_0 into
+    /// `out` (layout `l`). Safety: AVX2 + F16C; `w` holds `PANEL` rows of `rb`
+    /// bytes, `out` at least `nb · l.stride`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn full_panel(ty: GgmlType, w: &[u8], rb: usize, nb: usize, l: PanelLayout, out: &mut [u8]) {
+        assert!(w.len() == PANEL * rb && out.len() >= nb * l.stride && rb == nb * ty.block_bytes());
+        let bb = ty.block_bytes();
+        let nib = _mm256_set1_epi8(0x0F);
+        for b in 0..nb {
+            let src = w.as_ptr().add(b * bb);
+            let o = out.as_mut_ptr().add(b * l.stride);
+            let st = |g: usize, v: __m256i| _mm256_storeu_si256(o.add(32 * g) as *mut __m256i, v);
+            let row = |r: usize| src.add(r * rb + 2);
+            if ty == GgmlType::Q4_0 {
+                // Rows r and r + 4 share a register (low / high lane), so the
+                // transpose leaves dword g of rows 0..8 in one vector: group g's
+                // low nibbles, group g + 4's high nibbles.
+                let x = core::array::from_fn(|r| _mm256_loadu2_m128i(row(r + 4) as *const __m128i, row(r) as *const __m128i));
+                for (g, v) in transpose4(x).into_iter().enumerate() {
+                    st(g, _mm256_and_si256(v, nib));
+                    st(g + 4, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                }
+            } else {
+                // q8_0: dwords 0..4 of each row, then dwords 4..8.
+                for half in 0..2 {
+                    let x = core::array::from_fn(|r| {
+                        _mm256_loadu2_m128i(row(r + 4).add(16 * half) as *const __m128i, row(r).add(16 * half) as *const __m128i)
+                    });
+                    for (g, v) in transpose4(x).into_iter().enumerate() {
+                        st(4 * half + g, v);
+                    }
+                }
+            }
+            _mm256_storeu_ps(o.add(l.d) as *mut f32, scales(src, rb));
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::quant::qgemm::panel_layout;
+
+        #[test]
+        fn full_panel_writes_what_pack_panel_writes() {
+            if !crate::Isa::Avx2.is_supported() {
+                return;
+            }
+            let mut s = 0x1234_5678_9abc_def0u64;
+            for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+                for nb in [1usize, 3, 8] {
+                    let l = panel_layout(ty).unwrap();
+                    let rb = nb * ty.block_bytes();
+                    let mut w: Vec<u8> = (0..PANEL * rb)
+                        .map(|_| {
+                            s ^= s << 13;
+                            s ^= s >> 7;
+                            s ^= s << 17;
+                            s as u8
+                        })
+                        .collect();
+                    // Finite f16 scales (random bytes may be NaN, whose payload
+                    // conversions need not agree).
+                    for blk in w.chunks_exact_mut(ty.block_bytes()) {
+                        blk[1] &= 0x3B;
+                    }
+                    let (mut a, mut b) = (vec![0x55u8; nb * l.stride], vec![0xAAu8; nb * l.stride]);
+                    pack_panel(ty, &w, rb, nb * 32, &mut a);
+                    unsafe { full_panel(ty, &w, rb, nb, l, &mut b) };
+                    assert_eq!(a, b, "{} nb={nb}", ty.name());
+                }
+            }
         }
     }
 }

@@ -184,7 +184,7 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
         _kv(f"{a}.rope.freq_base", F32, theta),
         _kv(f"{a}.attention.layer_norm_rms_epsilon", F32, float(cfg.get("rms_norm_eps", 1e-6))),
         _kv("tokenizer.ggml.model", STRING, "gpt2"),
-        _kv("tokenizer.ggml.pre", STRING, "gpt2"),
+        _kv("tokenizer.ggml.pre", STRING, "gpt-2"),  # llama.cpp's name (it rejects "gpt2")
         _kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING),
         _kv("tokenizer.ggml.token_type", ARRAY, types, I32),
         _kv("tokenizer.ggml.merges", ARRAY, merges, STRING),

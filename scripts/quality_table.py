@@ -91,7 +91,9 @@ def llamacpp_check(path: Path, model: edgellm.Model, ids: list, threads: int, wi
     logz = logits.max(axis=1) + np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1))
     nll = float((logz[:-1] - logits[np.arange(len(w) - 1), w[1:]]).mean())
     ours = model.perplexity(w, window=window)
-    llm.reset()
+    del llm
+    # Decode timing without logits_all (which copies every position's logits).
+    llm = Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=256, verbose=False)
     llm.eval([w[0]])
     t = time.perf_counter()
     for i in range(128):

@@ -9,11 +9,19 @@ change against the float16 checkpoint, the weight file size and decode speed
 a markdown table (default `benches/quality_table.md`).
 
     python scripts/quality_table.py [--out benches/quality_table.md] [--threads 2]
+    python scripts/quality_table.py --only llama.cpp   # just the matching rows, printed
+
+The llama.cpp rows export the f16 checkpoint to a GGUF F16 file (edgellm's
+exporter), quantize it with llama.cpp's own quantizer (llama-cpp-python's
+``llama_model_quantize``, as ``llama-quantize`` does) and measure the result with
+edgellm running the GGUF; one window's perplexity is cross-checked against
+llama.cpp's own logits, and llama.cpp's tg128 is printed beside edgellm's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -48,7 +56,50 @@ ROWS = [
     ("FP8 E5M2 per channel (simulated*)", ("simulated", "e5m2")),
     ("llama.cpp-style Q4_0 (in-situ, ggml reference quantizer)", "q4_0"),
     ("llama.cpp-style Q4_K (in-situ, ggml reference quantizer)", "q4_K"),
+    ("int4 GPTQ g32 asym, re-fit to Q4_K (exports to llama.cpp)",
+     dict(method="gptq", bits=4, group_size=32, symmetric=False, format="q4_K")),
+    ("llama.cpp Q4_0 (llama-quantize of the f16 GGUF)", ("llamacpp", "q4_0")),
+    ("llama.cpp Q4_K_M (llama-quantize of the f16 GGUF)", ("llamacpp", "q4_K_M")),
 ]
+
+
+def llamacpp_gguf(src: Path, tmp: Path, fmt: str) -> Path:
+    """The f16 checkpoint exported to GGUF F16 by edgellm, then quantized to ``fmt``
+    by llama.cpp's quantizer (tests/llamacpp_quantize.py)."""
+    from edgellm.calibrate import export_gguf
+
+    f16 = tmp / "default-f16.gguf"
+    if not f16.exists():
+        export_gguf(src, f16)
+    spec = importlib.util.spec_from_file_location("llamacpp_quantize", ROOT / "tests" / "llamacpp_quantize.py")
+    lq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lq)  # type: ignore[union-attr]
+    return lq.quantize(f16, tmp / f"default-{fmt}.gguf", fmt)
+
+
+def llamacpp_check(path: Path, model: edgellm.Model, ids: list, threads: int, window: int = 512) -> dict:
+    """llama.cpp running ``path`` itself: the perplexity of the first ``window``
+    tokens from its logits (beside edgellm's on the same window) and its tg128."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=window, n_batch=window,
+                n_ubatch=window, logits_all=True, verbose=False)
+    w = ids[:window]
+    llm.eval(w)
+    logits = np.asarray(llm.scores[: len(w)], dtype=np.float64)
+    logz = logits.max(axis=1) + np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1))
+    nll = float((logz[:-1] - logits[np.arange(len(w) - 1), w[1:]]).mean())
+    ours = model.perplexity(w, window=window)
+    del llm
+    # Decode timing without logits_all (which copies every position's logits).
+    llm = Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=256, verbose=False)
+    llm.eval([w[0]])
+    t = time.perf_counter()
+    for i in range(128):
+        llm.eval([w[1 + i % (len(w) - 1)]])
+    return dict(window=window, ppl_llamacpp=float(np.exp(nll)), ppl_edgellm=ours,
+                tg128_llamacpp=128 / (time.perf_counter() - t))
 
 
 def simulated_checkpoint(src: Path, dst: Path, fmt: str) -> None:
@@ -95,11 +146,18 @@ def decode_speed(model: edgellm.Model, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benches" / "quality_table.md"))
+    ap.add_argument("--out", default=None,
+                    help="markdown table (default benches/quality_table.md; with --only: print only)")
+    ap.add_argument("--only", default=None, metavar="SUBSTRING", help="run only the rows whose label contains it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens")
     args = ap.parse_args()
+    rows = [r for r in ROWS if args.only is None or args.only in r[0]]
+    if args.only is not None and not rows:
+        ap.error(f"no row label contains {args.only!r}")
+    if args.out is None and args.only is None:
+        args.out = str(ROOT / "benches" / "quality_table.md")
 
     src = Path(edgellm.default_model_path())
     text = (src / "heldout_sample.py.txt").read_text(encoding="utf-8")
@@ -107,10 +165,19 @@ def main() -> None:
     ids = base.tokenizer.encode(text, add_special_tokens=False)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, spec in ROWS:
+        if rows[0][1] is not None:  # the f16 baseline of the Δ column, not itself a selected row
+            results.append((ROWS[0][0], base.perplexity(ids, window=1024), 0, 0.0, 0.0))
+        for label, spec in rows:
             t0 = time.time()
             if spec is None:
                 model, size, secs = base, (src / "model.safetensors").stat().st_size, 0.0
+            elif isinstance(spec, tuple) and spec[0] == "llamacpp":
+                path = llamacpp_gguf(src, Path(tmp), spec[1])
+                model = edgellm.load(path, threads=args.threads)
+                size, secs = path.stat().st_size, time.time() - t0
+                check = llamacpp_check(path, model, ids, args.threads)
+                print(f"  {label}: window of {check['window']}: ppl llama.cpp {check['ppl_llamacpp']:.4f} vs edgellm "
+                      f"{check['ppl_edgellm']:.4f}; llama.cpp tg128 {check['tg128_llamacpp']:.1f} tok/s", flush=True)
             elif isinstance(spec, tuple):
                 dst = Path(tmp) / f"sim_{spec[1]}"
                 simulated_checkpoint(src, dst, spec[1])
@@ -140,8 +207,10 @@ def main() -> None:
             results.append((label, ppl, size, tps, secs))
             print(f"{label:<58} ppl {ppl:9.4f}  size {size / 1e6:6.2f} MB  tg128 {tps:8.1f} tok/s  ({secs:.1f} s)", flush=True)
 
+    if args.out is None:
+        return
     f16 = results[0][1]
-    rtn4 = next(r[1] for r in results if r[0].startswith("int4 RTN g128 sym"))
+    rtn4 = next((r[1] for r in results if r[0].startswith("int4 RTN g128 sym")), f16)
     lines = [
         "# Quantization quality of the embedded default model",
         "",
@@ -168,6 +237,12 @@ def main() -> None:
         "at int4 group 128 is at most 0.7×.",
         "- int3 grids are stored in 4-bit blocks (their quality, 4-bit size): GGML has no 32-element 3-bit block "
         "with free per-block scales (q3_K's 6-bit sub-scales cannot hold arbitrary group scales).",
+        "- The Q4_K re-fit row: the calibrated grid's sub-block scales and minimums re-quantized to Q4_K's "
+        "6-bit levels and the codes re-chosen against the calibrated weights (`edgellm.calibrate.kquants`); "
+        "its GGUF export runs in llama.cpp as is.",
+        "- The llama.cpp rows: the f16 checkpoint exported to GGUF F16 by edgellm, quantized by llama.cpp's "
+        "own quantizer (`llama_model_quantize`, i.e. `llama-quantize`; Q4_K_M keeps some tensors at q6_K), "
+        "run by edgellm from the GGUF; size is the GGUF file.",
         "- *Simulated: NF4 (QLoRA code book, one absmax per 64 values) and FP8 (per-row scale, saturating) "
         "have codecs (`edgellm._core.fp8_encode`/`nf4_encode`, bit-exact against ml_dtypes) but no matrix "
         "kernels yet: these rows run the round-tripped weights in float32, so their perplexity is the "

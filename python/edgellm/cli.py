@@ -232,6 +232,14 @@ def cmd_info(a: argparse.Namespace) -> int:
                 layers.setdefault(idx, []).append(f"{proj} {ty}")
             for idx in sorted(layers, key=int):
                 print(f"  layer {idx:<13} {', '.join(layers[idx])}")
+    imp = info.get("import")
+    if imp:
+        group = "per row" if imp.get("group_size") == -1 else f"group {imp.get('group_size')}"
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(imp.get("tensors", {}).items()))
+        print(f"imported from       {imp.get('method')} {imp.get('bits')}-bit {group} "
+              f"({imp.get('checkpoint_format')}): projections as {kinds}")
+        if imp.get("dequantized"):
+            print(f"  dequantized to f16 {len(imp['dequantized'])} (their groups do not map onto 32-weight blocks)")
     print(f"memory at {mem['context']} tokens x {mem['batch']}: weights {_human_bytes(mem['weights'])} + "
           f"KV {_human_bytes(mem['kv_cache'])} + activations {_human_bytes(mem['activations'])} "
           f"= {_human_bytes(mem['total'])}")
@@ -300,7 +308,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     src = default_model_path() if a.src == "default" else a.src
     report = quantize(
         src, a.dst, method=a.method, bits=a.bits, group_size=a.group_size, symmetric=not a.asymmetric,
-        calibration=texts, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
+        calibration=texts, format=a.format, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
         act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, mixed_bpw=a.mixed_bpw, threads=a.threads,
         overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
     )
@@ -317,6 +325,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         mean = f", mean relative output error {sum(errs.values()) / len(errs):.4f}" if errs else ""
         print(f"wrote {report['dst']} ({report['method']}, {report['format']}, {_human_bytes(report['file_bytes'])}, "
               f"{report['calibration_tokens']} calibration tokens, {report['seconds']:.1f} s{mean})")
+        if report.get("q4_K_refit_error") is not None:
+            print(f"q4_K re-fit error {report['q4_K_refit_error']:.4f} of the calibration's own weight error (mean)")
     return 0
 
 
@@ -373,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1 blocks) instead of symmetric q4_0")
     p.add_argument("--calibration", action="append", default=None, metavar="FILE",
                    help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
+    p.add_argument("--format", default=None, metavar="TYPE",
+                   help="block format of the projections (default from the grid: q4_0, q4_1, q8_0); "
+                        "q4_K: llama.cpp's Q4_K, re-fitted from the calibrated grid")
     p.add_argument("--embedding", default="q8_0", choices=["q8_0", "keep"], help="format of embedding and head")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens in all")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -125,6 +126,7 @@ class Model:
         self.tokenizer = Tokenizer(core)
         self._last_stats: Optional[Dict[str, Any]] = None
         self._last_finish_reason: Optional[str] = None
+        self._imported: Optional[Dict[str, Any]] = None  # set by load() for GPTQ/AWQ checkpoints
 
     # --- description ------------------------------------------------------
     @property
@@ -160,8 +162,13 @@ class Model:
         return self._core.isa
 
     def info(self) -> Dict[str, Any]:
-        """Architecture, parameter counts by part, dtype, file size, KV bytes per token."""
-        return self._core.info()
+        """Architecture, parameter counts by part, dtype, file size, KV bytes per token;
+        for a GPTQ/AWQ checkpoint also ``import``: its method, bits, group size,
+        the block types its projections became and those dequantized to f16."""
+        info = self._core.info()
+        if self._imported is not None:
+            info["import"] = dict(self._imported)
+        return info
 
     def memory(self, context: Optional[int] = None, batch: int = 1) -> Dict[str, int]:
         """Bytes needed to run ``batch`` sequences of ``context`` tokens (default: the
@@ -342,6 +349,11 @@ def load(
 ) -> Model:
     """Load a model. ``path=None`` loads the embedded default model; otherwise an HF
     checkpoint directory (config.json, *.safetensors, tokenizer.json) or a GGUF file.
+    GPTQ (AutoGPTQ / GPTQModel) and AWQ (AutoAWQ GEMM) checkpoints are converted
+    once into an edgellm checkpoint (q4_0 / q4_1 / q8_0 blocks where the grid maps
+    exactly, f16 otherwise; cached under ``$EDGELLM_CACHE_DIR``, default
+    ``~/.cache/edgellm``), see ``edgellm.calibrate.hf_import``; ``info()["import"]``
+    describes the conversion.
 
     Options: ``threads`` (default: all cores), ``max_context`` (tokens),
     ``isa`` (force a kernel path: "scalar", "avx2", "neon"; default from ``EDGELLM_ISA``),
@@ -389,7 +401,23 @@ def load(
             raise InvalidArgumentError(f"kv_cache is not JSON-serialisable: {e}") from None
     if options.get("quant") is not None:
         options["progress"] = _progress_callback(progress, f"quantizing to {options['quant']}")
-    return Model(_core.Model.load(p, threads=threads, **options))
+    imported = None
+    if os.path.isdir(p):
+        from .calibrate.hf_import import cached_import, quant_method
+
+        if quant_method(p) is not None:
+            converted, imported = cached_import(p)
+            p = str(converted)
+            if imported["dequantized"]:
+                warnings.warn(
+                    f"{len(imported['dequantized'])} {imported['method']} projection(s) do not map onto GGML blocks "
+                    f"and run dequantized to f16: {', '.join(imported['dequantized'][:4])}"
+                    + (" ..." if len(imported["dequantized"]) > 4 else ""),
+                    stacklevel=2,
+                )
+    model = Model(_core.Model.load(p, threads=threads, **options))
+    model._imported = imported
+    return model
 
 
 _default_lock = threading.Lock()

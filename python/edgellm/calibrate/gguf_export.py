@@ -1,6 +1,6 @@
 """GGUF export of edgellm checkpoints (a pure-Python GGUF v3 writer), so llama.cpp
-runs edgellm-calibrated weights: the q4_0 / q4_1 / q8_0 blocks are copied as they
-are, under llama.cpp's tensor names, with its Q/K row permutation (a per-row
+runs edgellm-calibrated weights: the q4_0 / q4_1 / q8_0 / q4_K blocks are copied as
+they are, under llama.cpp's tensor names, with its Q/K row permutation (a per-row
 reorder, so it applies to quantized rows unchanged) and the metadata and
 vocabulary llama.cpp's converter writes (``convert_hf_to_gguf.py``, LlamaModel
 with a GPT-2-style byte-level BPE vocabulary).
@@ -25,8 +25,9 @@ from .checkpoint import QUANT_METADATA_KEY, SourceTensors, to_f32
 __all__ = ["export_gguf"]
 
 ALIGN = 32
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8}
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}  # llama_ftype (general.file_type)
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "q4_K": 12}
+# llama_ftype (general.file_type); q4_K: MOSTLY_Q4_K_S (every projection q4_K)
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_K": 14}
 # GGUF metadata value types
 U32, I32, F32, BOOL, STRING, ARRAY, U64 = 4, 5, 6, 7, 8, 9, 10
 # llama.cpp token types
@@ -154,7 +155,7 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
         else:
             raise ModelFormatError(f"tensor {hf!r} has dtype {dtype}, which GGUF export does not handle")
         if ty not in GGML_TYPES:
-            raise InvalidArgumentError(f"tensor {hf!r} is {ty}; GGUF export writes f32, f16, q4_0, q4_1 and q8_0")
+            raise InvalidArgumentError(f"tensor {hf!r} is {ty}; GGUF export writes f32, f16, q4_0, q4_1, q8_0 and q4_K")
         if g.endswith("attn_q.weight"):
             arr = _permute_rows(arr, n_head)
         elif g.endswith("attn_k.weight"):
@@ -183,7 +184,7 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
         _kv(f"{a}.rope.freq_base", F32, theta),
         _kv(f"{a}.attention.layer_norm_rms_epsilon", F32, float(cfg.get("rms_norm_eps", 1e-6))),
         _kv("tokenizer.ggml.model", STRING, "gpt2"),
-        _kv("tokenizer.ggml.pre", STRING, "gpt2"),
+        _kv("tokenizer.ggml.pre", STRING, "gpt-2"),  # llama.cpp's name (it rejects "gpt2")
         _kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING),
         _kv("tokenizer.ggml.token_type", ARRAY, types, I32),
         _kv("tokenizer.ggml.merges", ARRAY, merges, STRING),

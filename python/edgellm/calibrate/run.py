@@ -27,6 +27,7 @@ from .blocks import pack
 from .checkpoint import SourceTensors, write_safetensors
 from .gptq import gptq
 from .grid import Grid, QuantizedWeight, rtn
+from .kquants import QK_K, pack_q4_k, refit_q4_k, sub_block_grids
 from .smoothquant import smooth_scales
 
 __all__ = ["quantize", "METHODS"]
@@ -84,11 +85,12 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
     return seqs
 
 
-_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5}  # bits per weight of the block types
+_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5, "q4_K": 4.5}  # bits per weight of the block types
 
 
 def _sensitivity_plan(
-    model: Any, seqs: List[List[int]], grid: Grid, target: float, q_dim: int, kv_dim: int, num_layers: int
+    model: Any, seqs: List[List[int]], grid: Grid, target: float, q_dim: int, kv_dim: int, num_layers: int,
+    low_type: Optional[str] = None,
 ) -> "set[Tuple[int, str]]":
     """(layer, projection) pairs to store as q8_0: the float model's projections by
     decreasing relative output error on ``grid`` (round to nearest), promoted while
@@ -108,7 +110,7 @@ def _sensitivity_plan(
                 err = output_error(w, rtn(w, grid).dequantize(), g) / ref if ref > 0 else 0.0
                 items.append((err, w.size, li, n))
         cal.advance()
-    low = _BPW[grid.ggml_type]
+    low = _BPW[low_type or grid.ggml_type]
     budget = (target - low) * sum(p for _, p, _, _ in items)
     promote = set()
     for _err, params, li, n in sorted(items, key=lambda t: -t[0]):
@@ -208,7 +210,12 @@ def quantize(
     activations in the decode kernels). ``bits`` 8, 4, 3 or 2; ``group_size`` a
     multiple of 32 or -1 (one group per row); ``symmetric`` False stores
     zero-points. Projections become GGML blocks (``format``, default from the grid:
-    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8);
+    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8; or
+    ``"q4_K"`` for grids of up to 4 bits: llama.cpp's Q4_K, re-fitted from the
+    calibrated grid since Q4_K quantizes the sub-block scales and minimums to 6 bits
+    (see :mod:`.kquants`; the report's ``q4_K_refit_error`` is the re-fit error
+    relative to the calibration's own, per projection; rows that are not whole
+    256-weight super-blocks keep the grid's own format);
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
@@ -231,14 +238,18 @@ def quantize(
         if bits != 8:
             raise InvalidArgumentError("smoothquant is W8A8: bits must be 8")
     grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric)
-    if format is not None and format.lower() != grid.ggml_type:
+    k_quant = format is not None and format.lower() == "q4_k"
+    if k_quant and bits > 4:
+        raise InvalidArgumentError(f"format 'q4_K' holds grids of up to 4 bits, not {bits}")
+    if format is not None and not k_quant and format.lower() != grid.ggml_type:
         raise InvalidArgumentError(
             f"format {format!r} cannot hold a {bits}-bit {'symmetric' if symmetric else 'asymmetric'} grid; "
             f"it is stored as {grid.ggml_type}"
         )
-    if mixed_bpw is not None and not _BPW[grid.ggml_type] <= mixed_bpw <= _BPW["q8_0"]:
+    low_type = "q4_K" if k_quant else grid.ggml_type
+    if mixed_bpw is not None and not _BPW[low_type] <= mixed_bpw <= _BPW["q8_0"]:
         raise InvalidArgumentError(
-            f"mixed_bpw must lie between {_BPW[grid.ggml_type]} ({grid.ggml_type}) and {_BPW['q8_0']} (q8_0), got {mixed_bpw}"
+            f"mixed_bpw must lie between {_BPW[low_type]} ({low_type}) and {_BPW['q8_0']} (q8_0), got {mixed_bpw}"
         )
     if embedding not in ("q8_0", "keep"):
         raise InvalidArgumentError(f"embedding must be 'q8_0' or 'keep', got {embedding!r}")
@@ -276,6 +287,7 @@ def quantize(
     out_tensors: Dict[str, Tuple[str, List[int], bytes]] = {}
     quantized: Dict[str, Tuple[str, List[int]]] = {}
     errors: Dict[str, float] = {}
+    refit_errors: Dict[str, float] = {}
     kept_float: List[str] = []
 
     def store(name: str, qw: QuantizedWeight) -> None:
@@ -293,7 +305,7 @@ def quantize(
     if mixed_bpw is not None:
         if not have_texts:
             raise InvalidArgumentError("mixed precision needs calibration texts for its sensitivity pass")
-        promote = _sensitivity_plan(model, seqs, grid, mixed_bpw, q_dim, kv_dim, num_layers)
+        promote = _sensitivity_plan(model, seqs, grid, mixed_bpw, q_dim, kv_dim, num_layers, low_type)
     high = Grid(bits=8, group_size=group_size, symmetric=True)
     plan: Dict[str, str] = {}
     proj_bits = proj_params = 0
@@ -345,14 +357,24 @@ def quantize(
                     qw = rtn(w, lg, awq_clip(w, g, lg))
                 else:
                     qw = rtn(w, lg)
-                plan[f"layers.{li}.{n}"] = lg.ggml_type
-                proj_bits += int(_BPW[lg.ggml_type] * w.size)
-                proj_params += w.size
                 deq = qw.dequantize()
+                ty = lg.ggml_type
+                if k_quant and lg is grid and w.shape[1] % QK_K == 0:
+                    deq_k, blocks = _as_q4_k(qw, deq)
+                    base = float(np.linalg.norm(deq - w))
+                    refit_errors[f"layers.{li}.{n}"] = float(np.linalg.norm(deq_k - deq)) / base if base > 0 else 0.0
+                    deq, ty = deq_k, "q4_K"
+                plan[f"layers.{li}.{n}"] = ty
+                proj_bits += int(_BPW[ty] * w.size)
+                proj_params += w.size
                 if g is not None:
                     ref = output_error(w, np.zeros_like(w), g)
                     errors[f"layers.{li}.{n}"] = output_error(w, deq, g) / ref if ref > 0 else 0.0
-                store(f"{linear_names[n]}.weight", qw)
+                if ty == "q4_K":
+                    out_tensors[f"{linear_names[n]}.weight"] = ("U8", list(blocks.shape), blocks.tobytes())
+                    quantized[f"{linear_names[n]}.weight"] = ("q4_K", list(w.shape))
+                else:
+                    store(f"{linear_names[n]}.weight", qw)
                 cal.set_linear(n, np.ascontiguousarray(deq))
                 done += 1
                 if cb:
@@ -387,7 +409,7 @@ def quantize(
         "bits": bits,
         "group_size": group_size,
         "symmetric": symmetric,
-        "format": grid.ggml_type,
+        "format": low_type,
         "embedding": embedding,
         "calibration_tokens": tokens,
     }
@@ -398,6 +420,11 @@ def quantize(
         section.update(act_order=act_order, damp=damp)
     if method == "smoothquant":
         section.update(alpha=alpha)
+    if k_quant:
+        section["q4_K_fallback"] = sorted(k for k, t in plan.items() if t not in ("q4_K", "q8_0"))
+        section["q4_K_refit_error"] = (
+            round(float(np.mean(list(refit_errors.values()))), 6) if refit_errors else None
+        )
     config["edgellm_quantization"] = section
     (dst_p / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {
@@ -408,5 +435,17 @@ def quantize(
         "seconds": time.time() - t0,
         "relative_output_error": errors,
         "kept_float": kept_float,
+        **({"q4_K_refit_errors": refit_errors} if k_quant else {}),
     }
+
+
+def _as_q4_k(qw: QuantizedWeight, deq: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(weights as stored, packed ``q4_K`` rows) of ``qw`` re-fitted to Q4_K
+    against its dequantized values ``deq``."""
+    a, b = sub_block_grids(qw)
+    d, dmin, sc, m, q = refit_q4_k(deq, a, b)
+    rows, cols = q.shape
+    step = np.repeat(np.repeat(d, 8, axis=1) * sc, 32, axis=1)
+    low = np.repeat(np.repeat(dmin, 8, axis=1) * m, 32, axis=1)
+    return (step * q - low).astype(np.float32), pack_q4_k(d, dmin, sc, m, q)
 

@@ -7,7 +7,7 @@ use super::rope::Rope;
 use super::weights::{LayerWeights, Weights};
 use crate::attention::AttentionParams;
 use crate::kv_cache::KvCache;
-use crate::ops::activation;
+use crate::ops::{activation, Linear};
 use edgellm_kernels::Kernels;
 
 /// Which rows of logits a forward pass returns.
@@ -107,9 +107,7 @@ impl Transformer<'_> {
     ) {
         let (c, k) = (self.cfg, self.k);
         lw.attn_norm.apply_into(x, &mut s.xn);
-        lw.q.forward(k, &s.xn, &mut s.q);
-        lw.k.forward(k, &s.xn, &mut s.k);
-        lw.v.forward(k, &s.xn, &mut s.v);
+        Linear::forward_group(k, &s.xn, &mut [(&lw.q, &mut s.q[..]), (&lw.k, &mut s.k[..]), (&lw.v, &mut s.v[..])]);
         if let Some(qn) = &lw.q_norm {
             qn.apply(&mut s.q, c.num_heads);
         }
@@ -164,14 +162,14 @@ impl Transformer<'_> {
     /// `s.mlp_out = mlp(s.xn)`.
     fn mlp(&self, lw: &LayerWeights, s: &mut Scratch) {
         let (c, k) = (self.cfg, self.k);
-        lw.up.forward(k, &s.xn, &mut s.up);
         match &lw.gate {
             Some(g) => {
-                g.forward(k, &s.xn, &mut s.gate);
+                Linear::forward_group(k, &s.xn, &mut [(&lw.up, &mut s.up[..]), (g, &mut s.gate[..])]);
                 activation::gated(c.activation, &mut s.gate, &s.up);
                 lw.down.forward(k, &s.gate, &mut s.mlp_out);
             }
             None => {
+                lw.up.forward(k, &s.xn, &mut s.up);
                 activation::apply(c.activation, &mut s.up);
                 lw.down.forward(k, &s.up, &mut s.mlp_out);
             }

@@ -21,6 +21,13 @@ const QGEMM_MIN_ROWS: usize = 5;
 const QGEMM_BLOCK: usize = 32;
 use rayon::prelude::*;
 
+/// Output rows per parallel GEMV work item: about eight per thread, so a slow
+/// thread does not hold the others up (which thread computes a row never
+/// changes its value).
+fn gemv_chunk(rows: usize) -> usize {
+    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024)
+}
+
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `[out_features × in_features]`, row-major.
@@ -82,28 +89,94 @@ impl Linear {
     /// Decode: one activation row; bandwidth-bound, weights read once. Quantized
     /// weights dot with the activation quantized once to the matching int8 format.
     fn gemv(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
+        let act = self.quantize_input(k, x);
+        let chunk = gemv_chunk(out.len());
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| self.gemv_rows(k, x, act.as_deref(), c * chunk, o));
+    }
+
+    /// The input row quantized to this layer's activation format (`None` for float
+    /// weights, which dot with `x` itself).
+    fn quantize_input(&self, k: &Kernels, x: &[f32]) -> Option<Vec<u8>> {
+        let DType::Quant(q) = self.weight.dtype() else { return None };
+        let ty = q;
+        let mut act = vec![0u8; quant::act_row_bytes(ty, x.len()).expect("row length checked at load")];
+        (k.quantize_act)(ty, x, &mut act);
+        Some(act)
+    }
+
+    /// Rows `r0..r0 + out.len()` of the GEMV `x Wᵀ` (no bias): `act` is
+    /// [`Self::quantize_input`]`(x)`.
+    fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&[u8]>, r0: usize, out: &mut [f32]) {
         let n = x.len();
-        let chunk = (out.len() / (rayon::current_num_threads() * 8)).clamp(16, 1024);
-        match (self.float_rows(), self.weight.dtype()) {
-            (Some(rows), _) => out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    let range = (c * chunk + i) * n..(c * chunk + i + 1) * n;
+        match (self.float_rows(), act) {
+            (Some(rows), _) => {
+                for (i, y) in out.iter_mut().enumerate() {
+                    let range = (r0 + i) * n..(r0 + i + 1) * n;
                     *y = match rows {
                         BRows::F32(w) => (k.dot_f32)(&w[range], x),
                         BRows::F16(w) => (k.dot_f16)(&w[range], x),
                         BRows::Bf16(w) => (k.dot_bf16)(&w[range], x),
                     };
                 }
-            }),
-            (None, ty) => {
-                let ty = ty.ggml();
-                let mut act = vec![0u8; quant::act_row_bytes(ty, n).expect("row length checked at load")];
-                (k.quantize_act)(ty, x, &mut act);
+            }
+            (None, Some(act)) => {
                 let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
-                out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-                    let r0 = c * chunk;
-                    (k.gemv_q)(ty, &w[r0 * rb..(r0 + o.len()) * rb], &act, n, o);
-                });
+                (k.gemv_q)(self.weight.dtype().ggml(), &w[r0 * rb..(r0 + out.len()) * rb], act, n, out);
+            }
+            (None, None) => unreachable!("quantized weights need their quantized input"),
+        }
+    }
+
+    /// `outs[i] = x · Wᵢᵀ (+ bᵢ)` for layers that read the same input (q, k, v;
+    /// gate, up). One row (decoding) runs as a single parallel pass over the rows
+    /// of every layer, the input quantized once per activation format: one
+    /// dispatch to the pool instead of one per layer, with the small layers
+    /// balanced against the large ones. Each output row is computed exactly as
+    /// [`Self::forward`] computes it. Several rows take each layer's `forward`.
+    pub fn forward_group(k: &Kernels, x: &[f32], group: &mut [(&Linear, &mut [f32])]) {
+        let single = group.iter().all(|(l, o)| l.in_features() == x.len() && o.len() == l.out_features());
+        if !single || group.len() < 2 {
+            for (l, o) in group.iter_mut() {
+                l.forward(k, x, o);
+            }
+            return;
+        }
+        // One quantized input per activation format (q4_K and q6_K share q8_K).
+        let mut acts: Vec<(quant::GgmlType, Option<Vec<u8>>)> = Vec::new();
+        let act_of: Vec<usize> = group
+            .iter()
+            .map(|(l, _)| {
+                let at = match l.weight.dtype() {
+                    DType::Quant(q) => quant::vec_dot_type(q),
+                    _ => quant::GgmlType::F32,
+                };
+                acts.iter().position(|(t, _)| *t == at).unwrap_or_else(|| {
+                    acts.push((at, l.quantize_input(k, x)));
+                    acts.len() - 1
+                })
+            })
+            .collect();
+        let total: usize = group.iter().map(|(l, _)| l.out_features()).sum();
+        let chunk = gemv_chunk(total);
+        let tasks: Vec<(usize, usize, usize)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (l, _))| {
+                let m = l.out_features();
+                (0..m.div_ceil(chunk)).map(move |c| (i, c * chunk, ((c + 1) * chunk).min(m)))
+            })
+            .collect();
+        let outs: Vec<SharedMut> = group.iter_mut().map(|(_, o)| SharedMut::new(o)).collect();
+        tasks.par_iter().for_each(|&(i, r0, r1)| {
+            // SAFETY: tasks cover disjoint row ranges of each output.
+            let o = unsafe { outs[i].slice(r0, r1 - r0) };
+            group[i].0.gemv_rows(k, x, acts[act_of[i]].1.as_deref(), r0, o);
+        });
+        for (l, o) in group.iter_mut() {
+            if let Some(b) = &l.bias {
+                for (o, b) in o.iter_mut().zip(b) {
+                    *o += b;
+                }
             }
         }
     }

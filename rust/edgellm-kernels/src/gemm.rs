@@ -24,6 +24,9 @@ pub enum BRows<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
+    /// f32 stored k-major (`Bᵀ` row-major, as the right operand of `A @ B`):
+    /// element `(j, kk)` at `data[kk * ld + j]`.
+    F32Cols { data: &'a [f32], ld: usize },
 }
 
 /// Activations packed for [`gemm_packed`]: for each k-block, for each panel of
@@ -57,19 +60,17 @@ pub fn pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
     assert_eq!(a.len(), n * k, "pack_a: shape mismatch");
     let panels = n.div_ceil(MR);
     let mut data = vec![0f32; panels * MR * k];
-    let mut at = 0;
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        for p in 0..panels {
-            for kk in 0..kc {
-                for r in 0..MR {
-                    let row = p * MR + r;
-                    if row < n {
-                        data[at + kk * MR + r] = a[row * k + k0 + kk];
-                    }
-                }
+    // Row by row (contiguous reads; the strided writes stay within one L1-sized
+    // block): reading MR rows in lock-step cost 8% of a 256 × 512 × 2048 product.
+    for row in 0..n {
+        let (p, r) = (row / MR, row % MR);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let start = k0 * MR * panels + p * kc * MR;
+            let dst = &mut data[start..start + kc * MR];
+            for (kk, &v) in a[row * k + k0..row * k + k0 + kc].iter().enumerate() {
+                dst[kk * MR + r] = v;
             }
-            at += kc * MR;
         }
     }
     PackedA { data, n, k }
@@ -80,6 +81,16 @@ fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, ou
     let panels = (j1 - j0).div_ceil(NR);
     out.clear();
     out.resize(panels * kc * NR, 0.0);
+    if let BRows::F32Cols { data, ld } = b {
+        // Already k-major: each panel row is a contiguous run of B's columns.
+        for (p, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+            let (c0, cols) = (j0 + p * NR, NR.min(j1 - j0 - p * NR));
+            for kk in 0..kc {
+                panel[kk * NR..kk * NR + cols].copy_from_slice(&data[(k0 + kk) * ld + c0..][..cols]);
+            }
+        }
+        return;
+    }
     row.resize(kc, 0.0);
     for j in j0..j1 {
         let src = j * k + k0..j * k + k0 + kc;
@@ -93,6 +104,7 @@ fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, ou
                 half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[src], row);
                 row
             }
+            BRows::F32Cols { .. } => unreachable!("packed above"),
         };
         let (p, c) = ((j - j0) / NR, (j - j0) % NR);
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
@@ -111,12 +123,13 @@ const JB: usize = 128;
 pub fn gemm_packed(uk: MicroKernel, a: &PackedA, b: BRows<'_>, j0: usize, j1: usize, c: &mut [f32], ldc: usize, scratch: &mut GemmScratch) {
     let (n, k) = (a.n, a.k);
     assert!(j1 >= j0 && ldc >= j1 - j0 && (n == 0 || c.len() >= (n - 1) * ldc + (j1 - j0)), "gemm_packed: output too small");
-    let b_len = match b {
-        BRows::F32(w) => w.len(),
-        BRows::F16(w) => w.len(),
-        BRows::Bf16(w) => w.len(),
+    let fits = match b {
+        BRows::F32(w) => j1 * k <= w.len(),
+        BRows::F16(w) => j1 * k <= w.len(),
+        BRows::Bf16(w) => j1 * k <= w.len(),
+        BRows::F32Cols { data, ld } => j1 <= ld && (k == 0 || (k - 1) * ld + j1 <= data.len()),
     };
-    assert!(j1 * k <= b_len, "gemm_packed: B too small");
+    assert!(fits, "gemm_packed: B too small");
     let mut acc = [0f32; MR * NR];
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);

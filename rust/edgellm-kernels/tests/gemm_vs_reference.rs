@@ -23,6 +23,8 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
     let b = data(seed ^ 0xABCD, m * k);
     let bh: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
     let bb: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+    // B transposed (k-major), for the `A @ B` operand form.
+    let bt: Vec<f32> = (0..k * m).map(|i| b[(i % m) * k + i / m]).collect();
     let pa = pack_a(&a, n, k);
     // Compute a column window j0..j1 to also test offsets.
     let (j0, j1) = (m / 3, m);
@@ -34,6 +36,7 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
             ("f32", BRows::F32(&b), b.clone()),
             ("f16", BRows::F16(&bh), bh.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
             ("bf16", BRows::Bf16(&bb), bb.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
+            ("f32 k-major", BRows::F32Cols { data: &bt, ld: m }, b.clone()),
         ] {
             let mut c = vec![f32::NAN; n.saturating_sub(1) * ldc + w.max(1)];
             gemm_packed(kern.gemm_micro, &pa, rows, j0, j1, &mut c, ldc, &mut GemmScratch::default());

@@ -5,6 +5,7 @@ mod calibrate;
 mod error;
 mod generator;
 mod model;
+mod ops;
 
 use pyo3::prelude::*;
 
@@ -13,6 +14,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<generator::PyGenerator>()?;
     calibrate::register(m)?;
+    m.add_function(wrap_pyfunction!(ops::matmul, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(active_isa, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

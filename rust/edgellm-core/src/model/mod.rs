@@ -362,7 +362,7 @@ impl Model {
 }
 
 /// The worker pool for `threads` (default: the machine's available parallelism).
-fn build_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+pub(crate) fn build_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
     let threads = match threads {
         Some(0) => return Err(Error::arg("threads must be at least 1")),
         Some(t) => t,

@@ -4,7 +4,8 @@
 
 use super::par::SharedMut;
 use crate::tensor::{DType, Tensor};
-use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch};
+use super::matmul::{par_gemm, BSource};
+use edgellm_kernels::gemm::{pack_a, BRows};
 use edgellm_kernels::quant::{self, qgemm::{QActs, QGemmScratch}};
 use edgellm_kernels::Kernels;
 
@@ -116,6 +117,7 @@ impl Linear {
                         BRows::F32(w) => (k.dot_f32)(&w[range], x),
                         BRows::F16(w) => (k.dot_f16)(&w[range], x),
                         BRows::Bf16(w) => (k.dot_bf16)(&w[range], x),
+                        BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                     };
                 }
             }
@@ -242,38 +244,16 @@ impl Linear {
     }
 
     /// Prefill: activations packed once, then blocks of output features in
-    /// parallel through the packed, cache-blocked GEMM of edgellm-kernels.
+    /// parallel through the packed, cache-blocked GEMM of edgellm-kernels
+    /// (quantized rows widened to f32 a block at a time).
     fn gemm_packed(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
-        let (m, kd) = (self.out_features(), self.in_features());
-        let a = pack_a(x, n, kd);
-        // Blocks of output features: a multiple of the micro-tile width, about
-        // four per thread for balance.
-        let block = (m / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(16);
-        let shared = SharedMut::new(out);
-        (0..m.div_ceil(block)).into_par_iter().for_each_init(
-            || (GemmScratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
-            |(scratch, tile, deq), b| {
-                let (j0, j1) = (b * block, ((b + 1) * block).min(m));
-                let w = j1 - j0;
-                tile.resize(n * w, 0.0);
-                let (rows, r0, r1) = match self.float_rows() {
-                    Some(rows) => (rows, j0, j1),
-                    None => {
-                        deq.resize(w * kd, 0.0);
-                        for (i, r) in (j0..j1).enumerate() {
-                            self.weight.row_to_f32(r, &mut deq[i * kd..(i + 1) * kd]);
-                        }
-                        (BRows::F32(deq), 0, w)
-                    }
-                };
-                gemm_packed(k.gemm_micro, &a, rows, r0, r1, tile, w, scratch);
-                for t in 0..n {
-                    // SAFETY: block b alone writes columns j0..j1 of each row.
-                    let dst = unsafe { shared.slice(t * m + j0, w) };
-                    dst.copy_from_slice(&tile[t * w..(t + 1) * w]);
-                }
-            },
-        );
+        let a = pack_a(x, n, self.in_features());
+        let widen = |r: usize, row: &mut [f32]| self.weight.row_to_f32(r, row);
+        let src = match self.float_rows() {
+            Some(rows) => BSource::Rows(rows),
+            None => BSource::Dequant(&widen),
+        };
+        par_gemm(k, &a, src, self.out_features(), out);
     }
 
     /// A few rows (2..PACKED_MIN_ROWS) of float weights: blocks of weight rows,
@@ -300,6 +280,7 @@ impl Linear {
                         (k.bf16_to_f32)(&w[range], wbuf);
                         wbuf
                     }
+                    BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                 };
                 let width = r1 - r0;
                 tile.resize(n * width, 0.0);

@@ -1,6 +1,7 @@
 //! Tensor operations of the forward pass, on f32 activations.
 
 pub mod linear;
+pub mod matmul;
 pub mod norm;
 pub mod activation;
 pub(crate) mod par;

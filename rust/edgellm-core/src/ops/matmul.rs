@@ -1,0 +1,98 @@
+//! `A @ B` for f32 matrices through edgellm's packed GEMM, in parallel over blocks
+//! of output columns: numpy's `matmul` for 2-D float32 operands. The same parallel
+//! loop runs the prefill products of float (and dequantized) weights in
+//! [`super::Linear`].
+
+use super::par::SharedMut;
+use crate::{Error, Result};
+use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch, PackedA};
+use edgellm_kernels::{Isa, Kernels};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where the packed GEMM reads B from: rows it can pack directly, or quantized
+/// rows widened to f32 by `row(r, out)` one block at a time.
+pub(crate) enum BSource<'a> {
+    Rows(BRows<'a>),
+    Dequant(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
+/// `out[n × m] = A · Bᵀ` (`a` packed), blocks of output columns in parallel on the
+/// current pool. Every output is computed by one block in a fixed order: results
+/// do not depend on the thread count.
+pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: &mut [f32]) {
+    let (n, kd) = (a.n(), a.k());
+    // A multiple of the micro-tile width, about four blocks per thread.
+    let block = (m / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(16);
+    let shared = SharedMut::new(out);
+    (0..m.div_ceil(block)).into_par_iter().for_each_init(
+        || (GemmScratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
+        |(scratch, tile, deq), blk| {
+            let (j0, j1) = (blk * block, ((blk + 1) * block).min(m));
+            let w = j1 - j0;
+            tile.resize(n * w, 0.0);
+            let (rows, r0, r1) = match &b {
+                BSource::Rows(rows) => (*rows, j0, j1),
+                BSource::Dequant(row) => {
+                    deq.resize(w * kd, 0.0);
+                    for (i, r) in (j0..j1).enumerate() {
+                        row(r, &mut deq[i * kd..(i + 1) * kd]);
+                    }
+                    (BRows::F32(deq), 0, w)
+                }
+            };
+            gemm_packed(k.gemm_micro, a, rows, r0, r1, tile, w, scratch);
+            for t in 0..n {
+                // SAFETY: block `blk` alone writes columns j0..j1 of each row.
+                let dst = unsafe { shared.slice(t * m + j0, w) };
+                dst.copy_from_slice(&tile[t * w..(t + 1) * w]);
+            }
+        },
+    );
+}
+
+/// `A @ B` with `a` row-major `n × k` and `b` row-major `k × m`, on `threads`
+/// worker threads (default: all cores) and the kernel path `isa` (default: the
+/// best this CPU has, or `EDGELLM_ISA`). Returns the row-major `n × m` product.
+pub fn matmul_f32(a: &[f32], n: usize, k: usize, b: &[f32], m: usize, threads: Option<usize>, isa: Option<Isa>) -> Result<Vec<f32>> {
+    let size = |r: usize, c: usize, what: &str| {
+        r.checked_mul(c).ok_or_else(|| Error::arg(format!("matmul: {what} of {r} × {c} elements overflows")))
+    };
+    if a.len() != size(n, k, "A")? || b.len() != size(k, m, "B")? {
+        return Err(Error::arg(format!(
+            "matmul: shapes do not match: A has {} elements for {n} × {k}, B {} for {k} × {m}",
+            a.len(),
+            b.len()
+        )));
+    }
+    let kern = match isa {
+        Some(isa) => Kernels::for_isa(isa)?,
+        None => edgellm_kernels::kernels()?,
+    };
+    let mut out = vec![0f32; size(n, m, "the product")?];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    if k == 0 {
+        return Ok(out);
+    }
+    pool(threads)?.install(|| {
+        let pa = pack_a(a, n, k);
+        par_gemm(kern, &pa, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, &mut out);
+    });
+    Ok(out)
+}
+
+/// One pool per thread count, kept for the process: starting threads per call
+/// would cost more than a 512³ product's split saves.
+fn pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<Option<usize>, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(crate::model::build_pool(threads)?);
+    pools.insert(threads, p.clone());
+    Ok(p)
+}

@@ -1,0 +1,38 @@
+//! Array operations on numpy arrays: `matmul` (2-D float32 `A @ B` on edgellm's
+//! packed GEMM and thread pool).
+
+use crate::error::to_py;
+use edgellm_core::model::parse_isa;
+use edgellm_core::ops::matmul::matmul_f32;
+use edgellm_core::Error;
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+/// `a @ b` for C-contiguous 2-D float32 arrays, with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (a, b, threads=None, isa=None))]
+pub fn matmul<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray2<'py, f32>,
+    b: PyReadonlyArray2<'py, f32>,
+    threads: Option<usize>,
+    isa: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let ([n, k], [k2, m]) = (shape2(a.shape()), shape2(b.shape()));
+    if k != k2 {
+        return Err(to_py(Error::arg(format!("matmul: a is {n} × {k} but b is {k2} × {m} (inner sizes differ)"))));
+    }
+    let isa = parse_isa(isa.as_deref()).map_err(to_py)?;
+    let sa = a.as_slice().map_err(|_| not_contiguous("a"))?;
+    let sb = b.as_slice().map_err(|_| not_contiguous("b"))?;
+    let out = py.detach(|| matmul_f32(sa, n, k, sb, m, threads, isa)).map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out).reshape([n, m])?.into_any())
+}
+
+fn not_contiguous(name: &str) -> PyErr {
+    to_py(Error::arg(format!("matmul: {name} must be a C-contiguous float32 array")))
+}
+
+fn shape2(s: &[usize]) -> [usize; 2] {
+    [s[0], s[1]]
+}

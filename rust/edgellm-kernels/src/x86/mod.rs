@@ -3,5 +3,6 @@
 
 pub mod avx2;
 pub mod gemm_avx2;
+pub mod lowbit_avx2;
 pub mod qgemm_avx2;
 pub mod quant_avx2;

@@ -8,7 +8,10 @@ change against the float16 checkpoint, the weight file size and decode speed
 (tg128, one-token prompt, best of the repetitions, fixed thread count). Writes
 a markdown table (default `benches/quality_table.md`).
 
-    python scripts/quality_table.py [--out benches/quality_table.md] [--threads 2]
+    python scripts/quality_table.py [--out benches/quality_table.md] [--threads 2] [--only SUBSTRING]
+
+``--only SUBSTRING`` measures just the rows whose label contains it (plus the
+f16 reference row) and prints them; it writes a table only with an explicit ``--out``.
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ ROWS = [
     ("int4 RTN g128 asym (q4_1)", dict(method="rtn", bits=4, group_size=128, symmetric=False)),
     ("int4 GPTQ g128 asym (q4_1)", dict(method="gptq", bits=4, group_size=128, symmetric=False)),
     ("int4 AWQ g128 asym (q4_1)", dict(method="awq", bits=4, group_size=128, symmetric=False)),
-    ("int3 RTN g128 asym (in q4_1 blocks)", dict(method="rtn", bits=3, group_size=128, symmetric=False)),
-    ("int3 GPTQ g128 asym (in q4_1 blocks)", dict(method="gptq", bits=3, group_size=128, symmetric=False)),
-    ("int3 AWQ g128 asym (in q4_1 blocks)", dict(method="awq", bits=3, group_size=128, symmetric=False)),
+    ("int3 RTN g128 asym (q3a_g128)", dict(method="rtn", bits=3, group_size=128, symmetric=False)),
+    ("int3 GPTQ g128 asym (q3a_g128)", dict(method="gptq", bits=3, group_size=128, symmetric=False)),
+    ("int3 AWQ g128 asym (q3a_g128)", dict(method="awq", bits=3, group_size=128, symmetric=False)),
+    ("int3 GPTQ g128 sym (q3_g128)", dict(method="gptq", bits=3, group_size=128)),
+    ("int2 RTN g128 asym (q2a_g128)", dict(method="rtn", bits=2, group_size=128, symmetric=False)),
+    ("int2 GPTQ g128 asym (q2a_g128)", dict(method="gptq", bits=2, group_size=128, symmetric=False)),
+    ("int2 AWQ g128 asym (q2a_g128)", dict(method="awq", bits=2, group_size=128, symmetric=False)),
     ("NF4 block 64 (simulated*)", ("simulated", "nf4")),
     ("FP8 E4M3 per channel (simulated*)", ("simulated", "e4m3")),
     ("FP8 E5M2 per channel (simulated*)", ("simulated", "e5m2")),
@@ -95,11 +102,19 @@ def decode_speed(model: edgellm.Model, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benches" / "quality_table.md"))
+    ap.add_argument("--out", default=None, help="markdown table to write (default benches/quality_table.md)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens")
+    ap.add_argument("--only", default=None, metavar="SUBSTRING", help="only the rows whose label contains this")
     args = ap.parse_args()
+    rows = ROWS
+    if args.only is not None:
+        rows = [r for r in ROWS if r[1] is None or args.only in r[0]]
+        if len(rows) == 1:
+            ap.error(f"no row label contains {args.only!r}")
+    if args.out is None and args.only is None:
+        args.out = str(ROOT / "benches" / "quality_table.md")
 
     src = Path(edgellm.default_model_path())
     text = (src / "heldout_sample.py.txt").read_text(encoding="utf-8")
@@ -107,7 +122,7 @@ def main() -> None:
     ids = base.tokenizer.encode(text, add_special_tokens=False)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, spec in ROWS:
+        for label, spec in rows:
             t0 = time.time()
             if spec is None:
                 model, size, secs = base, (src / "model.safetensors").stat().st_size, 0.0
@@ -141,7 +156,9 @@ def main() -> None:
             print(f"{label:<58} ppl {ppl:9.4f}  size {size / 1e6:6.2f} MB  tg128 {tps:8.1f} tok/s  ({secs:.1f} s)", flush=True)
 
     f16 = results[0][1]
-    rtn4 = next(r[1] for r in results if r[0].startswith("int4 RTN g128 sym"))
+    if args.out is None:  # --only without --out: a partial table must not replace the full one
+        return
+    rtn4 = next((r[1] for r in results if r[0].startswith("int4 RTN g128 sym")), f16)
     lines = [
         "# Quantization quality of the embedded default model",
         "",
@@ -166,8 +183,9 @@ def main() -> None:
         "",
         "- \"loss vs int4 RTN g128\": (ppl − ppl_f16) / (ppl_RTN4 − ppl_f16); the issue's goal for GPTQ and AWQ "
         "at int4 group 128 is at most 0.7×.",
-        "- int3 grids are stored in 4-bit blocks (their quality, 4-bit size): GGML has no 32-element 3-bit block "
-        "with free per-block scales (q3_K's 6-bit sub-scales cannot hold arbitrary group scales).",
+        "- int3/int2 rows use edgellm's packed group formats (one f16 scale, + an f16 min when asymmetric, per "
+        "128 weights: q3_g128 3.125, q3a_g128 3.25, q2_g128 2.125, q2a_g128 2.25 bits per weight), on integer-dot "
+        "decode kernels; GGUF cannot hold them. int2 RTN is the honest (bad) number of a 4-level grid.",
         "- *Simulated: NF4 (QLoRA code book, one absmax per 64 values) and FP8 (per-row scale, saturating) "
         "have codecs (`edgellm._core.fp8_encode`/`nf4_encode`, bit-exact against ml_dtypes) but no matrix "
         "kernels yet: these rows run the round-tripped weights in float32, so their perplexity is the "

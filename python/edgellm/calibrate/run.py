@@ -26,7 +26,7 @@ from .awq import awq_clip, awq_scales, gram, output_error
 from .blocks import pack
 from .checkpoint import SourceTensors, write_safetensors
 from .gptq import gptq
-from .grid import Grid, QuantizedWeight, rtn
+from .grid import LOWBIT_FORMATS, Grid, QuantizedWeight, rtn
 from .smoothquant import smooth_scales
 
 __all__ = ["quantize", "METHODS"]
@@ -84,7 +84,8 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
     return seqs
 
 
-_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5}  # bits per weight of the block types
+# bits per weight of the block types
+_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5, "q3_g128": 3.125, "q3a_g128": 3.25, "q2_g128": 2.125, "q2a_g128": 2.25}
 
 
 def _sensitivity_plan(
@@ -120,8 +121,8 @@ def _sensitivity_plan(
 
 
 def _fits(grid: Grid, cols: int) -> bool:
-    """Whether rows of ``cols`` values are whole GGML blocks and groups of ``grid``."""
-    return cols % 32 == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
+    """Whether rows of ``cols`` values are whole storage blocks and groups of ``grid``."""
+    return cols % grid.block == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
 
 
 def _fold_into_norm(kind: str, weight: np.ndarray, bias: Optional[np.ndarray], s: np.ndarray):
@@ -207,13 +208,20 @@ def quantize(
     ``"smoothquant"`` (activation smoothing, then W8A8: int8 weights, int8
     activations in the decode kernels). ``bits`` 8, 4, 3 or 2; ``group_size`` a
     multiple of 32 or -1 (one group per row); ``symmetric`` False stores
-    zero-points. Projections become GGML blocks (``format``, default from the grid:
-    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8);
+    zero-points. Projections become blocks of ``format``, by default: ``q8_0`` for
+    8 bits; ``q4_0`` symmetric / ``q4_1`` asymmetric for 4; edgellm's packed
+    ``q3_g128`` / ``q3a_g128`` (3.125 / 3.25 bits per weight) and ``q2_g128`` /
+    ``q2a_g128`` (2.125 / 2.25) for 3 and 2 bits, which need ``group_size`` a
+    multiple of 128 or -1 (rows of a multiple of 128; other rows stay float).
+    ``format="q4_0"``/``"q4_1"`` stores 3/2-bit grids in the 4-bit blocks instead
+    (required for group sizes 32/64/96; not smaller than int4). The native low-bit
+    formats run on the integer-dot kernels but cannot be exported to GGUF;
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
     ``seq_len`` tokens, at most ``max_tokens`` in all. ``mixed_bpw``: mixed precision, a
-    target average of bits per projection weight (q4_0 is 4.5, q4_1 5.0, q8_0 8.5):
+    target average of bits per projection weight (q4_0 is 4.5, q4_1 5.0, q8_0 8.5,
+    q3_g128 3.125, q3a_g128 3.25, q2_g128 2.125, q2a_g128 2.25):
     a sensitivity pass ranks the projections by their relative output error on
     the grid and promotes the most fragile to q8_0 while the average stays within
     the target (the plan is stored in config.json and shown by ``edgellm info``).
@@ -230,11 +238,12 @@ def quantize(
     if method == "smoothquant":
         if bits != 8:
             raise InvalidArgumentError("smoothquant is W8A8: bits must be 8")
-    grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric)
-    if format is not None and format.lower() != grid.ggml_type:
+    grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric,
+                format=None if format is None else str(format).lower())
+    if format is None and bits in (2, 3) and grid.ggml_type not in LOWBIT_FORMATS.values():
         raise InvalidArgumentError(
-            f"format {format!r} cannot hold a {bits}-bit {'symmetric' if symmetric else 'asymmetric'} grid; "
-            f"it is stored as {grid.ggml_type}"
+            f"the native {bits}-bit formats hold groups of 128 weights (group_size a multiple of 128, or -1); "
+            f"for group_size={group_size} pass format={grid.ggml_type!r} (the 4-bit container: int4 file size)"
         )
     if mixed_bpw is not None and not _BPW[grid.ggml_type] <= mixed_bpw <= _BPW["q8_0"]:
         raise InvalidArgumentError(

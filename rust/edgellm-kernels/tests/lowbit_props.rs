@@ -143,3 +143,40 @@ proptest! {
         }
     }
 }
+
+/// The same codes in the 4-bit container blocks (q4_0: `q + 8`, q4_1: `u`; d and m
+/// repeated for the four 32-element blocks of each group).
+fn container(ty: GgmlType, codes: &[u8], d: &[f16], m: &[f16]) -> (GgmlType, Vec<u8>) {
+    let (cty, z) = if asym(ty) { (GgmlType::Q4_1, 0) } else { (GgmlType::Q4_0, 8 - (1 << (bits(ty) - 1))) };
+    let mut out = Vec::new();
+    for (b, c) in codes.chunks_exact(32).enumerate() {
+        out.extend_from_slice(&d[b / 4].to_bits().to_le_bytes());
+        if asym(ty) {
+            out.extend_from_slice(&m[b / 4].to_bits().to_le_bytes());
+        }
+        out.extend((0..16).map(|j| (c[j] + z) | ((c[j + 16] + z) << 4)));
+    }
+    (cty, out)
+}
+
+#[test]
+fn reference_dot_is_bit_identical_to_the_4bit_container() {
+    for ty in LOWBIT {
+        for seed in 0..20 {
+            let nb = 1 + seed as usize % 5;
+            let (codes, d, m) = grid(ty, nb, seed);
+            let w = packed(ty, &codes, &d, &m);
+            let (cty, cw) = container(ty, &codes, &d, &m);
+            let n = nb * 128;
+            let (mut y, mut yc) = (vec![0f32; n], vec![0f32; n]);
+            dequantize_row(ty, &w, &mut y).unwrap();
+            dequantize_row(cty, &cw, &mut yc).unwrap();
+            assert_eq!(y, yc, "{} dequantizes differently from {}", ty.name(), cty.name());
+            let x = Rng::new(seed + 100).row(n);
+            let mut act = vec![0u8; quant::act_row_bytes(ty, n).unwrap()];
+            quant::quantize_act(ty, &x, &mut act);
+            let (a, b) = (quant::vec_dot(ty, &w, &act, n), quant::vec_dot(cty, &cw, &act, n));
+            assert_eq!(a.to_bits(), b.to_bits(), "{}: {a} vs {} {b}", ty.name(), cty.name());
+        }
+    }
+}

@@ -3,6 +3,10 @@
 //! codes (what the calibration algorithms chose) and unpacking them, round-to-
 //! nearest quantization, dequantization, and the dot product with `q8_0`
 //! activations (four activation blocks per 128-weight block).
+//!
+//! SIMD: `x86/lowbit_avx2.rs`, `aarch64/lowbit_neon.rs` (decode `vec_dot`). There
+//! is no interleaved prefill kernel (`qgemm::has_fast_path` is false), so on SIMD
+//! paths prompts dequantize these weights into the f32 GEMM.
 
 use super::blocks::*;
 use super::{check_len, f16_at, GgmlType, QuantError};

@@ -47,8 +47,8 @@ def _decode(ty: str, row: np.ndarray, cols: int) -> np.ndarray:
 def test_pack_layout_decodes_to_the_grid(bits, symmetric, group_size):
     r = np.random.default_rng(bits * 10 + symmetric)
     w = r.standard_normal((3, 512)) * r.uniform(0.01, 3, (3, 1))
-    w[1, :128] = 0.0  # an all-zero group: zeros, no NaN
-    w[2, 128:256] = 0.7  # a constant group
+    w[1] = 0.0  # all-zero groups: zeros, no NaN
+    w[2] = 0.7  # constant groups
     grid = Grid(bits, group_size, symmetric)
     qw = rtn(w, grid)
     ty, blocks = pack(qw)
@@ -57,8 +57,8 @@ def test_pack_layout_decodes_to_the_grid(bits, symmetric, group_size):
     want = qw.dequantize().astype(np.float64)
     for i in range(3):
         np.testing.assert_allclose(_decode(ty, blocks[i], 512), want[i], rtol=1e-6, atol=0)
-    assert np.all(want[1, :128] == 0.0) and np.all(np.isfinite(want))
-    np.testing.assert_allclose(want[2, 128:256], 0.7, rtol=2e-3)
+    assert np.all(want[1] == 0.0) and np.all(np.isfinite(want))
+    np.testing.assert_allclose(want[2], 0.7, rtol=2e-3)
 
 
 def test_grid_formats_and_errors(tmp_path):

@@ -31,7 +31,7 @@ fn asym(ty: GgmlType) -> bool {
 fn grid(ty: GgmlType, nb: usize, seed: u64) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
     let mut r = Rng::new(seed);
     let codes = (0..nb * 128).map(|_| (r.next() % (1 << bits(ty))) as u8).collect();
-    let mut scale = |r: &mut Rng| match r.next() % 8 {
+    let scale = |r: &mut Rng| match r.next() % 8 {
         0 => f16::ZERO,
         1 => f16::from_f32(r.uniform() * 1e-6),
         2 => f16::from_f32(r.uniform() * 300.0),

@@ -48,9 +48,13 @@ ROWS = [
     ("int4 RTN g128 asym (q4_1)", dict(method="rtn", bits=4, group_size=128, symmetric=False)),
     ("int4 GPTQ g128 asym (q4_1)", dict(method="gptq", bits=4, group_size=128, symmetric=False)),
     ("int4 AWQ g128 asym (q4_1)", dict(method="awq", bits=4, group_size=128, symmetric=False)),
-    ("int3 RTN g128 asym (in q4_1 blocks)", dict(method="rtn", bits=3, group_size=128, symmetric=False)),
-    ("int3 GPTQ g128 asym (in q4_1 blocks)", dict(method="gptq", bits=3, group_size=128, symmetric=False)),
-    ("int3 AWQ g128 asym (in q4_1 blocks)", dict(method="awq", bits=3, group_size=128, symmetric=False)),
+    ("int3 RTN g128 asym (q3a_g128)", dict(method="rtn", bits=3, group_size=128, symmetric=False)),
+    ("int3 GPTQ g128 asym (q3a_g128)", dict(method="gptq", bits=3, group_size=128, symmetric=False)),
+    ("int3 AWQ g128 asym (q3a_g128)", dict(method="awq", bits=3, group_size=128, symmetric=False)),
+    ("int3 GPTQ g128 sym (q3_g128)", dict(method="gptq", bits=3, group_size=128)),
+    ("int2 RTN g128 asym (q2a_g128)", dict(method="rtn", bits=2, group_size=128, symmetric=False)),
+    ("int2 GPTQ g128 asym (q2a_g128)", dict(method="gptq", bits=2, group_size=128, symmetric=False)),
+    ("int2 AWQ g128 asym (q2a_g128)", dict(method="awq", bits=2, group_size=128, symmetric=False)),
     ("NF4 block 64 (simulated*)", ("simulated", "nf4")),
     ("FP8 E4M3 per channel (simulated*)", ("simulated", "e4m3")),
     ("FP8 E5M2 per channel (simulated*)", ("simulated", "e5m2")),
@@ -235,8 +239,9 @@ def main() -> None:
         "",
         "- \"loss vs int4 RTN g128\": (ppl − ppl_f16) / (ppl_RTN4 − ppl_f16); the issue's goal for GPTQ and AWQ "
         "at int4 group 128 is at most 0.7×.",
-        "- int3 grids are stored in 4-bit blocks (their quality, 4-bit size): GGML has no 32-element 3-bit block "
-        "with free per-block scales (q3_K's 6-bit sub-scales cannot hold arbitrary group scales).",
+        "- int3/int2 rows use edgellm's packed group formats (one f16 scale, + an f16 min when asymmetric, per "
+        "128 weights: q3_g128 3.125, q3a_g128 3.25, q2_g128 2.125, q2a_g128 2.25 bits per weight), on integer-dot "
+        "decode kernels; GGUF cannot hold them. int2 RTN is the honest (bad) number of a 4-level grid.",
         "- The Q4_K re-fit row: the calibrated grid's sub-block scales and minimums re-quantized to Q4_K's "
         "6-bit levels and the codes re-chosen against the calibrated weights (`edgellm.calibrate.kquants`); "
         "its GGUF export runs in llama.cpp as is.",

@@ -380,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gptq", choices=["rtn", "gptq", "awq", "smoothquant"])
     p.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2])
     p.add_argument("--group-size", type=int, default=128, help="columns per scale: a multiple of 32, or -1 (per row)")
-    p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1 blocks) instead of symmetric q4_0")
+    p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1, q3a_g128, q2a_g128) instead of symmetric")
+    p.add_argument("--format", default=None,
+                   help="block type (default from --bits: q8_0, q4_0/q4_1, q3_g128/q3a_g128, q2_g128/q2a_g128); "
+                        "q4_0/q4_1 stores 3/2-bit grids in 4-bit blocks")
     p.add_argument("--calibration", action="append", default=None, metavar="FILE",
                    help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
     p.add_argument("--format", default=None, metavar="TYPE",

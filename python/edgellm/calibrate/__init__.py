@@ -6,7 +6,7 @@ and the numpy algorithms it runs on activations captured by the Rust engine
 - :mod:`.gptq`: GPTQ (Hessian, dampening, Cholesky inverse, lazy batches, act-order);
 - :mod:`.awq`: AWQ (activation-aware scale search, clipping search, folding);
 - :mod:`.smoothquant`: SmoothQuant smoothing factors (W8A8);
-- :mod:`.blocks`: packing into q4_0 / q4_1 / q8_0 blocks; :mod:`.checkpoint`: safetensors I/O;
+- :mod:`.blocks`: packing into q4_0 / q4_1 / q8_0 blocks and the native q3/q2 formats; :mod:`.checkpoint`: safetensors I/O;
 - :mod:`.gguf_export`: :func:`export_gguf`, the checkpoint as a GGUF file for llama.cpp;
 - :mod:`.kquants`: calibrated grids re-fitted to llama.cpp's Q4_K (``quantize(format="q4_K")``);
 - :mod:`.hf_import`: GPTQ / AWQ checkpoints converted to edgellm blocks (``edgellm.load`` calls it);

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, ModelFormatError
 from .checkpoint import QUANT_METADATA_KEY, SourceTensors, to_f32
+from .grid import LOWBIT_FORMATS
 
 __all__ = ["export_gguf"]
 
@@ -154,6 +155,11 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
                 arr = arr.astype(np.float16)
         else:
             raise ModelFormatError(f"tensor {hf!r} has dtype {dtype}, which GGUF export does not handle")
+        if ty in LOWBIT_FORMATS.values():
+            raise InvalidArgumentError(
+                f"tensor {hf!r} is {ty}, an edgellm-only low-bit format that GGUF cannot hold; "
+                "re-quantize with format='q4_0' or 'q4_1' (the 4-bit container) to export"
+            )
         if ty not in GGML_TYPES:
             raise InvalidArgumentError(f"tensor {hf!r} is {ty}; GGUF export writes f32, f16, q4_0, q4_1, q8_0 and q4_K")
         if g.endswith("attn_q.weight"):

@@ -13,8 +13,14 @@ A weight ``W`` of shape ``(out, in)`` is split along ``in`` into groups of
   ``offset = min``; stored as Q4_1 (``d = scale``, ``m = offset``) for b <= 4.
 
 Scales and offsets are rounded to float16 before the integers are chosen, as the
-blocks store them. 3- and 2-bit grids use the 4-bit blocks (their quality, 4-bit
-storage): GGML has no 32-element 3- or 2-bit block with free per-block scales.
+blocks store them. 3- and 2-bit grids are stored in edgellm's own packed formats
+(``q3_g128`` / ``q2_g128`` symmetric, ``q3a_g128`` / ``q2a_g128`` asymmetric: one
+f16 scale, plus an f16 min when asymmetric, per 128 weights; 3.125 / 3.25 / 2.125
+/ 2.25 bits per weight), which need every group to cover whole 128-weight blocks:
+``group_size`` a multiple of 128, or -1 for rows of a multiple of 128 values.
+Other group sizes (32, 64, 96, ...) fit only the 4-bit container blocks
+(``format="q4_0"``/``"q4_1"``: their quality at 4-bit size), which can also be
+asked for explicitly. GGUF cannot hold the native low-bit formats.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["Grid", "QuantizedWeight", "rtn"]
+__all__ = ["Grid", "QuantizedWeight", "rtn", "LOWBIT_FORMATS"]
 
 BLOCK = 32
+# Elements per block of the native low-bit formats.
+LOWBIT_BLOCK = 128
+# (bits, symmetric) -> native low-bit format.
+LOWBIT_FORMATS = {(3, True): "q3_g128", (3, False): "q3a_g128", (2, True): "q2_g128", (2, False): "q2a_g128"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Grid:
     bits: int = 4
     group_size: int = 128
     symmetric: bool = True
+    #: Storage block type; ``None``: the first of :meth:`formats`.
+    format: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 3, 4, 8):
@@ -46,6 +58,28 @@ class Grid:
             )
         if self.bits == 8 and not self.symmetric:
             raise InvalidArgumentError("8-bit quantization is symmetric only (stored as q8_0 blocks)")
+        if self.format is not None and self.format not in self.formats():
+            kind = "symmetric" if self.symmetric else "asymmetric"
+            raise InvalidArgumentError(
+                f"format {self.format!r} cannot hold a {self.bits}-bit {kind} grid with group_size={self.group_size}; "
+                f"choose one of {', '.join(self.formats())}"
+            )
+
+    def formats(self) -> Tuple[str, ...]:
+        """Block types that hold this grid exactly, the default first."""
+        if self.bits == 8:
+            return ("q8_0",)
+        container = "q4_0" if self.symmetric else "q4_1"
+        if self.bits == 4:
+            return (container,)
+        if self.group_size == -1 or self.group_size % LOWBIT_BLOCK == 0:
+            return (LOWBIT_FORMATS[(self.bits, self.symmetric)], container)
+        return (container,)
+
+    @property
+    def block(self) -> int:
+        """Elements per storage block: rows must be whole blocks."""
+        return LOWBIT_BLOCK if self.ggml_type in LOWBIT_FORMATS.values() else BLOCK
 
     @property
     def qmin(self) -> int:
@@ -62,9 +96,7 @@ class Grid:
     @property
     def ggml_type(self) -> str:
         """The block type the grid is stored as."""
-        if self.bits == 8:
-            return "q8_0"
-        return "q4_0" if self.symmetric else "q4_1"
+        return self.format if self.format is not None else self.formats()[0]
 
     def groups(self, cols: int) -> int:
         g = self.group(cols)

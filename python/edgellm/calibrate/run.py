@@ -26,7 +26,7 @@ from .awq import awq_clip, awq_scales, gram, output_error
 from .blocks import pack
 from .checkpoint import SourceTensors, write_safetensors
 from .gptq import gptq
-from .grid import Grid, QuantizedWeight, rtn
+from .grid import LOWBIT_FORMATS, Grid, QuantizedWeight, rtn
 from .kquants import QK_K, pack_q4_k, refit_q4_k, sub_block_grids
 from .smoothquant import smooth_scales
 
@@ -85,7 +85,9 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
     return seqs
 
 
-_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5, "q4_K": 4.5}  # bits per weight of the block types
+# bits per weight of the block types
+_BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5, "q4_K": 4.5,
+        "q3_g128": 3.125, "q3a_g128": 3.25, "q2_g128": 2.125, "q2a_g128": 2.25}
 
 
 def _sensitivity_plan(
@@ -122,8 +124,8 @@ def _sensitivity_plan(
 
 
 def _fits(grid: Grid, cols: int) -> bool:
-    """Whether rows of ``cols`` values are whole GGML blocks and groups of ``grid``."""
-    return cols % 32 == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
+    """Whether rows of ``cols`` values are whole storage blocks and groups of ``grid``."""
+    return cols % grid.block == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
 
 
 def _fold_into_norm(kind: str, weight: np.ndarray, bias: Optional[np.ndarray], s: np.ndarray):
@@ -209,18 +211,25 @@ def quantize(
     ``"smoothquant"`` (activation smoothing, then W8A8: int8 weights, int8
     activations in the decode kernels). ``bits`` 8, 4, 3 or 2; ``group_size`` a
     multiple of 32 or -1 (one group per row); ``symmetric`` False stores
-    zero-points. Projections become GGML blocks (``format``, default from the grid:
-    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8; or
-    ``"q4_K"`` for grids of up to 4 bits: llama.cpp's Q4_K, re-fitted from the
+    zero-points. Projections become blocks of ``format``, by default: ``q8_0`` for
+    8 bits; ``q4_0`` symmetric / ``q4_1`` asymmetric for 4; edgellm's packed
+    ``q3_g128`` / ``q3a_g128`` (3.125 / 3.25 bits per weight) and ``q2_g128`` /
+    ``q2a_g128`` (2.125 / 2.25) for 3 and 2 bits, which need ``group_size`` a
+    multiple of 128 or -1 (rows of a multiple of 128; other rows stay float).
+    ``format="q4_0"``/``"q4_1"`` stores 3/2-bit grids in the 4-bit blocks instead
+    (required for group sizes 32/64/96; not smaller than int4). The native low-bit
+    formats run on the integer-dot kernels but cannot be exported to GGUF.
+    ``format="q4_K"`` (grids of up to 4 bits): llama.cpp's Q4_K, re-fitted from the
     calibrated grid since Q4_K quantizes the sub-block scales and minimums to 6 bits
     (see :mod:`.kquants`; the report's ``q4_K_refit_error`` is the re-fit error
     relative to the calibration's own, per projection; rows that are not whole
-    256-weight super-blocks keep the grid's own format);
+    256-weight super-blocks keep the grid's 4-bit format);
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
     ``seq_len`` tokens, at most ``max_tokens`` in all. ``mixed_bpw``: mixed precision, a
-    target average of bits per projection weight (q4_0 is 4.5, q4_1 5.0, q8_0 8.5):
+    target average of bits per projection weight (q4_0 is 4.5, q4_1 5.0, q8_0 8.5,
+    q3_g128 3.125, q3a_g128 3.25, q2_g128 2.125, q2a_g128 2.25):
     a sensitivity pass ranks the projections by their relative output error on
     the grid and promotes the most fragile to q8_0 while the average stays within
     the target (the plan is stored in config.json and shown by ``edgellm info``).
@@ -237,14 +246,16 @@ def quantize(
     if method == "smoothquant":
         if bits != 8:
             raise InvalidArgumentError("smoothquant is W8A8: bits must be 8")
-    grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric)
-    k_quant = format is not None and format.lower() == "q4_k"
+    k_quant = format is not None and str(format).lower() == "q4_k"
     if k_quant and bits > 4:
         raise InvalidArgumentError(f"format 'q4_K' holds grids of up to 4 bits, not {bits}")
-    if format is not None and not k_quant and format.lower() != grid.ggml_type:
+    # Q4_K re-fits the grid as the 4-bit blocks hold it.
+    fmt = ("q4_0" if symmetric else "q4_1") if k_quant else (None if format is None else str(format).lower())
+    grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric, format=fmt)
+    if format is None and bits in (2, 3) and grid.ggml_type not in LOWBIT_FORMATS.values():
         raise InvalidArgumentError(
-            f"format {format!r} cannot hold a {bits}-bit {'symmetric' if symmetric else 'asymmetric'} grid; "
-            f"it is stored as {grid.ggml_type}"
+            f"the native {bits}-bit formats hold groups of 128 weights (group_size a multiple of 128, or -1); "
+            f"for group_size={group_size} pass format={grid.ggml_type!r} (the 4-bit container: int4 file size)"
         )
     low_type = "q4_K" if k_quant else grid.ggml_type
     if mixed_bpw is not None and not _BPW[low_type] <= mixed_bpw <= _BPW["q8_0"]:

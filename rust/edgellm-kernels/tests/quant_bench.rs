@@ -44,7 +44,7 @@ fn vec_dot_throughput() {
     let x = row(1, K);
     let w_f32 = row(2, K * ROWS);
     println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q)");
-    for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL] {
+    for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128] {
         let rb = ty.row_bytes(K).unwrap();
         let mut w = vec![0u8; rb * ROWS];
         for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {

@@ -75,6 +75,12 @@ fn roundtrip_bound(ty: GgmlType) -> f64 {
         Q4K => 0.15,
         Q5K => 0.08,
         Q6K => 0.04,
+        // Symmetric: a whole level (d = amax / 2^(b-1)) at the clamped extreme;
+        // asymmetric: half a level of range/(2^b - 1) with range ≤ 2·amax; f16 d, m.
+        Q3G128 => 1.0 / 4.0 + 1.0 / 2048.0,
+        Q2G128 => 1.0 / 2.0 + 1.0 / 2048.0,
+        Q3AG128 => 1.0 / 7.0 + 3.0 / 2048.0,
+        Q2AG128 => 1.0 / 3.0 + 3.0 / 2048.0,
     }
 }
 
@@ -97,6 +103,10 @@ fn f16_floor(ty: GgmlType) -> f64 {
         Q4K => 63.0 * 15.0 + 63.0,
         Q5K => 63.0 * 31.0 + 63.0,
         Q6K => 128.0 * 32.0,
+        Q3G128 => 4.0,
+        Q2G128 => 2.0,
+        Q3AG128 => 8.0,
+        Q2AG128 => 4.0,
     };
     levels * 2f64.powi(-24)
 }

@@ -61,8 +61,9 @@ fn map_dtype(name: &str, d: Dtype) -> Result<DType> {
 pub const QUANT_METADATA_KEY: &str = "edgellm.quantized_tensors";
 
 /// Block types a quantized safetensors tensor may hold (the weight types the
-/// kernels run).
-const STORABLE_QUANT: [GgmlType; 11] = [
+/// kernels run), including edgellm's own low-bit group formats, which GGUF
+/// cannot hold.
+const STORABLE_QUANT: [GgmlType; 15] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -74,6 +75,10 @@ const STORABLE_QUANT: [GgmlType; 11] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::IQ4NL,
+    GgmlType::Q3G128,
+    GgmlType::Q3AG128,
+    GgmlType::Q2G128,
+    GgmlType::Q2AG128,
 ];
 
 /// The quantized-tensor descriptions of a file's metadata (empty without the key).
@@ -280,6 +285,23 @@ mod tests {
         assert_eq!(t.nbytes(), 72);
         let mut row = vec![0f32; 64];
         t.row_to_f32(1, &mut row); // dequantizes without panicking
+    }
+
+    #[test]
+    fn low_bit_group_tensors_load_with_their_type() {
+        // 2 rows of 256 q3a_g128 values: 2 × 2 blocks × 52 bytes; 1 × 128 q2_g128: 34.
+        for (tag, ty, bytes, shape) in [("q3a", GgmlType::Q3AG128, 208, "[2, 256]"), ("q2", GgmlType::Q2G128, 34, "[1, 128]")] {
+            let meta = format!(r#"{{"w": {{"type": "{}", "shape": {shape}}}}}"#, ty.name());
+            let s = open(&write(tag, bytes, Some(&meta), "U8")).unwrap();
+            let t = s.get("w").unwrap();
+            assert_eq!(t.dtype(), DType::Quant(ty));
+            assert_eq!(t.nbytes(), bytes);
+            let mut row = vec![0f32; t.shape()[1]];
+            t.row_to_f32(0, &mut row);
+        }
+        // Rows must be whole groups of 128.
+        let bad = write("q2bad", 34, Some(r#"{"w": {"type": "q2_g128", "shape": [2, 64]}}"#), "U8");
+        assert!(matches!(open(&bad), Err(Error::ModelFormat(_))));
     }
 
     #[test]

@@ -2,4 +2,5 @@
 
 pub mod neon;
 pub mod gemm_neon;
+pub mod lowbit_neon;
 pub mod quant_neon;

@@ -5,7 +5,7 @@
 //! e.g. Cortex-A53/A72). The choice is made per call from the CPU's features
 //! (std caches the detection), so one table serves both.
 //!
-//! SIMD paths: q4_0, q8_0 (against q8_0) and q4_K, q5_K, q6_K, q8_K (against
+//! SIMD paths: q4_0, q8_0, edgellm's low-bit q3/q2 formats (`lowbit_neon`; against q8_0) and q4_K, q5_K, q6_K, q8_K (against
 //! q8_K); the other types use the scalar reference, the float types the table's
 //! f32 dot. Activation quantization to q8_0 and q8_K is vectorised and
 //! bit-identical to the scalar reference (`frinta` is C's `roundf`, `frintn`
@@ -54,6 +54,7 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
             (Q6K, false) => imp::q6_k_neon(w, act, nb),
             (Q8K, true) => imp::q8_k_dot(w, act, nb),
             (Q8K, false) => imp::q8_k_neon(w, act, nb),
+            (Q3G128 | Q3AG128 | Q2G128 | Q2AG128, _) => super::lowbit_neon::vec_dot(ty, w, act, nb, dot),
             (F32 | F16 | BF16, _) => quant::float_dot(ty, w, act, n, super::neon::KERNELS.dot_f32),
             _ => quant::vec_dot_unchecked(ty, w, act, n),
         }
@@ -144,14 +145,14 @@ pub(crate) fn gemm_q(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: u
     }
 }
 
-mod imp {
+pub(super) mod imp {
     use super::*;
     use crate::quant::blocks::*;
     use core::arch::asm;
 
     /// f16 bits to f32 with the base-ARMv8 `fcvt` (no FEAT_FP16 needed).
     #[inline(always)]
-    unsafe fn f16_ld(p: *const u8) -> f32 {
+    pub(in crate::aarch64) unsafe fn f16_ld(p: *const u8) -> f32 {
         let bits = (p as *const u16).read_unaligned();
         let x = f32::from_bits(bits as u32);
         let out: f32;
@@ -179,7 +180,7 @@ mod imp {
     /// multiplies and pairwise accumulation (the lanes then hold other partial
     /// sums, but their total is the same).
     #[inline(always)]
-    unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    pub(in crate::aarch64) unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         if DOT {
             let mut acc = acc;
             asm!(

@@ -20,6 +20,17 @@
 //! - `q6_K`: per 128 elements, 64 bytes of `ql` and 32 of `qh`: element `l + 32s`
 //!   (`l < 32`, `s < 4`) has low nibble from `ql[l + 32*(s % 2)]` (low nibble for
 //!   `s < 2`, high nibble otherwise) and high two bits `qh[l] >> 2s`.
+//! - edgellm's own low-bit group formats `q3_g128`, `q3a_g128`, `q2_g128`,
+//!   `q2a_g128` (no GGUF id; see [`BlockQ3G128`]): one block per group of 128
+//!   weights, codes `u` in `0..2^bits`. Element `e = 32s + 16h + l` (`s < 4`,
+//!   `h < 2`, `l < 16`) has its low two bits at bits `2s..2s+2` of `qs[16h + l]`
+//!   (q2_K's plane), and (3-bit) its third bit at bit `4h + s` of `qh[l]`.
+//!   So for the 32 elements of activation block `s`, one shift+mask of the 32
+//!   `qs` bytes gives the low bits in element order, and one test of the 16 `qh`
+//!   bytes against `1 << s` (elements `l`) and `1 << (4 + s)` (elements `16 + l`)
+//!   the high bits: no shuffles on AVX2 (`qh` broadcast to both 128-bit lanes)
+//!   or NEON (`vtst`). Symmetric: `w = d·(u − 2^(bits−1))`; asymmetric
+//!   (`a`): `w = d·u + m`.
 //! - The k-quants' 6-bit sub-block scales/mins of `q4_K`/`q5_K` (12 bytes): see
 //!   [`super::scale_min_k4`]; `q3_K`'s 16 six-bit scales: see `q3k_scales`.
 
@@ -150,6 +161,58 @@ pub struct BlockIQ4NL {
     pub d: f16,
     pub qs: [u8; 16],
 }
+
+/// 128 weights, `d * (u - 4)` with 3-bit `u`: a 2-bit plane `qs` and a 1-bit
+/// plane `qh` (layout in the module docs). 3.125 bits per weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ3G128 {
+    pub d: f16,
+    pub qs: [u8; 32],
+    pub qh: [u8; 16],
+}
+
+/// 128 weights, `d * u + m` with 3-bit `u` (planes as [`BlockQ3G128`]). 3.25 bits per weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ3AG128 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; 32],
+    pub qh: [u8; 16],
+}
+
+/// 128 weights, `d * (u - 2)` with 2-bit `u` in `qs`. 2.125 bits per weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ2G128 {
+    pub d: f16,
+    pub qs: [u8; 32],
+}
+
+/// 128 weights, `d * u + m` with 2-bit `u` in `qs`. 2.25 bits per weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ2AG128 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; 32],
+}
+
+const _: () = assert!(size_of::<BlockQ3G128>() == 50);
+const _: () = assert!(size_of::<BlockQ3AG128>() == 52);
+const _: () = assert!(size_of::<BlockQ2G128>() == 34);
+const _: () = assert!(size_of::<BlockQ2AG128>() == 36);
+// Scale first; the asymmetric min right after it; the planes follow.
+const _: () = assert!(offset_of!(BlockQ3G128, d) == 0 && offset_of!(BlockQ3AG128, d) == 0);
+const _: () = assert!(offset_of!(BlockQ2G128, d) == 0 && offset_of!(BlockQ2AG128, d) == 0);
+const _: () = assert!(offset_of!(BlockQ3AG128, m) == 2 && offset_of!(BlockQ2AG128, m) == 2);
+pub(crate) const Q3G_QS: usize = offset_of!(BlockQ3G128, qs);
+pub(crate) const Q3G_QH: usize = offset_of!(BlockQ3G128, qh);
+pub(crate) const Q3AG_QS: usize = offset_of!(BlockQ3AG128, qs);
+pub(crate) const Q3AG_QH: usize = offset_of!(BlockQ3AG128, qh);
+pub(crate) const Q2G_QS: usize = offset_of!(BlockQ2G128, qs);
+pub(crate) const Q2AG_QS: usize = offset_of!(BlockQ2AG128, qs);
 
 const _: () = assert!(size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(size_of::<BlockQ4_1>() == 20);

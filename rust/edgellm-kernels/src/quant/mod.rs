@@ -29,12 +29,21 @@ pub enum GgmlType {
     Q8K,
     IQ4NL,
     BF16,
+    /// edgellm-only (no GGUF id): 3-bit symmetric, one f16 scale per 128 weights.
+    Q3G128,
+    /// edgellm-only: 3-bit asymmetric, f16 scale and min per 128 weights.
+    Q3AG128,
+    /// edgellm-only: 2-bit symmetric, one f16 scale per 128 weights.
+    Q2G128,
+    /// edgellm-only: 2-bit asymmetric, f16 scale and min per 128 weights.
+    Q2AG128,
 }
 
 pub mod blocks;
 pub mod minifloat;
 mod dequant;
 mod dot;
+pub mod lowbit;
 mod quantize;
 pub mod qgemm;
 
@@ -48,6 +57,7 @@ pub const QK_K: usize = 256;
 
 impl GgmlType {
     /// The type with ggml id `id`, or `None` for ids this build does not support.
+    /// Never one of the edgellm-only types (see [`GgmlType::is_gguf`]).
     pub fn from_id(id: u32) -> Option<Self> {
         use GgmlType::*;
         Some(match id {
@@ -90,7 +100,17 @@ impl GgmlType {
             Q8K => 15,
             IQ4NL => 20,
             BF16 => 30,
+            // edgellm-only: ids outside ggml's range, never accepted by `from_id`.
+            Q3G128 => 0xED03,
+            Q3AG128 => 0xED13,
+            Q2G128 => 0xED02,
+            Q2AG128 => 0xED12,
         }
+    }
+
+    /// Whether GGUF files can hold this type (false for edgellm's own formats).
+    pub fn is_gguf(self) -> bool {
+        GgmlType::from_id(self.id()) == Some(self)
     }
 
     /// Lower-case name as llama.cpp prints it (`q4_0`, `q4_K`, ...).
@@ -113,6 +133,10 @@ impl GgmlType {
             Q8K => "q8_K",
             IQ4NL => "iq4_nl",
             BF16 => "bf16",
+            Q3G128 => "q3_g128",
+            Q3AG128 => "q3a_g128",
+            Q2G128 => "q2_g128",
+            Q2AG128 => "q2a_g128",
         }
     }
 
@@ -123,6 +147,7 @@ impl GgmlType {
             F32 | F16 | BF16 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL => 32,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => QK_K,
+            Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::GROUP,
         }
     }
 
@@ -145,6 +170,10 @@ impl GgmlType {
             Q6K => 210,
             Q8K => 292,
             IQ4NL => 18,
+            Q3G128 => 50,
+            Q3AG128 => 52,
+            Q2G128 => 34,
+            Q2AG128 => 36,
         }
     }
 
@@ -173,6 +202,8 @@ pub enum QuantError {
     Unsupported(GgmlType),
     /// Input or output length is not a whole number of blocks / does not match.
     Length { ty: GgmlType, elems: usize, bytes: usize },
+    /// An integer code outside the type's range (packing explicit codes).
+    Code { ty: GgmlType, at: usize, code: u8 },
 }
 
 impl std::fmt::Display for QuantError {
@@ -181,6 +212,9 @@ impl std::fmt::Display for QuantError {
             QuantError::Unsupported(t) => write!(f, "tensor type {} is not supported by this operation", t.name()),
             QuantError::Length { ty, elems, bytes } => {
                 write!(f, "{elems} elements do not fit {bytes} bytes of {} blocks", ty.name())
+            }
+            QuantError::Code { ty, at, code } => {
+                write!(f, "code {code} at element {at} is out of range for {}", ty.name())
             }
         }
     }
@@ -193,7 +227,7 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-fn check_len(ty: GgmlType, elems: usize, bytes: usize) -> Result<(), QuantError> {
+pub(crate) fn check_len(ty: GgmlType, elems: usize, bytes: usize) -> Result<(), QuantError> {
     if ty.row_bytes(elems) == Some(bytes) {
         Ok(())
     } else {
@@ -254,12 +288,15 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         Q6K => dequant::q6_k(src, dst),
         Q8K => dequant::q8_k(src, dst),
         IQ4NL => dequant::iq4_nl(src, dst),
+        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::dequant(&lowbit::spec(ty).expect("low-bit type"), src, dst),
     }
     Ok(())
 }
 
 /// Reference quantization of one row (`src.len()` elements into `dst` bytes),
-/// matching ggml's `quantize_row_*_ref` (bit-identical to the `gguf` package's
+/// matching ggml's `quantize_row_*_ref` (edgellm's low-bit formats: round to
+/// nearest on each block's range, see [`lowbit`]; to store chosen codes use
+/// [`lowbit::pack_row`]) (bit-identical to the `gguf` package's
 /// quantizers for f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0). Every type is supported.
 /// Zero and constant blocks quantize without NaN; non-finite input gives
 /// unspecified (but memory-safe) output, as in ggml.
@@ -283,13 +320,14 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         Q6K => quantize::q6_k(src, dst),
         Q8K => quantize::q8_k(src, dst),
         IQ4NL => quantize::iq4_nl(src, dst),
+        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::quantize_rtn(&lowbit::spec(ty).expect("low-bit type"), src, dst),
     }
     Ok(())
 }
 
 impl GgmlType {
-    /// Every type, in ggml id order.
-    pub const ALL: [GgmlType; 16] = [
+    /// Every type: GGUF's in ggml id order, then edgellm's own.
+    pub const ALL: [GgmlType; 20] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -306,5 +344,9 @@ impl GgmlType {
         GgmlType::Q8K,
         GgmlType::IQ4NL,
         GgmlType::BF16,
+        GgmlType::Q3G128,
+        GgmlType::Q3AG128,
+        GgmlType::Q2G128,
+        GgmlType::Q2AG128,
     ];
 }

@@ -4,5 +4,6 @@
 pub mod avx2;
 pub mod gemm_avx2;
 pub mod gemv_avx2;
+pub mod lowbit_avx2;
 pub mod qgemm_avx2;
 pub mod quant_avx2;

@@ -56,8 +56,8 @@ impl Rng {
         let bb = ty.block_bytes();
         let mut w: Vec<u8> = (0..nb * bb).map(|_| self.next() as u8).collect();
         let f16_fields: &[usize] = match ty {
-            Q4_0 | Q5_0 | Q8_0 | IQ4NL => &[0],
-            Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K => &[0, 2],
+            Q4_0 | Q5_0 | Q8_0 | IQ4NL | Q3G128 | Q2G128 => &[0],
+            Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K | Q3AG128 | Q2AG128 => &[0, 2],
             Q2K => &[80, 82],
             Q3K => &[108],
             Q6K => &[208],

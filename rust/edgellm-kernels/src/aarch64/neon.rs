@@ -18,6 +18,7 @@ pub static KERNELS: Kernels = Kernels {
     quantize_act: super::quant_neon::quantize_act,
     vec_dot: super::quant_neon::vec_dot,
     gemm_q: super::quant_neon::gemm_q,
+    dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };
 
 // Safe entry points; `KERNELS` is only handed out after NEON was detected.

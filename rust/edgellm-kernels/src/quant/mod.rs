@@ -10,7 +10,8 @@
 //!   weight row in integer arithmetic. The SIMD versions are the `quantize_act` and
 //!   `vec_dot` entries of [`crate::Kernels`].
 
-/// Tensor element types of GGUF files, with ggml's numeric ids.
+/// Tensor element types of GGUF files, with ggml's numeric ids, plus edgellm's
+/// own block types ([`GgmlType::EDGELLM_ONLY`]: NF4, FP8), which have no id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -29,12 +30,19 @@ pub enum GgmlType {
     Q8K,
     IQ4NL,
     BF16,
+    /// edgellm-only (no GGUF id): QLoRA's NF4, 64 values per f16 absmax.
+    NF4,
+    /// edgellm-only (no GGUF id): FP8 E4M3 codes, 32 per f16 block absmax.
+    F8E4M3,
+    /// edgellm-only (no GGUF id): FP8 E5M2 codes, 32 per f16 block absmax.
+    F8E5M2,
 }
 
 pub mod blocks;
 pub mod minifloat;
 mod dequant;
 mod dot;
+pub(crate) mod nf4_fp8;
 mod quantize;
 pub mod qgemm;
 
@@ -70,9 +78,11 @@ impl GgmlType {
         })
     }
 
-    pub fn id(self) -> u32 {
+    /// The ggml id; `None` for the edgellm-only types (NF4, FP8), which GGUF
+    /// files cannot hold.
+    pub fn id(self) -> Option<u32> {
         use GgmlType::*;
-        match self {
+        Some(match self {
             F32 => 0,
             F16 => 1,
             Q4_0 => 2,
@@ -89,7 +99,19 @@ impl GgmlType {
             Q8K => 15,
             IQ4NL => 20,
             BF16 => 30,
-        }
+            NF4 | F8E4M3 | F8E5M2 => return None,
+        })
+    }
+
+    /// The type named `name` (as [`name`](Self::name) prints it, any case),
+    /// GGUF or edgellm-only.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().chain(Self::EDGELLM_ONLY).find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether GGUF files can hold this type (it has a ggml id).
+    pub fn is_gguf(self) -> bool {
+        self.id().is_some()
     }
 
     /// Lower-case name as llama.cpp prints it (`q4_0`, `q4_K`, ...).
@@ -112,6 +134,9 @@ impl GgmlType {
             Q8K => "q8_K",
             IQ4NL => "iq4_nl",
             BF16 => "bf16",
+            NF4 => "nf4",
+            F8E4M3 => "fp8_e4m3",
+            F8E5M2 => "fp8_e5m2",
         }
     }
 
@@ -120,7 +145,8 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL => 32,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL | F8E4M3 | F8E5M2 => 32,
+            NF4 => 64,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => QK_K,
         }
     }
@@ -144,6 +170,7 @@ impl GgmlType {
             Q6K => 210,
             Q8K => 292,
             IQ4NL => 18,
+            NF4 | F8E4M3 | F8E5M2 => 34,
         }
     }
 
@@ -253,6 +280,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         Q6K => dequant::q6_k(src, dst),
         Q8K => dequant::q8_k(src, dst),
         IQ4NL => dequant::iq4_nl(src, dst),
+        NF4 => nf4_fp8::dequant_nf4(src, dst),
+        F8E4M3 => nf4_fp8::dequant_fp8(minifloat::Fp8::E4M3, src, dst),
+        F8E5M2 => nf4_fp8::dequant_fp8(minifloat::Fp8::E5M2, src, dst),
     }
     Ok(())
 }
@@ -282,12 +312,19 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         Q6K => quantize::q6_k(src, dst),
         Q8K => quantize::q8_k(src, dst),
         IQ4NL => quantize::iq4_nl(src, dst),
+        NF4 => nf4_fp8::quantize_nf4(src, dst),
+        F8E4M3 => nf4_fp8::quantize_fp8(minifloat::Fp8::E4M3, src, dst),
+        F8E5M2 => nf4_fp8::quantize_fp8(minifloat::Fp8::E5M2, src, dst),
     }
     Ok(())
 }
 
 impl GgmlType {
-    /// Every type, in ggml id order.
+    /// The weight types of edgellm's own checkpoints that GGUF has no id for
+    /// (not in [`ALL`](Self::ALL); [`from_id`](Self::from_id) never yields them).
+    pub const EDGELLM_ONLY: [GgmlType; 3] = [GgmlType::NF4, GgmlType::F8E4M3, GgmlType::F8E5M2];
+
+    /// Every GGUF type, in ggml id order.
     pub const ALL: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,

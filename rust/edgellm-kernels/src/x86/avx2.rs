@@ -18,6 +18,7 @@ pub static KERNELS: Kernels = Kernels {
     quantize_act: super::quant_avx2::quantize_act,
     vec_dot: super::quant_avx2::vec_dot,
     gemm_q: super::qgemm_avx2::gemm_q,
+    dequantize_row: super::nf4_fp8_avx2::dequantize_row,
 };
 
 // Safe entry points. Sound because `KERNELS` is only handed out by

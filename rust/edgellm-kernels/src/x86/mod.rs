@@ -5,3 +5,4 @@ pub mod avx2;
 pub mod gemm_avx2;
 pub mod qgemm_avx2;
 pub mod quant_avx2;
+pub mod nf4_fp8_avx2;

@@ -45,6 +45,7 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
             Q6K => imp::q6_k(w, act, nb),
             Q8K => imp::q8_k(w, act, nb),
             F32 | F16 | BF16 => quant::float_dot(ty, w, act, n, super::avx2::KERNELS.dot_f32),
+            NF4 | F8E4M3 | F8E5M2 => super::nf4_fp8_avx2::vec_dot(ty, w, act, nb),
         }
     }
 }

@@ -62,7 +62,7 @@ pub const QUANT_METADATA_KEY: &str = "edgellm.quantized_tensors";
 
 /// Block types a quantized safetensors tensor may hold (the weight types the
 /// kernels run).
-const STORABLE_QUANT: [GgmlType; 11] = [
+const STORABLE_QUANT: [GgmlType; 14] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -74,6 +74,10 @@ const STORABLE_QUANT: [GgmlType; 11] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::IQ4NL,
+    // edgellm-only block types (no GGUF id).
+    GgmlType::NF4,
+    GgmlType::F8E4M3,
+    GgmlType::F8E5M2,
 ];
 
 /// The quantized-tensor descriptions of a file's metadata (empty without the key).

@@ -189,8 +189,10 @@ impl Linear {
                     Some(rows) => (rows, j0, j1),
                     None => {
                         deq.resize(w * kd, 0.0);
+                        let (wb, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
+                        let ty = self.weight.dtype().ggml();
                         for (i, r) in (j0..j1).enumerate() {
-                            self.weight.row_to_f32(r, &mut deq[i * kd..(i + 1) * kd]);
+                            (k.dequantize_row)(ty, &wb[r * rb..(r + 1) * rb], &mut deq[i * kd..(i + 1) * kd]);
                         }
                         (BRows::F32(deq), 0, w)
                     }

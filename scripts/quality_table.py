@@ -9,6 +9,9 @@ change against the float16 checkpoint, the weight file size and decode speed
 a markdown table (default `benches/quality_table.md`).
 
     python scripts/quality_table.py [--out benches/quality_table.md] [--threads 2]
+    python scripts/quality_table.py --only nf4    # the f16 row + rows whose label contains "nf4"
+
+With ``--only`` the table is printed, and written only where ``--out`` says.
 """
 
 from __future__ import annotations
@@ -43,44 +46,12 @@ ROWS = [
     ("int3 RTN g128 asym (in q4_1 blocks)", dict(method="rtn", bits=3, group_size=128, symmetric=False)),
     ("int3 GPTQ g128 asym (in q4_1 blocks)", dict(method="gptq", bits=3, group_size=128, symmetric=False)),
     ("int3 AWQ g128 asym (in q4_1 blocks)", dict(method="awq", bits=3, group_size=128, symmetric=False)),
-    ("NF4 block 64 (simulated*)", ("simulated", "nf4")),
-    ("FP8 E4M3 per channel (simulated*)", ("simulated", "e4m3")),
-    ("FP8 E5M2 per channel (simulated*)", ("simulated", "e5m2")),
+    ("NF4 RTN, absmax per 64 (nf4*)", dict(method="rtn", format="nf4")),
+    ("FP8 E4M3 RTN, absmax per 32 (fp8_e4m3*)", dict(method="rtn", format="fp8_e4m3")),
+    ("FP8 E5M2 RTN, absmax per 32 (fp8_e5m2*)", dict(method="rtn", format="fp8_e5m2")),
     ("llama.cpp-style Q4_0 (in-situ, ggml reference quantizer)", "q4_0"),
     ("llama.cpp-style Q4_K (in-situ, ggml reference quantizer)", "q4_K"),
 ]
-
-
-def simulated_checkpoint(src: Path, dst: Path, fmt: str) -> None:
-    """The checkpoint with every projection replaced by its NF4/FP8 round trip (stored
-    as float32: no NF4/FP8 kernels yet) and the embedding as q8_0, like the other rows."""
-    import shutil
-
-    import numpy as np
-
-    from edgellm.calibrate import Grid, rtn
-    from edgellm.calibrate.blocks import pack
-    from edgellm.calibrate.checkpoint import SourceTensors, write_safetensors
-    from edgellm.calibrate.minifloat import fp8_roundtrip, nf4_roundtrip
-
-    source = SourceTensors(src)
-    tensors, quantized = {}, {}
-    for name in source.names():
-        dtype, shape, data = source.raw(name)
-        if len(shape) == 2 and (".self_attn." in name or ".mlp." in name):
-            w = source.f32(name)
-            deq = nf4_roundtrip(w) if fmt == "nf4" else fp8_roundtrip(w, fmt)
-            tensors[name] = ("F32", shape, deq.astype("<f4").tobytes())
-        elif name == "model.embed_tokens.weight":
-            ty, blocks = pack(rtn(source.f32(name), Grid(8, 32, True)))
-            tensors[name] = ("U8", list(blocks.shape), blocks.tobytes())
-            quantized[name] = (ty, shape)
-        else:
-            tensors[name] = (dtype, shape, data)
-    dst.mkdir(parents=True)
-    write_safetensors(dst / "model.safetensors", tensors, quantized)
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copyfile(src / f, dst / f)
 
 
 def decode_speed(model: edgellm.Model, reps: int) -> float:
@@ -95,11 +66,20 @@ def decode_speed(model: edgellm.Model, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benches" / "quality_table.md"))
+    ap.add_argument("--out", default=None, help="markdown output (default benches/quality_table.md; none with --only)")
+    ap.add_argument("--only", default=None, metavar="SUBSTRING",
+                    help="run only the rows whose label contains SUBSTRING (case-insensitive), plus the f16 row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens")
     args = ap.parse_args()
+    rows = ROWS
+    if args.only is not None:
+        rows = [r for r in ROWS if r[1] is None or args.only.lower() in r[0].lower()]
+        if len(rows) == 1:
+            ap.error(f"no row label contains {args.only!r}")
+    if args.out is None and args.only is None:
+        args.out = str(ROOT / "benches" / "quality_table.md")
 
     src = Path(edgellm.default_model_path())
     text = (src / "heldout_sample.py.txt").read_text(encoding="utf-8")
@@ -107,21 +87,10 @@ def main() -> None:
     ids = base.tokenizer.encode(text, add_special_tokens=False)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, spec in ROWS:
+        for label, spec in rows:
             t0 = time.time()
             if spec is None:
                 model, size, secs = base, (src / "model.safetensors").stat().st_size, 0.0
-            elif isinstance(spec, tuple):
-                dst = Path(tmp) / f"sim_{spec[1]}"
-                simulated_checkpoint(src, dst, spec[1])
-                model = edgellm.load(dst, threads=args.threads)
-                # The size the format would take natively: 4 bits + an f32 absmax per
-                # 64 (NF4) or 8 bits + an f32 scale per row (FP8), embedding as q8_0.
-                info = model.info()
-                p = info["parameters"]
-                bits = 4.5 if spec[1] == "nf4" else 8.0
-                size = (p["attention"] + p["ffn"]) * bits / 8 + p["embedding"] * 8.5 / 8
-                secs = time.time() - t0
             elif isinstance(spec, str):
                 model = edgellm.load(src, threads=args.threads, quant=spec, progress=False)
                 w = model.info()["weight_bytes"]
@@ -140,8 +109,10 @@ def main() -> None:
             results.append((label, ppl, size, tps, secs))
             print(f"{label:<58} ppl {ppl:9.4f}  size {size / 1e6:6.2f} MB  tg128 {tps:8.1f} tok/s  ({secs:.1f} s)", flush=True)
 
+    if args.out is None:
+        return
     f16 = results[0][1]
-    rtn4 = next(r[1] for r in results if r[0].startswith("int4 RTN g128 sym"))
+    rtn4 = next((r[1] for r in results if r[0].startswith("int4 RTN g128 sym")), f16)
     lines = [
         "# Quantization quality of the embedded default model",
         "",
@@ -168,10 +139,11 @@ def main() -> None:
         "at int4 group 128 is at most 0.7×.",
         "- int3 grids are stored in 4-bit blocks (their quality, 4-bit size): GGML has no 32-element 3-bit block "
         "with free per-block scales (q3_K's 6-bit sub-scales cannot hold arbitrary group scales).",
-        "- *Simulated: NF4 (QLoRA code book, one absmax per 64 values) and FP8 (per-row scale, saturating) "
-        "have codecs (`edgellm._core.fp8_encode`/`nf4_encode`, bit-exact against ml_dtypes) but no matrix "
-        "kernels yet: these rows run the round-tripped weights in float32, so their perplexity is the "
-        "format's, their size is the native size it would take, and their decode speed is float32's.",
+        "- *Native edgellm block formats (no GGUF id; `edgellm.quantize(..., method=\"rtn\", format=...)`): "
+        "NF4 = QLoRA's NormalFloat code book with an f16 absmax per 64 values (4.25 bits/weight); FP8 = "
+        "E4M3 / E5M2 codes with an f16 absmax per 32 values (8.5 bits/weight), round to nearest even, "
+        "saturating. Decode runs their SIMD kernels with f32 activations; prompts dequantize weight panels "
+        "into the f32 GEMM.",
         "- SmoothQuant's activations are int8 in the decode kernels (q8_0 activation blocks of 32 for every "
         "matrix-vector product); prefill and this perplexity run use the dequantized GEMM, so the table "
         "measures its weights.",

@@ -20,7 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--max-context", type=int, default=None, help="longest sequence in tokens (default: the model's)")
     p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, neon")
-    p.add_argument("--quant", default=None, help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ...")
+    p.add_argument("--quant", default=None,
+                   help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ..., nf4, fp8_e4m3, fp8_e5m2")
     k = p.add_argument_group("KV cache (an eviction rule x a storage format)")
     k.add_argument("--kv-cache", default=None, choices=["full", "window", "streaming", "h2o"],
                    help="eviction rule (default: full); or a JSON policy via --kv-json")
@@ -219,7 +220,9 @@ def cmd_info(a: argparse.Namespace) -> int:
     if q:
         sym = "symmetric" if q.get("symmetric", True) else "asymmetric"
         group = "per row" if q.get("group_size") == -1 else f"group {q.get('group_size')}"
-        print(f"quantized by        {q.get('method')} {q.get('bits')}-bit {sym} {group} ({q.get('format')} blocks, "
+        # Code-book formats (nf4, fp8_*) have no bit width / grid of their own to show.
+        grid = "" if q.get("bits") is None else f" {q.get('bits')}-bit {sym} {group}"
+        print(f"quantized by        {q.get('method')}{grid} ({q.get('format')} blocks, "
               f"embedding {q.get('embedding')}), {q.get('calibration_tokens', 0)} calibration tokens")
         if q.get("projection_bits_per_weight"):
             print(f"projection bits     {q['projection_bits_per_weight']} per weight")
@@ -300,7 +303,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     src = default_model_path() if a.src == "default" else a.src
     report = quantize(
         src, a.dst, method=a.method, bits=a.bits, group_size=a.group_size, symmetric=not a.asymmetric,
-        calibration=texts, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
+        calibration=texts, format=a.format, embedding=a.embedding, seq_len=a.seq_len, max_tokens=a.max_tokens,
         act_order=not a.no_act_order, damp=a.damp, alpha=a.alpha, mixed_bpw=a.mixed_bpw, threads=a.threads,
         overwrite=a.overwrite, progress=None if a.progress is None else a.progress == "on",
     )
@@ -373,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1 blocks) instead of symmetric q4_0")
     p.add_argument("--calibration", action="append", default=None, metavar="FILE",
                    help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
+    p.add_argument("--format", default=None,
+                   help="block format: q4_0/q4_1/q8_0 (default: from --bits/--asymmetric), or edgellm's nf4, "
+                        "fp8_e4m3, fp8_e5m2 (with --method rtn)")
     p.add_argument("--embedding", default="q8_0", choices=["q8_0", "keep"], help="format of embedding and head")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens in all")

@@ -29,7 +29,7 @@ from .gptq import gptq
 from .grid import Grid, QuantizedWeight, rtn
 from .smoothquant import smooth_scales
 
-__all__ = ["quantize", "METHODS"]
+__all__ = ["quantize", "METHODS", "NATIVE_FORMATS"]
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 _TOKENIZER_FILES = (
@@ -86,6 +86,10 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
 
 _BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5}  # bits per weight of the block types
 
+# edgellm's own code-book block formats (no GGUF id): elements per block and bits
+# per weight. Round to nearest only: GPTQ/AWQ/SmoothQuant optimise integer grids.
+NATIVE_FORMATS = {"nf4": (64, 4.25), "fp8_e4m3": (32, 8.5), "fp8_e5m2": (32, 8.5)}
+
 
 def _sensitivity_plan(
     model: Any, seqs: List[List[int]], grid: Grid, target: float, q_dim: int, kv_dim: int, num_layers: int
@@ -102,7 +106,8 @@ def _sensitivity_plan(
             g = gram(caps[key])
             for n in readers:
                 w = layer.w[n]
-                if not _fits(grid, w.shape[1]):
+                fits = w.shape[1] % NATIVE_FORMATS[native][0] == 0 if native else _fits(grid, w.shape[1])
+                if not fits:
                     continue
                 ref = output_error(w, np.zeros_like(w), g)
                 err = output_error(w, rtn(w, grid).dequantize(), g) / ref if ref > 0 else 0.0
@@ -122,6 +127,17 @@ def _sensitivity_plan(
 def _fits(grid: Grid, cols: int) -> bool:
     """Whether rows of ``cols`` values are whole GGML blocks and groups of ``grid``."""
     return cols % 32 == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
+
+
+def _store_native(
+    name: str, w: np.ndarray, fmt: str, out_tensors: Dict[str, Any], quantized: Dict[str, Any]
+) -> np.ndarray:
+    """Stores ``w`` as ``fmt`` blocks (the engine's reference quantizer, as in-situ
+    ``quant=``); returns the dequantized weight the engine will run."""
+    blocks = _core.quantize_blocks(np.ascontiguousarray(w, dtype=np.float32), fmt)
+    out_tensors[name] = ("U8", list(blocks.shape), blocks.tobytes())
+    quantized[name] = (fmt, list(w.shape))
+    return _core.dequantize_blocks(blocks, fmt, w.shape[1])
 
 
 def _fold_into_norm(kind: str, weight: np.ndarray, bias: Optional[np.ndarray], s: np.ndarray):
@@ -208,7 +224,12 @@ def quantize(
     activations in the decode kernels). ``bits`` 8, 4, 3 or 2; ``group_size`` a
     multiple of 32 or -1 (one group per row); ``symmetric`` False stores
     zero-points. Projections become GGML blocks (``format``, default from the grid:
-    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8);
+    ``q4_0`` symmetric / ``q4_1`` asymmetric up to 4 bits, ``q8_0`` for 8), or
+    edgellm's code-book blocks with ``format="nf4"`` (QLoRA NormalFloat, an f16
+    absmax per 64 values, 4.25 bits per weight), ``"fp8_e4m3"`` or ``"fp8_e5m2"``
+    (FP8 codes with an f16 absmax per 32 values, 8.5 bits): these take
+    ``method="rtn"`` only, ignore ``bits``/``group_size``/``symmetric``, and run on
+    their own kernels (no GGUF export: llama.cpp has no such types);
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
@@ -230,8 +251,17 @@ def quantize(
     if method == "smoothquant":
         if bits != 8:
             raise InvalidArgumentError("smoothquant is W8A8: bits must be 8")
+    native = format.lower() if isinstance(format, str) and format.lower() in NATIVE_FORMATS else None
+    if native is not None:
+        if method != "rtn":
+            raise InvalidArgumentError(
+                f"format {format!r} is a code-book format, quantized by round to nearest only: use method='rtn' "
+                f"(got {method!r})"
+            )
+        if mixed_bpw is not None:
+            raise InvalidArgumentError(f"mixed_bpw is not supported with format {format!r}")
     grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric)
-    if format is not None and format.lower() != grid.ggml_type:
+    if native is None and format is not None and format.lower() != grid.ggml_type:
         raise InvalidArgumentError(
             f"format {format!r} cannot hold a {bits}-bit {'symmetric' if symmetric else 'asymmetric'} grid; "
             f"it is stored as {grid.ggml_type}"
@@ -298,7 +328,7 @@ def quantize(
     plan: Dict[str, str] = {}
     proj_bits = proj_params = 0
     cal = _core.Calibrator(model._core, seqs)
-    cb = _progress_callback(progress, f"{method} {grid.ggml_type}")
+    cb = _progress_callback(progress, f"{method} {native or grid.ggml_type}")
     done = 0
 
     for li in range(num_layers):
@@ -325,11 +355,25 @@ def quantize(
             g = gram(caps[key]) if caps is not None else None
             for n in readers:
                 w = layer.w[n]
-                if not _fits(grid, w.shape[1]):
+                fits = w.shape[1] % NATIVE_FORMATS[native][0] == 0 if native else _fits(grid, w.shape[1])
+                if not fits:
                     # Rows that are not whole blocks/groups stay in float (as llama.cpp's
                     # quantizer falls back), with any folded scales applied.
                     out_tensors[f"{linear_names[n]}.weight"] = ("F32", list(w.shape), w.astype("<f4").tobytes())
                     kept_float.append(f"{linear_names[n]}.weight")
+                    done += 1
+                    if cb:
+                        cb(done, n_linears)
+                    continue
+                if native is not None:
+                    deq = _store_native(f"{linear_names[n]}.weight", w, native, out_tensors, quantized)
+                    plan[f"layers.{li}.{n}"] = native
+                    proj_bits += int(NATIVE_FORMATS[native][1] * w.size)
+                    proj_params += w.size
+                    if g is not None:
+                        ref = output_error(w, np.zeros_like(w), g)
+                        errors[f"layers.{li}.{n}"] = output_error(w, deq, g) / ref if ref > 0 else 0.0
+                    cal.set_linear(n, deq)
                     done += 1
                     if cb:
                         cb(done, n_linears)
@@ -384,10 +428,11 @@ def quantize(
             shutil.copyfile(src_p / f, dst_p / f)
     section = {
         "method": method,
-        "bits": bits,
-        "group_size": group_size,
-        "symmetric": symmetric,
-        "format": grid.ggml_type,
+        # Code-book formats: no integer grid; the block size is the absmax group.
+        "bits": None if native else bits,
+        "group_size": NATIVE_FORMATS[native][0] if native else group_size,
+        "symmetric": True if native else symmetric,
+        "format": native or grid.ggml_type,
         "embedding": embedding,
         "calibration_tokens": tokens,
     }

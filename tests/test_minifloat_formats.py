@@ -130,7 +130,7 @@ def test_in_situ_quant_generates_and_matches_scalar(fmt):
     m = edgellm.load(quant=fmt, progress=False)
     info = m.info()
     assert info["dtype"] == fmt and fmt in info["weight_bytes"]
-    text = m.generate("def add(a, b):", max_tokens=12, temperature=0)
+    text = m.generate("def add(a, b):", max_new_tokens=12, temperature=0)
     assert isinstance(text, str) and text
     f16 = edgellm.load().logits(m.tokenizer.encode("import os\nfor name in os.listdir('.'):\n"))
     ids = m.tokenizer.encode("import os\nfor name in os.listdir('.'):\n")

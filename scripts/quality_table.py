@@ -55,9 +55,9 @@ ROWS = [
     ("int2 RTN g128 asym (q2a_g128)", dict(method="rtn", bits=2, group_size=128, symmetric=False)),
     ("int2 GPTQ g128 asym (q2a_g128)", dict(method="gptq", bits=2, group_size=128, symmetric=False)),
     ("int2 AWQ g128 asym (q2a_g128)", dict(method="awq", bits=2, group_size=128, symmetric=False)),
-    ("NF4 block 64 (simulated*)", ("simulated", "nf4")),
-    ("FP8 E4M3 per channel (simulated*)", ("simulated", "e4m3")),
-    ("FP8 E5M2 per channel (simulated*)", ("simulated", "e5m2")),
+    ("NF4 RTN, absmax per 64 (nf4*)", dict(method="rtn", format="nf4")),
+    ("FP8 E4M3 RTN, absmax per 32 (fp8_e4m3*)", dict(method="rtn", format="fp8_e4m3")),
+    ("FP8 E5M2 RTN, absmax per 32 (fp8_e5m2*)", dict(method="rtn", format="fp8_e5m2")),
     ("llama.cpp-style Q4_0 (in-situ, ggml reference quantizer)", "q4_0"),
     ("llama.cpp-style Q4_K (in-situ, ggml reference quantizer)", "q4_K"),
     ("int4 GPTQ g32 asym, re-fit to Q4_K (exports to llama.cpp)",
@@ -106,38 +106,6 @@ def llamacpp_check(path: Path, model: edgellm.Model, ids: list, threads: int, wi
                 tg128_llamacpp=128 / (time.perf_counter() - t))
 
 
-def simulated_checkpoint(src: Path, dst: Path, fmt: str) -> None:
-    """The checkpoint with every projection replaced by its NF4/FP8 round trip (stored
-    as float32: no NF4/FP8 kernels yet) and the embedding as q8_0, like the other rows."""
-    import shutil
-
-    import numpy as np
-
-    from edgellm.calibrate import Grid, rtn
-    from edgellm.calibrate.blocks import pack
-    from edgellm.calibrate.checkpoint import SourceTensors, write_safetensors
-    from edgellm.calibrate.minifloat import fp8_roundtrip, nf4_roundtrip
-
-    source = SourceTensors(src)
-    tensors, quantized = {}, {}
-    for name in source.names():
-        dtype, shape, data = source.raw(name)
-        if len(shape) == 2 and (".self_attn." in name or ".mlp." in name):
-            w = source.f32(name)
-            deq = nf4_roundtrip(w) if fmt == "nf4" else fp8_roundtrip(w, fmt)
-            tensors[name] = ("F32", shape, deq.astype("<f4").tobytes())
-        elif name == "model.embed_tokens.weight":
-            ty, blocks = pack(rtn(source.f32(name), Grid(8, 32, True)))
-            tensors[name] = ("U8", list(blocks.shape), blocks.tobytes())
-            quantized[name] = (ty, shape)
-        else:
-            tensors[name] = (dtype, shape, data)
-    dst.mkdir(parents=True)
-    write_safetensors(dst / "model.safetensors", tensors, quantized)
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copyfile(src / f, dst / f)
-
-
 def decode_speed(model: edgellm.Model, reps: int) -> float:
     """Best of ``reps`` tg128 runs: on a shared machine the fastest run is the one
     least disturbed by other work."""
@@ -182,17 +150,6 @@ def main() -> None:
                 check = llamacpp_check(path, model, ids, args.threads)
                 print(f"  {label}: window of {check['window']}: ppl llama.cpp {check['ppl_llamacpp']:.4f} vs edgellm "
                       f"{check['ppl_edgellm']:.4f}; llama.cpp tg128 {check['tg128_llamacpp']:.1f} tok/s", flush=True)
-            elif isinstance(spec, tuple):
-                dst = Path(tmp) / f"sim_{spec[1]}"
-                simulated_checkpoint(src, dst, spec[1])
-                model = edgellm.load(dst, threads=args.threads)
-                # The size the format would take natively: 4 bits + an f32 absmax per
-                # 64 (NF4) or 8 bits + an f32 scale per row (FP8), embedding as q8_0.
-                info = model.info()
-                p = info["parameters"]
-                bits = 4.5 if spec[1] == "nf4" else 8.0
-                size = (p["attention"] + p["ffn"]) * bits / 8 + p["embedding"] * 8.5 / 8
-                secs = time.time() - t0
             elif isinstance(spec, str):
                 model = edgellm.load(src, threads=args.threads, quant=spec, progress=False)
                 w = model.info()["weight_bytes"]
@@ -248,10 +205,11 @@ def main() -> None:
         "- The llama.cpp rows: the f16 checkpoint exported to GGUF F16 by edgellm, quantized by llama.cpp's "
         "own quantizer (`llama_model_quantize`, i.e. `llama-quantize`; Q4_K_M keeps some tensors at q6_K), "
         "run by edgellm from the GGUF; size is the GGUF file.",
-        "- *Simulated: NF4 (QLoRA code book, one absmax per 64 values) and FP8 (per-row scale, saturating) "
-        "have codecs (`edgellm._core.fp8_encode`/`nf4_encode`, bit-exact against ml_dtypes) but no matrix "
-        "kernels yet: these rows run the round-tripped weights in float32, so their perplexity is the "
-        "format's, their size is the native size it would take, and their decode speed is float32's.",
+        "- *Native edgellm block formats (no GGUF id; `edgellm.quantize(..., method=\"rtn\", format=...)`): "
+        "NF4 = QLoRA's NormalFloat code book with an f16 absmax per 64 values (4.25 bits/weight); FP8 = "
+        "E4M3 / E5M2 codes with an f16 absmax per 32 values (8.5 bits/weight), round to nearest even, "
+        "saturating. Decode runs their SIMD kernels with f32 activations; prompts dequantize weight panels "
+        "into the f32 GEMM.",
         "- SmoothQuant's activations are int8 in the decode kernels (q8_0 activation blocks of 32 for every "
         "matrix-vector product); prefill and this perplexity run use the dequantized GEMM, so the table "
         "measures its weights.",

@@ -20,7 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--max-context", type=int, default=None, help="longest sequence in tokens (default: the model's)")
     p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, neon")
-    p.add_argument("--quant", default=None, help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ...")
+    p.add_argument("--quant", default=None,
+                   help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ..., nf4, fp8_e4m3, fp8_e5m2")
     k = p.add_argument_group("KV cache (an eviction rule x a storage format)")
     k.add_argument("--kv-cache", default=None, choices=["full", "window", "streaming", "h2o"],
                    help="eviction rule (default: full); or a JSON policy via --kv-json")
@@ -219,7 +220,9 @@ def cmd_info(a: argparse.Namespace) -> int:
     if q:
         sym = "symmetric" if q.get("symmetric", True) else "asymmetric"
         group = "per row" if q.get("group_size") == -1 else f"group {q.get('group_size')}"
-        print(f"quantized by        {q.get('method')} {q.get('bits')}-bit {sym} {group} ({q.get('format')} blocks, "
+        # Code-book formats (nf4, fp8_*) have no bit width / grid of their own to show.
+        grid = "" if q.get("bits") is None else f" {q.get('bits')}-bit {sym} {group}"
+        print(f"quantized by        {q.get('method')}{grid} ({q.get('format')} blocks, "
               f"embedding {q.get('embedding')}), {q.get('calibration_tokens', 0)} calibration tokens")
         if q.get("projection_bits_per_weight"):
             print(f"projection bits     {q['projection_bits_per_weight']} per weight")
@@ -387,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", action="append", default=None, metavar="FILE",
                    help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
     p.add_argument("--format", default=None, metavar="TYPE",
-                   help="block format of the projections (default from the grid: q4_0, q4_1, q8_0); "
-                        "q4_K: llama.cpp's Q4_K, re-fitted from the calibrated grid")
+                   help="block format of the projections (default from --bits/--asymmetric: q8_0, q4_0/q4_1, "
+                        "q3_g128/q3a_g128, q2_g128/q2a_g128); q4_0/q4_1 also hold 3/2-bit grids; q4_K: "
+                        "llama.cpp's Q4_K, re-fitted from the calibrated grid; nf4, fp8_e4m3, fp8_e5m2: "
+                        "edgellm's code-book formats (with --method rtn)")
     p.add_argument("--embedding", default="q8_0", choices=["q8_0", "keep"], help="format of embedding and head")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument("--max-tokens", type=int, default=16384, help="calibration tokens in all")

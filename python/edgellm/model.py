@@ -358,7 +358,10 @@ def load(
     Options: ``threads`` (default: all cores), ``max_context`` (tokens),
     ``isa`` (force a kernel path: "scalar", "avx2", "neon"; default from ``EDGELLM_ISA``),
     ``quant`` (quantize the weights at load: "q8_0", "q4_0", "q4_K", "q6_K", ... —
-    GGUF-compatible blocks run by the integer-dot kernels).
+    GGUF-compatible blocks run by the integer-dot kernels — or edgellm's own
+    "nf4" (QLoRA NormalFloat, f16 absmax per 64 values, 4.25 bits/weight),
+    "fp8_e4m3", "fp8_e5m2" (FP8 codes, f16 absmax per 32 values, 8.5 bits/weight),
+    run by their own kernels with float32 activations).
 
     ``kv_cache``: the KV-cache policy of every generation and evaluation, an
     eviction rule composed with a storage format (default: everything, f32):

@@ -5,6 +5,11 @@ reorder, so it applies to quantized rows unchanged) and the metadata and
 vocabulary llama.cpp's converter writes (``convert_hf_to_gguf.py``, LlamaModel
 with a GPT-2-style byte-level BPE vocabulary).
 
+Checkpoints holding edgellm-only block types (``nf4``, ``fp8_e4m3``,
+``fp8_e5m2``) are refused with :class:`~edgellm.errors.InvalidArgumentError`
+naming the type: llama.cpp has none of them, and a conversion would export
+different weights than the ones the checkpoint was evaluated with.
+
 Supported: ``LlamaForCausalLM`` checkpoints (no rope scaling) whose tokenizer.json
 is a byte-level BPE with GPT-2 pre-tokenization (the embedded default model's).
 """
@@ -128,6 +133,7 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
 
     source = SourceTensors(src)
     quant = _quantized_types(source)
+    _reject_edgellm_only(quant)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -219,6 +225,20 @@ def export_gguf(checkpoint: Union[str, "os.PathLike[str]"], out: Union[str, "os.
         for _g, _shape, _ty, data in tensors:
             f.write(data + b"\0" * (-len(data) % ALIGN))
     return out_p
+
+
+# Block types only edgellm runs: GGUF has no type id for them, and converting
+# would silently change the weights the checkpoint was evaluated with.
+EDGELLM_ONLY_TYPES = ("nf4", "fp8_e4m3", "fp8_e5m2")
+
+
+def _reject_edgellm_only(quant: Dict[str, Tuple[str, List[int]]]) -> None:
+    for name, (ty, _shape) in sorted(quant.items()):
+        if ty.lower() in EDGELLM_ONLY_TYPES:
+            raise InvalidArgumentError(
+                f"tensor {name!r} is {ty}, an edgellm-only block type that GGUF (llama.cpp) has no type for; "
+                "re-quantize to q4_0/q4_1/q8_0 for GGUF export"
+            )
 
 
 def _quantized_types(source: SourceTensors) -> Dict[str, Tuple[str, List[int]]]:

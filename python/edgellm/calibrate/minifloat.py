@@ -1,9 +1,9 @@
 """NF4 and FP8 (E4M3 / E5M2) weight grids on the Rust codecs
 (``edgellm._core.fp8_encode`` / ``nf4_encode``): quantize-dequantize of a weight
-matrix, for measuring what these formats cost in quality. The engine has no NF4
-or FP8 matrix kernels yet, so these grids are not a storage format of
-``edgellm.quantize``; ``scripts/quality_table.py`` evaluates them with the
-dequantized weights."""
+matrix with an f32 scale (per 64 values for NF4, per row for FP8), for studying
+the codecs. The engine's native NF4 / FP8 weight formats (``quant="nf4"``,
+``edgellm.quantize(..., format="fp8_e4m3")``) store an f16 absmax per block
+instead: see ``rust/edgellm-kernels/src/quant/blocks.rs``."""
 
 from __future__ import annotations
 

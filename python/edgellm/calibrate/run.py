@@ -30,7 +30,7 @@ from .grid import LOWBIT_FORMATS, Grid, QuantizedWeight, rtn
 from .kquants import QK_K, pack_q4_k, refit_q4_k, sub_block_grids
 from .smoothquant import smooth_scales
 
-__all__ = ["quantize", "METHODS"]
+__all__ = ["quantize", "METHODS", "NATIVE_FORMATS"]
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 _TOKENIZER_FILES = (
@@ -89,6 +89,10 @@ def _calibration_sequences(model: Any, texts: Sequence[str], seq_len: int, max_t
 _BPW = {"q4_0": 4.5, "q4_1": 5.0, "q8_0": 8.5, "q4_K": 4.5,
         "q3_g128": 3.125, "q3a_g128": 3.25, "q2_g128": 2.125, "q2a_g128": 2.25}
 
+# edgellm's own code-book block formats (no GGUF id): elements per block and bits
+# per weight. Round to nearest only: GPTQ/AWQ/SmoothQuant optimise integer grids.
+NATIVE_FORMATS = {"nf4": (64, 4.25), "fp8_e4m3": (32, 8.5), "fp8_e5m2": (32, 8.5)}
+
 
 def _sensitivity_plan(
     model: Any, seqs: List[List[int]], grid: Grid, target: float, q_dim: int, kv_dim: int, num_layers: int,
@@ -106,7 +110,8 @@ def _sensitivity_plan(
             g = gram(caps[key])
             for n in readers:
                 w = layer.w[n]
-                if not _fits(grid, w.shape[1]):
+                fits = w.shape[1] % NATIVE_FORMATS[native][0] == 0 if native else _fits(grid, w.shape[1])
+                if not fits:
                     continue
                 ref = output_error(w, np.zeros_like(w), g)
                 err = output_error(w, rtn(w, grid).dequantize(), g) / ref if ref > 0 else 0.0
@@ -126,6 +131,17 @@ def _sensitivity_plan(
 def _fits(grid: Grid, cols: int) -> bool:
     """Whether rows of ``cols`` values are whole storage blocks and groups of ``grid``."""
     return cols % grid.block == 0 and (grid.group_size == -1 or cols % grid.group_size == 0)
+
+
+def _store_native(
+    name: str, w: np.ndarray, fmt: str, out_tensors: Dict[str, Any], quantized: Dict[str, Any]
+) -> np.ndarray:
+    """Stores ``w`` as ``fmt`` blocks (the engine's reference quantizer, as in-situ
+    ``quant=``); returns the dequantized weight the engine will run."""
+    blocks = _core.quantize_blocks(np.ascontiguousarray(w, dtype=np.float32), fmt)
+    out_tensors[name] = ("U8", list(blocks.shape), blocks.tobytes())
+    quantized[name] = (fmt, list(w.shape))
+    return _core.dequantize_blocks(blocks, fmt, w.shape[1])
 
 
 def _fold_into_norm(kind: str, weight: np.ndarray, bias: Optional[np.ndarray], s: np.ndarray):
@@ -223,7 +239,12 @@ def quantize(
     calibrated grid since Q4_K quantizes the sub-block scales and minimums to 6 bits
     (see :mod:`.kquants`; the report's ``q4_K_refit_error`` is the re-fit error
     relative to the calibration's own, per projection; rows that are not whole
-    256-weight super-blocks keep the grid's 4-bit format);
+    256-weight super-blocks keep the grid's 4-bit format).
+    ``format="nf4"`` (QLoRA NormalFloat, an f16 absmax per 64 values, 4.25 bits
+    per weight), ``"fp8_e4m3"`` or ``"fp8_e5m2"`` (FP8 codes with an f16 absmax per
+    32 values, 8.5 bits): edgellm's code-book blocks; these take ``method="rtn"``
+    only, ignore ``bits``/``group_size``/``symmetric``, and run on their own kernels
+    (no GGUF export: llama.cpp has no such types);
     ``embedding`` ``"q8_0"`` (default) or ``"keep"`` for the embedding and output
     head. ``calibration``: texts (required except for RTN and the embedded default
     model, which ships a sample of its training domain), tokenized into sequences of
@@ -246,18 +267,30 @@ def quantize(
     if method == "smoothquant":
         if bits != 8:
             raise InvalidArgumentError("smoothquant is W8A8: bits must be 8")
+    native = format.lower() if isinstance(format, str) and format.lower() in NATIVE_FORMATS else None
+    if native is not None:
+        if method != "rtn":
+            raise InvalidArgumentError(
+                f"format {format!r} is a code-book format, quantized by round to nearest only: use method='rtn' "
+                f"(got {method!r})"
+            )
+        if mixed_bpw is not None:
+            raise InvalidArgumentError(f"mixed_bpw is not supported with format {format!r}")
     k_quant = format is not None and str(format).lower() == "q4_k"
     if k_quant and bits > 4:
         raise InvalidArgumentError(f"format 'q4_K' holds grids of up to 4 bits, not {bits}")
-    # Q4_K re-fits the grid as the 4-bit blocks hold it.
-    fmt = ("q4_0" if symmetric else "q4_1") if k_quant else (None if format is None else str(format).lower())
+    # Q4_K re-fits the grid as the 4-bit blocks hold it; code-book formats have no grid.
+    if k_quant:
+        fmt: Optional[str] = "q4_0" if symmetric else "q4_1"
+    else:
+        fmt = None if format is None or native else str(format).lower()
     grid = Grid(bits=bits, group_size=group_size, symmetric=symmetric, format=fmt)
     if format is None and bits in (2, 3) and grid.ggml_type not in LOWBIT_FORMATS.values():
         raise InvalidArgumentError(
             f"the native {bits}-bit formats hold groups of 128 weights (group_size a multiple of 128, or -1); "
             f"for group_size={group_size} pass format={grid.ggml_type!r} (the 4-bit container: int4 file size)"
         )
-    low_type = "q4_K" if k_quant else grid.ggml_type
+    low_type = "q4_K" if k_quant else (native or grid.ggml_type)
     if mixed_bpw is not None and not _BPW[low_type] <= mixed_bpw <= _BPW["q8_0"]:
         raise InvalidArgumentError(
             f"mixed_bpw must lie between {_BPW[low_type]} ({low_type}) and {_BPW['q8_0']} (q8_0), got {mixed_bpw}"
@@ -321,7 +354,7 @@ def quantize(
     plan: Dict[str, str] = {}
     proj_bits = proj_params = 0
     cal = _core.Calibrator(model._core, seqs)
-    cb = _progress_callback(progress, f"{method} {grid.ggml_type}")
+    cb = _progress_callback(progress, f"{method} {native or grid.ggml_type}")
     done = 0
 
     for li in range(num_layers):
@@ -348,11 +381,25 @@ def quantize(
             g = gram(caps[key]) if caps is not None else None
             for n in readers:
                 w = layer.w[n]
-                if not _fits(grid, w.shape[1]):
+                fits = w.shape[1] % NATIVE_FORMATS[native][0] == 0 if native else _fits(grid, w.shape[1])
+                if not fits:
                     # Rows that are not whole blocks/groups stay in float (as llama.cpp's
                     # quantizer falls back), with any folded scales applied.
                     out_tensors[f"{linear_names[n]}.weight"] = ("F32", list(w.shape), w.astype("<f4").tobytes())
                     kept_float.append(f"{linear_names[n]}.weight")
+                    done += 1
+                    if cb:
+                        cb(done, n_linears)
+                    continue
+                if native is not None:
+                    deq = _store_native(f"{linear_names[n]}.weight", w, native, out_tensors, quantized)
+                    plan[f"layers.{li}.{n}"] = native
+                    proj_bits += int(NATIVE_FORMATS[native][1] * w.size)
+                    proj_params += w.size
+                    if g is not None:
+                        ref = output_error(w, np.zeros_like(w), g)
+                        errors[f"layers.{li}.{n}"] = output_error(w, deq, g) / ref if ref > 0 else 0.0
+                    cal.set_linear(n, deq)
                     done += 1
                     if cb:
                         cb(done, n_linears)
@@ -417,9 +464,10 @@ def quantize(
             shutil.copyfile(src_p / f, dst_p / f)
     section = {
         "method": method,
-        "bits": bits,
-        "group_size": group_size,
-        "symmetric": symmetric,
+        # Code-book formats: no integer grid; the block size is the absmax group.
+        "bits": None if native else bits,
+        "group_size": NATIVE_FORMATS[native][0] if native else group_size,
+        "symmetric": True if native else symmetric,
         "format": low_type,
         "embedding": embedding,
         "calibration_tokens": tokens,

@@ -41,7 +41,7 @@ fn main() {
         .map(|s| s.as_str())
         .unwrap_or("q4_0,q8_0,q4_K,q6_K")
         .split(',')
-        .map(|name| *GgmlType::ALL.iter().find(|t| t.name() == name).expect("unknown type"))
+        .map(|name| GgmlType::from_name(name).expect("unknown type"))
         .collect();
     let mode = args.get(5).map(|s| s.as_str()).unwrap_or("both");
     let (run_old, run_new) = (mode != "new", mode != "old");

@@ -65,6 +65,11 @@ pub struct Kernels {
     /// ([`quant::qgemm::QActs`]: rows from `quantize_act(ty, ..)`). Buffers are
     /// reused through the scratch. Panics on a length mismatch.
     pub gemm_q: quant::qgemm::GemmQFn,
+    /// Dequantizes a row of `ty` (`src` whole blocks, `dst` its elements) to f32,
+    /// bit-identical to [`quant::dequantize_row`]: the prefill path of weight
+    /// types without an integer GEMM (dequantized panels into the f32 GEMM).
+    /// SIMD for NF4 and FP8, the reference elsewhere. Panics on a length mismatch.
+    pub dequantize_row: fn(ty: quant::GgmlType, src: &[u8], dst: &mut [f32]),
 }
 
 impl Kernels {

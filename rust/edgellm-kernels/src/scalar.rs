@@ -18,7 +18,15 @@ pub static KERNELS: Kernels = Kernels {
     vec_dot: crate::quant::vec_dot,
     gemv_q: crate::quant::gemv_q,
     gemm_q: crate::quant::qgemm::gemm_q,
+    dequantize_row,
 };
+
+/// [`crate::quant::dequantize_row`], panicking on a length mismatch (the table's contract).
+pub fn dequantize_row(ty: crate::quant::GgmlType, src: &[u8], dst: &mut [f32]) {
+    if let Err(e) = crate::quant::dequantize_row(ty, src, dst) {
+        panic!("dequantize_row: {e}");
+    }
+}
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f32: length mismatch");

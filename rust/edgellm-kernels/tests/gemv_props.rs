@@ -44,7 +44,7 @@ fn cases() -> u32 {
 }
 
 fn quantized_types() -> impl Iterator<Item = GgmlType> {
-    GgmlType::ALL.into_iter().filter(|t| t.is_quantized())
+    GgmlType::ALL.into_iter().chain(GgmlType::MINIFLOATS).filter(|t| t.is_quantized())
 }
 
 proptest! {

@@ -52,7 +52,7 @@ fn packed(ty: GgmlType, codes: &[u8], d: &[f16], m: &[f16]) -> Vec<u8> {
 fn geometry() {
     for ty in LOWBIT {
         assert!(ty.is_quantized() && !ty.is_gguf());
-        assert_eq!(GgmlType::from_id(ty.id()), None);
+        assert_eq!(ty.id(), None);
         assert_eq!(ty.block_elems(), 128);
         assert_eq!(quant::vec_dot_type(ty), GgmlType::Q8_0);
         assert!(GgmlType::ALL.contains(&ty));

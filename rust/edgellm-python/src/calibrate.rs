@@ -7,7 +7,8 @@ use crate::model::PyModel;
 use edgellm_core::model::capture::Calibrator;
 use edgellm_core::Error;
 use edgellm_kernels::quant::minifloat::{self, Fp8};
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use edgellm_kernels::quant::{dequantize_row, quantize_row, GgmlType};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Mutex;
@@ -198,7 +199,57 @@ pub fn nf4_values() -> Vec<f32> {
     minifloat::NF4_VALUES.to_vec()
 }
 
+/// The block type named `name` for [`quantize_blocks`] / [`dequantize_blocks`].
+fn block_type(name: &str) -> PyResult<GgmlType> {
+    GgmlType::from_name(name.trim()).filter(|t| t.is_quantized()).ok_or_else(|| {
+        to_py(Error::arg(format!("unknown block type {name:?} (e.g. q8_0, q4_K, nf4, fp8_e4m3, fp8_e5m2)")))
+    })
+}
+
+/// The rows of a float32 matrix quantized to `type` blocks with the engine's
+/// reference quantizer (what in-situ `quant=` stores): uint8 `(rows, row_bytes)`.
+#[pyfunction]
+#[pyo3(name = "quantize_blocks", signature = (values, r#type))]
+pub fn quantize_blocks<'py>(py: Python<'py>, values: PyReadonlyArray2<'py, f32>, r#type: &str) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let ty = block_type(r#type)?;
+    let (rows, cols) = (values.shape()[0], values.shape()[1]);
+    let rb = ty.row_bytes(cols).filter(|&b| b > 0).ok_or_else(|| {
+        to_py(Error::arg(format!("rows of {cols} values are not whole {} blocks of {}", ty.name(), ty.block_elems())))
+    })?;
+    let v = contiguous("values", values.as_slice())?.to_vec();
+    let out = py.detach(|| {
+        let mut out = vec![0u8; rows * rb];
+        for (x, q) in v.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+            quantize_row(ty, x, q).expect("lengths checked");
+        }
+        out
+    });
+    PyArray1::from_vec(py, out).reshape([rows, rb])
+}
+
+/// float32 `(rows, cols)` of uint8 rows of `type` blocks (`(rows, row_bytes)`).
+#[pyfunction]
+#[pyo3(name = "dequantize_blocks", signature = (blocks, r#type, cols))]
+pub fn dequantize_blocks<'py>(py: Python<'py>, blocks: PyReadonlyArray2<'py, u8>, r#type: &str, cols: usize) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let ty = block_type(r#type)?;
+    let (rows, rb) = (blocks.shape()[0], blocks.shape()[1]);
+    if ty.row_bytes(cols) != Some(rb) || cols == 0 {
+        return Err(to_py(Error::arg(format!("rows of {rb} bytes are not {cols} values of {} blocks", ty.name()))));
+    }
+    let b = blocks.as_slice().map_err(|_| to_py(Error::arg("blocks must be a C-contiguous uint8 array")))?.to_vec();
+    let out = py.detach(|| {
+        let mut out = vec![0f32; rows * cols];
+        for (q, y) in b.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+            dequantize_row(ty, q, y).expect("lengths checked");
+        }
+        out
+    });
+    PyArray1::from_vec(py, out).reshape([rows, cols])
+}
+
 pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_blocks, m)?)?;
     m.add_class::<PyCalibrator>()?;
     m.add_function(wrap_pyfunction!(fp8_encode, m)?)?;
     m.add_function(wrap_pyfunction!(fp8_decode, m)?)?;

@@ -61,9 +61,8 @@ fn map_dtype(name: &str, d: Dtype) -> Result<DType> {
 pub const QUANT_METADATA_KEY: &str = "edgellm.quantized_tensors";
 
 /// Block types a quantized safetensors tensor may hold (the weight types the
-/// kernels run), including edgellm's own low-bit group formats, which GGUF
-/// cannot hold.
-const STORABLE_QUANT: [GgmlType; 15] = [
+/// kernels run), including edgellm's own formats, which GGUF cannot hold.
+const STORABLE_QUANT: [GgmlType; 18] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -75,10 +74,14 @@ const STORABLE_QUANT: [GgmlType; 15] = [
     GgmlType::Q5K,
     GgmlType::Q6K,
     GgmlType::IQ4NL,
+    // edgellm-only block types (no GGUF id).
     GgmlType::Q3G128,
     GgmlType::Q3AG128,
     GgmlType::Q2G128,
     GgmlType::Q2AG128,
+    GgmlType::NF4,
+    GgmlType::F8E4M3,
+    GgmlType::F8E5M2,
 ];
 
 /// The quantized-tensor descriptions of a file's metadata (empty without the key).

@@ -55,11 +55,12 @@ impl std::fmt::Debug for LoadOptions {
     }
 }
 
-/// Parses a `quant=` option: a GGML type name (`q8_0`, `q4_K`, `q6_k`, ...).
+/// Parses a `quant=` option: a GGML type name (`q8_0`, `q4_K`, `q6_k`, ...) or
+/// one of edgellm's own block types (`nf4`, `fp8_e4m3`, `fp8_e5m2`).
 pub fn parse_quant(name: &str) -> Result<edgellm_kernels::quant::GgmlType> {
     use edgellm_kernels::quant::GgmlType::*;
-    const CHOICES: [edgellm_kernels::quant::GgmlType; 13] =
-        [F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K, IQ4NL];
+    const CHOICES: [edgellm_kernels::quant::GgmlType; 16] =
+        [F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K, IQ4NL, NF4, F8E4M3, F8E5M2];
     let want = name.trim().to_ascii_lowercase();
     CHOICES.into_iter().find(|t| t.name().to_ascii_lowercase() == want).ok_or_else(|| {
         Error::arg(format!(

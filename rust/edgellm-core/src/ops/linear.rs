@@ -248,7 +248,10 @@ impl Linear {
     /// (quantized rows widened to f32 a block at a time).
     fn gemm_packed(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
         let a = pack_a(x, n, self.in_features());
-        let widen = |r: usize, row: &mut [f32]| self.weight.row_to_f32(r, row);
+        let (wb, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
+        let ty = self.weight.dtype().ggml();
+        // The table's dequantizer (SIMD for NF4/FP8): widening is part of the work.
+        let widen = |r: usize, row: &mut [f32]| (k.dequantize_row)(ty, &wb[r * rb..(r + 1) * rb], row);
         let src = match self.float_rows() {
             Some(rows) => BSource::Rows(rows),
             None => BSource::Dequant(&widen),

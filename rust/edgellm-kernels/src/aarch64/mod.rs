@@ -4,3 +4,4 @@ pub mod neon;
 pub mod gemm_neon;
 pub mod lowbit_neon;
 pub mod quant_neon;
+pub mod nf4_fp8_neon;

@@ -19,6 +19,7 @@ pub static KERNELS: Kernels = Kernels {
     vec_dot: super::quant_neon::vec_dot,
     gemv_q: super::quant_neon::gemv_q,
     gemm_q: super::quant_neon::gemm_q,
+    dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };
 
 // Safe entry points; `KERNELS` is only handed out after NEON was detected.

@@ -56,6 +56,7 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
             (Q8K, false) => imp::q8_k_neon(w, act, nb),
             (Q3G128 | Q3AG128 | Q2G128 | Q2AG128, _) => super::lowbit_neon::vec_dot(ty, w, act, nb, dot),
             (F32 | F16 | BF16, _) => quant::float_dot(ty, w, act, n, super::neon::KERNELS.dot_f32),
+            (NF4 | F8E4M3 | F8E5M2, _) => super::nf4_fp8_neon::vec_dot(ty, w, act, nb),
             _ => quant::vec_dot_unchecked(ty, w, act, n),
         }
     }

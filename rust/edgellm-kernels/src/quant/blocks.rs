@@ -31,6 +31,11 @@
 //!   the high bits: no shuffles on AVX2 (`qh` broadcast to both 128-bit lanes)
 //!   or NEON (`vtst`). Symmetric: `w = d·(u − 2^(bits−1))`; asymmetric
 //!   (`a`): `w = d·u + m`.
+//! - `nf4` (edgellm-only): element `j < 32` is the low nibble of `qs[j]`, element
+//!   `j + 32` its high nibble (ggml's split-halves order, so a SIMD kernel gets
+//!   32 consecutive elements from one shift or mask); bitsandbytes packs pairs
+//!   instead, so QLoRA weights are re-packed, not reinterpreted.
+//! - `fp8_e4m3`, `fp8_e5m2` (edgellm-only): element `j` is byte `qs[j]`.
 //! - The k-quants' 6-bit sub-block scales/mins of `q4_K`/`q5_K` (12 bytes): see
 //!   [`super::scale_min_k4`]; `q3_K`'s 16 six-bit scales: see `q3k_scales`.
 
@@ -190,6 +195,15 @@ pub struct BlockQ2G128 {
     pub qs: [u8; 32],
 }
 
+/// 64 weights, `d * NF4_VALUES[q]` with 4-bit `q` (QLoRA's NormalFloat code
+/// book, [`super::minifloat::NF4_VALUES`]); `d` is the block's absmax (f16).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockNF4 {
+    pub d: f16,
+    pub qs: [u8; 32],
+}
+
 /// 128 weights, `d * u + m` with 2-bit `u` in `qs`. 2.25 bits per weight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -214,7 +228,23 @@ pub(crate) const Q3AG_QH: usize = offset_of!(BlockQ3AG128, qh);
 pub(crate) const Q2G_QS: usize = offset_of!(BlockQ2G128, qs);
 pub(crate) const Q2AG_QS: usize = offset_of!(BlockQ2AG128, qs);
 
+/// 32 weights, `fp8(q) * (d / FP8_MAX)` with one FP8 (E4M3 or E5M2) code each;
+/// `d` is the block's absmax (f16), so the largest element maps to the format's
+/// largest finite value (448 / 57344). Storing the absmax rather than the scale
+/// `absmax / FP8_MAX` keeps the f16 field in range: E5M2's scale of a block
+/// with absmax below ~3.4e-3 would be below f16's smallest subnormal (2⁻²⁴) and
+/// flush to zero; an f32 scale would also work but costs 9 bits per weight, not
+/// 8.5 (q8_0's size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockFp8 {
+    pub d: f16,
+    pub qs: [u8; 32],
+}
+
 const _: () = assert!(size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(size_of::<BlockNF4>() == 34);
+const _: () = assert!(size_of::<BlockFp8>() == 34);
 const _: () = assert!(size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(size_of::<BlockQ5_0>() == 22);
 const _: () = assert!(size_of::<BlockQ5_1>() == 24);
@@ -258,6 +288,8 @@ pub(crate) const Q6K_D: usize = offset_of!(BlockQ6K, d);
 pub(crate) const Q8K_QS: usize = offset_of!(BlockQ8K, qs);
 pub(crate) const Q8K_BSUMS: usize = offset_of!(BlockQ8K, bsums);
 pub(crate) const IQ4NL_QS: usize = offset_of!(BlockIQ4NL, qs);
+pub(crate) const NF4_QS: usize = offset_of!(BlockNF4, qs);
+pub(crate) const FP8_QS: usize = offset_of!(BlockFp8, qs);
 
 // The scale sits first in these (offset 0), which the parsers rely on.
 const _: () = assert!(offset_of!(BlockQ4_0, d) == 0 && offset_of!(BlockQ4_0, qs) == 2);
@@ -265,6 +297,7 @@ const _: () = assert!(offset_of!(BlockQ8_0, d) == 0 && offset_of!(BlockQ4K, d) =
 const _: () = assert!(offset_of!(BlockQ5K, d) == 0 && offset_of!(BlockQ8K, d) == 0);
 const _: () = assert!(offset_of!(BlockIQ4NL, d) == 0 && offset_of!(BlockQ6K, ql) == 0);
 const _: () = assert!(offset_of!(BlockQ3K, hmask) == 0 && offset_of!(BlockQ2K, scales) == 0);
+const _: () = assert!(offset_of!(BlockNF4, d) == 0 && offset_of!(BlockFp8, d) == 0);
 
 /// The 16 levels of `iq4_nl` (and `iq4_xs`).
 pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];

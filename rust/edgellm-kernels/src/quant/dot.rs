@@ -8,14 +8,16 @@ use super::{f16_at, q3k_scales, scale_min_k4, GgmlType, QK_K};
 
 /// The activation format a weight type's dot product consumes: `q8_0` for the
 /// 32-element block formats (`q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `q8_1`,
-/// `iq4_nl`, and edgellm's 128-weight low-bit formats), `q8_K` for the k-quants, `f32` for the float formats.
+/// `iq4_nl`, and edgellm's 128-weight low-bit formats), `q8_K` for the k-quants,
+/// `f32` for the float formats and for NF4 and FP8.
 ///
 /// Unlike ggml, `q4_1`/`q5_1` take `q8_0` too (ggml uses `q8_1`, whose f16 block
 /// sum costs accuracy); the block sum is recomputed from the integers instead.
 pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
     use GgmlType::*;
     match ty {
-        F32 | F16 | BF16 => F32,
+        // NF4 / FP8: f32 activations (their levels are not integers).
+        F32 | F16 | BF16 | NF4 | F8E4M3 | F8E5M2 => F32,
         Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL => Q8_0,
         Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => Q8_0,
         Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => Q8K,
@@ -115,6 +117,9 @@ pub(crate) fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: usize) ->
         Q6K => q6_k(w, act),
         Q8K => q8_k(w, act),
         Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => super::lowbit::vec_dot(&super::lowbit::spec(ty).expect("low-bit type"), w, act),
+        NF4 => super::nf4_fp8::dot_nf4(w, act),
+        F8E4M3 => super::nf4_fp8::dot_fp8(super::minifloat::Fp8::E4M3, w, act),
+        F8E5M2 => super::nf4_fp8::dot_fp8(super::minifloat::Fp8::E5M2, w, act),
     }
 }
 

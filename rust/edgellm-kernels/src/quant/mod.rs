@@ -10,7 +10,8 @@
 //!   weight row in integer arithmetic. The SIMD versions are the `quantize_act` and
 //!   `vec_dot` entries of [`crate::Kernels`].
 
-/// Tensor element types of GGUF files, with ggml's numeric ids.
+/// Tensor element types of GGUF files, with ggml's numeric ids, plus edgellm's
+/// own block types ([`GgmlType::EDGELLM_ONLY`]: NF4, FP8), which have no id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -37,6 +38,12 @@ pub enum GgmlType {
     Q2G128,
     /// edgellm-only: 2-bit asymmetric, f16 scale and min per 128 weights.
     Q2AG128,
+    /// edgellm-only (no GGUF id): QLoRA's NF4, 64 values per f16 absmax.
+    NF4,
+    /// edgellm-only (no GGUF id): FP8 E4M3 codes, 32 per f16 block absmax.
+    F8E4M3,
+    /// edgellm-only (no GGUF id): FP8 E5M2 codes, 32 per f16 block absmax.
+    F8E5M2,
 }
 
 pub mod blocks;
@@ -44,6 +51,7 @@ pub mod minifloat;
 mod dequant;
 mod dot;
 pub mod lowbit;
+pub(crate) mod nf4_fp8;
 mod quantize;
 pub mod qgemm;
 
@@ -81,9 +89,11 @@ impl GgmlType {
         })
     }
 
-    pub fn id(self) -> u32 {
+    /// The ggml id; `None` for the edgellm-only types (NF4, FP8, the packed
+    /// low-bit group formats), which GGUF files cannot hold.
+    pub fn id(self) -> Option<u32> {
         use GgmlType::*;
-        match self {
+        Some(match self {
             F32 => 0,
             F16 => 1,
             Q4_0 => 2,
@@ -100,17 +110,19 @@ impl GgmlType {
             Q8K => 15,
             IQ4NL => 20,
             BF16 => 30,
-            // edgellm-only: ids outside ggml's range, never accepted by `from_id`.
-            Q3G128 => 0xED03,
-            Q3AG128 => 0xED13,
-            Q2G128 => 0xED02,
-            Q2AG128 => 0xED12,
-        }
+            NF4 | F8E4M3 | F8E5M2 | Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => return None,
+        })
     }
 
-    /// Whether GGUF files can hold this type (false for edgellm's own formats).
+    /// The type named `name` (as [`name`](Self::name) prints it, any case),
+    /// GGUF or edgellm-only.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().chain(Self::MINIFLOATS).find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether GGUF files can hold this type (it has a ggml id).
     pub fn is_gguf(self) -> bool {
-        GgmlType::from_id(self.id()) == Some(self)
+        self.id().is_some()
     }
 
     /// Lower-case name as llama.cpp prints it (`q4_0`, `q4_K`, ...).
@@ -137,6 +149,9 @@ impl GgmlType {
             Q3AG128 => "q3a_g128",
             Q2G128 => "q2_g128",
             Q2AG128 => "q2a_g128",
+            NF4 => "nf4",
+            F8E4M3 => "fp8_e4m3",
+            F8E5M2 => "fp8_e5m2",
         }
     }
 
@@ -145,7 +160,8 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL => 32,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL | F8E4M3 | F8E5M2 => 32,
+            NF4 => 64,
             Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => QK_K,
             Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::GROUP,
         }
@@ -174,6 +190,7 @@ impl GgmlType {
             Q3AG128 => 52,
             Q2G128 => 34,
             Q2AG128 => 36,
+            NF4 | F8E4M3 | F8E5M2 => 34,
         }
     }
 
@@ -289,6 +306,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         Q8K => dequant::q8_k(src, dst),
         IQ4NL => dequant::iq4_nl(src, dst),
         Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::dequant(&lowbit::spec(ty).expect("low-bit type"), src, dst),
+        NF4 => nf4_fp8::dequant_nf4(src, dst),
+        F8E4M3 => nf4_fp8::dequant_fp8(minifloat::Fp8::E4M3, src, dst),
+        F8E5M2 => nf4_fp8::dequant_fp8(minifloat::Fp8::E5M2, src, dst),
     }
     Ok(())
 }
@@ -321,12 +341,21 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         Q8K => quantize::q8_k(src, dst),
         IQ4NL => quantize::iq4_nl(src, dst),
         Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::quantize_rtn(&lowbit::spec(ty).expect("low-bit type"), src, dst),
+        NF4 => nf4_fp8::quantize_nf4(src, dst),
+        F8E4M3 => nf4_fp8::quantize_fp8(minifloat::Fp8::E4M3, src, dst),
+        F8E5M2 => nf4_fp8::quantize_fp8(minifloat::Fp8::E5M2, src, dst),
     }
     Ok(())
 }
 
 impl GgmlType {
-    /// Every type: GGUF's in ggml id order, then edgellm's own.
+    /// edgellm's code-book and minifloat weight formats (NF4, FP8), whose dot
+    /// products take f32 activations: not in [`ALL`](Self::ALL), and GGUF has no
+    /// id for them ([`from_id`](Self::from_id) never yields them).
+    pub const MINIFLOATS: [GgmlType; 3] = [GgmlType::NF4, GgmlType::F8E4M3, GgmlType::F8E5M2];
+
+    /// Every type with ggml-style integer (or float) dot products: GGUF's in ggml
+    /// id order, then edgellm's packed low-bit formats (no GGUF id).
     pub const ALL: [GgmlType; 20] = [
         GgmlType::F32,
         GgmlType::F16,

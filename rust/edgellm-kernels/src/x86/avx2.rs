@@ -19,6 +19,7 @@ pub static KERNELS: Kernels = Kernels {
     vec_dot: super::quant_avx2::vec_dot,
     gemv_q: super::gemv_avx2::gemv_q,
     gemm_q: super::qgemm_avx2::gemm_q,
+    dequantize_row: super::nf4_fp8_avx2::dequantize_row,
 };
 
 // Safe entry points. Sound because `KERNELS` is only handed out by

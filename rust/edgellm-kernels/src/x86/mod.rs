@@ -7,3 +7,4 @@ pub mod gemv_avx2;
 pub mod lowbit_avx2;
 pub mod qgemm_avx2;
 pub mod quant_avx2;
+pub mod nf4_fp8_avx2;

@@ -46,6 +46,7 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
             Q8K => imp::q8_k(w, act, nb),
             Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => super::lowbit_avx2::vec_dot(ty, w, act, nb),
             F32 | F16 | BF16 => quant::float_dot(ty, w, act, n, super::avx2::KERNELS.dot_f32),
+            NF4 | F8E4M3 | F8E5M2 => super::nf4_fp8_avx2::vec_dot(ty, w, act, nb),
         }
     }
 }

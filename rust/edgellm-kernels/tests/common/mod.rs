@@ -56,7 +56,7 @@ impl Rng {
         let bb = ty.block_bytes();
         let mut w: Vec<u8> = (0..nb * bb).map(|_| self.next() as u8).collect();
         let f16_fields: &[usize] = match ty {
-            Q4_0 | Q5_0 | Q8_0 | IQ4NL | Q3G128 | Q2G128 => &[0],
+            Q4_0 | Q5_0 | Q8_0 | IQ4NL | Q3G128 | Q2G128 | NF4 | F8E4M3 | F8E5M2 => &[0],
             Q4_1 | Q5_1 | Q8_1 | Q4K | Q5K | Q3AG128 | Q2AG128 => &[0, 2],
             Q2K => &[80, 82],
             Q3K => &[108],
@@ -70,6 +70,14 @@ impl Rng {
             }
             if ty == Q8K {
                 blk[0..4].copy_from_slice(&(self.uniform() * 0.05).to_le_bytes());
+            }
+            // Finite FP8 codes only (E4M3: S.1111.111 is NaN; E5M2: exponent 11111).
+            for q in &mut blk[2..] {
+                match ty {
+                    F8E4M3 if *q & 0x7F == 0x7F => *q -= 1,
+                    F8E5M2 if *q & 0x7C == 0x7C => *q &= !0x04,
+                    _ => {}
+                }
             }
         }
         w

@@ -185,15 +185,27 @@ def main() -> None:
         "Decode: tg128 tokens/s after a one-token prompt, best of "
         f"{args.reps} runs; measured on a 2-core machine shared with other work, so treat it as indicative.",
         "",
-        "| format | perplexity | Δ vs f16 | loss vs int4 RTN g128 | size (MB) | decode (tok/s) | quantize time (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| format | perplexity | Δ vs f16 | loss vs int4 RTN g128 | loss vs RTN, same grid | size (MB) "
+        "| decode (tok/s) | quantize time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    # The RTN row of each grid (bits, symmetry, group), for the same-grid column.
+    spec_of = dict(ROWS)
+    grid_of = lambda sp: (sp.get("bits", 4), sp.get("symmetric", True), sp.get("group_size", 128))  # noqa: E731
+    rtn_ppl = {grid_of(spec_of[lab]): p for lab, p, *_ in results
+               if isinstance(spec_of.get(lab), dict) and spec_of[lab].get("method") == "rtn"
+               and "format" not in spec_of[lab] and "mixed_bpw" not in spec_of[lab]}
     for label, ppl, size, tps, secs in results:
         delta = 100.0 * (ppl / f16 - 1.0)
         rel = "" if ppl == f16 or rtn4 == f16 else f"{(ppl - f16) / (rtn4 - f16):.2f}×"
-        lines.append(f"| {label} | {ppl:.4f} | {delta:+.2f}% | {rel} | {size / 1e6:.2f} | {tps:.1f} | {secs:.1f} |")
+        sp = spec_of.get(label)
+        base_rtn = rtn_ppl.get(grid_of(sp)) if isinstance(sp, dict) and "format" not in sp else None
+        same = "" if base_rtn is None or base_rtn == f16 or sp.get("method") == "rtn" else f"{(ppl - f16) / (base_rtn - f16):.2f}×"
+        lines.append(f"| {label} | {ppl:.4f} | {delta:+.2f}% | {rel} | {same} | {size / 1e6:.2f} | {tps:.1f} | {secs:.1f} |")
     lines += [
         "",
+        "- \"loss vs RTN, same grid\": the same ratio against the RTN row of the row's own grid (bits, symmetry, "
+        "group): what the calibration method recovers over rounding on that grid.",
         "- \"loss vs int4 RTN g128\": (ppl − ppl_f16) / (ppl_RTN4 − ppl_f16); the issue's goal for GPTQ and AWQ "
         "at int4 group 128 is at most 0.7×.",
         "- int3/int2 rows use edgellm's packed group formats (one f16 scale, + an f16 min when asymmetric, per "

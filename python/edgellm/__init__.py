@@ -11,11 +11,13 @@ from ._core import __version__, active_isa, supported_isas
 from .errors import *  # noqa: F401,F403  (every exception class, listed in errors.__all__)
 from .model import Model, Tokenizer, default_model_path, generate, load
 from .calibrate import quantize
+from .ops import matmul
 
 __all__ = [
     "__version__",
     "load",
     "quantize",
+    "matmul",
     "generate",
     "default_model_path",
     "Model",

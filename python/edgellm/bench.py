@@ -68,3 +68,31 @@ def run(model: Model, prompt_tokens: int = 512, gen_tokens: int = 128, reps: int
     if tg:
         out[f"tg{gen_tokens}"] = _summary(tg)
     return out
+
+
+def gemm_vs_numpy(sizes: List[int], threads: int = 2, reps: int = 5) -> List[Dict[str, Any]]:
+    """f32 GEMM speed of :func:`edgellm.matmul` against numpy's ``@`` (its BLAS) on
+    square ``n × n`` products, interleaved repetitions, best of ``reps`` each.
+    numpy's BLAS thread count is the one it was started with (set
+    ``OPENBLAS_NUM_THREADS`` before importing numpy to match ``threads``)."""
+    from .ops import matmul
+
+    out = []
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        matmul(a, b, threads=threads)  # pool start-up and first-touch outside the timing
+        ours, theirs = float("inf"), float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            c = matmul(a, b, threads=threads)
+            ours = min(ours, time.perf_counter() - t)
+            t = time.perf_counter()
+            ref = a @ b
+            theirs = min(theirs, time.perf_counter() - t)
+        err = float(np.abs(c - ref).max() / max(np.abs(ref).max(), 1e-30))
+        flops = 2.0 * n * n * n
+        out.append({"n": n, "edgellm_gflops": flops / ours / 1e9, "numpy_gflops": flops / theirs / 1e9,
+                    "ratio": theirs / ours, "max_rel_diff": err})
+    return out

@@ -276,6 +276,16 @@ def cmd_perplexity(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
 
+    if a.gemm:
+        sizes = [int(x) for x in a.gemm.split(",") if x.strip()]
+        rows = bench.gemm_vs_numpy(sizes, threads=a.threads or 2, reps=a.reps)
+        if a.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'n':>6} {'edgellm GFLOP/s':>16} {'numpy GFLOP/s':>14} {'ratio':>7}")
+        for r in rows:
+            print(f"{r['n']:>6} {r['edgellm_gflops']:>16.1f} {r['numpy_gflops']:>14.1f} {r['ratio']:>6.2f}x")
+        return 0
     model = _load(a)
     r = bench.run(model, prompt_tokens=a.p, gen_tokens=a.n, reps=a.reps)
     if a.bandwidth:
@@ -374,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=128, help="generated tokens (tg test; 0 to skip)")
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("--bandwidth", action="store_true", help="also probe memory bandwidth and report the decode bound")
+    p.add_argument("--gemm", default=None, metavar="SIZES",
+                   help="instead: f32 GEMM of n×n matrices (e.g. 512,1024,2048) against numpy's BLAS, "
+                        "-t threads (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -384,9 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=4, choices=[8, 4, 3, 2])
     p.add_argument("--group-size", type=int, default=128, help="columns per scale: a multiple of 32, or -1 (per row)")
     p.add_argument("--asymmetric", action="store_true", help="zero-points (q4_1, q3a_g128, q2a_g128) instead of symmetric")
-    p.add_argument("--format", default=None,
-                   help="block type (default from --bits: q8_0, q4_0/q4_1, q3_g128/q3a_g128, q2_g128/q2a_g128); "
-                        "q4_0/q4_1 stores 3/2-bit grids in 4-bit blocks")
     p.add_argument("--calibration", action="append", default=None, metavar="FILE",
                    help="calibration text file (repeatable; default: the embedded model's sample, RTN needs none)")
     p.add_argument("--format", default=None, metavar="TYPE",

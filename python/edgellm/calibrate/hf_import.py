@@ -68,9 +68,10 @@ def quant_method(directory: Union[str, "os.PathLike[str]"]) -> Optional[str]:
     if not cfg.is_file():
         return None
     try:
-        qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config")
+        config = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # the engine's loader reports an unreadable config.json
+    qc = config.get("quantization_config") if isinstance(config, dict) else None  # (and a non-object one)
     if not isinstance(qc, dict):
         return None
     m = str(qc.get("quant_method", "")).lower()

@@ -1,0 +1,81 @@
+"""edgellm.matmul: the packed f32 GEMM from Python, against numpy in float64, on
+every kernel path this CPU has, odd shapes, thread counts and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import edgellm
+
+
+def _check(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    mag = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    tol = (a.shape[1] + 2) * np.finfo(np.float32).eps * mag + 1e-30
+    assert c.shape == want.shape and c.dtype == np.float32
+    assert np.all(np.abs(c - want) <= tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    k=st.integers(1, 300),
+    m=st.integers(1, 70),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_float64_on_every_path(n, k, m, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal((k, m), dtype=np.float32)
+    for isa in edgellm.supported_isas():
+        _check(a, b, edgellm.matmul(a, b, threads=2, isa=isa))
+
+
+def test_large_blocked_shape_and_thread_independence():
+    # Past the k-block (256) and column-block sizes; results bit-identical for any thread count.
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((67, 600), dtype=np.float32)
+    b = rng.standard_normal((600, 531), dtype=np.float32)
+    outs = [edgellm.matmul(a, b, threads=t) for t in (1, 2, 3)]
+    _check(a, b, outs[0])
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+
+
+def test_converts_inputs_and_handles_empty():
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    b = np.asfortranarray(np.ones((4, 2), dtype=np.float16))
+    c = edgellm.matmul(a, b)
+    assert np.array_equal(c, (a @ b.astype(np.float64)).astype(np.float32))
+    assert edgellm.matmul(np.zeros((0, 4)), np.zeros((4, 3))).shape == (0, 3)
+    assert np.array_equal(edgellm.matmul(np.zeros((2, 0)), np.zeros((0, 3))), np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "a, b, kwargs, match",
+    [
+        (np.zeros((2, 3)), np.zeros((4, 2)), {}, "a is 2 × 3 but b is 4 × 2"),
+        (np.zeros(3), np.zeros((3, 2)), {}, "2-D"),
+        (np.zeros((2, 3)), np.zeros((3, 2)), {"threads": 0}, "threads"),
+        (np.zeros((2, 3)), np.zeros((3, 2)), {"isa": "vliw9000"}, "vliw9000"),
+    ],
+)
+def test_bad_arguments_raise_invalid_argument(a, b, kwargs, match):
+    with pytest.raises(edgellm.InvalidArgumentError, match=match):
+        edgellm.matmul(a, b, **kwargs)
+
+
+def test_cli_bench_gemm_reports_ratios():
+    out = subprocess.run(
+        [sys.executable, "-m", "edgellm", "bench", "--gemm", "64,96", "-t", "2", "-r", "1", "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = json.loads(out)
+    assert [r["n"] for r in rows] == [64, 96]
+    for r in rows:
+        assert r["edgellm_gflops"] > 0 and r["numpy_gflops"] > 0 and r["max_rel_diff"] < 1e-4

@@ -110,8 +110,7 @@ def _sensitivity_plan(
             g = gram(caps[key])
             for n in readers:
                 w = layer.w[n]
-                fits = w.shape[1] % NATIVE_FORMATS[native][0] == 0 if native else _fits(grid, w.shape[1])
-                if not fits:
+                if not _fits(grid, w.shape[1]):
                     continue
                 ref = output_error(w, np.zeros_like(w), g)
                 err = output_error(w, rtn(w, grid).dequantize(), g) / ref if ref > 0 else 0.0

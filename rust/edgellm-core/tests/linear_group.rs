@@ -5,20 +5,14 @@
 //! per-layer fallback), and thread counts.
 
 use edgellm_core::ops::Linear;
+use edgellm_core::rng::Rng;
 use edgellm_core::tensor::Tensor;
 use edgellm_kernels::quant::GgmlType;
 use edgellm_kernels::{Isa, Kernels};
 
 fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| (2.0 * r.next_f64() - 1.0) as f32).collect()
 }
 
 fn layer(seed: u64, rows: usize, cols: usize, ty: Option<GgmlType>, bias: bool) -> Linear {

@@ -30,6 +30,7 @@ pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f3
 
 mod imp {
     use super::*;
+    use crate::x86::simd::{hsum_i32, hsum_ps};
 
     /// The order in which [`reduce8`] leaves the sums of eight blocks.
     const ORD: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
@@ -81,19 +82,7 @@ mod imp {
         _mm256_loadu_si256(p as *const __m256i)
     }
 
-    #[inline(always)]
-    unsafe fn hsum_i32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
-    }
 
-    #[inline(always)]
-    unsafe fn hsum_ps(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
 
     /// Four pair sums (each 4 × i32 of block 2j in the low half, block 2j+1 in the
     /// high half) → one vector of the eight block sums, in [`ORD`].

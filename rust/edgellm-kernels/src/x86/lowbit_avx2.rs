@@ -7,6 +7,7 @@
 
 use crate::quant::{lowbit, GgmlType};
 use core::arch::x86_64::*;
+use super::simd::hsum_ps as hsum;
 
 /// `Σ dequant(w)·dequant(act)` over `nb` blocks of 128 (lengths already checked).
 ///
@@ -37,13 +38,6 @@ variant!(q3a, 3, true);
 variant!(q2s, 2, false);
 variant!(q2a, 2, true);
 
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
 
 /// Four i32×8 vectors reduced to `[Σp0, Σp1, Σp2, Σp3]` per 128-bit lane (the
 /// low lane holds the sums of lanes 0..4, the high lane of 4..8).

@@ -57,18 +57,13 @@ pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 
 mod imp {
     use super::*;
+    use crate::x86::simd::hsum_ps as hsum;
 
     #[inline(always)]
     unsafe fn f16_ld(p: *const u8) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
     }
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
 
     /// The 16 FP8 codes at `p` as f32 (E4M3: `value / 256`), elements 0..8 and 8..16.
     #[inline(always)]

@@ -53,16 +53,10 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
 
 mod imp {
     use super::*;
+    use crate::x86::simd::hsum_ps as hsum;
     use crate::quant::blocks::*;
     use crate::quant::q3k_scales;
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 
     /// The two f16 values at `p` (4 readable bytes) as lanes 0 and 1. One `vmovd`
     /// writes the whole register: converting a lone u16 let LLVM insert it into a

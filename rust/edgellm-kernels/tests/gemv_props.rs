@@ -39,16 +39,13 @@ fn check(ty: GgmlType, rows: usize, nb: usize, seed: u64, raw: bool) {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
-}
 
 fn quantized_types() -> impl Iterator<Item = GgmlType> {
     GgmlType::ALL.into_iter().chain(GgmlType::MINIFLOATS).filter(|t| t.is_quantized())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24, 24)))]
 
     #[test]
     fn gemv_q_matches_vec_dot_and_f64(

@@ -81,16 +81,9 @@ fn bad_codes_and_lengths_are_errors() {
     assert!(lowbit::pack_row(GgmlType::Q4_0, &[0; 128], &[f16::ZERO], &[], &mut [0u8; 72]).is_err());
 }
 
-fn cases() -> u32 {
-    if cfg!(target_arch = "aarch64") {
-        8
-    } else {
-        32
-    }
-}
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(32, 8)))]
 
     #[test]
     fn codes_round_trip_and_dequantize_exactly(seed in any::<u64>(), nb in prop::sample::select(vec![1usize, 3, 31])) {

@@ -250,16 +250,9 @@ fn lengths_are_checked() {
     }
 }
 
-fn cases() -> u32 {
-    if cfg!(target_arch = "aarch64") {
-        12
-    } else {
-        64
-    }
-}
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64, 12)))]
 
     #[test]
     fn paths_agree(seed in any::<u64>(), nb in 1usize..40, e in -4i32..3) {

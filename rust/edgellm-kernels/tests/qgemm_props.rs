@@ -89,12 +89,9 @@ fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
-}
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24, 24)))]
 
     #[test]
     fn gemm_q_matches_vec_dot_and_f64(

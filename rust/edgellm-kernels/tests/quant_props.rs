@@ -164,17 +164,9 @@ fn roundtrip_error_stats() {
     }
 }
 
-fn cases() -> u32 {
-    // Fewer under qemu (aarch64 runs are emulated).
-    if cfg!(target_arch = "aarch64") {
-        12
-    } else {
-        48
-    }
-}
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48, 12)))]
 
     #[test]
     fn roundtrip_within_bound(seed in any::<u64>(), nb in prop::sample::select(vec![1usize, 3, 7]), e in -6i32..4) {

@@ -9,6 +9,16 @@ pub fn paths() -> Vec<&'static Kernels> {
     Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
 }
 
+/// Property-test cases per test: `PROPTEST_CASES` when set, else `native`, or
+/// `emulated` on aarch64 (whose runs are emulated under qemu).
+pub fn cases(native: u32, emulated: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(if cfg!(target_arch = "aarch64") {
+        emulated
+    } else {
+        native
+    })
+}
+
 /// xorshift64, seeded so that any seed (0 included) works.
 pub struct Rng(u64);
 

@@ -34,6 +34,14 @@ pub struct Kernels {
     pub dot_f16: fn(&[f16], &[f32]) -> f32,
     /// Dot product of a bf16 weight row with an f32 activation vector.
     pub dot_bf16: fn(&[bf16], &[f32]) -> f32,
+    /// The decode GEMV of f32 weights: `out[r] = dot_f32(w_r, x)` for every row
+    /// `w_r` of `w` (`out.len()` rows of `x.len()` elements), bit-identical to
+    /// `dot_f32` row by row. Panics on a length mismatch.
+    pub gemv_f32: fn(w: &[f32], x: &[f32], out: &mut [f32]),
+    /// [`Self::gemv_f32`] for f16 weights (bit-identical to `dot_f16`).
+    pub gemv_f16: fn(w: &[f16], x: &[f32], out: &mut [f32]),
+    /// [`Self::gemv_f32`] for bf16 weights (bit-identical to `dot_bf16`).
+    pub gemv_bf16: fn(w: &[bf16], x: &[f32], out: &mut [f32]),
     /// `y += alpha * x`.
     pub axpy: fn(alpha: f32, x: &[f32], y: &mut [f32]),
     /// Widen f16 to f32 (`dst.len() == src.len()`).

@@ -9,6 +9,9 @@ pub static KERNELS: Kernels = Kernels {
     dot_f32,
     dot_f16,
     dot_bf16,
+    gemv_f32: |w, x, out| gemv_with(dot_f32, w, x, out),
+    gemv_f16: |w, x, out| gemv_with(dot_f16, w, x, out),
+    gemv_bf16: |w, x, out| gemv_with(dot_bf16, w, x, out),
     axpy,
     f16_to_f32,
     bf16_to_f32,
@@ -25,6 +28,16 @@ pub static KERNELS: Kernels = Kernels {
 pub fn dequantize_row(ty: crate::quant::GgmlType, src: &[u8], dst: &mut [f32]) {
     if let Err(e) = crate::quant::dequantize_row(ty, src, dst) {
         panic!("dequantize_row: {e}");
+    }
+}
+
+/// A float GEMV as one `dot` per row (`out.len()` rows of `x.len()` elements):
+/// the reference, and the tables without a multi-row kernel.
+pub(crate) fn gemv_with<E>(dot: fn(&[E], &[f32]) -> f32, w: &[E], x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    assert_eq!(w.len(), n * out.len(), "gemv: weight length mismatch");
+    for (r, y) in out.iter_mut().enumerate() {
+        *y = dot(&w[r * n..(r + 1) * n], x);
     }
 }
 

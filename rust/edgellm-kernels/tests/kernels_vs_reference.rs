@@ -103,6 +103,54 @@ fn check_matmul(n: usize, m: usize, k: usize, seed: u64) {
     }
 }
 
+/// The float decode GEMVs: row by row bit-identical to the same table's dot, and
+/// within f32 summation error of f64 (so also of the scalar reference).
+fn check_gemv(rows: usize, n: usize, seed: u64) {
+    let w = data(seed, rows * n);
+    let x = data(seed + 3, n);
+    let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let bh: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    for k in paths() {
+        let name = k.isa.name();
+        let mut out = vec![f32::NAN; rows];
+        (k.gemv_f32)(&w, &x, &mut out);
+        for (r, &o) in out.iter().enumerate() {
+            let row = &w[r * n..(r + 1) * n];
+            assert_eq!(o.to_bits(), (k.dot_f32)(row, &x).to_bits(), "{name} gemv_f32 {rows}x{n} row {r}");
+            assert!(close(o, dot_f64(row.iter().copied(), &x), n), "{name} gemv_f32 vs f64");
+        }
+        (k.gemv_f16)(&h, &x, &mut out);
+        for (r, &o) in out.iter().enumerate() {
+            let row = &h[r * n..(r + 1) * n];
+            assert_eq!(o.to_bits(), (k.dot_f16)(row, &x).to_bits(), "{name} gemv_f16 {rows}x{n} row {r}");
+            assert!(close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n), "{name} gemv_f16 vs f64");
+        }
+        (k.gemv_bf16)(&bh, &x, &mut out);
+        for (r, &o) in out.iter().enumerate() {
+            let row = &bh[r * n..(r + 1) * n];
+            assert_eq!(o.to_bits(), (k.dot_bf16)(row, &x).to_bits(), "{name} gemv_bf16 {rows}x{n} row {r}");
+            assert!(close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n), "{name} gemv_bf16 vs f64");
+        }
+    }
+}
+
+#[test]
+fn gemv_on_odd_shapes() {
+    for (i, &n) in ODD_LENGTHS.iter().enumerate() {
+        for rows in [1usize, 2, 5] {
+            check_gemv(rows, n, 100 + i as u64);
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "weight length mismatch")]
+fn gemv_rejects_a_short_weight() {
+    let k = Kernels::for_isa(Isa::best()).unwrap();
+    let mut out = vec![0f32; 3];
+    (k.gemv_f32)(&[0.0; 8], &[0.0; 3], &mut out);
+}
+
 #[test]
 fn matmul_edge_shapes() {
     for &(n, m, k) in &[(1, 1, 1), (3, 4, 8), (4, 5, 33), (7, 9, 31), (13, 17, 255), (2, 64, 64)] {
@@ -115,6 +163,11 @@ proptest! {
     #[test]
     fn dots_random(n in 0usize..600, seed in any::<u64>()) {
         check_all(n, seed);
+    }
+
+    #[test]
+    fn gemv_random(rows in 1usize..9, n in 0usize..300, seed in any::<u64>()) {
+        check_gemv(rows, n, seed);
     }
 
     #[test]

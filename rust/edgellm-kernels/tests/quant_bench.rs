@@ -98,3 +98,33 @@ fn vec_dot_throughput() {
         println!("quantize_act to {} of {K} floats: {:.2} µs", edgellm_kernels::quant::vec_dot_type(at).name(), t * 1e6);
     }
 }
+
+/// Float decode GEMV (`gemv_f16`), single thread, GB/s of weight bytes: hot in
+/// cache (64 rows × 2048, 256 KiB, over and over) and streamed (`16·ROWS` rows,
+/// 128 MiB, past the caches like a decode step's layers).
+#[test]
+#[ignore]
+fn float_gemv_throughput() {
+    use edgellm_kernels::f16;
+    const N: usize = 2048;
+    const R: usize = 16 * ROWS;
+    let x = row(1, N);
+    let w16: Vec<f16> = row(2, N * R).into_iter().map(f16::from_f32).collect();
+    println!("single thread gemv_f16, {N} columns: GB/s of weight bytes (64 rows hot | {R} rows streamed)");
+    for isa in Isa::supported() {
+        let k = Kernels::for_isa(isa).unwrap();
+        let mut y = vec![0f32; R];
+        let reps = 200;
+        let hot = time(|| {
+            for _ in 0..reps {
+                (k.gemv_f16)(black_box(&w16[..64 * N]), &x, &mut y[..64]);
+            }
+        });
+        let streamed = time(|| {
+            (k.gemv_f16)(&w16, &x, &mut y);
+            black_box(&y);
+        });
+        let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
+        println!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(2 * 64 * N * reps, hot), gbs(2 * N * R, streamed));
+    }
+}

@@ -2,7 +2,7 @@
 //! every output element is computed by one thread in a fixed order: results do not
 //! depend on the number of threads.
 
-use super::par::SharedMut;
+use super::par::{for_each_claimed, SharedMut};
 use crate::tensor::{DType, Tensor};
 use super::matmul::{par_gemm, BSource};
 use edgellm_kernels::gemm::{pack_a, BRows};
@@ -91,8 +91,13 @@ impl Linear {
     /// weights dot with the activation quantized once to the matching int8 format.
     fn gemv(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
         let act = self.quantize_input(k, x);
-        let chunk = gemv_chunk(out.len());
-        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| self.gemv_rows(k, x, act.as_deref(), c * chunk, o));
+        let (m, chunk) = (out.len(), gemv_chunk(out.len()));
+        let shared = SharedMut::new(out);
+        for_each_claimed(m.div_ceil(chunk), |c| {
+            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
+            // SAFETY: chunk c alone writes rows r0..r1.
+            self.gemv_rows(k, x, act.as_deref(), r0, unsafe { shared.slice(r0, r1 - r0) });
+        });
     }
 
     /// The input row quantized to this layer's activation format (`None` for float
@@ -111,14 +116,12 @@ impl Linear {
         let n = x.len();
         match (self.float_rows(), act) {
             (Some(rows), _) => {
-                for (i, y) in out.iter_mut().enumerate() {
-                    let range = (r0 + i) * n..(r0 + i + 1) * n;
-                    *y = match rows {
-                        BRows::F32(w) => (k.dot_f32)(&w[range], x),
-                        BRows::F16(w) => (k.dot_f16)(&w[range], x),
-                        BRows::Bf16(w) => (k.dot_bf16)(&w[range], x),
-                        BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
-                    };
+                let range = r0 * n..(r0 + out.len()) * n;
+                match rows {
+                    BRows::F32(w) => (k.gemv_f32)(&w[range], x, out),
+                    BRows::F16(w) => (k.gemv_f16)(&w[range], x, out),
+                    BRows::Bf16(w) => (k.gemv_bf16)(&w[range], x, out),
+                    BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                 }
             }
             (None, Some(act)) => {
@@ -169,7 +172,8 @@ impl Linear {
             })
             .collect();
         let outs: Vec<SharedMut> = group.iter_mut().map(|(_, o)| SharedMut::new(o)).collect();
-        tasks.par_iter().for_each(|&(i, r0, r1)| {
+        for_each_claimed(tasks.len(), |t| {
+            let (i, r0, r1) = tasks[t];
             // SAFETY: tasks cover disjoint row ranges of each output.
             let o = unsafe { outs[i].slice(r0, r1 - r0) };
             group[i].0.gemv_rows(k, x, acts[act_of[i]].1.as_deref(), r0, o);

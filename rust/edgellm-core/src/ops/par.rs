@@ -19,3 +19,23 @@ impl SharedMut {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
+
+/// Runs `f(i)` for every `i < items` on the current pool, each pool thread
+/// claiming the next unclaimed item in order. For streaming GEMVs: the threads
+/// read neighbouring row blocks, one front moving through the weights, where a
+/// split into halves would read two distant streams (measured on a 2-core Zen 3:
+/// 26 GB/s for f16 decode split in halves, against about 45 GB/s claimed in
+/// order). Which thread runs an item never changes what it computes.
+pub(crate) fn for_each_claimed(items: usize, f: impl Fn(usize) + Sync) {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().min(items);
+    (0..workers).into_par_iter().for_each(|_| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= items {
+            break;
+        }
+        f(i);
+    });
+}

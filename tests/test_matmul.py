@@ -79,3 +79,14 @@ def test_cli_bench_gemm_reports_ratios():
     assert [r["n"] for r in rows] == [64, 96]
     for r in rows:
         assert r["edgellm_gflops"] > 0 and r["numpy_gflops"] > 0 and r["max_rel_diff"] < 1e-4
+
+
+def test_bandwidth_probe_measures_and_rejects_bad_arguments():
+    from edgellm import bench
+
+    gbs = bench.bandwidth_probe(mib=16, reps=2, threads=2)
+    assert np.isfinite(gbs) and gbs > 0
+    with pytest.raises(edgellm.InvalidArgumentError, match="at least 1"):
+        bench.bandwidth_probe(mib=0)
+    with pytest.raises(edgellm.InvalidArgumentError, match="threads"):
+        bench.bandwidth_probe(mib=1, threads=0)

@@ -36,3 +36,11 @@ fn not_contiguous(name: &str) -> PyErr {
 fn shape2(s: &[usize]) -> [usize; 2] {
     [s[0], s[1]]
 }
+
+/// Sustained memory read bandwidth in GB/s (see `edgellm.bench.bandwidth_probe`),
+/// with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (mib=1024, reps=5, threads=None))]
+pub fn read_bandwidth(py: Python<'_>, mib: usize, reps: usize, threads: Option<usize>) -> PyResult<f64> {
+    py.detach(|| edgellm_core::ops::bandwidth::read_bandwidth(mib, reps, threads)).map_err(to_py)
+}

@@ -86,7 +86,7 @@ pub fn matmul_f32(a: &[f32], n: usize, k: usize, b: &[f32], m: usize, threads: O
 
 /// One pool per thread count, kept for the process: starting threads per call
 /// would cost more than a 512³ product's split saves.
-fn pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
+pub(crate) fn pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
     static POOLS: OnceLock<Mutex<HashMap<Option<usize>, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = pools.get(&threads) {

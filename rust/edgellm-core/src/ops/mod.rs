@@ -4,6 +4,7 @@ pub mod linear;
 pub mod matmul;
 pub mod norm;
 pub mod activation;
+pub mod bandwidth;
 pub(crate) mod par;
 
 pub use linear::Linear;

@@ -78,70 +78,30 @@ pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f3
 /// holds one row; bit-identical to the scalar `vec_dot`. Other types: the NEON
 /// `vec_dot` per (row, token) pair.
 pub(crate) fn gemm_q(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize, s: &mut quant::qgemm::QGemmScratch) {
-    use quant::qgemm::{check_gemm_q, pack_panel, panel_layout, PANEL};
-    let (ty, k) = (qa.ty(), qa.k());
-    let l = match (ty, panel_layout(ty)) {
-        (GgmlType::Q4_0 | GgmlType::Q8_0, Some(l)) => l,
-        _ => return quant::qgemm::gemm_q_with(vec_dot, w, qa, out, ldo),
-    };
-    let (rows, n) = check_gemm_q(w, qa, out, ldo);
-    if rows == 0 || n == 0 {
-        return;
+    match qa.ty() {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => quant::qgemm::gemm_q_panels(&NeonPanels { dot: has_dotprod() }, w, qa, out, ldo, s),
+        _ => quant::qgemm::gemm_q_with(vec_dot, w, qa, out, ldo),
     }
-    let rb = ty.row_bytes(k).unwrap();
-    let ab = quant::vec_dot_type(ty).row_bytes(k).unwrap();
-    let nb = k / l.elems;
-    let panels = rows.div_ceil(PANEL);
-    let pb = nb * l.stride;
-    s.w.resize(panels * pb, 0);
-    for p in 0..panels {
-        let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
-        pack_panel(ty, &w[r0 * rb..r1 * rb], rb, k, &mut s.w[p * pb..(p + 1) * pb]);
-    }
-    let acts = qa.bytes();
-    let (da, sa) = (qa.da.as_slice(), qa.sa.as_slice());
-    assert!(da.len() == n * nb && (ty != GgmlType::Q4_0 || sa.len() == n * nb));
-    let dot = has_dotprod();
-    let nt = ((96 * 1024) / ab).clamp(4, 1024) / 4 * 4;
-    let mut res = [[0f32; PANEL]; 4];
-    for t0 in (0..n).step_by(nt) {
-        let t1 = (t0 + nt).min(n);
-        for p in 0..panels {
-            let panel = s.w[p * pb..(p + 1) * pb].as_ptr();
-            let (r0, nr) = (p * PANEL, PANEL.min(rows - p * PANEL));
-            let mut t = t0;
-            while t < t1 {
-                let c = 4.min(t1 - t);
-                let tile = imp::PanelTile {
-                    panel,
-                    nb,
-                    stride: l.stride,
-                    d: l.d,
-                    acts: acts[t * ab..].as_ptr(),
-                    ab,
-                    da: da[t * nb..].as_ptr(),
-                    sa: if ty == GgmlType::Q4_0 { sa[t * nb..].as_ptr() } else { core::ptr::null() },
-                };
-                // Sound: NEON is present wherever this table is handed out, the
-                // dotprod variant runs only where the CPU reports dotprod, and the
-                // tile covers `c` whole activation rows, their scales and the panel.
-                unsafe {
-                    match (c, dot) {
-                        (4, true) => imp::panel_tile_dot::<4>(&tile, &mut res),
-                        (3, true) => imp::panel_tile_dot::<3>(&tile, &mut res),
-                        (2, true) => imp::panel_tile_dot::<2>(&tile, &mut res),
-                        (_, true) => imp::panel_tile_dot::<1>(&tile, &mut res),
-                        (4, false) => imp::panel_tile_neon::<4>(&tile, &mut res),
-                        (3, false) => imp::panel_tile_neon::<3>(&tile, &mut res),
-                        (2, false) => imp::panel_tile_neon::<2>(&tile, &mut res),
-                        (_, false) => imp::panel_tile_neon::<1>(&tile, &mut res),
-                    }
-                }
-                for (i, rr) in res.iter().enumerate().take(c) {
-                    out[(t + i) * ldo + r0..][..nr].copy_from_slice(&rr[..nr]);
-                }
-                t += c;
-            }
+}
+
+/// The NEON tile kernels (q4_0, q8_0), with or without dotprod. Only built by
+/// [`gemm_q`], which the NEON table alone reaches; `dot` only where the CPU
+/// reports dotprod.
+struct NeonPanels {
+    dot: bool,
+}
+
+impl quant::qgemm::PanelKernels for NeonPanels {
+    unsafe fn tile(&self, _ty: GgmlType, x: &quant::qgemm::PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
+        match (tokens, self.dot) {
+            (4, true) => imp::panel_tile_dot::<4>(x, res),
+            (3, true) => imp::panel_tile_dot::<3>(x, res),
+            (2, true) => imp::panel_tile_dot::<2>(x, res),
+            (_, true) => imp::panel_tile_dot::<1>(x, res),
+            (4, false) => imp::panel_tile_neon::<4>(x, res),
+            (3, false) => imp::panel_tile_neon::<3>(x, res),
+            (2, false) => imp::panel_tile_neon::<2>(x, res),
+            (_, false) => imp::panel_tile_neon::<1>(x, res),
         }
     }
 }
@@ -476,20 +436,7 @@ pub(super) mod imp {
         sum
     }
 
-    /// A q4_0/q8_0 register tile of the interleaved GEMM (see `gemm_q`).
-    pub(super) struct PanelTile {
-        pub panel: *const u8,
-        pub nb: usize,
-        pub stride: usize,
-        /// Offset of the 8 f32 weight scales in a packed block.
-        pub d: usize,
-        pub acts: *const u8,
-        pub ab: usize,
-        /// Activation scales, `nb` per row.
-        pub da: *const f32,
-        /// q4_0: `8 · Σ a` per block, `nb` per row; null for q8_0.
-        pub sa: *const i32,
-    }
+    use crate::quant::qgemm::PanelTile;
 
     /// Per 32-bit lane `i`: `acc[i] += Σ_j w[4i + j] · a[4i + j]`, exact (both
     /// variants keep each lane's 4 products in that lane).
@@ -509,21 +456,21 @@ pub(super) mod imp {
     unsafe fn panel_tile<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
         let mut acc = [[vdupq_n_f32(0.0); 2]; T];
         for b in 0..x.nb {
-            let wb = x.panel.add(b * x.stride);
+            let wb = x.panel.add(b * x.l.stride);
             let mut s32 = [[vdupq_n_s32(0); 2]; T];
             for g in 0..8 {
                 let w0 = ld_s8(wb.add(32 * g));
                 let w1 = ld_s8(wb.add(32 * g + 16));
                 for (t, st) in s32.iter_mut().enumerate() {
-                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(x.acts.add(t * x.ab + 34 * b + 2 + 4 * g) as *const i32));
+                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(x.row(t).add(34 * b + 2 + 4 * g) as *const i32));
                     st[0] = dot4::<DOT>(st[0], w0, y);
                     st[1] = dot4::<DOT>(st[1], w1, y);
                 }
             }
-            let dw = [vld1q_f32(wb.add(x.d) as *const f32), vld1q_f32(wb.add(x.d + 16) as *const f32)];
+            let dw = [vld1q_f32(wb.add(x.l.d) as *const f32), vld1q_f32(wb.add(x.l.d + 16) as *const f32)];
             for t in 0..T {
-                let da = vdupq_n_f32(*x.da.add(t * x.nb + b));
-                let off = if x.sa.is_null() { vdupq_n_s32(0) } else { vdupq_n_s32(*x.sa.add(t * x.nb + b)) };
+                let da = vdupq_n_f32(*x.da.as_ptr().add(t * x.nb + b));
+                let off = if x.sa.is_empty() { vdupq_n_s32(0) } else { vdupq_n_s32(*x.sa.as_ptr().add(t * x.nb + b)) };
                 for h in 0..2 {
                     // (d_w · d_a) · isum, then the running sum: the scalar order.
                     let isum = vcvtq_f32_s32(vsubq_s32(s32[t][h], off));

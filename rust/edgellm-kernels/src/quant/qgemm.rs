@@ -94,6 +94,104 @@ pub struct QGemmScratch {
     pub(crate) w: Vec<u8>,
 }
 
+/// Tokens per register tile of the interleaved kernels.
+pub(crate) const TILE_TOKENS: usize = 4;
+
+/// One register tile of the interleaved kernels: a packed panel and up to
+/// [`TILE_TOKENS`] consecutive activation rows.
+pub(crate) struct PanelTile<'a> {
+    /// The packed panel: `nb` blocks of `l.stride` bytes.
+    pub panel: *const u8,
+    pub nb: usize,
+    pub l: PanelLayout,
+    /// The first activation row (`ab` bytes per row).
+    pub acts: *const u8,
+    pub ab: usize,
+    /// q4_0/q8_0: activation scales from the first row on (`nb` per row).
+    pub da: &'a [f32],
+    /// q4_0: `8 · Σ a` per block from the first row on; empty otherwise.
+    pub sa: &'a [i32],
+}
+
+impl PanelTile<'_> {
+    /// Activation row `t` of the tile.
+    #[inline(always)]
+    pub(crate) unsafe fn row(&self, t: usize) -> *const u8 {
+        self.acts.add(t * self.ab)
+    }
+}
+
+/// The instruction-set specific half of the interleaved GEMM; [`gemm_q_panels`]
+/// is the other (packing every panel once, streaming token tiles past it).
+pub(crate) trait PanelKernels {
+    /// Packs up to [`PANEL`] weight rows of `ty` (`rb` bytes, `k` elements each)
+    /// into `out` in the layout `l` (which is `panel_layout(ty)`).
+    fn pack(&self, ty: GgmlType, w: &[u8], rb: usize, k: usize, l: PanelLayout, out: &mut [u8]) {
+        let _ = l;
+        pack_panel(ty, w, rb, k, out)
+    }
+    /// `res[i][r] = vec_dot(row r of the panel, activation row i of the tile)`
+    /// for `i < tokens` (1 ..= [`TILE_TOKENS`]).
+    ///
+    /// # Safety
+    /// The tile's panel holds `nb` packed blocks of `ty`, its activations
+    /// `tokens` whole rows (with their `da`/`sa` entries), and the CPU runs the
+    /// implementation's instructions.
+    unsafe fn tile(&self, ty: GgmlType, tile: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+}
+
+/// `gemm_q` through the interleaved kernels of `kern` (for types with a
+/// [`panel_layout`]): every panel of [`PANEL`] weight rows packed once per call,
+/// then, for blocks of tokens whose activations (~96 KiB) stay in L2, each panel
+/// against tiles of [`TILE_TOKENS`] tokens.
+pub(crate) fn gemm_q_panels(kern: &impl PanelKernels, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
+    let (ty, k) = (qa.ty, qa.k);
+    let l = panel_layout(ty).expect("gemm_q_panels: a type with a panel layout");
+    let (rows, n) = check_gemm_q(w, qa, out, ldo);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let rb = ty.row_bytes(k).unwrap();
+    let ab = vec_dot_type(ty).row_bytes(k).unwrap();
+    let nb = k / l.elems;
+    let (panels, pb) = (rows.div_ceil(PANEL), nb * l.stride);
+    s.w.resize(panels * pb, 0);
+    for p in 0..panels {
+        let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
+        kern.pack(ty, &w[r0 * rb..r1 * rb], rb, k, l, &mut s.w[p * pb..(p + 1) * pb]);
+    }
+    let per_row = |v: usize, t: usize| if v == 0 { 0 } else { t * nb };
+    assert!(qa.da.len() == per_row(qa.da.len(), n) && qa.sa.len() == per_row(qa.sa.len(), n));
+    let nt = ((96 * 1024) / ab).clamp(TILE_TOKENS, 1024) / TILE_TOKENS * TILE_TOKENS;
+    let mut res = [[0f32; PANEL]; TILE_TOKENS];
+    for t0 in (0..n).step_by(nt) {
+        let t1 = (t0 + nt).min(n);
+        for p in 0..panels {
+            let (r0, nr) = (p * PANEL, PANEL.min(rows - p * PANEL));
+            let mut t = t0;
+            while t < t1 {
+                let c = TILE_TOKENS.min(t1 - t);
+                let tile = PanelTile {
+                    panel: s.w[p * pb..(p + 1) * pb].as_ptr(),
+                    nb,
+                    l,
+                    acts: qa.bytes[t * ab..].as_ptr(),
+                    ab,
+                    da: &qa.da[per_row(qa.da.len(), t)..],
+                    sa: &qa.sa[per_row(qa.sa.len(), t)..],
+                };
+                // Sound: the panel was packed above for `nb` blocks of `ty`; tokens
+                // t..t + c are whole rows of `qa` with their per-block tables.
+                unsafe { kern.tile(ty, &tile, c, &mut res) };
+                for (i, rr) in res.iter().enumerate().take(c) {
+                    out[(t + i) * ldo + r0..][..nr].copy_from_slice(&rr[..nr]);
+                }
+                t += c;
+            }
+        }
+    }
+}
+
 /// Checks the operands of a `gemm_q` call; returns (weight rows, tokens).
 /// Panics on a length mismatch.
 pub fn check_gemm_q(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, usize) {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// Prompt tokens per forward pass during prefill: bounds the time between
 /// cancellation checks and the activation memory of one pass.
-pub const PREFILL_CHUNK: usize = 256;
+pub const PREFILL_CHUNK: usize = 512;
 
 /// Used when neither the caller nor generation_config.json sets a length.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
@@ -53,7 +53,10 @@ impl GenerationOptions {
             top_k: self.top_k.or(d.top_k).unwrap_or(50),
             top_p: self.top_p.or(d.top_p.map(|x| x as f32)).unwrap_or(1.0),
             min_p: self.min_p.or(d.min_p.map(|x| x as f32)).unwrap_or(0.0),
-            repetition_penalty: self.repetition_penalty.or(d.repetition_penalty.map(|x| x as f32)).unwrap_or(1.0),
+            repetition_penalty: self
+                .repetition_penalty
+                .or(d.repetition_penalty.map(|x| x as f32))
+                .unwrap_or(1.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             seed: self.seed,
@@ -104,11 +107,19 @@ pub struct GenerationStats {
 
 impl GenerationStats {
     pub fn prompt_tokens_per_second(&self) -> f64 {
-        if self.prefill_seconds > 0.0 { self.prompt_tokens as f64 / self.prefill_seconds } else { 0.0 }
+        if self.prefill_seconds > 0.0 {
+            self.prompt_tokens as f64 / self.prefill_seconds
+        } else {
+            0.0
+        }
     }
     pub fn decode_tokens_per_second(&self) -> f64 {
         let n = self.generated_tokens.saturating_sub(1);
-        if self.decode_seconds > 0.0 && n > 0 { n as f64 / self.decode_seconds } else { 0.0 }
+        if self.decode_seconds > 0.0 && n > 0 {
+            n as f64 / self.decode_seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -148,13 +159,24 @@ pub struct Generator {
 impl Generator {
     /// Prepares a generation continuing `prompt`. With `track_text`, steps carry
     /// text (needed for text output and for stop strings).
-    pub fn new(model: Arc<Model>, prompt: Vec<u32>, opts: &GenerationOptions, track_text: bool) -> Result<Self> {
+    pub fn new(
+        model: Arc<Model>,
+        prompt: Vec<u32>,
+        opts: &GenerationOptions,
+        track_text: bool,
+    ) -> Result<Self> {
         if prompt.is_empty() {
-            return Err(Error::arg("the prompt is empty (no tokens to condition on)"));
+            return Err(Error::arg(
+                "the prompt is empty (no tokens to condition on)",
+            ));
         }
         model.check_tokens(&prompt)?;
         if let Some(max) = model.context_bound().filter(|&m| prompt.len() > m) {
-            return Err(Error::ContextLength { what: "prompt", len: prompt.len(), max });
+            return Err(Error::ContextLength {
+                what: "prompt",
+                len: prompt.len(),
+                max,
+            });
         }
         let d = &model.generation_defaults;
         let sampler = Sampler::new(opts.sampler_config(d))?;
@@ -168,7 +190,11 @@ impl Generator {
         // End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's.
         let mut eos_ids = Vec::new();
         if !opts.ignore_eos {
-            let d_eos = if !d.eos_token_ids.is_empty() { &d.eos_token_ids } else { &model.config.eos_token_ids };
+            let d_eos = if !d.eos_token_ids.is_empty() {
+                &d.eos_token_ids
+            } else {
+                &model.config.eos_token_ids
+            };
             eos_ids.extend(d_eos);
             if eos_ids.is_empty() {
                 eos_ids.extend(model.tokenizer.as_ref().and_then(|t| t.eos_id()));
@@ -180,7 +206,10 @@ impl Generator {
         Ok(Generator {
             cache: model.new_cache(),
             text: track_text.then(|| TextStream::new(&prompt)),
-            stats: GenerationStats { prompt_tokens: prompt.len(), ..Default::default() },
+            stats: GenerationStats {
+                prompt_tokens: prompt.len(),
+                ..Default::default()
+            },
             prompt_len: prompt.len(),
             tokens: prompt,
             sampler,
@@ -255,7 +284,11 @@ impl Generator {
         }
         // max_context bounds the whole sequence (prompt + generated), as in
         // transformers' max_length: no token is sampled past it.
-        if self.model.context_bound().is_some_and(|m| self.tokens.len() >= m) {
+        if self
+            .model
+            .context_bound()
+            .is_some_and(|m| self.tokens.len() >= m)
+        {
             self.finish(FinishReason::ContextLength);
             return self.flush();
         }
@@ -269,11 +302,20 @@ impl Generator {
                 let end = (done + PREFILL_CHUNK).min(self.prompt_len);
                 let chunk = self.tokens[done..end].to_vec();
                 let last = end == self.prompt_len;
-                let rows = if last { LogitsRows::Last } else { LogitsRows::None };
-                let l = self.model.forward_part(&chunk, &mut self.cache, rows, self.prompt_len)?;
+                let rows = if last {
+                    LogitsRows::Last
+                } else {
+                    LogitsRows::None
+                };
+                let l = self
+                    .model
+                    .forward_part(&chunk, &mut self.cache, rows, self.prompt_len)?;
                 self.stats.prefill_seconds += t.elapsed().as_secs_f64();
                 if !last {
-                    return Ok(Some(Step { token: None, text: String::new() }));
+                    return Ok(Some(Step {
+                        token: None,
+                        text: String::new(),
+                    }));
                 }
                 l
             }
@@ -287,9 +329,11 @@ impl Generator {
                     // Recompute every position with the long rotary factors.
                     self.cache.clear();
                     let all = self.tokens.clone();
-                    self.model.forward(&all, &mut self.cache, LogitsRows::Last)?
+                    self.model
+                        .forward(&all, &mut self.cache, LogitsRows::Last)?
                 } else {
-                    self.model.forward(&[tok], &mut self.cache, LogitsRows::Last)?
+                    self.model
+                        .forward(&[tok], &mut self.cache, LogitsRows::Last)?
                 }
             }
         };
@@ -300,7 +344,11 @@ impl Generator {
             self.first_token_at = Some(now);
         }
         if self.eos_ids.contains(&tok) || self.stop_ids.contains(&tok) {
-            self.finish(if self.eos_ids.contains(&tok) { FinishReason::Eos } else { FinishReason::Stop });
+            self.finish(if self.eos_ids.contains(&tok) {
+                FinishReason::Eos
+            } else {
+                FinishReason::Stop
+            });
             return self.flush();
         }
         self.tokens.push(tok);
@@ -314,13 +362,21 @@ impl Generator {
         if self.finished.is_none() && self.tokens.len() - self.prompt_len >= self.max_new {
             self.finish(FinishReason::Length);
         }
-        Ok(Some(Step { token: Some(tok), text }))
+        Ok(Some(Step {
+            token: Some(tok),
+            text,
+        }))
     }
 
     /// Releases held text up to a stop string (finishing generation) or up to the
     /// longest tail that could still begin one.
     fn release_text(&mut self) -> String {
-        if let Some(idx) = self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(idx) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.held.truncate(idx);
             self.stop_string_hit = true;
             self.finish(FinishReason::Stop);

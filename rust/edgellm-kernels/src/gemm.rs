@@ -6,6 +6,7 @@
 //! k-major; a register-tile micro-kernel computes `MR × NR` outputs per panel pair
 //! over `KC` steps of k. Only the micro-kernel is per-ISA.
 
+use crate::Kernels;
 use half::{bf16, f16};
 
 /// Rows of A per micro-tile.
@@ -15,8 +16,23 @@ pub const NR: usize = 16;
 /// k elements per cache block: an A panel (MR×KC) and a B panel (KC×NR) stay in L1.
 pub const KC: usize = 256;
 
-/// `acc[r * NR + c] = Σ_kk ap[kk * MR + r] * bp[kk * NR + c]` over `kc` steps.
-pub type MicroKernel = fn(kc: usize, ap: &[f32], bp: &[f32], acc: &mut [f32; MR * NR]);
+/// The register-tile micro-kernel: `c[r * ldc + j] = Σ_kk ap[kk * MR + r] ·
+/// bp[kk * NR + j]` for `r < MR`, `j < NR` over `kc` steps, added to what `c`
+/// holds when `add` (later k-blocks), stored otherwise. Writing the output in
+/// place (rather than through a tile buffer) saves a copy of every partial sum.
+///
+/// # Safety
+/// `ap` holds `kc · MR` values, `bp` `kc · NR`, `c` points at `MR` rows of `NR`
+/// writable values `ldc` apart, and the CPU runs the kernel's instructions (the
+/// tables guarantee the last).
+pub type MicroKernel =
+    unsafe fn(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, add: bool);
+
+/// Packs rows `j0..j1` of B, k-range `k0..k0 + kc`, into `NR`-wide panels:
+/// `out[p · kc · NR + kk · NR + c] = B[j0 + p · NR + c][k0 + kk]` (zero past
+/// `j1`). `out` must hold `(j1 - j0).div_ceil(NR) · kc · NR` values.
+pub type PackBFn =
+    fn(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, out: &mut [f32]);
 
 /// Weight rows in their storage type.
 #[derive(Clone, Copy)]
@@ -26,11 +42,17 @@ pub enum BRows<'a> {
     Bf16(&'a [bf16]),
     /// f32 stored k-major (`Bᵀ` row-major, as the right operand of `A @ B`):
     /// element `(j, kk)` at `data[kk * ld + j]`.
-    F32Cols { data: &'a [f32], ld: usize },
+    F32Cols {
+        data: &'a [f32],
+        ld: usize,
+    },
 }
 
-/// Activations packed for [`gemm_packed`]: for each k-block, for each panel of
-/// `MR` rows, `kc × MR` values (rows past `n` are zero).
+/// Activations packed for [`gemm_packed`]: k-block by k-block, and within a
+/// k-block panel by panel of `MR` rows, `kc × MR` values per (k-block, panel)
+/// (rows past `n` are zero). The blocks are disjoint, so they can be packed in
+/// parallel ([`PackedA::blocks_mut`], [`pack_a_block`]); the panels of one k-block
+/// are contiguous, so the GEMM walks each k-block's A front to back.
 pub struct PackedA {
     data: Vec<f32>,
     n: usize,
@@ -38,6 +60,14 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// An all-zero packing of `n × k` activations, to fill block by block.
+    pub fn zeroed(n: usize, k: usize) -> PackedA {
+        PackedA {
+            data: vec![0f32; n.div_ceil(MR) * MR * k],
+            n,
+            k,
+        }
+    }
     pub fn n(&self) -> usize {
         self.n
     }
@@ -47,6 +77,22 @@ impl PackedA {
     fn panels(&self) -> usize {
         self.n.div_ceil(MR)
     }
+    /// Every (k-block start `k0`, panel `p`, its `kc × MR` values), in memory
+    /// order, to fill with [`pack_a_block`].
+    pub fn blocks_mut(&mut self) -> Vec<(usize, usize, &mut [f32])> {
+        let (panels, k) = (self.panels(), self.k);
+        let mut out = Vec::with_capacity(panels * k.div_ceil(KC));
+        let mut rest = self.data.as_mut_slice();
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for p in 0..panels {
+                let (blk, tail) = std::mem::take(&mut rest).split_at_mut(kc * MR);
+                out.push((k0, p, blk));
+                rest = tail;
+            }
+        }
+        out
+    }
     fn block(&self, kb: usize, panel: usize) -> &[f32] {
         let k0 = kb * KC;
         let kc = KC.min(self.k - k0);
@@ -55,63 +101,95 @@ impl PackedA {
     }
 }
 
-/// Packs row-major `a` (`n × k`).
-pub fn pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
-    assert_eq!(a.len(), n * k, "pack_a: shape mismatch");
-    let panels = n.div_ceil(MR);
-    let mut data = vec![0f32; panels * MR * k];
-    // Row by row (contiguous reads; the strided writes stay within one L1-sized
-    // block): reading MR rows in lock-step cost 8% of a 256 × 512 × 2048 product.
-    for row in 0..n {
-        let (p, r) = (row / MR, row % MR);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            let start = k0 * MR * panels + p * kc * MR;
-            let dst = &mut data[start..start + kc * MR];
-            for (kk, &v) in a[row * k + k0..row * k + k0 + kc].iter().enumerate() {
-                dst[kk * MR + r] = v;
-            }
+/// Packs the block (k-block from `k0`, panel `p`) of row-major `a` (`n × k`) into
+/// `dst` (`kc × MR` values; rows past `n` are left as they are, zero in a fresh
+/// packing).
+pub fn pack_a_block(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mut [f32]) {
+    let kc = KC.min(k.saturating_sub(k0));
+    assert!(
+        a.len() == n * k && dst.len() == kc * MR && p * MR < n.max(1),
+        "pack_a_block: shape mismatch"
+    );
+    for r in 0..MR.min(n - p * MR) {
+        let row = &a[(p * MR + r) * k + k0..][..kc];
+        for (kk, &v) in row.iter().enumerate() {
+            dst[kk * MR + r] = v;
         }
     }
-    PackedA { data, n, k }
 }
 
-/// Packs rows `j0..j1` of B, k-range `k0..k0+kc`, into NR-wide panels (zero-padded).
-fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, out: &mut Vec<f32>, row: &mut Vec<f32>) {
+/// Packs row-major `a` (`n × k`) on the calling thread.
+pub fn pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
+    assert_eq!(a.len(), n * k, "pack_a: shape mismatch");
+    let mut pa = PackedA::zeroed(n, k);
+    for (k0, p, dst) in pa.blocks_mut() {
+        pack_a_block(a, n, k, k0, p, dst);
+    }
+    pa
+}
+
+/// The reference [`PackBFn`]: row by row (widened into a row buffer), each value
+/// stored at its place in the panel. The SIMD tables transpose 8 × 8 tiles instead.
+pub fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    check_pack_b(b, k, j0, j1, k0, kc, out);
     let panels = (j1 - j0).div_ceil(NR);
-    out.clear();
-    out.resize(panels * kc * NR, 0.0);
+    out[..panels * kc * NR].fill(0.0);
     if let BRows::F32Cols { data, ld } = b {
         // Already k-major: each panel row is a contiguous run of B's columns.
-        for (p, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+        for (p, panel) in out.chunks_exact_mut(kc * NR).take(panels).enumerate() {
             let (c0, cols) = (j0 + p * NR, NR.min(j1 - j0 - p * NR));
             for kk in 0..kc {
-                panel[kk * NR..kk * NR + cols].copy_from_slice(&data[(k0 + kk) * ld + c0..][..cols]);
+                panel[kk * NR..kk * NR + cols]
+                    .copy_from_slice(&data[(k0 + kk) * ld + c0..][..cols]);
             }
         }
         return;
     }
-    row.resize(kc, 0.0);
+    // Widened 64 values at a time into a stack buffer, then scattered.
+    let mut buf = [0f32; 64];
     for j in j0..j1 {
-        let src = j * k + k0..j * k + k0 + kc;
-        let r: &[f32] = match b {
-            BRows::F32(w) => &w[src],
-            BRows::F16(w) => {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[src], row);
-                row
-            }
-            BRows::Bf16(w) => {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[src], row);
-                row
-            }
-            BRows::F32Cols { .. } => unreachable!("packed above"),
-        };
         let (p, c) = ((j - j0) / NR, (j - j0) % NR);
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
-        for (kk, &v) in r.iter().enumerate() {
-            panel[kk * NR + c] = v;
+        for s0 in (0..kc).step_by(64) {
+            let len = 64.min(kc - s0);
+            let (row, src) = (&mut buf[..len], j * k + k0 + s0..j * k + k0 + s0 + len);
+            match b {
+                BRows::F32(w) => row.copy_from_slice(&w[src]),
+                BRows::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[src], row),
+                BRows::Bf16(w) => {
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[src], row)
+                }
+                BRows::F32Cols { .. } => unreachable!("packed above"),
+            }
+            for (kk, &v) in row.iter().enumerate() {
+                panel[(s0 + kk) * NR + c] = v;
+            }
         }
     }
+}
+
+/// Checks the operands of a [`PackBFn`]. Panics on a shape mismatch.
+pub fn check_pack_b(
+    b: BRows<'_>,
+    k: usize,
+    j0: usize,
+    j1: usize,
+    k0: usize,
+    kc: usize,
+    out: &[f32],
+) {
+    assert!(j0 <= j1 && k0 + kc <= k, "pack_b: bad ranges");
+    let fits = match b {
+        BRows::F32(w) => j1 * k <= w.len(),
+        BRows::F16(w) => j1 * k <= w.len(),
+        BRows::Bf16(w) => j1 * k <= w.len(),
+        BRows::F32Cols { data, ld } => j1 <= ld && (k == 0 || (k - 1) * ld + j1 <= data.len()),
+    };
+    assert!(fits, "pack_b: B too small");
+    assert!(
+        out.len() >= (j1 - j0).div_ceil(NR) * kc * NR,
+        "pack_b: output too small"
+    );
 }
 
 /// Rows of B handled per packing round: a packed block of `JB × KC` f32 (128 KiB)
@@ -119,37 +197,78 @@ fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, ou
 const JB: usize = 128;
 
 /// `c[i * ldc + (j - j0)] = Σ_k a[i][k] · b[j][k]` for rows `j0..j1` of B, every
-/// row of A. Buffers are reused across calls through `scratch`.
-pub fn gemm_packed(uk: MicroKernel, a: &PackedA, b: BRows<'_>, j0: usize, j1: usize, c: &mut [f32], ldc: usize, scratch: &mut GemmScratch) {
+/// row of A, with `kern`'s B packer and micro-kernel. Buffers are reused across
+/// calls through `scratch`.
+pub fn gemm_packed(
+    kern: &Kernels,
+    a: &PackedA,
+    b: BRows<'_>,
+    j0: usize,
+    j1: usize,
+    c: &mut [f32],
+    ldc: usize,
+    scratch: &mut GemmScratch,
+) {
+    let n = a.n;
+    assert!(
+        j1 >= j0 && ldc >= j1 - j0 && (n == 0 || c.len() >= (n - 1) * ldc + (j1 - j0)),
+        "gemm_packed: output too small"
+    );
+    // SAFETY: the assert above: every (row < n, column < j1 - j0) is inside `c`.
+    unsafe { gemm_packed_raw(kern, a, b, j0, j1, c.as_mut_ptr(), ldc, scratch) }
+}
+
+/// [`gemm_packed`] into a raw output, so that threads can fill disjoint column
+/// ranges of one matrix in place.
+///
+/// # Safety
+/// `c + i · ldc + j` is valid for writes for every `i < a.n()`, `j < j1 - j0`, and
+/// nothing else accesses those elements during the call.
+pub unsafe fn gemm_packed_raw(
+    kern: &Kernels,
+    a: &PackedA,
+    b: BRows<'_>,
+    j0: usize,
+    j1: usize,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut GemmScratch,
+) {
     let (n, k) = (a.n, a.k);
-    assert!(j1 >= j0 && ldc >= j1 - j0 && (n == 0 || c.len() >= (n - 1) * ldc + (j1 - j0)), "gemm_packed: output too small");
-    let fits = match b {
-        BRows::F32(w) => j1 * k <= w.len(),
-        BRows::F16(w) => j1 * k <= w.len(),
-        BRows::Bf16(w) => j1 * k <= w.len(),
-        BRows::F32Cols { data, ld } => j1 <= ld && (k == 0 || (k - 1) * ld + j1 <= data.len()),
-    };
-    assert!(fits, "gemm_packed: B too small");
-    let mut acc = [0f32; MR * NR];
+    assert!(j1 >= j0, "gemm_packed: j1 < j0");
+    if k == 0 {
+        for i in 0..n {
+            std::slice::from_raw_parts_mut(c.add(i * ldc), j1 - j0).fill(0.0);
+        }
+        return;
+    }
+    let mut edge = [0f32; MR * NR];
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);
         for (kb, k0) in (0..k).step_by(KC).enumerate() {
             let kc = KC.min(k - k0);
-            pack_b(b, k, jb0, jb1, k0, kc, &mut scratch.b, &mut scratch.row);
+            scratch.b.resize((jb1 - jb0).div_ceil(NR) * kc * NR, 0.0);
+            (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, &mut scratch.b);
             for p in 0..a.panels() {
                 let ap = a.block(kb, p);
                 let rows = MR.min(n - p * MR);
                 for (q, bp) in scratch.b.chunks_exact(kc * NR).enumerate() {
-                    uk(kc, ap, bp, &mut acc);
                     let col0 = jb0 - j0 + q * NR;
                     let cols = NR.min(jb1 - jb0 - q * NR);
+                    let dst = c.add(p * MR * ldc + col0);
+                    if rows == MR && cols == NR {
+                        (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), dst, ldc, kb > 0);
+                        continue;
+                    }
+                    // An edge tile: through a full-size buffer, then its valid part.
+                    (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), NR, false);
                     for r in 0..rows {
-                        let dst = &mut c[(p * MR + r) * ldc + col0..][..cols];
-                        let src = &acc[r * NR..r * NR + cols];
+                        let d = std::slice::from_raw_parts_mut(dst.add(r * ldc), cols);
+                        let s = &edge[r * NR..r * NR + cols];
                         if kb == 0 {
-                            dst.copy_from_slice(src);
+                            d.copy_from_slice(s);
                         } else {
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
                         }
                     }
                 }
@@ -162,19 +281,37 @@ pub fn gemm_packed(uk: MicroKernel, a: &PackedA, b: BRows<'_>, j0: usize, j1: us
 #[derive(Default)]
 pub struct GemmScratch {
     b: Vec<f32>,
-    row: Vec<f32>,
 }
 
-/// Portable micro-kernel (the reference for the SIMD ones).
-pub fn micro_kernel_scalar(kc: usize, ap: &[f32], bp: &[f32], acc: &mut [f32; MR * NR]) {
-    acc.fill(0.0);
+/// Portable micro-kernel (the reference for the SIMD ones); see [`MicroKernel`].
+///
+/// # Safety
+/// As [`MicroKernel`].
+pub unsafe fn micro_kernel_scalar(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [0f32; MR * NR];
     for kk in 0..kc {
-        let a = &ap[kk * MR..(kk + 1) * MR];
-        let b = &bp[kk * NR..(kk + 1) * NR];
         for r in 0..MR {
-            for c in 0..NR {
-                acc[r * NR + c] += a[r] * b[c];
+            let a = *ap.add(kk * MR + r);
+            for j in 0..NR {
+                acc[r * NR + j] += a * *bp.add(kk * NR + j);
             }
+        }
+    }
+    for r in 0..MR {
+        for j in 0..NR {
+            let d = c.add(r * ldc + j);
+            *d = if add {
+                *d + acc[r * NR + j]
+            } else {
+                acc[r * NR + j]
+            };
         }
     }
 }

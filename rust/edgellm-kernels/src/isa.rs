@@ -27,13 +27,21 @@ impl fmt::Display for IsaError {
             IsaError::Unknown(s) => write!(
                 f,
                 "unknown instruction set {s:?} in {ISA_ENV}; expected one of: auto, {}",
-                Isa::ALL.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+                Isa::ALL
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             IsaError::Unsupported(isa) => write!(
                 f,
                 "instruction set {} is not supported by this CPU or build (supported: {})",
                 isa.name(),
-                Isa::supported().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+                Isa::supported()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }

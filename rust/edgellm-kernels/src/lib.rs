@@ -5,14 +5,14 @@
 //! built for an [`Isa`] after the CPU has been checked for it. The tables are chosen
 //! once per process ([`kernels`]) and may be forced with `EDGELLM_ISA`.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod gemm;
 pub mod isa;
 pub mod quant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-#[cfg(target_arch = "aarch64")]
-mod aarch64;
 
 pub use half::{bf16, f16};
 pub use isa::{Isa, IsaError};
@@ -51,8 +51,11 @@ pub struct Kernels {
     /// `A · Bᵀ` on f32 (see [`MatmulFn`]) for small row counts.
     pub matmul_f32: MatmulFn,
     /// Register-tile micro-kernel of the packed GEMM ([`gemm::gemm_packed`]), the
-    /// prefill work-horse.
+    /// prefill work-horse of float weights.
     pub gemm_micro: gemm::MicroKernel,
+    /// Packs (and widens) weight rows into the micro-kernel's B panels,
+    /// bit-identical to [`gemm::pack_b`].
+    pub gemm_pack_b: gemm::PackBFn,
     /// Quantizes an activation row (`src.len()` elements, a whole number of the
     /// weight type's blocks) for dot products with weights of type `ty`: into
     /// `dst`, a row of [`quant::vec_dot_type`]`(ty)` of

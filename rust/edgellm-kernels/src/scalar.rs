@@ -17,6 +17,7 @@ pub static KERNELS: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     gemm_micro: crate::gemm::micro_kernel_scalar,
+    gemm_pack_b: crate::gemm::pack_b,
     quantize_act: crate::quant::quantize_act,
     vec_dot: crate::quant::vec_dot,
     gemv_q: crate::quant::gemv_q,
@@ -80,10 +81,19 @@ pub fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
 /// Checks the shapes shared by every `matmul_f32` implementation; returns (n, m).
 pub(crate) fn matmul_dims(a: &[f32], b: &[f32], k: usize, c: &[f32], ldc: usize) -> (usize, usize) {
     assert!(k > 0, "matmul_f32: k must be positive");
-    assert!(a.len() % k == 0 && b.len() % k == 0, "matmul_f32: operands are not multiples of k");
+    assert!(
+        a.len() % k == 0 && b.len() % k == 0,
+        "matmul_f32: operands are not multiples of k"
+    );
     let (n, m) = (a.len() / k, b.len() / k);
-    assert!(ldc >= m, "matmul_f32: ldc smaller than the number of columns");
-    assert!(n == 0 || c.len() >= (n - 1) * ldc + m, "matmul_f32: output too small");
+    assert!(
+        ldc >= m,
+        "matmul_f32: ldc smaller than the number of columns"
+    );
+    assert!(
+        n == 0 || c.len() >= (n - 1) * ldc + m,
+        "matmul_f32: output too small"
+    );
     (n, m)
 }
 

@@ -2,7 +2,7 @@
 //! f16 and bf16 weights, on odd shapes that exercise every edge (partial panels,
 //! partial k-blocks, several B blocks).
 
-use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch};
+use edgellm_kernels::gemm::{gemm_packed, pack_a, pack_b, BRows, GemmScratch, MR, NR};
 use edgellm_kernels::{bf16, f16, Isa, Kernels};
 use proptest::prelude::*;
 
@@ -34,12 +34,33 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
         let kern = Kernels::for_isa(isa).unwrap();
         for (name, rows, widened) in [
             ("f32", BRows::F32(&b), b.clone()),
-            ("f16", BRows::F16(&bh), bh.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
-            ("bf16", BRows::Bf16(&bb), bb.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
-            ("f32 k-major", BRows::F32Cols { data: &bt, ld: m }, b.clone()),
+            (
+                "f16",
+                BRows::F16(&bh),
+                bh.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+            ),
+            (
+                "bf16",
+                BRows::Bf16(&bb),
+                bb.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+            ),
+            (
+                "f32 k-major",
+                BRows::F32Cols { data: &bt, ld: m },
+                b.clone(),
+            ),
         ] {
             let mut c = vec![f32::NAN; n.saturating_sub(1) * ldc + w.max(1)];
-            gemm_packed(kern.gemm_micro, &pa, rows, j0, j1, &mut c, ldc, &mut GemmScratch::default());
+            gemm_packed(
+                kern,
+                &pa,
+                rows,
+                j0,
+                j1,
+                &mut c,
+                ldc,
+                &mut GemmScratch::default(),
+            );
             for i in 0..n {
                 for j in j0..j1 {
                     let (mut want, mut mag) = (0f64, 0f64);
@@ -50,7 +71,11 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
                     }
                     let got = c[i * ldc + j - j0] as f64;
                     let tol = 1e-6 + (k as f64 + 2.0) * f32::EPSILON as f64 * mag;
-                    assert!((got - want).abs() <= tol, "{} {name} {n}x{m}x{k} ({i},{j}): {got} vs {want}", isa.name());
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{} {name} {n}x{m}x{k} ({i},{j}): {got} vs {want}",
+                        isa.name()
+                    );
                 }
             }
         }
@@ -59,13 +84,128 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
 
 #[test]
 fn gemm_edges() {
-    for &(n, m, k) in &[(1, 1, 1), (6, 16, 256), (7, 17, 257), (13, 130, 300), (5, 129, 513), (12, 33, 31)] {
+    for &(n, m, k) in &[
+        (1, 1, 1),
+        (6, 16, 256),
+        (7, 17, 257),
+        (13, 130, 300),
+        (5, 129, 513),
+        (12, 33, 31),
+    ] {
         check(n, m, k, (n * 31 + m * 7 + k) as u64);
+    }
+}
+
+/// Every table's B packer against the reference, bit for bit: rows that are not
+/// whole 8-row groups or panels, k-ranges that are not whole 8-element steps.
+fn check_pack_b(m: usize, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, seed: u64) {
+    let b = data(seed, m * k);
+    let bh: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
+    let bb: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+    let bt: Vec<f32> = (0..k * m).map(|i| b[(i % m) * k + i / m]).collect();
+    let len = (j1 - j0).div_ceil(NR) * kc * NR;
+    for rows in [
+        BRows::F32(&b),
+        BRows::F16(&bh),
+        BRows::Bf16(&bb),
+        BRows::F32Cols { data: &bt, ld: m },
+    ] {
+        let mut want = vec![f32::NAN; len];
+        pack_b(rows, k, j0, j1, k0, kc, &mut want);
+        for isa in Isa::supported() {
+            let mut got = vec![f32::NAN; len];
+            (Kernels::for_isa(isa).unwrap().gemm_pack_b)(rows, k, j0, j1, k0, kc, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(
+                same,
+                "{} pack_b m={m} k={k} rows {j0}..{j1} k {k0}+{kc}",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn pack_b_edges() {
+    for &(m, k, j0, j1, k0, kc) in &[
+        (1, 1, 0, 1, 0, 1),
+        (16, 8, 0, 16, 0, 8),
+        (40, 300, 3, 40, 17, 256),
+        (9, 33, 0, 9, 1, 31),
+        (64, 64, 8, 56, 0, 64),
+    ] {
+        check_pack_b(m, k, j0, j1, k0, kc, (m * 7 + k) as u64);
+    }
+}
+
+/// The micro-kernel of every table against the scalar one, storing and adding in
+/// place at a row stride wider than the tile.
+#[test]
+fn micro_kernel_stores_and_adds_in_place() {
+    for kc in [1usize, 7, 64, 256] {
+        let (ap, bp) = (data(kc as u64, kc * MR), data(kc as u64 + 99, kc * NR));
+        let ldc = NR + 5;
+        let base = data(7, MR * ldc);
+        for add in [false, true] {
+            let mut want = base.clone();
+            // SAFETY: full panels; MR rows of NR at stride ldc fit in the buffer.
+            unsafe {
+                edgellm_kernels::gemm::micro_kernel_scalar(
+                    kc,
+                    ap.as_ptr(),
+                    bp.as_ptr(),
+                    want.as_mut_ptr(),
+                    ldc,
+                    add,
+                )
+            };
+            for isa in Isa::supported() {
+                let mut got = base.clone();
+                unsafe {
+                    (Kernels::for_isa(isa).unwrap().gemm_micro)(
+                        kc,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        got.as_mut_ptr(),
+                        ldc,
+                        add,
+                    )
+                };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    if i % ldc >= NR {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{}: wrote outside the tile at {i}",
+                            isa.name()
+                        );
+                    } else {
+                        let tol = 1e-5 * (kc as f32).sqrt() * (1.0 + w.abs());
+                        assert!(
+                            (g - w).abs() <= tol,
+                            "{} kc={kc} add={add} at {i}: {g} vs {w}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn pack_b_random(m in 1usize..50, k in 1usize..300, s0 in 0usize..50, s1 in 0usize..50, c0 in 0usize..300, seed in any::<u64>()) {
+        let (j0, j1) = (s0.min(s1) % m, (s0.max(s1) % m + 1).max(s0.min(s1) % m + 1));
+        let k0 = c0 % k;
+        let kc = (k - k0).min(256);
+        check_pack_b(m, k, j0, j1.min(m), k0, kc, seed);
+    }
+
     #[test]
     fn gemm_random(n in 1usize..20, m in 1usize..70, k in 1usize..600, seed in any::<u64>()) {
         check(n, m, k, seed);

@@ -7,7 +7,10 @@ use proptest::prelude::*;
 const ODD_LENGTHS: [usize; 10] = [0, 1, 7, 8, 31, 33, 64, 255, 1000, 4097];
 
 fn paths() -> Vec<&'static Kernels> {
-    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
+    Isa::supported()
+        .into_iter()
+        .map(|i| Kernels::for_isa(i).unwrap())
+        .collect()
 }
 
 fn dot_f64(a: impl IntoIterator<Item = f32>, b: &[f32]) -> (f64, f64) {
@@ -61,9 +64,19 @@ fn check_all(n: usize, seed: u64) {
         // Widening is exact: bit-identical to the reference.
         let mut d = vec![0f32; n];
         (k.f16_to_f32)(&h, &mut d);
-        assert!(d.iter().zip(&h).all(|(d, h)| d.to_bits() == h.to_f32().to_bits()), "{name} f16_to_f32");
+        assert!(
+            d.iter()
+                .zip(&h)
+                .all(|(d, h)| d.to_bits() == h.to_f32().to_bits()),
+            "{name} f16_to_f32"
+        );
         (k.bf16_to_f32)(&bh, &mut d);
-        assert!(d.iter().zip(&bh).all(|(d, h)| d.to_bits() == h.to_f32().to_bits()), "{name} bf16_to_f32");
+        assert!(
+            d.iter()
+                .zip(&bh)
+                .all(|(d, h)| d.to_bits() == h.to_f32().to_bits()),
+            "{name} bf16_to_f32"
+        );
     }
 }
 
@@ -82,7 +95,12 @@ fn f16_specials_widen_exactly() {
         (k.f16_to_f32)(&specials, &mut d);
         for (h, d) in specials.iter().zip(&d) {
             let want = h.to_f32();
-            assert!(want.to_bits() == d.to_bits() || (want.is_nan() && d.is_nan()), "{} {:?}", k.isa.name(), h);
+            assert!(
+                want.to_bits() == d.to_bits() || (want.is_nan() && d.is_nan()),
+                "{} {:?}",
+                k.isa.name(),
+                h
+            );
         }
     }
 }
@@ -96,8 +114,15 @@ fn check_matmul(n: usize, m: usize, k: usize, seed: u64) {
         (kern.matmul_f32)(&a, &b, k, &mut c, ldc);
         for i in 0..n {
             for j in 0..m {
-                let r = dot_f64(a[i * k..(i + 1) * k].iter().copied(), &b[j * k..(j + 1) * k]);
-                assert!(close(c[i * ldc + j], r, k), "{} matmul {n}x{m}x{k} at ({i},{j})", kern.isa.name());
+                let r = dot_f64(
+                    a[i * k..(i + 1) * k].iter().copied(),
+                    &b[j * k..(j + 1) * k],
+                );
+                assert!(
+                    close(c[i * ldc + j], r, k),
+                    "{} matmul {n}x{m}x{k} at ({i},{j})",
+                    kern.isa.name()
+                );
             }
         }
     }
@@ -116,20 +141,41 @@ fn check_gemv(rows: usize, n: usize, seed: u64) {
         (k.gemv_f32)(&w, &x, &mut out);
         for (r, &o) in out.iter().enumerate() {
             let row = &w[r * n..(r + 1) * n];
-            assert_eq!(o.to_bits(), (k.dot_f32)(row, &x).to_bits(), "{name} gemv_f32 {rows}x{n} row {r}");
-            assert!(close(o, dot_f64(row.iter().copied(), &x), n), "{name} gemv_f32 vs f64");
+            assert_eq!(
+                o.to_bits(),
+                (k.dot_f32)(row, &x).to_bits(),
+                "{name} gemv_f32 {rows}x{n} row {r}"
+            );
+            assert!(
+                close(o, dot_f64(row.iter().copied(), &x), n),
+                "{name} gemv_f32 vs f64"
+            );
         }
         (k.gemv_f16)(&h, &x, &mut out);
         for (r, &o) in out.iter().enumerate() {
             let row = &h[r * n..(r + 1) * n];
-            assert_eq!(o.to_bits(), (k.dot_f16)(row, &x).to_bits(), "{name} gemv_f16 {rows}x{n} row {r}");
-            assert!(close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n), "{name} gemv_f16 vs f64");
+            assert_eq!(
+                o.to_bits(),
+                (k.dot_f16)(row, &x).to_bits(),
+                "{name} gemv_f16 {rows}x{n} row {r}"
+            );
+            assert!(
+                close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n),
+                "{name} gemv_f16 vs f64"
+            );
         }
         (k.gemv_bf16)(&bh, &x, &mut out);
         for (r, &o) in out.iter().enumerate() {
             let row = &bh[r * n..(r + 1) * n];
-            assert_eq!(o.to_bits(), (k.dot_bf16)(row, &x).to_bits(), "{name} gemv_bf16 {rows}x{n} row {r}");
-            assert!(close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n), "{name} gemv_bf16 vs f64");
+            assert_eq!(
+                o.to_bits(),
+                (k.dot_bf16)(row, &x).to_bits(),
+                "{name} gemv_bf16 {rows}x{n} row {r}"
+            );
+            assert!(
+                close(o, dot_f64(row.iter().map(|v| v.to_f32()), &x), n),
+                "{name} gemv_bf16 vs f64"
+            );
         }
     }
 }
@@ -153,7 +199,14 @@ fn gemv_rejects_a_short_weight() {
 
 #[test]
 fn matmul_edge_shapes() {
-    for &(n, m, k) in &[(1, 1, 1), (3, 4, 8), (4, 5, 33), (7, 9, 31), (13, 17, 255), (2, 64, 64)] {
+    for &(n, m, k) in &[
+        (1, 1, 1),
+        (3, 4, 8),
+        (4, 5, 33),
+        (7, 9, 31),
+        (13, 17, 255),
+        (2, 64, 64),
+    ] {
         check_matmul(n, m, k, (n * m * k) as u64);
     }
 }

@@ -17,11 +17,13 @@ use common::Rng;
 
 fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    (0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).fold(f64::INFINITY, f64::min)
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 #[test]
@@ -41,7 +43,11 @@ fn nf4_fp8_timings() {
         }
         std::hint::black_box(s);
     });
-    println!("f16      decode {:7.3} ms ({:5.2} GB/s of weights)", t * 1e3, (m * k * 2) as f64 / t / 1e9);
+    println!(
+        "f16      decode {:7.3} ms ({:5.2} GB/s of weights)",
+        t * 1e3,
+        (m * k * 2) as f64 / t / 1e9
+    );
     for ty in [GgmlType::NF4, GgmlType::F8E4M3, GgmlType::F8E5M2] {
         let rb = ty.row_bytes(k).unwrap();
         let mut w = vec![0u8; m * rb];
@@ -57,7 +63,13 @@ fn nf4_fp8_timings() {
                 }
                 std::hint::black_box(s);
             });
-            println!("{:8} decode {:7.3} ms ({:5.2} GB/s of weights) [{}]", ty.name(), t * 1e3, (m * rb) as f64 / t / 1e9, kt.isa.name());
+            println!(
+                "{:8} decode {:7.3} ms ({:5.2} GB/s of weights) [{}]",
+                ty.name(),
+                t * 1e3,
+                (m * rb) as f64 / t / 1e9,
+                kt.isa.name()
+            );
         }
         // Prefill candidates.
         let acts: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -73,9 +85,13 @@ fn nf4_fp8_timings() {
             for b in 0..m / 256 {
                 for i in 0..256 {
                     let r0 = b * 256 + i;
-                    (best.dequantize_row)(ty, &w[r0 * rb..(r0 + 1) * rb], &mut deq[i * k..(i + 1) * k]);
+                    (best.dequantize_row)(
+                        ty,
+                        &w[r0 * rb..(r0 + 1) * rb],
+                        &mut deq[i * k..(i + 1) * k],
+                    );
                 }
-                gemm_packed(best.gemm_micro, &a, BRows::F32(&deq), 0, 256, &mut tile, 256, &mut gs);
+                gemm_packed(best, &a, BRows::F32(&deq), 0, 256, &mut tile, 256, &mut gs);
             }
         });
         let t_deq = best_of(3, || {

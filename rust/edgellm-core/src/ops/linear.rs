@@ -2,11 +2,14 @@
 //! every output element is computed by one thread in a fixed order: results do not
 //! depend on the number of threads.
 
+use super::matmul::{par_gemm, par_pack_a, BSource};
 use super::par::{for_each_claimed, SharedMut};
 use crate::tensor::{DType, Tensor};
-use super::matmul::{par_gemm, BSource};
-use edgellm_kernels::gemm::{pack_a, BRows};
-use edgellm_kernels::quant::{self, qgemm::{QActs, QGemmScratch}};
+use edgellm_kernels::gemm::BRows;
+use edgellm_kernels::quant::{
+    self,
+    qgemm::{QActs, QGemmScratch},
+};
 use edgellm_kernels::Kernels;
 
 /// Row counts from which packing the activations pays off.
@@ -40,7 +43,10 @@ impl Linear {
     /// This layer with its weight quantized to `ty` (bias kept in f32). Rows must
     /// be whole blocks of `ty`.
     pub fn quantized(&self, ty: quant::GgmlType) -> crate::Result<Linear> {
-        Ok(Linear { weight: quantize_tensor(&self.weight, ty)?, bias: self.bias.clone() })
+        Ok(Linear {
+            weight: quantize_tensor(&self.weight, ty)?,
+            bias: self.bias.clone(),
+        })
     }
 
     pub fn out_features(&self) -> usize {
@@ -96,16 +102,21 @@ impl Linear {
         for_each_claimed(m.div_ceil(chunk), |c| {
             let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
             // SAFETY: chunk c alone writes rows r0..r1.
-            self.gemv_rows(k, x, act.as_deref(), r0, unsafe { shared.slice(r0, r1 - r0) });
+            self.gemv_rows(k, x, act.as_deref(), r0, unsafe {
+                shared.slice(r0, r1 - r0)
+            });
         });
     }
 
     /// The input row quantized to this layer's activation format (`None` for float
     /// weights, which dot with `x` itself).
     fn quantize_input(&self, k: &Kernels, x: &[f32]) -> Option<Vec<u8>> {
-        let DType::Quant(q) = self.weight.dtype() else { return None };
+        let DType::Quant(q) = self.weight.dtype() else {
+            return None;
+        };
         let ty = q;
-        let mut act = vec![0u8; quant::act_row_bytes(ty, x.len()).expect("row length checked at load")];
+        let mut act =
+            vec![0u8; quant::act_row_bytes(ty, x.len()).expect("row length checked at load")];
         (k.quantize_act)(ty, x, &mut act);
         Some(act)
     }
@@ -126,7 +137,13 @@ impl Linear {
             }
             (None, Some(act)) => {
                 let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
-                (k.gemv_q)(self.weight.dtype().ggml(), &w[r0 * rb..(r0 + out.len()) * rb], act, n, out);
+                (k.gemv_q)(
+                    self.weight.dtype().ggml(),
+                    &w[r0 * rb..(r0 + out.len()) * rb],
+                    act,
+                    n,
+                    out,
+                );
             }
             (None, None) => unreachable!("quantized weights need their quantized input"),
         }
@@ -139,7 +156,9 @@ impl Linear {
     /// balanced against the large ones. Each output row is computed exactly as
     /// [`Self::forward`] computes it. Several rows take each layer's `forward`.
     pub fn forward_group(k: &Kernels, x: &[f32], group: &mut [(&Linear, &mut [f32])]) {
-        let single = group.iter().all(|(l, o)| l.in_features() == x.len() && o.len() == l.out_features());
+        let single = group
+            .iter()
+            .all(|(l, o)| l.in_features() == x.len() && o.len() == l.out_features());
         if !single || group.len() < 2 {
             for (l, o) in group.iter_mut() {
                 l.forward(k, x, o);
@@ -176,7 +195,9 @@ impl Linear {
             let (i, r0, r1) = tasks[t];
             // SAFETY: tasks cover disjoint row ranges of each output.
             let o = unsafe { outs[i].slice(r0, r1 - r0) };
-            group[i].0.gemv_rows(k, x, acts[act_of[i]].1.as_deref(), r0, o);
+            group[i]
+                .0
+                .gemv_rows(k, x, acts[act_of[i]].1.as_deref(), r0, o);
         });
         for (l, o) in group.iter_mut() {
             if let Some(b) = &l.bias {
@@ -203,7 +224,10 @@ impl Linear {
     pub fn forward_dequantized(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
         let n = x.len() / kd;
-        assert!(x.len() == n * kd && out.len() == n * m, "forward_dequantized: shape mismatch");
+        assert!(
+            x.len() == n * kd && out.len() == n * m,
+            "forward_dequantized: shape mismatch"
+        );
         if self.float_rows().is_some() {
             return self.forward(k, x, out);
         }
@@ -227,7 +251,9 @@ impl Linear {
         let ty = self.weight.dtype().ggml();
         let ab = quant::act_row_bytes(ty, kd).expect("row length checked at load");
         let mut acts = vec![0u8; n * ab];
-        acts.par_chunks_mut(ab).zip(x.par_chunks(kd)).for_each(|(a, xr)| (k.quantize_act)(ty, xr, a));
+        acts.par_chunks_mut(ab)
+            .zip(x.par_chunks(kd))
+            .for_each(|(a, xr)| (k.quantize_act)(ty, xr, a));
         let acts = QActs::new(ty, kd, acts);
         let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
         let shared = SharedMut::new(out);
@@ -251,11 +277,12 @@ impl Linear {
     /// parallel through the packed, cache-blocked GEMM of edgellm-kernels
     /// (quantized rows widened to f32 a block at a time).
     fn gemm_packed(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
-        let a = pack_a(x, n, self.in_features());
+        let a = par_pack_a(x, n, self.in_features());
         let (wb, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
         let ty = self.weight.dtype().ggml();
         // The table's dequantizer (SIMD for NF4/FP8): widening is part of the work.
-        let widen = |r: usize, row: &mut [f32]| (k.dequantize_row)(ty, &wb[r * rb..(r + 1) * rb], row);
+        let widen =
+            |r: usize, row: &mut [f32]| (k.dequantize_row)(ty, &wb[r * rb..(r + 1) * rb], row);
         let src = match self.float_rows() {
             Some(rows) => BSource::Rows(rows),
             None => BSource::Dequant(&widen),
@@ -303,11 +330,18 @@ impl Linear {
 }
 
 /// Quantizes a 2-D tensor row by row (in parallel) with the GGML reference quantizer.
-pub fn quantize_tensor(t: &crate::tensor::Tensor, ty: quant::GgmlType) -> crate::Result<crate::tensor::Tensor> {
+pub fn quantize_tensor(
+    t: &crate::tensor::Tensor,
+    ty: quant::GgmlType,
+) -> crate::Result<crate::tensor::Tensor> {
     use crate::tensor::Tensor;
     let (rows, cols) = (t.shape()[0], t.shape()[1]);
     let rb = ty.row_bytes(cols).ok_or_else(|| {
-        crate::Error::arg(format!("rows of {cols} values are not whole {} blocks of {}", ty.name(), ty.block_elems()))
+        crate::Error::arg(format!(
+            "rows of {cols} values are not whole {} blocks of {}",
+            ty.name(),
+            ty.block_elems()
+        ))
     })?;
     let mut bytes = vec![0u8; rows * rb];
     bytes.par_chunks_mut(rb).enumerate().try_for_each_init(

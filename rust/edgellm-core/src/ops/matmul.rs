@@ -5,7 +5,7 @@
 
 use super::par::SharedMut;
 use crate::{Error, Result};
-use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch, PackedA};
+use edgellm_kernels::gemm::{gemm_packed_raw, pack_a_block, BRows, GemmScratch, PackedA};
 use edgellm_kernels::{Isa, Kernels};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -18,20 +18,33 @@ pub(crate) enum BSource<'a> {
     Dequant(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
 }
 
+/// Packs row-major `a` (`n × k`) for [`par_gemm`], panels in parallel on the
+/// current pool (blocks of a few panels per task).
+pub(crate) fn par_pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
+    let mut pa = PackedA::zeroed(n, k);
+    pa.blocks_mut()
+        .into_par_iter()
+        .with_min_len(8)
+        .for_each(|(k0, p, dst)| pack_a_block(a, n, k, k0, p, dst));
+    pa
+}
+
 /// `out[n × m] = A · Bᵀ` (`a` packed), blocks of output columns in parallel on the
-/// current pool. Every output is computed by one block in a fixed order: results
-/// do not depend on the thread count.
+/// current pool, each written in place. Every output is computed by one block in
+/// a fixed order: results do not depend on the thread count.
 pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: &mut [f32]) {
     let (n, kd) = (a.n(), a.k());
+    assert!(out.len() >= n * m, "par_gemm: output too small");
     // A multiple of the micro-tile width, about four blocks per thread.
-    let block = (m / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(16);
+    let block = (m / (rayon::current_num_threads() * 4))
+        .clamp(16, 256)
+        .next_multiple_of(16);
     let shared = SharedMut::new(out);
     (0..m.div_ceil(block)).into_par_iter().for_each_init(
-        || (GemmScratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
-        |(scratch, tile, deq), blk| {
+        || (GemmScratch::default(), Vec::<f32>::new()),
+        |(scratch, deq), blk| {
             let (j0, j1) = (blk * block, ((blk + 1) * block).min(m));
             let w = j1 - j0;
-            tile.resize(n * w, 0.0);
             let (rows, r0, r1) = match &b {
                 BSource::Rows(rows) => (*rows, j0, j1),
                 BSource::Dequant(row) => {
@@ -42,12 +55,9 @@ pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: 
                     (BRows::F32(deq), 0, w)
                 }
             };
-            gemm_packed(k.gemm_micro, a, rows, r0, r1, tile, w, scratch);
-            for t in 0..n {
-                // SAFETY: block `blk` alone writes columns j0..j1 of each row.
-                let dst = unsafe { shared.slice(t * m + j0, w) };
-                dst.copy_from_slice(&tile[t * w..(t + 1) * w]);
-            }
+            // SAFETY: `out` holds n rows of m; block `blk` alone writes columns
+            // j0..j1 of each row, and nothing reads them during the loop.
+            unsafe { gemm_packed_raw(k, a, rows, r0, r1, shared.ptr().add(j0), m, scratch) };
         },
     );
 }
@@ -55,9 +65,18 @@ pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: 
 /// `A @ B` with `a` row-major `n × k` and `b` row-major `k × m`, on `threads`
 /// worker threads (default: all cores) and the kernel path `isa` (default: the
 /// best this CPU has, or `EDGELLM_ISA`). Returns the row-major `n × m` product.
-pub fn matmul_f32(a: &[f32], n: usize, k: usize, b: &[f32], m: usize, threads: Option<usize>, isa: Option<Isa>) -> Result<Vec<f32>> {
+pub fn matmul_f32(
+    a: &[f32],
+    n: usize,
+    k: usize,
+    b: &[f32],
+    m: usize,
+    threads: Option<usize>,
+    isa: Option<Isa>,
+) -> Result<Vec<f32>> {
     let size = |r: usize, c: usize, what: &str| {
-        r.checked_mul(c).ok_or_else(|| Error::arg(format!("matmul: {what} of {r} × {c} elements overflows")))
+        r.checked_mul(c)
+            .ok_or_else(|| Error::arg(format!("matmul: {what} of {r} × {c} elements overflows")))
     };
     if a.len() != size(n, k, "A")? || b.len() != size(k, m, "B")? {
         return Err(Error::arg(format!(
@@ -78,8 +97,14 @@ pub fn matmul_f32(a: &[f32], n: usize, k: usize, b: &[f32], m: usize, threads: O
         return Ok(out);
     }
     pool(threads)?.install(|| {
-        let pa = pack_a(a, n, k);
-        par_gemm(kern, &pa, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, &mut out);
+        let pa = par_pack_a(a, n, k);
+        par_gemm(
+            kern,
+            &pa,
+            BSource::Rows(BRows::F32Cols { data: b, ld: m }),
+            m,
+            &mut out,
+        );
     });
     Ok(out)
 }
@@ -88,7 +113,10 @@ pub fn matmul_f32(a: &[f32], n: usize, k: usize, b: &[f32], m: usize, threads: O
 /// would cost more than a 512³ product's split saves.
 pub(crate) fn pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
     static POOLS: OnceLock<Mutex<HashMap<Option<usize>, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if let Some(p) = pools.get(&threads) {
         return Ok(p.clone());
     }

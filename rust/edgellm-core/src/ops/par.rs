@@ -11,6 +11,10 @@ impl SharedMut {
     pub(crate) fn new(s: &mut [f32]) -> Self {
         SharedMut(s.as_mut_ptr(), s.len())
     }
+    /// The start of the buffer, for kernels that write disjoint parts in place.
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
     /// # Safety
     /// No other live reference may overlap `start..start+len`.
     #[allow(clippy::mut_from_ref)]

@@ -1,17 +1,20 @@
-//! NEON GEMM micro-kernel: a 6×16 tile in 24 q-register accumulators.
+//! NEON GEMM micro-kernel: a 6×16 tile in 24 q-register accumulators, added to
+//! C in place. B panels are packed by the reference packer.
 
 use crate::gemm::{MR, NR};
 use core::arch::aarch64::*;
 
-/// Safe entry: only reachable through the NEON kernel table.
-pub fn micro_kernel(kc: usize, ap: &[f32], bp: &[f32], acc: &mut [f32; MR * NR]) {
-    assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
-    unsafe { kernel(kc, ap.as_ptr(), bp.as_ptr(), acc) }
-}
-
+/// See [`crate::gemm::MicroKernel`]; only reachable through the NEON tables.
 #[target_feature(enable = "neon")]
-unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, acc: &mut [f32; MR * NR]) {
-    let mut c = [[vdupq_n_f32(0.0); 4]; MR];
+pub unsafe fn micro_kernel(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
     for kk in 0..kc {
         let b = [
             vld1q_f32(bp.add(kk * NR)),
@@ -20,16 +23,22 @@ unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, acc: &mut [f32; MR *
             vld1q_f32(bp.add(kk * NR + 12)),
         ];
         let a = ap.add(kk * MR);
-        for (r, cr) in c.iter_mut().enumerate() {
+        for (r, cr) in acc.iter_mut().enumerate() {
             let av = *a.add(r);
             for (q, cq) in cr.iter_mut().enumerate() {
                 *cq = vfmaq_n_f32(*cq, b[q], av);
             }
         }
     }
-    for (r, cr) in c.iter().enumerate() {
+    for (r, cr) in acc.iter().enumerate() {
         for (q, cq) in cr.iter().enumerate() {
-            vst1q_f32(acc.as_mut_ptr().add(r * NR + 4 * q), *cq);
+            let d = c.add(r * ldc + 4 * q);
+            let v = if add {
+                vaddq_f32(*cq, vld1q_f32(d))
+            } else {
+                *cq
+            };
+            vst1q_f32(d, v);
         }
     }
 }

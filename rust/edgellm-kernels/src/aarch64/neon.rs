@@ -18,6 +18,7 @@ pub static KERNELS: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     gemm_micro: super::gemm_neon::micro_kernel,
+    gemm_pack_b: crate::gemm::pack_b,
     quantize_act: super::quant_neon::quantize_act,
     vec_dot: super::quant_neon::vec_dot,
     gemv_q: super::quant_neon::gemv_q,
@@ -80,7 +81,11 @@ mod imp {
         let mut i = 0;
         while i + 16 <= n {
             for (u, s) in acc.iter_mut().enumerate() {
-                *s = vfmaq_f32(*s, vld1q_f32(ap.add(i + 4 * u)), vld1q_f32(bp.add(i + 4 * u)));
+                *s = vfmaq_f32(
+                    *s,
+                    vld1q_f32(ap.add(i + 4 * u)),
+                    vld1q_f32(bp.add(i + 4 * u)),
+                );
             }
             i += 16;
         }
@@ -88,7 +93,10 @@ mod imp {
             acc[0] = vfmaq_f32(acc[0], vld1q_f32(ap.add(i)), vld1q_f32(bp.add(i)));
             i += 4;
         }
-        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
         while i < n {
             s += a[i] * b[i];
             i += 1;
@@ -104,7 +112,11 @@ mod imp {
         let mut i = 0;
         while i + 16 <= n {
             for (u, s) in acc.iter_mut().enumerate() {
-                *s = vfmaq_f32(*s, load_bf16(wp.add(i + 4 * u)), vld1q_f32(xp.add(i + 4 * u)));
+                *s = vfmaq_f32(
+                    *s,
+                    load_bf16(wp.add(i + 4 * u)),
+                    vld1q_f32(xp.add(i + 4 * u)),
+                );
             }
             i += 16;
         }
@@ -112,7 +124,10 @@ mod imp {
             acc[0] = vfmaq_f32(acc[0], load_bf16(wp.add(i)), vld1q_f32(xp.add(i)));
             i += 4;
         }
-        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
         while i < n {
             s += w[i].to_f32() * x[i];
             i += 1;
@@ -126,7 +141,10 @@ mod imp {
         let mut i = 0;
         while i + 4 <= n {
             let p = y.as_mut_ptr().add(i);
-            vst1q_f32(p, vfmaq_n_f32(vld1q_f32(p), vld1q_f32(x.as_ptr().add(i)), alpha));
+            vst1q_f32(
+                p,
+                vfmaq_n_f32(vld1q_f32(p), vld1q_f32(x.as_ptr().add(i)), alpha),
+            );
             i += 4;
         }
         while i < n {
@@ -158,8 +176,18 @@ mod imp {
         let mut acc = [[vdupq_n_f32(0.0); NR]; MR];
         let mut p = 0;
         while p + 4 <= k {
-            let av = [vld1q_f32(a.add(p)), vld1q_f32(a.add(k + p)), vld1q_f32(a.add(2 * k + p)), vld1q_f32(a.add(3 * k + p))];
-            let bv = [vld1q_f32(b.add(p)), vld1q_f32(b.add(k + p)), vld1q_f32(b.add(2 * k + p)), vld1q_f32(b.add(3 * k + p))];
+            let av = [
+                vld1q_f32(a.add(p)),
+                vld1q_f32(a.add(k + p)),
+                vld1q_f32(a.add(2 * k + p)),
+                vld1q_f32(a.add(3 * k + p)),
+            ];
+            let bv = [
+                vld1q_f32(b.add(p)),
+                vld1q_f32(b.add(k + p)),
+                vld1q_f32(b.add(2 * k + p)),
+                vld1q_f32(b.add(3 * k + p)),
+            ];
             for i in 0..MR {
                 for j in 0..NR {
                     acc[i][j] = vfmaq_f32(acc[i][j], av[i], bv[j]);
@@ -179,7 +207,15 @@ mod imp {
     }
 
     #[target_feature(enable = "neon")]
-    pub unsafe fn matmul_f32(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, c: &mut [f32], ldc: usize) {
+    pub unsafe fn matmul_f32(
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        m: usize,
+        k: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
         let (n_full, m_full) = (n - n % MR, m - m % NR);
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         for i in (0..n_full).step_by(MR) {

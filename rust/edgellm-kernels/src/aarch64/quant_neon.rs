@@ -54,7 +54,9 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
             (Q6K, false) => imp::q6_k_neon(w, act, nb),
             (Q8K, true) => imp::q8_k_dot(w, act, nb),
             (Q8K, false) => imp::q8_k_neon(w, act, nb),
-            (Q3G128 | Q3AG128 | Q2G128 | Q2AG128, _) => super::lowbit_neon::vec_dot(ty, w, act, nb, dot),
+            (Q3G128 | Q3AG128 | Q2G128 | Q2AG128, _) => {
+                super::lowbit_neon::vec_dot(ty, w, act, nb, dot)
+            }
             (F32 | F16 | BF16, _) => quant::float_dot(ty, w, act, n, super::neon::KERNELS.dot_f32),
             (NF4 | F8E4M3 | F8E5M2, _) => super::nf4_fp8_neon::vec_dot(ty, w, act, nb),
             _ => quant::vec_dot_unchecked(ty, w, act, n),
@@ -77,9 +79,17 @@ pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f3
 /// where the CPU has dotprod, `smull` + pairwise adds otherwise), so each i32 lane
 /// holds one row; bit-identical to the scalar `vec_dot`. Other types: the NEON
 /// `vec_dot` per (row, token) pair.
-pub(crate) fn gemm_q(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize, s: &mut quant::qgemm::QGemmScratch) {
+pub(crate) fn gemm_q(
+    w: &[u8],
+    qa: &quant::qgemm::QActs,
+    out: &mut [f32],
+    ldo: usize,
+    s: &mut quant::qgemm::QGemmScratch,
+) {
     match qa.ty() {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => quant::qgemm::gemm_q_panels(&NeonPanels { dot: has_dotprod() }, w, qa, out, ldo, s),
+        GgmlType::Q4_0 | GgmlType::Q8_0 => {
+            quant::qgemm::gemm_q_panels(&NeonPanels { dot: has_dotprod() }, w, qa, out, ldo, s)
+        }
         _ => quant::qgemm::gemm_q_with(vec_dot, w, qa, out, ldo),
     }
 }
@@ -92,7 +102,13 @@ struct NeonPanels {
 }
 
 impl quant::qgemm::PanelKernels for NeonPanels {
-    unsafe fn tile(&self, _ty: GgmlType, x: &quant::qgemm::PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
+    unsafe fn tile(
+        &self,
+        _ty: GgmlType,
+        x: &quant::qgemm::PanelTile,
+        tokens: usize,
+        res: &mut [[f32; 8]; 4],
+    ) {
         match (tokens, self.dot) {
             (4, true) => imp::panel_tile_dot::<4>(x, res),
             (3, true) => imp::panel_tile_dot::<3>(x, res),
@@ -141,7 +157,11 @@ pub(super) mod imp {
     /// multiplies and pairwise accumulation (the lanes then hold other partial
     /// sums, but their total is the same).
     #[inline(always)]
-    pub(in crate::aarch64) unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    pub(in crate::aarch64) unsafe fn dot16<const DOT: bool>(
+        acc: int32x4_t,
+        a: int8x16_t,
+        b: int8x16_t,
+    ) -> int32x4_t {
         if DOT {
             let mut acc = acc;
             asm!(
@@ -162,7 +182,12 @@ pub(super) mod imp {
 
     /// Σ over 32 elements given as two halves.
     #[inline(always)]
-    unsafe fn dot32<const DOT: bool>(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> int32x4_t {
+    unsafe fn dot32<const DOT: bool>(
+        a0: int8x16_t,
+        a1: int8x16_t,
+        b0: int8x16_t,
+        b1: int8x16_t,
+    ) -> int32x4_t {
         dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), a0, b0), a1, b1)
     }
 
@@ -172,7 +197,10 @@ pub(super) mod imp {
         for h in 0..2 {
             let a = vcombine_s16(vqmovn_s32(q[4 * h]), vqmovn_s32(q[4 * h + 1]));
             let b = vcombine_s16(vqmovn_s32(q[4 * h + 2]), vqmovn_s32(q[4 * h + 3]));
-            vst1q_s8(out.add(16 * h) as *mut i8, vcombine_s8(vqmovn_s16(a), vqmovn_s16(b)));
+            vst1q_s8(
+                out.add(16 * h) as *mut i8,
+                vcombine_s8(vqmovn_s16(a), vqmovn_s16(b)),
+            );
         }
     }
 
@@ -188,7 +216,10 @@ pub(super) mod imp {
             let d = vmaxvq_f32(m) / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             b[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
-            pack_i8(v.map(|vi| vcvtq_s32_f32(vrndaq_f32(vmulq_n_f32(vi, id)))), b.as_mut_ptr().add(Q8_0_QS));
+            pack_i8(
+                v.map(|vi| vcvtq_s32_f32(vrndaq_f32(vmulq_n_f32(vi, id)))),
+                b.as_mut_ptr().add(Q8_0_QS),
+            );
         }
     }
 
@@ -217,8 +248,12 @@ pub(super) mod imp {
                 pack_i8(q, b.as_mut_ptr().add(Q8K_QS + 32 * j));
             }
             for j in 0..16 {
-                let sum: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16].iter().map(|&q| q as i8 as i32).sum();
-                b[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2].copy_from_slice(&(sum as i16).to_le_bytes());
+                let sum: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16]
+                    .iter()
+                    .map(|&q| q as i8 as i32)
+                    .sum();
+                b[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2]
+                    .copy_from_slice(&(sum as i16).to_le_bytes());
             }
             b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
         }
@@ -317,9 +352,16 @@ pub(super) mod imp {
 
     /// q4_K (`FIVE = false`) and q5_K.
     #[inline(always)]
-    unsafe fn q45_k<const DOT: bool, const FIVE: bool>(wp: *const u8, ap: *const u8, nb: usize) -> f32 {
-        let (bw, dmin_at, sc_at, qs_at) =
-            if FIVE { (176, Q5K_DMIN, Q5K_SCALES, Q5K_QS) } else { (144, Q4K_DMIN, Q4K_SCALES, Q4K_QS) };
+    unsafe fn q45_k<const DOT: bool, const FIVE: bool>(
+        wp: *const u8,
+        ap: *const u8,
+        nb: usize,
+    ) -> f32 {
+        let (bw, dmin_at, sc_at, qs_at) = if FIVE {
+            (176, Q5K_DMIN, Q5K_SCALES, Q5K_QS)
+        } else {
+            (144, Q4K_DMIN, Q4K_SCALES, Q4K_QS)
+        };
         let m4 = vdupq_n_u8(0x0F);
         let b4 = vdupq_n_u8(0x10);
         let mut sum = 0f32;
@@ -396,7 +438,12 @@ pub(super) mod imp {
             let mut isum = -32 * vaddvq_s32(off);
             for h in 0..2 {
                 let ql = wb.add(64 * h);
-                let (ql0, ql1, ql2, ql3) = (ld_u8(ql), ld_u8(ql.add(16)), ld_u8(ql.add(32)), ld_u8(ql.add(48)));
+                let (ql0, ql1, ql2, ql3) = (
+                    ld_u8(ql),
+                    ld_u8(ql.add(16)),
+                    ld_u8(ql.add(32)),
+                    ld_u8(ql.add(48)),
+                );
                 let qh0 = ld_u8(wb.add(Q6K_QH + 32 * h));
                 let qh1 = ld_u8(wb.add(Q6K_QH + 32 * h + 16));
                 let y = ab.add(Q8K_QS + 128 * h);
@@ -404,17 +451,41 @@ pub(super) mod imp {
                 // low (s < 2) or high, and bits 2s..2s+2 of qh.
                 let groups = [
                     (vandq_u8(ql0, m4), vandq_u8(ql1, m4), qh0, qh1),
-                    (vandq_u8(ql2, m4), vandq_u8(ql3, m4), vshrq_n_u8::<2>(qh0), vshrq_n_u8::<2>(qh1)),
-                    (vshrq_n_u8::<4>(ql0), vshrq_n_u8::<4>(ql1), vshrq_n_u8::<4>(qh0), vshrq_n_u8::<4>(qh1)),
-                    (vshrq_n_u8::<4>(ql2), vshrq_n_u8::<4>(ql3), vshrq_n_u8::<6>(qh0), vshrq_n_u8::<6>(qh1)),
+                    (
+                        vandq_u8(ql2, m4),
+                        vandq_u8(ql3, m4),
+                        vshrq_n_u8::<2>(qh0),
+                        vshrq_n_u8::<2>(qh1),
+                    ),
+                    (
+                        vshrq_n_u8::<4>(ql0),
+                        vshrq_n_u8::<4>(ql1),
+                        vshrq_n_u8::<4>(qh0),
+                        vshrq_n_u8::<4>(qh1),
+                    ),
+                    (
+                        vshrq_n_u8::<4>(ql2),
+                        vshrq_n_u8::<4>(ql3),
+                        vshrq_n_u8::<6>(qh0),
+                        vshrq_n_u8::<6>(qh1),
+                    ),
                 ];
                 for (g, &(lo0, lo1, hi0, hi1)) in groups.iter().enumerate() {
                     let q0 = vorrq_u8(lo0, vshlq_n_u8::<4>(vandq_u8(hi0, m3)));
                     let q1 = vorrq_u8(lo1, vshlq_n_u8::<4>(vandq_u8(hi1, m3)));
-                    let p0 = dot16::<DOT>(vdupq_n_s32(0), vreinterpretq_s8_u8(q0), ld_s8(y.add(32 * g)));
-                    let p1 = dot16::<DOT>(vdupq_n_s32(0), vreinterpretq_s8_u8(q1), ld_s8(y.add(32 * g + 16)));
+                    let p0 = dot16::<DOT>(
+                        vdupq_n_s32(0),
+                        vreinterpretq_s8_u8(q0),
+                        ld_s8(y.add(32 * g)),
+                    );
+                    let p1 = dot16::<DOT>(
+                        vdupq_n_s32(0),
+                        vreinterpretq_s8_u8(q1),
+                        ld_s8(y.add(32 * g + 16)),
+                    );
                     let k = 8 * h + 2 * g;
-                    isum += vaddvq_s32(p0) * *sc.add(k) as i32 + vaddvq_s32(p1) * *sc.add(k + 1) as i32;
+                    isum +=
+                        vaddvq_s32(p0) * *sc.add(k) as i32 + vaddvq_s32(p1) * *sc.add(k + 1) as i32;
                 }
             }
             sum += f16_ld(wb.add(Q6K_D)) * f32_ld(ab) * isum as f32;
@@ -429,7 +500,11 @@ pub(super) mod imp {
             let (wb, ab) = (wp.add(292 * i), ap.add(292 * i));
             let mut acc = vdupq_n_s32(0);
             for j in 0..16 {
-                acc = dot16::<DOT>(acc, ld_s8(wb.add(Q8K_QS + 16 * j)), ld_s8(ab.add(Q8K_QS + 16 * j)));
+                acc = dot16::<DOT>(
+                    acc,
+                    ld_s8(wb.add(Q8K_QS + 16 * j)),
+                    ld_s8(ab.add(Q8K_QS + 16 * j)),
+                );
             }
             sum += f32_ld(wb) * f32_ld(ab) * vaddvq_s32(acc) as f32;
         }
@@ -447,7 +522,10 @@ pub(super) mod imp {
         } else {
             // Products of bytes (2i, 2i + 1) summed pairwise: 8 × i16 for rows in
             // pairs of lanes (|sum| ≤ 2 · 128 · 127), then added pairwise into the row.
-            let p = vpaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)), vmull_high_s8(w, a));
+            let p = vpaddq_s16(
+                vmull_s8(vget_low_s8(w), vget_low_s8(a)),
+                vmull_high_s8(w, a),
+            );
             vpadalq_s16(acc, p)
         }
     }
@@ -462,15 +540,24 @@ pub(super) mod imp {
                 let w0 = ld_s8(wb.add(32 * g));
                 let w1 = ld_s8(wb.add(32 * g + 16));
                 for (t, st) in s32.iter_mut().enumerate() {
-                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(x.row(t).add(34 * b + 2 + 4 * g) as *const i32));
+                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(
+                        x.row(t).add(34 * b + 2 + 4 * g) as *const i32
+                    ));
                     st[0] = dot4::<DOT>(st[0], w0, y);
                     st[1] = dot4::<DOT>(st[1], w1, y);
                 }
             }
-            let dw = [vld1q_f32(wb.add(x.l.d) as *const f32), vld1q_f32(wb.add(x.l.d + 16) as *const f32)];
+            let dw = [
+                vld1q_f32(wb.add(x.l.d) as *const f32),
+                vld1q_f32(wb.add(x.l.d + 16) as *const f32),
+            ];
             for t in 0..T {
                 let da = vdupq_n_f32(*x.da.as_ptr().add(t * x.nb + b));
-                let off = if x.sa.is_empty() { vdupq_n_s32(0) } else { vdupq_n_s32(*x.sa.as_ptr().add(t * x.nb + b)) };
+                let off = if x.sa.is_empty() {
+                    vdupq_n_s32(0)
+                } else {
+                    vdupq_n_s32(*x.sa.as_ptr().add(t * x.nb + b))
+                };
                 for h in 0..2 {
                     // (d_w · d_a) · isum, then the running sum: the scalar order.
                     let isum = vcvtq_f32_s32(vsubq_s32(s32[t][h], off));

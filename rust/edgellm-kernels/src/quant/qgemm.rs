@@ -25,9 +25,9 @@
 use super::blocks::*;
 use super::{f16_at, scale_min_k4, vec_dot_type, GgmlType};
 
-
 /// Signature of [`crate::Kernels::gemm_q`].
-pub type GemmQFn = fn(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize, scratch: &mut QGemmScratch);
+pub type GemmQFn =
+    fn(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize, scratch: &mut QGemmScratch);
 
 /// Activation rows quantized for weights of one type (rows of
 /// `quantize_act(ty, ..)`), with the per-block values the interleaved kernels
@@ -49,7 +49,11 @@ impl QActs {
     pub fn new(ty: GgmlType, k: usize, bytes: Vec<u8>) -> QActs {
         let ab = super::act_row_bytes(ty, k)
             .unwrap_or_else(|| panic!("QActs: {k} elements are not whole {} blocks", ty.name()));
-        assert!(ab > 0 && bytes.len() % ab == 0, "QActs: {} bytes are not whole activation rows of {k}", bytes.len());
+        assert!(
+            ab > 0 && bytes.len() % ab == 0,
+            "QActs: {} bytes are not whole activation rows of {k}",
+            bytes.len()
+        );
         let n = bytes.len() / ab;
         let (mut da, mut sa) = (Vec::new(), Vec::new());
         if matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
@@ -64,7 +68,14 @@ impl QActs {
                 sa.push(8 * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>());
             }
         }
-        QActs { ty, k, n, bytes, da, sa }
+        QActs {
+            ty,
+            k,
+            n,
+            bytes,
+            da,
+            sa,
+        }
     }
     /// The weight type these activations are quantized for.
     pub fn ty(&self) -> GgmlType {
@@ -137,14 +148,27 @@ pub(crate) trait PanelKernels {
     /// The tile's panel holds `nb` packed blocks of `ty`, its activations
     /// `tokens` whole rows (with their `da`/`sa` entries), and the CPU runs the
     /// implementation's instructions.
-    unsafe fn tile(&self, ty: GgmlType, tile: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+    unsafe fn tile(
+        &self,
+        ty: GgmlType,
+        tile: &PanelTile,
+        tokens: usize,
+        res: &mut [[f32; PANEL]; TILE_TOKENS],
+    );
 }
 
 /// `gemm_q` through the interleaved kernels of `kern` (for types with a
 /// [`panel_layout`]): every panel of [`PANEL`] weight rows packed once per call,
 /// then, for blocks of tokens whose activations (~96 KiB) stay in L2, each panel
 /// against tiles of [`TILE_TOKENS`] tokens.
-pub(crate) fn gemm_q_panels(kern: &impl PanelKernels, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
+pub(crate) fn gemm_q_panels(
+    kern: &impl PanelKernels,
+    w: &[u8],
+    qa: &QActs,
+    out: &mut [f32],
+    ldo: usize,
+    s: &mut QGemmScratch,
+) {
     let (ty, k) = (qa.ty, qa.k);
     let l = panel_layout(ty).expect("gemm_q_panels: a type with a panel layout");
     let (rows, n) = check_gemm_q(w, qa, out, ldo);
@@ -158,7 +182,14 @@ pub(crate) fn gemm_q_panels(kern: &impl PanelKernels, w: &[u8], qa: &QActs, out:
     s.w.resize(panels * pb, 0);
     for p in 0..panels {
         let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
-        kern.pack(ty, &w[r0 * rb..r1 * rb], rb, k, l, &mut s.w[p * pb..(p + 1) * pb]);
+        kern.pack(
+            ty,
+            &w[r0 * rb..r1 * rb],
+            rb,
+            k,
+            l,
+            &mut s.w[p * pb..(p + 1) * pb],
+        );
     }
     let per_row = |v: usize, t: usize| if v == 0 { 0 } else { t * nb };
     assert!(qa.da.len() == per_row(qa.da.len(), n) && qa.sa.len() == per_row(qa.sa.len(), n));
@@ -198,10 +229,21 @@ pub fn check_gemm_q(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, 
     let (ty, k) = (acts.ty, acts.k);
     let rb = ty.row_bytes(k).expect("checked by QActs::new");
     assert!(rb > 0, "gemm_q: k must be positive");
-    assert!(w.len() % rb == 0, "gemm_q: {} weight bytes are not whole {} rows of {k}", w.len(), ty.name());
+    assert!(
+        w.len() % rb == 0,
+        "gemm_q: {} weight bytes are not whole {} rows of {k}",
+        w.len(),
+        ty.name()
+    );
     let (rows, n) = (w.len() / rb, acts.n);
-    assert!(ldo >= rows, "gemm_q: ldo {ldo} smaller than the {rows} weight rows");
-    assert!(n == 0 || out.len() >= (n - 1) * ldo + rows, "gemm_q: output too small");
+    assert!(
+        ldo >= rows,
+        "gemm_q: ldo {ldo} smaller than the {rows} weight rows"
+    );
+    assert!(
+        n == 0 || out.len() >= (n - 1) * ldo + rows,
+        "gemm_q: output too small"
+    );
     (rows, n)
 }
 
@@ -282,11 +324,32 @@ pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {
     use GgmlType::*;
     let q = |elems: usize| elems * PANEL; // unpacked quant bytes of a block
     Some(match ty {
-        Q4_0 | Q8_0 => PanelLayout { stride: q(32) + 32, elems: 32, d: q(32), dmin: 0, sc: 0, sc2: 0 },
+        Q4_0 | Q8_0 => PanelLayout {
+            stride: q(32) + 32,
+            elems: 32,
+            d: q(32),
+            dmin: 0,
+            sc: 0,
+            sc2: 0,
+        },
         // quants 2048, d 32, dmin 32, scales 8 × 32, mins 8 × 32
-        Q4K => PanelLayout { stride: q(256) + 64 + 512, elems: 256, d: q(256), dmin: q(256) + 32, sc: q(256) + 64, sc2: q(256) + 64 + 256 },
+        Q4K => PanelLayout {
+            stride: q(256) + 64 + 512,
+            elems: 256,
+            d: q(256),
+            dmin: q(256) + 32,
+            sc: q(256) + 64,
+            sc2: q(256) + 64 + 256,
+        },
         // quants 2048, d 32, scales 16 × 32, scale pairs 8 × 32
-        Q6K => PanelLayout { stride: q(256) + 32 + 768, elems: 256, d: q(256), dmin: 0, sc: q(256) + 32, sc2: q(256) + 32 + 512 },
+        Q6K => PanelLayout {
+            stride: q(256) + 32 + 768,
+            elems: 256,
+            d: q(256),
+            dmin: 0,
+            sc: q(256) + 32,
+            sc2: q(256) + 32 + 512,
+        },
         _ => return None,
     })
 }
@@ -303,7 +366,10 @@ pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut 
     let nb = k / l.elems;
     let rows = if rb == 0 { 0 } else { w.len() / rb };
     assert!(
-        ty.row_bytes(k) == Some(rb) && rows <= PANEL && w.len() == rows * rb && out.len() >= nb * l.stride,
+        ty.row_bytes(k) == Some(rb)
+            && rows <= PANEL
+            && w.len() == rows * rb
+            && out.len() >= nb * l.stride,
         "pack_panel: bad shapes"
     );
     // Full panels overwrite every byte of every block (all quants, all tables).
@@ -367,7 +433,10 @@ pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut 
                         // (high nibble for s ≥ 2), high bits (qh[32n + l] >> 2s) & 3.
                         for n in 0..2 {
                             for i in 0..8 {
-                                let (l0, l1) = (rd(blk.add(64 * n + 4 * i)), rd(blk.add(64 * n + 32 + 4 * i)));
+                                let (l0, l1) = (
+                                    rd(blk.add(64 * n + 4 * i)),
+                                    rd(blk.add(64 * n + 32 + 4 * i)),
+                                );
                                 let h = rd(blk.add(Q6K_QH + 32 * n + 4 * i));
                                 let hi = |s: usize| ((h >> (2 * s)) & 0x0303_0303) << 4;
                                 wr(q(32 * n + i), (l0 & NIB) | hi(0));
@@ -402,19 +471,26 @@ mod tests {
     /// Unpacks a packed panel's quants back to per-row element order.
     fn unpacked(ty: GgmlType, packed: &[u8], k: usize, r: usize) -> Vec<u8> {
         let l = panel_layout(ty).unwrap();
-        (0..k).map(|e| packed[(e / l.elems) * l.stride + 32 * ((e % l.elems) / 4) + 4 * r + e % 4]).collect()
+        (0..k)
+            .map(|e| packed[(e / l.elems) * l.stride + 32 * ((e % l.elems) / 4) + 4 * r + e % 4])
+            .collect()
     }
 
     #[test]
     fn pack_panel_puts_each_element_in_its_lane() {
         // 5 rows: padding lanes must be zero; 8 rows: every byte is overwritten
         // (the buffer starts as 0xAA garbage and is not cleared for full panels).
-        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K].into_iter().flat_map(|t| [(t, 5), (t, 8)]) {
+        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K]
+            .into_iter()
+            .flat_map(|t| [(t, 5), (t, 8)])
+        {
             let k = 512;
             let rb = ty.row_bytes(k).unwrap();
             let mut w = vec![0u8; rows * rb];
             for r in 0..rows {
-                let x: Vec<f32> = (0..k).map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + r as f32 * 0.3).collect();
+                let x: Vec<f32> = (0..k)
+                    .map(|i| ((i * 7 + r * 13) % 23) as f32 - 11.0 + r as f32 * 0.3)
+                    .collect();
                 quantize_row(ty, &x, &mut w[r * rb..(r + 1) * rb]).unwrap();
             }
             let l = panel_layout(ty).unwrap();
@@ -445,8 +521,13 @@ mod tests {
                         }
                         GgmlType::Q6K => {
                             let sb = j / 16;
-                            assert_eq!(i16_(o + l.sc + 32 * sb + 4 * r), i16_(o + l.sc2 + 32 * (sb / 2) + 4 * r + 2 * (sb % 2)));
-                            f(o + l.d + 4 * r) * i16_(o + l.sc + 32 * sb + 4 * r) * (v as f32 - 32.0)
+                            assert_eq!(
+                                i16_(o + l.sc + 32 * sb + 4 * r),
+                                i16_(o + l.sc2 + 32 * (sb / 2) + 4 * r + 2 * (sb % 2))
+                            );
+                            f(o + l.d + 4 * r)
+                                * i16_(o + l.sc + 32 * sb + 4 * r)
+                                * (v as f32 - 32.0)
                         }
                         _ => unreachable!(),
                     };

@@ -20,6 +20,7 @@ pub static KERNELS: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     gemm_micro: super::gemm_avx2::micro_kernel,
+    gemm_pack_b: super::gemm_avx2::pack_b,
     quantize_act: super::quant_avx2::quantize_act,
     vec_dot: super::quant_avx2::vec_dot,
     gemv_q: super::gemv_avx2::gemv_q,
@@ -62,54 +63,7 @@ mod imp {
     use super::*;
 
     use crate::x86::simd::hsum_ps as hsum;
-
-    #[inline(always)]
-    unsafe fn load_f16(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-
-    #[inline(always)]
-    unsafe fn load_bf16(p: *const bf16) -> __m256 {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-    }
-
-    /// A weight element type the float dots read: its 8-wide load to f32 and its
-    /// scalar widening (for tails).
-    trait Elem: Copy {
-        unsafe fn load8(p: *const Self) -> __m256;
-        fn widen(self) -> f32;
-    }
-    impl Elem for f32 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-        #[inline(always)]
-        fn widen(self) -> f32 {
-            self
-        }
-    }
-    impl Elem for f16 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f16) -> __m256 {
-            load_f16(p)
-        }
-        #[inline(always)]
-        fn widen(self) -> f32 {
-            self.to_f32()
-        }
-    }
-    impl Elem for bf16 {
-        #[inline(always)]
-        unsafe fn load8(p: *const bf16) -> __m256 {
-            load_bf16(p)
-        }
-        #[inline(always)]
-        fn widen(self) -> f32 {
-            self.to_f32()
-        }
-    }
+    use crate::x86::simd::{load_bf16, load_f16, Elem};
 
     /// Dot of `n` weight elements at `w` with `x`: four accumulators over 32-wide
     /// steps (hiding FMA latency), an 8-wide step into the first, a scalar tail.
@@ -119,7 +73,11 @@ mod imp {
         let mut i = 0;
         while i + 32 <= n {
             for (u, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(E::load8(w.add(i + 8 * u)), _mm256_loadu_ps(x.add(i + 8 * u)), *a);
+                *a = _mm256_fmadd_ps(
+                    E::load8(w.add(i + 8 * u)),
+                    _mm256_loadu_ps(x.add(i + 8 * u)),
+                    *a,
+                );
             }
             i += 32;
         }
@@ -127,7 +85,10 @@ mod imp {
             acc[0] = _mm256_fmadd_ps(E::load8(w.add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         for j in i..n {
             s += (*w.add(j)).widen() * *x.add(j);
         }
@@ -156,7 +117,10 @@ mod imp {
         let mut i = 0;
         while i + 8 <= n {
             let p = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+            _mm256_storeu_ps(
+                p,
+                _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)),
+            );
             i += 8;
         }
         while i < n {
@@ -228,7 +192,15 @@ mod imp {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn matmul_f32(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, c: &mut [f32], ldc: usize) {
+    pub unsafe fn matmul_f32(
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        m: usize,
+        k: usize,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
         let (n_full, m_full) = (n - n % MR, m - m % NR);
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         for i in (0..n_full).step_by(MR) {

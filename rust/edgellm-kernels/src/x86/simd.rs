@@ -2,6 +2,7 @@
 //! `#[target_feature]` callers).
 
 use core::arch::x86_64::*;
+use half::{bf16, f16};
 
 /// Sum of the eight f32 lanes.
 #[inline(always)]
@@ -17,4 +18,54 @@ pub(crate) unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+}
+
+/// Eight f16 values widened to f32 (F16C).
+#[inline(always)]
+pub(crate) unsafe fn load_f16(p: *const f16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Eight bf16 values widened to f32 (a 16-bit shift).
+#[inline(always)]
+pub(crate) unsafe fn load_bf16(p: *const bf16) -> __m256 {
+    let h = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// A weight element type the float dots read: its 8-wide load to f32 and its
+/// scalar widening (for tails).
+pub(crate) trait Elem: Copy {
+    unsafe fn load8(p: *const Self) -> __m256;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        load_f16(p)
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+impl Elem for bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        load_bf16(p)
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
 }

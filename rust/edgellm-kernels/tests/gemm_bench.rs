@@ -1,0 +1,92 @@
+//! Single-thread packed-GEMM throughput per instruction set, in GFLOP/s: the
+//! micro-kernel alone on L1/L2-resident panels (its compute ceiling), the whole
+//! GEMM (`pack_a` + `gemm_packed`) on square f32 products, and a prefill-shaped
+//! product with f16 weights larger than the L3 (256 tokens, 2048 → 5632). Run with
+//! `cargo test --release -p edgellm-kernels --test gemm_bench -- --ignored --nocapture`.
+
+use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch, KC, MR, NR};
+use edgellm_kernels::{f16, Isa, Kernels};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn data(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn best(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[test]
+#[ignore]
+fn gemm_f32_throughput() {
+    for isa in Isa::supported() {
+        let k = Kernels::for_isa(isa).unwrap();
+        // Micro-kernel: one A panel against 8 B panels (as in gemm_packed), KC deep.
+        let ap = data(1, KC * MR);
+        let bp = data(2, 8 * KC * NR);
+        let mut acc = [0f32; MR * NR];
+        let reps = 2000;
+        let t = best(|| {
+            for _ in 0..reps {
+                for q in 0..8 {
+                    // SAFETY: full panels and an MR × NR output; the table runs here.
+                    unsafe {
+                        (k.gemm_micro)(
+                            KC,
+                            ap.as_ptr(),
+                            bp[q * KC * NR..].as_ptr(),
+                            acc.as_mut_ptr(),
+                            NR,
+                            false,
+                        )
+                    };
+                }
+                black_box(&acc);
+            }
+        });
+        let micro = 2.0 * (reps * 8 * KC * MR * NR) as f64 / t / 1e9;
+        let mut line = format!("{:>7}  micro {micro:6.1}", isa.name());
+        for n in [512usize, 1024, 2048] {
+            let (a, b) = (data(3, n * n), data(4, n * n));
+            let mut c = vec![0f32; n * n];
+            let mut s = GemmScratch::default();
+            let t = best(|| {
+                let pa = pack_a(&a, n, n);
+                gemm_packed(k, &pa, BRows::F32(&b), 0, n, &mut c, n, &mut s);
+                black_box(&c);
+            });
+            line += &format!("  n={n} {:6.1}", 2.0 * (n * n * n) as f64 / t / 1e9);
+        }
+        let (n, kd, m) = (256, 2048, 5632);
+        let a = data(5, n * kd);
+        let w: Vec<f16> = data(6, m * kd).into_iter().map(f16::from_f32).collect();
+        let mut c = vec![0f32; n * m];
+        let mut s = GemmScratch::default();
+        let pa = pack_a(&a, n, kd);
+        let t = best(|| {
+            gemm_packed(k, &pa, BRows::F16(&w), 0, m, &mut c, m, &mut s);
+            black_box(&c);
+        });
+        line += &format!(
+            "  f16 {n}x{kd}x{m} {:6.1}",
+            2.0 * (n * kd * m) as f64 / t / 1e9
+        );
+        println!("{line}  GFLOP/s");
+    }
+}

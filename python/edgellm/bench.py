@@ -64,27 +64,45 @@ def run(model: Model, prompt_tokens: int = 512, gen_tokens: int = 128, reps: int
     return out
 
 
+# Untimed calls at the start of each GEMM turn: longer than OpenBLAS's spin.
+_WARM_S = 0.25
+
+
 def gemm_vs_numpy(sizes: List[int], threads: int = 2, reps: int = 5) -> List[Dict[str, Any]]:
     """f32 GEMM speed of :func:`edgellm.matmul` against numpy's ``@`` (its BLAS) on
     square ``n × n`` products, interleaved repetitions, best of ``reps`` each.
     numpy's BLAS thread count is the one it was started with (set
-    ``OPENBLAS_NUM_THREADS`` before importing numpy to match ``threads``)."""
+    ``OPENBLAS_NUM_THREADS`` before importing numpy to match ``threads``).
+
+    The engines take turns; each turn first calls its engine untimed for
+    ``_WARM_S``, then times two calls. OpenBLAS's workers spin for about 0.1 s
+    after a call, and calls made meanwhile compete with them for the cores
+    (measured 1.3-2x slower at n = 512). A pause instead lets this VM's idle
+    cores sleep, which made the next call's thread wake-ups slow and erratic."""
     from .ops import matmul
+
+    def timed(f: Any) -> float:
+        end = time.perf_counter() + _WARM_S
+        while time.perf_counter() < end:
+            f()
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            f()
+            best = min(best, time.perf_counter() - t)
+        return best
 
     out = []
     rng = np.random.default_rng(0)
     for n in sizes:
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
-        matmul(a, b, threads=threads)  # pool start-up and first-touch outside the timing
+        c = matmul(a, b, threads=threads)  # pool start-up and first-touch outside the timing
+        ref = a @ b
         ours, theirs = float("inf"), float("inf")
         for _ in range(reps):
-            t = time.perf_counter()
-            c = matmul(a, b, threads=threads)
-            ours = min(ours, time.perf_counter() - t)
-            t = time.perf_counter()
-            ref = a @ b
-            theirs = min(theirs, time.perf_counter() - t)
+            ours = min(ours, timed(lambda: matmul(a, b, threads=threads)))
+            theirs = min(theirs, timed(lambda: a @ b))
         err = float(np.abs(c - ref).max() / max(np.abs(ref).max(), 1e-30))
         flops = 2.0 * n * n * n
         out.append({"n": n, "edgellm_gflops": flops / ours / 1e9, "numpy_gflops": flops / theirs / 1e9,

@@ -110,10 +110,21 @@ pub fn pack_a_block(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mu
         a.len() == n * k && dst.len() == kc * MR && p * MR < n.max(1),
         "pack_a_block: shape mismatch"
     );
-    for r in 0..MR.min(n - p * MR) {
-        let row = &a[(p * MR + r) * k + k0..][..kc];
-        for (kk, &v) in row.iter().enumerate() {
-            dst[kk * MR + r] = v;
+    let rows = MR.min(n - p * MR);
+    if rows < MR {
+        for r in 0..rows {
+            let row = &a[(p * MR + r) * k + k0..][..kc];
+            for (kk, &v) in row.iter().enumerate() {
+                dst[kk * MR + r] = v;
+            }
+        }
+        return;
+    }
+    // A full panel: the six rows in lock-step, so the writes are sequential.
+    let row: [&[f32]; MR] = core::array::from_fn(|r| &a[(p * MR + r) * k + k0..][..kc]);
+    for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+        for r in 0..MR {
+            d[r] = row[r][kk];
         }
     }
 }
@@ -133,7 +144,10 @@ pub fn pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
 pub fn pack_b(b: BRows<'_>, k: usize, j0: usize, j1: usize, k0: usize, kc: usize, out: &mut [f32]) {
     check_pack_b(b, k, j0, j1, k0, kc, out);
     let panels = (j1 - j0).div_ceil(NR);
-    out[..panels * kc * NR].fill(0.0);
+    if (j1 - j0) % NR != 0 {
+        // The padding columns of the last panel.
+        out[(panels - 1) * kc * NR..panels * kc * NR].fill(0.0);
+    }
     if let BRows::F32Cols { data, ld } = b {
         // Already k-major: each panel row is a contiguous run of B's columns.
         for (p, panel) in out.chunks_exact_mut(kc * NR).take(panels).enumerate() {
@@ -192,9 +206,14 @@ pub fn check_pack_b(
     );
 }
 
-/// Rows of B handled per packing round: a packed block of `JB × KC` f32 (128 KiB)
-/// stays in L2 while every A panel streams past it.
-const JB: usize = 128;
+/// Rows of B handled per packing round: a packed block of `JB × KC` f32 (256 KiB)
+/// stays in L2.
+const JB: usize = 256;
+/// A panels per chunk (`MC_PANELS · MR` rows × `KC`, 96 KiB): the chunk stays in
+/// L2 while each B panel (16 KiB, in L1) meets all of its panels. Without this
+/// level every A panel met every B panel of the block from L2, and A was
+/// re-read from memory per block: square products of n ≥ 2048 ran 20% slower.
+const MC_PANELS: usize = 16;
 
 /// `c[i * ldc + (j - j0)] = Σ_k a[i][k] · b[j][k]` for rows `j0..j1` of B, every
 /// row of A, with `kern`'s B packer and micro-kernel. Buffers are reused across
@@ -249,26 +268,35 @@ pub unsafe fn gemm_packed_raw(
             let kc = KC.min(k - k0);
             scratch.b.resize((jb1 - jb0).div_ceil(NR) * kc * NR, 0.0);
             (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, &mut scratch.b);
-            for p in 0..a.panels() {
-                let ap = a.block(kb, p);
-                let rows = MR.min(n - p * MR);
+            for pc in (0..a.panels()).step_by(MC_PANELS) {
                 for (q, bp) in scratch.b.chunks_exact(kc * NR).enumerate() {
                     let col0 = jb0 - j0 + q * NR;
                     let cols = NR.min(jb1 - jb0 - q * NR);
-                    let dst = c.add(p * MR * ldc + col0);
-                    if rows == MR && cols == NR {
-                        (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), dst, ldc, kb > 0);
-                        continue;
-                    }
-                    // An edge tile: through a full-size buffer, then its valid part.
-                    (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), edge.as_mut_ptr(), NR, false);
-                    for r in 0..rows {
-                        let d = std::slice::from_raw_parts_mut(dst.add(r * ldc), cols);
-                        let s = &edge[r * NR..r * NR + cols];
-                        if kb == 0 {
-                            d.copy_from_slice(s);
-                        } else {
-                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                    for p in pc..(pc + MC_PANELS).min(a.panels()) {
+                        let ap = a.block(kb, p);
+                        let rows = MR.min(n - p * MR);
+                        let dst = c.add(p * MR * ldc + col0);
+                        if rows == MR && cols == NR {
+                            (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), dst, ldc, kb > 0);
+                            continue;
+                        }
+                        // An edge tile: through a full-size buffer, then its valid part.
+                        (kern.gemm_micro)(
+                            kc,
+                            ap.as_ptr(),
+                            bp.as_ptr(),
+                            edge.as_mut_ptr(),
+                            NR,
+                            false,
+                        );
+                        for r in 0..rows {
+                            let d = std::slice::from_raw_parts_mut(dst.add(r * ldc), cols);
+                            let s = &edge[r * NR..r * NR + cols];
+                            if kb == 0 {
+                                d.copy_from_slice(s);
+                            } else {
+                                d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                            }
                         }
                     }
                 }

@@ -320,9 +320,11 @@ impl GgufVocab<'_> {
                     .and_then(|(k, _)| m[k..].find(' ').map(|p| p + k));
                 match cut {
                     Some(p) => merges.push((m[..p].to_string(), m[p + 1..].to_string())),
-                    None => return Err(Error::format(format!(
+                    None => {
+                        return Err(Error::format(format!(
                         "tokenizer.ggml.merges[{i}] {m:?} is not two tokens separated by a space"
-                    ))),
+                    )))
+                    }
                 }
             }
             let model = BPE::builder()

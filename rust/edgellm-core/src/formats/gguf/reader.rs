@@ -370,9 +370,11 @@ impl GgufFile {
                     "GGUF version 1 is not supported (only versions 2 and 3; re-convert the model)",
                 ))
             }
-            v if (2..=3).contains(&v.swap_bytes()) => return Err(c.err(format_args!(
+            v if (2..=3).contains(&v.swap_bytes()) => {
+                return Err(c.err(format_args!(
                 "version field reads {v}: this is a big-endian GGUF file, which is not supported"
-            ))),
+            )))
+            }
             v => {
                 return Err(c.err(format_args!(
                     "unsupported GGUF version {v} (supported: 2, 3)"

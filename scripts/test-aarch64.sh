@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compiles the kernel crate for aarch64 and runs its tests under qemu, on a
-# modern core (-cpu max: dotprod, i8mm) and on one without dotprod (cortex-a53),
+# modern core (-cpu max: the neon, dotprod and i8mm tables) and on one without
+# dotprod (cortex-a53: the plain neon table alone),
 # so every NEON path and its fallback runs for real. Debian bookworm packages only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

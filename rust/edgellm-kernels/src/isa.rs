@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-/// Environment variable that forces a kernel path (`scalar`, `avx2`, `neon`, or `auto`).
+/// Environment variable that forces a kernel path (`scalar`, `avx2`, `neon`,
+/// `dotprod`, `i8mm`, or `auto`).
 pub const ISA_ENV: &str = "EDGELLM_ISA";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -11,8 +12,16 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell / Zen 1 and later).
     Avx2,
-    /// aarch64 Advanced SIMD (every aarch64 core).
+    /// aarch64 Advanced SIMD (every aarch64 core; e.g. Cortex-A53/A72): integer
+    /// dot products by widening multiplies.
     Neon,
+    /// NEON with the ARMv8.2 dot-product instructions (`sdot`; Cortex-A55/A76,
+    /// Apple M, Graviton 2 and later).
+    Dotprod,
+    /// NEON with dotprod and the ARMv8.6 int8 matrix multiply (`smmla`; Cortex-A510/
+    /// A710/X2, Graviton 3, Apple M2 and later): 2 × 2 tiles of 8-byte dots in
+    /// the prompt GEMM.
+    I8mm,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,13 +59,15 @@ impl fmt::Display for IsaError {
 impl std::error::Error for IsaError {}
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::Dotprod, Isa::I8mm];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
+            Isa::Dotprod => "dotprod",
+            Isa::I8mm => "i8mm",
         }
     }
 
@@ -88,10 +99,13 @@ impl Isa {
                     false
                 }
             }
-            Isa::Neon => {
+            Isa::Neon | Isa::Dotprod | Isa::I8mm => {
                 #[cfg(target_arch = "aarch64")]
                 {
-                    std::arch::is_aarch64_feature_detected!("neon")
+                    use std::arch::is_aarch64_feature_detected as has;
+                    has!("neon")
+                        && (self == Isa::Neon || has!("dotprod"))
+                        && (self != Isa::I8mm || has!("i8mm"))
                 }
                 #[cfg(not(target_arch = "aarch64"))]
                 {

@@ -95,6 +95,10 @@ impl Kernels {
             Isa::Avx2 => &x86::avx2::KERNELS,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => &aarch64::neon::KERNELS,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Dotprod => &aarch64::neon::KERNELS_DOTPROD,
+            #[cfg(target_arch = "aarch64")]
+            Isa::I8mm => &aarch64::neon::KERNELS_I8MM,
             #[allow(unreachable_patterns)]
             other => return Err(IsaError::Unsupported(other)),
         })

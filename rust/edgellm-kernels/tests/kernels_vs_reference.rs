@@ -236,11 +236,30 @@ fn isa_override_parsing() {
     assert!(Isa::parse("sse9").is_err());
     assert!(Kernels::for_isa(Isa::Scalar).is_ok());
     #[cfg(target_arch = "x86_64")]
-    assert!(Kernels::for_isa(Isa::Neon).is_err());
-    // Every aarch64 core has NEON: the path under test must really be selected.
+    for arm in [Isa::Neon, Isa::Dotprod, Isa::I8mm] {
+        assert!(Kernels::for_isa(arm).is_err());
+    }
+    assert_eq!(Isa::parse("i8mm").unwrap(), Some(Isa::I8mm));
+    assert_eq!(Isa::parse("dotprod").unwrap(), Some(Isa::Dotprod));
+    // Every aarch64 core has NEON; the dotprod and i8mm levels follow the CPU's
+    // own report, and the best level is the one the CPU reaches.
     #[cfg(target_arch = "aarch64")]
     {
+        use std::arch::is_aarch64_feature_detected as has;
         assert!(Kernels::for_isa(Isa::Neon).is_ok());
-        assert_eq!(Isa::best(), Isa::Neon);
+        assert_eq!(Kernels::for_isa(Isa::Dotprod).is_ok(), has!("dotprod"));
+        assert_eq!(
+            Kernels::for_isa(Isa::I8mm).is_ok(),
+            has!("dotprod") && has!("i8mm")
+        );
+        let best = if has!("dotprod") && has!("i8mm") {
+            Isa::I8mm
+        } else if has!("dotprod") {
+            Isa::Dotprod
+        } else {
+            Isa::Neon
+        };
+        assert_eq!(Isa::best(), best);
+        eprintln!("aarch64 kernel tables under test: {:?}", Isa::supported());
     }
 }

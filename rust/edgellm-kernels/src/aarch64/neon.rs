@@ -5,7 +5,28 @@ use crate::{Isa, Kernels};
 use core::arch::aarch64::*;
 use half::{bf16, f16};
 
-pub static KERNELS: Kernels = Kernels {
+/// Plain NEON (integer dots by widening multiplies).
+pub static KERNELS: Kernels = NEON;
+
+/// NEON with `sdot`: the quantized dots and GEMMs of the dotprod level.
+pub static KERNELS_DOTPROD: Kernels = Kernels {
+    isa: Isa::Dotprod,
+    vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::DOTPROD }>,
+    gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::DOTPROD }>,
+    gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::DOTPROD }>,
+    ..NEON
+};
+
+/// NEON with `sdot` and `smmla` (the prompt GEMM of q4_0/q8_0 in 2 × 2 tiles).
+pub static KERNELS_I8MM: Kernels = Kernels {
+    isa: Isa::I8mm,
+    vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::I8MM }>,
+    gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::I8MM }>,
+    gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::I8MM }>,
+    ..NEON
+};
+
+const NEON: Kernels = Kernels {
     isa: Isa::Neon,
     dot_f32,
     dot_f16,
@@ -20,13 +41,14 @@ pub static KERNELS: Kernels = Kernels {
     gemm_micro: super::gemm_neon::micro_kernel,
     gemm_pack_b: crate::gemm::pack_b,
     quantize_act: super::quant_neon::quantize_act,
-    vec_dot: super::quant_neon::vec_dot,
-    gemv_q: super::quant_neon::gemv_q,
-    gemm_q: super::quant_neon::gemm_q,
+    vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::PLAIN }>,
+    gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::PLAIN }>,
+    gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::PLAIN }>,
     dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };
 
-// Safe entry points; `KERNELS` is only handed out after NEON was detected.
+// Safe entry points; the tables are only handed out after NEON (and their
+// level's extensions) were detected.
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f32: length mismatch");
     unsafe { imp::dot_f32(a, b) }

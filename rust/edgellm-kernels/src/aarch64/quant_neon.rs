@@ -2,8 +2,10 @@
 //!
 //! Each kernel exists twice: with `sdot` (ARMv8.2 dotprod, e.g. Cortex-A55/A76,
 //! Apple M, Graviton 2+) and with plain widening multiplies (`smull` + `sadalp`,
-//! e.g. Cortex-A53/A72). The choice is made per call from the CPU's features
-//! (std caches the detection), so one table serves both.
+//! e.g. Cortex-A53/A72); the prompt GEMM of q4_0/q8_0 has a third form with
+//! `smmla` (ARMv8.6 i8mm). The entries are generic over the level (`PLAIN`,
+//! `DOTPROD`, `I8MM`), one kernel table per level (`Isa::Neon`, `Isa::Dotprod`,
+//! `Isa::I8mm`), so `EDGELLM_ISA` can force each one the CPU has.
 //!
 //! SIMD paths: q4_0, q8_0, edgellm's low-bit q3/q2 formats (`lowbit_neon`; against q8_0) and q4_K, q5_K, q6_K, q8_K (against
 //! q8_K); the other types use the scalar reference, the float types the table's
@@ -27,19 +29,19 @@ pub(crate) fn quantize_act(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
     }
 }
 
-#[inline]
-fn has_dotprod() -> bool {
-    std::arch::is_aarch64_feature_detected!("dotprod")
-}
+/// Levels of the NEON tables: plain NEON, with `sdot`, with `sdot` and `smmla`.
+pub(crate) const PLAIN: u8 = 0;
+pub(crate) const DOTPROD: u8 = 1;
+pub(crate) const I8MM: u8 = 2;
 
 /// `Σ dequant(w)·dequant(act)` over `n` elements (see [`crate::Kernels::vec_dot`]).
-pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
+pub(crate) fn vec_dot<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     quant::check_vec_dot(ty, w, act, n);
     let nb = n / ty.block_elems();
-    let dot = has_dotprod();
+    let dot = L >= DOTPROD;
     use GgmlType::*;
-    // Sound: the table is only handed out after NEON was detected, and the
-    // dotprod variants are only called when the CPU reports dotprod.
+    // Sound: the table of level L is only handed out after NEON (and, for the
+    // dotprod and i8mm levels, dotprod) was detected.
     unsafe {
         match (ty, dot) {
             (Q8_0, true) => imp::q8_0_dot(w, act, nb),
@@ -65,21 +67,23 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
 }
 
 /// Decode GEMV (see [`crate::Kernels::gemv_q`]): this path's `vec_dot` per row.
-pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
+pub(crate) fn gemv_q<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
     let rb = quant::check_gemv(ty, w, act, n, out.len());
     for (r, y) in out.iter_mut().enumerate() {
-        *y = vec_dot(ty, &w[r * rb..(r + 1) * rb], act, n);
+        *y = vec_dot::<L>(ty, &w[r * rb..(r + 1) * rb], act, n);
     }
 }
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
 /// q4_0 and q8_0: panels of 8 weight rows repacked into the interleaved layout
-/// (see [`quant::qgemm`]) times tiles of up to 4 tokens; per 4-element group, each
-/// token's 4 activation bytes are broadcast and dotted with 4 rows at once (`sdot`
-/// where the CPU has dotprod, `smull` + pairwise adds otherwise), so each i32 lane
-/// holds one row; bit-identical to the scalar `vec_dot`. Other types: the NEON
-/// `vec_dot` per (row, token) pair.
-pub(crate) fn gemm_q(
+/// (see [`quant::qgemm`]) times tiles of up to 4 tokens. Plain and dotprod: per
+/// 4-element group, each token's 4 activation bytes are broadcast and dotted
+/// with 4 rows at once (`sdot`, or `smull` + pairwise adds), so each i32 lane
+/// holds one row. i8mm: the panel is regrouped into row pairs of 8-element runs
+/// and each `smmla` multiplies 2 rows by 2 tokens over 8 elements. All three are
+/// bit-identical to the scalar `vec_dot`. Other types: the NEON `vec_dot` per
+/// (row, token) pair.
+pub(crate) fn gemm_q<const L: u8>(
     w: &[u8],
     qa: &quant::qgemm::QActs,
     out: &mut [f32],
@@ -88,20 +92,34 @@ pub(crate) fn gemm_q(
 ) {
     match qa.ty() {
         GgmlType::Q4_0 | GgmlType::Q8_0 => {
-            quant::qgemm::gemm_q_panels(&NeonPanels { dot: has_dotprod() }, w, qa, out, ldo, s)
+            quant::qgemm::gemm_q_panels(&NeonPanels::<L>, w, qa, out, ldo, s)
         }
-        _ => quant::qgemm::gemm_q_with(vec_dot, w, qa, out, ldo),
+        _ => quant::qgemm::gemm_q_with(vec_dot::<L>, w, qa, out, ldo),
     }
 }
 
-/// The NEON tile kernels (q4_0, q8_0), with or without dotprod. Only built by
-/// [`gemm_q`], which the NEON table alone reaches; `dot` only where the CPU
-/// reports dotprod.
-struct NeonPanels {
-    dot: bool,
-}
+/// The NEON tile kernels (q4_0, q8_0) of level `L`. Only built by [`gemm_q`],
+/// which only the table of that level reaches.
+struct NeonPanels<const L: u8>;
 
-impl quant::qgemm::PanelKernels for NeonPanels {
+impl<const L: u8> quant::qgemm::PanelKernels for NeonPanels<L> {
+    fn pack(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        rb: usize,
+        k: usize,
+        l: quant::qgemm::PanelLayout,
+        out: &mut [u8],
+    ) {
+        quant::qgemm::pack_panel(ty, w, rb, k, out);
+        if L == I8MM {
+            for blk in out.chunks_exact_mut(l.stride).take(k / l.elems) {
+                pair_rows(&mut blk[..32 * quant::qgemm::PANEL]);
+            }
+        }
+    }
+
     unsafe fn tile(
         &self,
         _ty: GgmlType,
@@ -109,15 +127,31 @@ impl quant::qgemm::PanelKernels for NeonPanels {
         tokens: usize,
         res: &mut [[f32; 8]; 4],
     ) {
-        match (tokens, self.dot) {
-            (4, true) => imp::panel_tile_dot::<4>(x, res),
-            (3, true) => imp::panel_tile_dot::<3>(x, res),
-            (2, true) => imp::panel_tile_dot::<2>(x, res),
-            (_, true) => imp::panel_tile_dot::<1>(x, res),
-            (4, false) => imp::panel_tile_neon::<4>(x, res),
-            (3, false) => imp::panel_tile_neon::<3>(x, res),
-            (2, false) => imp::panel_tile_neon::<2>(x, res),
-            (_, false) => imp::panel_tile_neon::<1>(x, res),
+        match (L, tokens) {
+            (I8MM, 3 | 4) => imp::panel_tile_mm::<2>(x, tokens, res),
+            (I8MM, _) => imp::panel_tile_mm::<1>(x, tokens, res),
+            (DOTPROD, 4) => imp::panel_tile_dot::<4>(x, res),
+            (DOTPROD, 3) => imp::panel_tile_dot::<3>(x, res),
+            (DOTPROD, 2) => imp::panel_tile_dot::<2>(x, res),
+            (DOTPROD, _) => imp::panel_tile_dot::<1>(x, res),
+            (_, 4) => imp::panel_tile_neon::<4>(x, res),
+            (_, 3) => imp::panel_tile_neon::<3>(x, res),
+            (_, 2) => imp::panel_tile_neon::<2>(x, res),
+            (_, _) => imp::panel_tile_neon::<1>(x, res),
+        }
+    }
+}
+
+/// Regroups the 256 quant bytes of one packed 32-element block from the
+/// interleaved layout (byte `32g + 4r + i` = element `4g + i` of row `r`) into
+/// the `smmla` operand layout: for 8-element run `h` and row pair `p`, 16 bytes
+/// at `64h + 16p` = elements `8h..8h + 8` of row `2p`, then of row `2p + 1`.
+fn pair_rows(q: &mut [u8]) {
+    let src: [u8; 256] = q[..256].try_into().expect("a block's 256 quant bytes");
+    for r in 0..8 {
+        for e in 0..32 {
+            let (h, j) = (e / 8, e % 8);
+            q[64 * h + 16 * (r / 2) + 8 * (r % 2) + j] = src[32 * (e / 4) + 4 * r + e % 4];
         }
     }
 }
@@ -579,5 +613,96 @@ pub(super) mod imp {
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn panel_tile_neon<const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
         panel_tile::<false, T>(x, res)
+    }
+
+    /// `acc += a · bᵀ` for `a`, `b` two 2 × 8 signed-byte matrices (rows of 8
+    /// bytes): lanes `[a0·b0, a0·b1, a1·b0, a1·b1]`. Only call it where the CPU
+    /// has i8mm (the `I8mm` table).
+    #[inline(always)]
+    unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        asm!(
+            ".arch_extension i8mm",
+            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack)
+        );
+        acc
+    }
+
+    /// The i8mm tile: `TP` token pairs (the last token repeated to fill a pair;
+    /// its results are not stored) against the panel's 4 row pairs, in the
+    /// `pair_rows` layout. Per block the exact integer sums of each (row, token),
+    /// then `(d_w · d_a) · isum` added in the scalar order.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn panel_tile_mm<const TP: usize>(
+        x: &PanelTile,
+        tokens: usize,
+        res: &mut [[f32; 8]; 4],
+    ) {
+        let tok = |i: usize| i.min(tokens - 1);
+        let mut acc = [[vdupq_n_f32(0.0); TP]; 4];
+        for b in 0..x.nb {
+            let wb = x.panel.add(b * x.l.stride);
+            let mut s32 = [[vdupq_n_s32(0); TP]; 4];
+            for h in 0..4 {
+                let mut a = [vdupq_n_s8(0); TP];
+                for (tp, at) in a.iter_mut().enumerate() {
+                    let run =
+                        |t: usize| vld1_s8(x.row(tok(t)).add(34 * b + 2 + 8 * h) as *const i8);
+                    *at = vcombine_s8(run(2 * tp), run(2 * tp + 1));
+                }
+                for (p, sp) in s32.iter_mut().enumerate() {
+                    let w = ld_s8(wb.add(64 * h + 16 * p));
+                    for (st, at) in sp.iter_mut().zip(&a) {
+                        *st = smmla(*st, w, *at);
+                    }
+                }
+            }
+            let d = [
+                vld1q_f32(wb.add(x.l.d) as *const f32),
+                vld1q_f32(wb.add(x.l.d + 16) as *const f32),
+            ];
+            // Row pairs (0,1), (2,3), (4,5), (6,7) as lanes [r, r, r + 1, r + 1].
+            let dw = [
+                vzip1q_f32(d[0], d[0]),
+                vzip2q_f32(d[0], d[0]),
+                vzip1q_f32(d[1], d[1]),
+                vzip2q_f32(d[1], d[1]),
+            ];
+            for tp in 0..TP {
+                let (t0, t1) = (tok(2 * tp), tok(2 * tp + 1));
+                let da2 = [
+                    *x.da.as_ptr().add(t0 * x.nb + b),
+                    *x.da.as_ptr().add(t1 * x.nb + b),
+                ];
+                let da = vcombine_f32(vld1_f32(da2.as_ptr()), vld1_f32(da2.as_ptr()));
+                let off = if x.sa.is_empty() {
+                    vdupq_n_s32(0)
+                } else {
+                    let sa2 = [
+                        *x.sa.as_ptr().add(t0 * x.nb + b),
+                        *x.sa.as_ptr().add(t1 * x.nb + b),
+                    ];
+                    vcombine_s32(vld1_s32(sa2.as_ptr()), vld1_s32(sa2.as_ptr()))
+                };
+                for p in 0..4 {
+                    let isum = vcvtq_f32_s32(vsubq_s32(s32[p][tp], off));
+                    acc[p][tp] = vaddq_f32(acc[p][tp], vmulq_f32(vmulq_f32(dw[p], da), isum));
+                }
+            }
+        }
+        for p in 0..4 {
+            for tp in 0..TP {
+                let mut v = [0f32; 4];
+                vst1q_f32(v.as_mut_ptr(), acc[p][tp]);
+                res[2 * tp][2 * p] = v[0];
+                res[2 * tp + 1][2 * p] = v[1];
+                res[2 * tp][2 * p + 1] = v[2];
+                res[2 * tp + 1][2 * p + 1] = v[3];
+            }
+        }
     }
 }

@@ -158,7 +158,7 @@ class Model:
 
     @property
     def isa(self) -> str:
-        """Kernel path in use (``scalar``, ``avx2``, ``neon``)."""
+        """Kernel path in use (``scalar``, ``avx2``, ``neon``, ``dotprod`` or ``i8mm``)."""
         return self._core.isa
 
     def info(self) -> Dict[str, Any]:

@@ -46,33 +46,15 @@ fn main() {
     let mode = args.get(5).map(|s| s.as_str()).unwrap_or("both");
     let (run_old, run_new) = (mode != "new", mode != "old");
     let k = edgellm_kernels::kernels().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     // (rows, cols, uses per layer)
-    let shapes = [
-        (2048usize, 2048usize, 2usize),
-        (256, 2048, 2),
-        (5632, 2048, 2),
-        (2048, 5632, 1),
-    ];
-    println!(
-        "isa {}, {threads} threads, {n} tokens, median of {reps}",
-        k.isa.name()
-    );
+    let shapes = [(2048usize, 2048usize, 2usize), (256, 2048, 2), (5632, 2048, 2), (2048, 5632, 1)];
+    println!("isa {}, {threads} threads, {n} tokens, median of {reps}", k.isa.name());
     for ty in types {
         let (mut layer_old, mut layer_new, mut best_old, mut best_new) = (0f64, 0f64, 0f64, 0f64);
         for (si, &(m, kd, uses)) in shapes.iter().enumerate() {
             let w = Tensor::from_f32(&rand_vec(si as u64 + 1, m * kd), vec![m, kd]).unwrap();
-            let lin = pool.install(|| {
-                Linear {
-                    weight: w,
-                    bias: None,
-                }
-                .quantized(ty)
-                .unwrap()
-            });
+            let lin = pool.install(|| Linear { weight: w, bias: None }.quantized(ty).unwrap());
             let x = rand_vec(100 + si as u64, n * kd);
             let mut y_old = vec![0f32; n * m];
             let mut y_new = vec![0f32; n * m];
@@ -81,27 +63,16 @@ fn main() {
                     return (f64::NAN, f64::NAN);
                 }
                 f();
-                stats(
-                    (0..reps)
-                        .map(|_| {
-                            let t = Instant::now();
-                            f();
-                            t.elapsed().as_secs_f64()
-                        })
-                        .collect(),
-                )
+                stats((0..reps).map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                }).collect())
             };
-            let (t_old, b_old) = time(run_old, &mut || {
-                pool.install(|| lin.forward_dequantized(k, &x, &mut y_old))
-            });
-            let (t_new, b_new) = time(run_new, &mut || {
-                pool.install(|| lin.forward(k, &x, &mut y_new))
-            });
+            let (t_old, b_old) = time(run_old, &mut || pool.install(|| lin.forward_dequantized(k, &x, &mut y_old)));
+            let (t_new, b_new) = time(run_new, &mut || pool.install(|| lin.forward(k, &x, &mut y_new)));
             let scale = y_old.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let diff = y_old
-                .iter()
-                .zip(&y_new)
-                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            let diff = y_old.iter().zip(&y_new).fold(0f32, |a, (p, q)| a.max((p - q).abs()));
             let gops = 2.0 * (n * m * kd) as f64 / 1e9;
             println!(
                 "{:5} {m:5}x{kd:<5}  old {:7.2} ms ({:5.1} GOP/s, best {:5.1})  new {:7.2} ms ({:5.1} GOP/s, best {:5.1})  x{:.2} (best x{:.2})  max|diff|/max|y| {:.1e}",

@@ -20,20 +20,13 @@ pub enum Error {
     #[error("chat template error: {0}")]
     ChatTemplate(String),
     #[error("{what} of {len} tokens exceeds the model's context length of {max} tokens")]
-    ContextLength {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    ContextLength { what: &'static str, len: usize, max: usize },
     #[error("token id {id} is out of range for a vocabulary of {vocab_size} tokens")]
     InvalidToken { id: i64, vocab_size: usize },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// The caller asked generation to stop (e.g. Ctrl-C between tokens).
     #[error("generation was cancelled")]
     Cancelled,
@@ -50,10 +43,7 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

@@ -25,37 +25,16 @@ fn linear_params(l: &Linear) -> usize {
 
 pub fn param_counts(m: &Model) -> ParamCounts {
     let w = &m.weights;
-    let mut p = ParamCounts {
-        embedding: w.embed.numel(),
-        norms: w.final_norm.params(),
-        ..Default::default()
-    };
+    let mut p = ParamCounts { embedding: w.embed.numel(), norms: w.final_norm.params(), ..Default::default() };
     for l in &w.layers {
-        p.attention += [&l.q, &l.k, &l.v, &l.o]
+        p.attention += [&l.q, &l.k, &l.v, &l.o].iter().map(|x| linear_params(x)).sum::<usize>();
+        p.attention += [&l.q_norm, &l.k_norm].iter().filter_map(|n| n.as_ref()).map(|n| n.params()).sum::<usize>();
+        p.ffn += l.gate.iter().chain([&l.up, &l.down]).map(linear_params).sum::<usize>();
+        p.norms += [Some(&l.attn_norm), l.post_attn_norm.as_ref(), l.mlp_norm.as_ref(), l.post_mlp_norm.as_ref()]
             .iter()
-            .map(|x| linear_params(x))
-            .sum::<usize>();
-        p.attention += [&l.q_norm, &l.k_norm]
-            .iter()
-            .filter_map(|n| n.as_ref())
+            .flatten()
             .map(|n| n.params())
             .sum::<usize>();
-        p.ffn += l
-            .gate
-            .iter()
-            .chain([&l.up, &l.down])
-            .map(linear_params)
-            .sum::<usize>();
-        p.norms += [
-            Some(&l.attn_norm),
-            l.post_attn_norm.as_ref(),
-            l.mlp_norm.as_ref(),
-            l.post_mlp_norm.as_ref(),
-        ]
-        .iter()
-        .flatten()
-        .map(|n| n.params())
-        .sum::<usize>();
     }
     if !m.config.tie_word_embeddings {
         p.head = linear_params(&w.lm_head);
@@ -84,8 +63,7 @@ pub const KV_ELEMENT_BYTES: usize = 4;
 pub fn weight_bytes_by_dtype(m: &Model) -> std::collections::BTreeMap<&'static str, usize> {
     let w = &m.weights;
     let mut out = std::collections::BTreeMap::new();
-    let mut add =
-        |t: &crate::tensor::Tensor| *out.entry(t.dtype().name()).or_insert(0) += t.nbytes();
+    let mut add = |t: &crate::tensor::Tensor| *out.entry(t.dtype().name()).or_insert(0) += t.nbytes();
     add(&w.embed);
     let mut linears: Vec<&Linear> = Vec::new();
     for l in &w.layers {
@@ -98,21 +76,9 @@ pub fn weight_bytes_by_dtype(m: &Model) -> std::collections::BTreeMap<&'static s
     for l in &linears {
         add(&l.weight);
     }
-    let small: usize = linears
-        .iter()
-        .map(|l| l.bias.as_ref().map_or(0, |b| b.len()))
-        .sum::<usize>()
+    let small: usize = linears.iter().map(|l| l.bias.as_ref().map_or(0, |b| b.len())).sum::<usize>()
         + param_counts(m).norms
-        + w.layers
-            .iter()
-            .map(|l| {
-                [&l.q_norm, &l.k_norm]
-                    .iter()
-                    .flat_map(|n| n.as_ref())
-                    .map(|n| n.params())
-                    .sum::<usize>()
-            })
-            .sum::<usize>();
+        + w.layers.iter().map(|l| [&l.q_norm, &l.k_norm].iter().flat_map(|n| n.as_ref()).map(|n| n.params()).sum::<usize>()).sum::<usize>();
     *out.entry("f32").or_insert(0) += small * 4;
     out
 }

@@ -44,10 +44,7 @@ impl SamplerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::arg(m));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            ));
+            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -56,10 +53,7 @@ impl SamplerConfig {
             return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad(format!(
-                "repetition_penalty must be a finite number > 0, got {}",
-                self.repetition_penalty
-            ));
+            return bad(format!("repetition_penalty must be a finite number > 0, got {}", self.repetition_penalty));
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence_penalty and frequency_penalty must be finite".into());
@@ -75,12 +69,7 @@ impl SamplerConfig {
 /// −log softmax(logits)[target], computed in f64.
 pub fn neg_log_softmax(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = logits
-        .iter()
-        .map(|&x| (x as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
     lse - logits[target] as f64
 }
 
@@ -97,12 +86,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Applies the penalties in place. `context` holds every token of the sequence so
 /// far (prompt + output); `generated` counts output tokens.
-pub fn apply_penalties(
-    cfg: &SamplerConfig,
-    logits: &mut [f32],
-    context: &[u32],
-    generated: &HashMap<u32, u32>,
-) {
+pub fn apply_penalties(cfg: &SamplerConfig, logits: &mut [f32], context: &[u32], generated: &HashMap<u32, u32>) {
     if cfg.repetition_penalty != 1.0 {
         let mut seen = vec![false; logits.len()];
         for &t in context {
@@ -110,11 +94,7 @@ pub fn apply_penalties(
             if t < logits.len() && !seen[t] {
                 seen[t] = true;
                 let l = &mut logits[t];
-                *l = if *l < 0.0 {
-                    *l * cfg.repetition_penalty
-                } else {
-                    *l / cfg.repetition_penalty
-                };
+                *l = if *l < 0.0 { *l * cfg.repetition_penalty } else { *l / cfg.repetition_penalty };
             }
         }
     }
@@ -196,11 +176,7 @@ impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Result<Self> {
         cfg.validate()?;
         let rng = cfg.seed.map_or_else(Rng::from_entropy, Rng::new);
-        Ok(Sampler {
-            cfg,
-            rng,
-            generated: HashMap::new(),
-        })
+        Ok(Sampler { cfg, rng, generated: HashMap::new() })
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -237,13 +213,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn cfg(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplerConfig {
-        SamplerConfig {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            ..Default::default()
-        }
+        SamplerConfig { temperature, top_k, top_p, min_p, ..Default::default() }
     }
 
     proptest! {
@@ -295,12 +265,7 @@ mod tests {
 
     #[test]
     fn penalties_follow_transformers() {
-        let c = SamplerConfig {
-            repetition_penalty: 2.0,
-            presence_penalty: 0.5,
-            frequency_penalty: 0.25,
-            ..Default::default()
-        };
+        let c = SamplerConfig { repetition_penalty: 2.0, presence_penalty: 0.5, frequency_penalty: 0.25, ..Default::default() };
         let mut l = vec![4.0, -4.0, 1.0];
         let gen: HashMap<u32, u32> = [(2, 2)].into_iter().collect();
         apply_penalties(&c, &mut l, &[0, 1, 0], &gen);
@@ -317,10 +282,6 @@ mod tests {
         assert!(Sampler::new(cfg(-1.0, 0, 1.0, 0.0)).is_err());
         assert!(Sampler::new(cfg(1.0, 0, 0.0, 0.0)).is_err());
         assert!(Sampler::new(cfg(1.0, 0, 1.0, 1.5)).is_err());
-        assert!(Sampler::new(SamplerConfig {
-            repetition_penalty: 0.0,
-            ..Default::default()
-        })
-        .is_err());
+        assert!(Sampler::new(SamplerConfig { repetition_penalty: 0.0, ..Default::default() }).is_err());
     }
 }

@@ -59,18 +59,10 @@ impl DType {
 /// Where a tensor's bytes live.
 #[derive(Clone)]
 enum Bytes {
-    Mapped {
-        map: Arc<Mmap>,
-        start: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
     /// u64-backed so any element type up to 8 bytes is aligned; `offset` lets
     /// row slices share the buffer.
-    Owned {
-        words: Arc<Vec<u64>>,
-        offset: usize,
-        len: usize,
-    },
+    Owned { words: Arc<Vec<u64>>, offset: usize, len: usize },
 }
 
 impl Bytes {
@@ -104,13 +96,7 @@ fn checked_numel(shape: &[usize]) -> Option<usize> {
 
 impl Tensor {
     /// A tensor over `map[start..start+len]`; copied out if misaligned for `dtype`.
-    pub fn from_mapped(
-        map: Arc<Mmap>,
-        start: usize,
-        len: usize,
-        dtype: DType,
-        shape: Vec<usize>,
-    ) -> Result<Self> {
+    pub fn from_mapped(map: Arc<Mmap>, start: usize, len: usize, dtype: DType, shape: Vec<usize>) -> Result<Self> {
         let want = Self::expected_bytes(dtype, &shape)?;
         let end = start.checked_add(len).filter(|&e| e <= map.len());
         if want != len || end.is_none() {
@@ -126,11 +112,7 @@ impl Tensor {
         } else {
             Self::owned_bytes(&map[start..start + len])
         };
-        Ok(Tensor {
-            dtype,
-            shape,
-            bytes,
-        })
+        Ok(Tensor { dtype, shape, bytes })
     }
 
     /// Bytes a tensor of `shape` needs: rows of the last dimension must be whole
@@ -162,40 +144,23 @@ impl Tensor {
                 dtype.name()
             )));
         }
-        Ok(Tensor {
-            dtype,
-            shape,
-            bytes: Self::owned_bytes(bytes),
-        })
+        Ok(Tensor { dtype, shape, bytes: Self::owned_bytes(bytes) })
     }
 
     fn owned_bytes(src: &[u8]) -> Bytes {
         let mut words = vec![0u64; src.len().div_ceil(8)];
         // SAFETY: the destination has at least src.len() bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), words.as_mut_ptr() as *mut u8, src.len())
-        };
-        Bytes::Owned {
-            words: Arc::new(words),
-            offset: 0,
-            len: src.len(),
-        }
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), words.as_mut_ptr() as *mut u8, src.len()) };
+        Bytes::Owned { words: Arc::new(words), offset: 0, len: src.len() }
     }
 
     pub fn from_f32(data: &[f32], shape: Vec<usize>) -> Result<Self> {
         if checked_numel(&shape) != Some(data.len()) {
-            return Err(Error::arg(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
+            return Err(Error::arg(format!("{} values do not fill shape {shape:?}", data.len())));
         }
         // SAFETY: f32 has no padding; reinterpreting as bytes is sound.
         let src = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, data.len() * 4) };
-        Ok(Tensor {
-            dtype: DType::F32,
-            shape,
-            bytes: Self::owned_bytes(src),
-        })
+        Ok(Tensor { dtype: DType::F32, shape, bytes: Self::owned_bytes(src) })
     }
 
     /// Rows `r0..r1` of a 2-D tensor as a view sharing these bytes (no copy):
@@ -203,41 +168,18 @@ impl Tensor {
     pub fn rows(&self, r0: usize, r1: usize) -> Result<Tensor> {
         let (rows, cols) = match self.shape[..] {
             [r, c] => (r, c),
-            _ => {
-                return Err(Error::format(format!(
-                    "cannot take rows of a tensor of shape {:?}",
-                    self.shape
-                )))
-            }
+            _ => return Err(Error::format(format!("cannot take rows of a tensor of shape {:?}", self.shape))),
         };
         if r0 > r1 || r1 > rows {
-            return Err(Error::format(format!(
-                "rows {r0}..{r1} out of range for shape {:?}",
-                self.shape
-            )));
+            return Err(Error::format(format!("rows {r0}..{r1} out of range for shape {:?}", self.shape)));
         }
-        let row_bytes = self
-            .dtype
-            .bytes_for(cols)
-            .expect("validated at construction");
+        let row_bytes = self.dtype.bytes_for(cols).expect("validated at construction");
         let (start, len) = (r0 * row_bytes, (r1 - r0) * row_bytes);
         let bytes = match &self.bytes {
-            Bytes::Mapped { map, start: s, .. } => Bytes::Mapped {
-                map: map.clone(),
-                start: s + start,
-                len,
-            },
-            Bytes::Owned { words, offset, .. } => Bytes::Owned {
-                words: words.clone(),
-                offset: offset + start,
-                len,
-            },
+            Bytes::Mapped { map, start: s, .. } => Bytes::Mapped { map: map.clone(), start: s + start, len },
+            Bytes::Owned { words, offset, .. } => Bytes::Owned { words: words.clone(), offset: offset + start, len },
         };
-        Ok(Tensor {
-            dtype: self.dtype,
-            shape: vec![r1 - r0, cols],
-            bytes,
-        })
+        Ok(Tensor { dtype: self.dtype, shape: vec![r1 - r0, cols], bytes })
     }
 
     pub fn dtype(&self) -> DType {
@@ -260,9 +202,7 @@ impl Tensor {
 
     /// Bytes of one row of a 2-D tensor.
     pub fn row_bytes(&self) -> usize {
-        self.dtype
-            .bytes_for(*self.shape.last().unwrap_or(&1))
-            .unwrap_or(0)
+        self.dtype.bytes_for(*self.shape.last().unwrap_or(&1)).unwrap_or(0)
     }
 
     fn typed<T>(&self, dtype: DType) -> &[T] {
@@ -270,9 +210,7 @@ impl Tensor {
         let b = self.bytes.as_slice();
         // SAFETY: construction guarantees alignment for the dtype and the exact length;
         // f32/f16/bf16 accept every bit pattern.
-        unsafe {
-            std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>())
-        }
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>()) }
     }
     pub fn as_f32(&self) -> &[f32] {
         self.typed(DType::F32)
@@ -290,12 +228,8 @@ impl Tensor {
         let range = r * cols..(r + 1) * cols;
         match self.dtype {
             DType::F32 => out.copy_from_slice(&self.as_f32()[range]),
-            DType::F16 => {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self.as_f16()[range], out)
-            }
-            DType::BF16 => {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self.as_bf16()[range], out)
-            }
+            DType::F16 => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self.as_f16()[range], out),
+            DType::BF16 => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self.as_bf16()[range], out),
             DType::Quant(t) => {
                 let rb = self.row_bytes();
                 dequantize_row(t, &self.as_bytes()[r * rb..(r + 1) * rb], out)

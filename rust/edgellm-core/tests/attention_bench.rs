@@ -54,14 +54,8 @@ fn best_ms(reps: usize, cpu: bool, mut f: impl FnMut()) -> f64 {
 fn flash_vs_attend_timing() {
     let k = edgellm_kernels::kernels().unwrap();
     let (nh, hd) = (32, 64);
-    println!(
-        "isa {:?}; best of several runs, ms (1 thread: thread CPU time; 2 threads: wall time)",
-        k.isa
-    );
-    println!(
-        "{:<34} {:>8} {:>10} {:>14}",
-        "case", "threads", "flash", "flash+mass"
-    );
+    println!("isa {:?}; best of several runs, ms (1 thread: thread CPU time; 2 threads: wall time)", k.isa);
+    println!("{:<34} {:>8} {:>10} {:>14}", "case", "threads", "flash", "flash+mass");
     for (name, nkv, pos0, n, reps) in [
         ("prefill 512, MHA 32/32", 32, 0, 512, 5),
         ("prefill 512, GQA 32/8", 8, 0, 512, 5),
@@ -82,20 +76,10 @@ fn flash_vs_attend_timing() {
         let mut mass = vec![0f32; len];
         for pool in pools() {
             let cpu = pool.current_num_threads() == 1;
-            let tf = pool.install(|| {
-                best_ms(reps, cpu, || {
-                    flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, None)
-                })
-            });
-            let tm = pool.install(|| {
-                best_ms(reps, cpu, || {
-                    flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, Some(&mut mass))
-                })
-            });
-            println!(
-                "{name:<34} {:>8} {tf:>10.3} {tm:>14.3}",
-                pool.current_num_threads()
-            );
+            let tf = pool.install(|| best_ms(reps, cpu, || flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, None)));
+            let tm = pool
+                .install(|| best_ms(reps, cpu, || flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, Some(&mut mass))));
+            println!("{name:<34} {:>8} {tf:>10.3} {tm:>14.3}", pool.current_num_threads());
         }
     }
 }

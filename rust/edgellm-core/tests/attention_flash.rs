@@ -30,36 +30,17 @@ struct Case {
     seed: u64,
 }
 
-fn case(
-    n: std::ops::RangeInclusive<usize>,
-    prefix: std::ops::RangeInclusive<usize>,
-) -> impl Strategy<Value = Case> {
+fn case(n: std::ops::RangeInclusive<usize>, prefix: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Case> {
     (
         (1usize..=8, any::<Index>(), 1usize..=80),
         (n, prefix),
-        (
-            proptest::option::of(1usize..=40),
-            proptest::option::of(0.5f32..30.0),
-        ),
+        (proptest::option::of(1usize..=40), proptest::option::of(0.5f32..30.0)),
         (0.3f32..2.0, 0.2f32..3.0, any::<u64>()),
     )
-        .prop_map(
-            |((nh, kvi, hd), (n, prefix), (window, softcap), (scale, amp, seed))| {
-                let d = divisors(nh);
-                Case {
-                    nh,
-                    nkv: d[kvi.index(d.len())],
-                    hd,
-                    n,
-                    prefix,
-                    window,
-                    softcap,
-                    scale,
-                    amp,
-                    seed,
-                }
-            },
-        )
+        .prop_map(|((nh, kvi, hd), (n, prefix), (window, softcap), (scale, amp, seed))| {
+            let d = divisors(nh);
+            Case { nh, nkv: d[kvi.index(d.len())], hd, n, prefix, window, softcap, scale, amp, seed }
+        })
 }
 
 struct Data {
@@ -75,28 +56,14 @@ fn data(c: &Case) -> Data {
     let k = rng.vec(kv_len * c.nkv * c.hd, 1.0);
     let v = rng.vec(kv_len * c.nkv * c.hd, 1.0);
     let q = rng.vec(c.n * c.nh * c.hd, c.amp);
-    let p = params(
-        c.nh,
-        c.nkv,
-        c.hd,
-        c.scale / (c.hd as f32).sqrt(),
-        c.window,
-        c.softcap,
-    );
-    Data {
-        p,
-        q,
-        cache: cache_with(c.nkv, c.hd, &k, &v),
-        kv_len,
-    }
+    let p = params(c.nh, c.nkv, c.hd, c.scale / (c.hd as f32).sqrt(), c.window, c.softcap);
+    Data { p, q, cache: cache_with(c.nkv, c.hd, &k, &v), kv_len }
 }
 
 /// The reference output and key mass.
 fn reference(d: &Data, pos0: usize) -> (Vec<f32>, Vec<f32>) {
     let hd = d.p.head_dim;
-    let heads: Vec<_> = (0..d.p.num_kv_heads)
-        .map(|h| d.cache.head(0, h, d.kv_len))
-        .collect();
+    let heads: Vec<_> = (0..d.p.num_kv_heads).map(|h| d.cache.head(0, h, d.kv_len)).collect();
     let mut out = vec![0f32; d.q.len()];
     let mut mass = vec![0f32; d.kv_len];
     naive_attend(
@@ -123,18 +90,7 @@ fn check_flash(c: &Case) -> Result<(f32, f32), TestCaseError> {
         for pool in pools() {
             let mut out = vec![f32::NAN; d.q.len()];
             let mut mass = vec![0f32; d.kv_len];
-            pool.install(|| {
-                flash_attend(
-                    k,
-                    &d.p,
-                    &d.cache,
-                    0,
-                    c.prefix,
-                    &d.q,
-                    &mut out,
-                    Some(&mut mass),
-                )
-            });
+            pool.install(|| flash_attend(k, &d.p, &d.cache, 0, c.prefix, &d.q, &mut out, Some(&mut mass)));
             let e = max_rel_err(&out, &want);
             prop_assert!(e <= TOL, "{:?} {:?}: output error {e}", k.isa, c);
             let em = max_rel_err(&mass, &want_mass);
@@ -149,11 +105,7 @@ fn check_flash(c: &Case) -> Result<(f32, f32), TestCaseError> {
         // Without the mass the output is the same.
         let mut plain = vec![0f32; d.q.len()];
         pools()[1].install(|| flash_attend(k, &d.p, &d.cache, 0, c.prefix, &d.q, &mut plain, None));
-        prop_assert!(
-            first.as_ref().unwrap().0 == bits(&plain),
-            "{:?}: mass changes the output",
-            k.isa
-        );
+        prop_assert!(first.as_ref().unwrap().0 == bits(&plain), "{:?}: mass changes the output", k.isa);
     }
     Ok((worst, worst_mass))
 }
@@ -218,16 +170,7 @@ fn key_mass_sums_to_queries_times_heads() {
     let k = edgellm_kernels::kernels().unwrap();
     let mut out = vec![0f32; d.q.len()];
     let mut mass = vec![1f32; d.kv_len]; // added to, not overwritten
-    flash_attend(
-        k,
-        &d.p,
-        &d.cache,
-        0,
-        c.prefix,
-        &d.q,
-        &mut out,
-        Some(&mut mass),
-    );
+    flash_attend(k, &d.p, &d.cache, 0, c.prefix, &d.q, &mut out, Some(&mut mass));
     let total: f32 = mass.iter().sum::<f32>() - d.kv_len as f32;
     assert!((total - (c.n * c.nh) as f32).abs() < 1e-3, "{total}");
     // Keys no query's window reaches get nothing.
@@ -236,18 +179,8 @@ fn key_mass_sums_to_queries_times_heads() {
 
 #[test]
 fn slices_and_cache_agree() {
-    let c = Case {
-        nh: 4,
-        nkv: 2,
-        hd: 24,
-        n: 9,
-        prefix: 50,
-        window: None,
-        softcap: None,
-        scale: 1.0,
-        amp: 1.0,
-        seed: 3,
-    };
+    let c =
+        Case { nh: 4, nkv: 2, hd: 24, n: 9, prefix: 50, window: None, softcap: None, scale: 1.0, amp: 1.0, seed: 3 };
     let d = data(&c);
     let k = edgellm_kernels::kernels().unwrap();
     // Slices longer than pos0 + n: the extra rows are ignored.

@@ -27,31 +27,15 @@ struct Case {
     seed: u64,
 }
 
-fn case(
-    n: std::ops::RangeInclusive<usize>,
-    prefix: std::ops::RangeInclusive<usize>,
-) -> impl Strategy<Value = Case> {
+fn case(n: std::ops::RangeInclusive<usize>, prefix: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Case> {
     (
         (1usize..=8, any::<Index>(), 1usize..=80),
         (n, prefix),
-        (
-            proptest::option::of(1usize..=40),
-            proptest::option::of(0.5f32..30.0),
-            any::<u64>(),
-        ),
+        (proptest::option::of(1usize..=40), proptest::option::of(0.5f32..30.0), any::<u64>()),
     )
         .prop_map(|((nh, kvi, hd), (n, prefix), (window, softcap, seed))| {
             let d = divisors(nh);
-            Case {
-                nh,
-                nkv: d[kvi.index(d.len())],
-                hd,
-                n,
-                prefix,
-                window,
-                softcap,
-                seed,
-            }
+            Case { nh, nkv: d[kvi.index(d.len())], hd, n, prefix, window, softcap, seed }
         })
 }
 
@@ -96,9 +80,7 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
     let q = rng.vec(n * nh * hd, 1.5);
     let p = params(nh, nkv, hd, 1.0 / (hd as f32).sqrt(), c.window, c.softcap);
     let cache = cache_with(nkv, hd, &pk, &pv);
-    let row = |x: &[f32], t: usize, h: usize, heads: usize| -> Vec<f32> {
-        x[(t * heads + h) * hd..][..hd].to_vec()
-    };
+    let row = |x: &[f32], t: usize, h: usize, heads: usize| -> Vec<f32> { x[(t * heads + h) * hd..][..hd].to_vec() };
 
     // The tree, on every ISA and both pools (bit-identical).
     let k0 = all_kernels()[0];
@@ -109,30 +91,11 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
         for pool in pools() {
             let mut out = vec![f32::NAN; q.len()];
             let mut mass = vec![0f32; prefix + n];
-            pool.install(|| {
-                tree_attend_into(
-                    k,
-                    &p,
-                    &cache,
-                    0,
-                    prefix,
-                    &tree,
-                    &q,
-                    &nk,
-                    &nv,
-                    &mut out,
-                    Some(&mut mass),
-                )
-            })
-            .unwrap();
+            pool.install(|| tree_attend_into(k, &p, &cache, 0, prefix, &tree, &q, &nk, &nv, &mut out, Some(&mut mass)))
+                .unwrap();
             match &first {
                 None => first = Some(bits(&out)),
-                Some(f) => prop_assert!(
-                    *f == bits(&out),
-                    "{:?} {:?}: 1 and 2 threads differ",
-                    k.isa,
-                    c
-                ),
+                Some(f) => prop_assert!(*f == bits(&out), "{:?} {:?}: 1 and 2 threads differ", k.isa, c),
             }
             if std::ptr::eq(k, k0) {
                 tree_out = Some(out.clone());
@@ -167,10 +130,7 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
                 v
             })
             .collect();
-        let pq: Vec<f32> = path
-            .iter()
-            .flat_map(|&a| q[a * nh * hd..(a + 1) * nh * hd].to_vec())
-            .collect();
+        let pq: Vec<f32> = path.iter().flat_map(|&a| q[a * nh * hd..(a + 1) * nh * hd].to_vec()).collect();
         let kr: Vec<&[f32]> = keys.iter().map(Vec::as_slice).collect();
         let vr: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
         let mut flash_out = vec![0f32; pq.len()];
@@ -191,10 +151,7 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
             let got = &tree_out[a * nh * hd..(a + 1) * nh * hd];
             for (name, want) in [("flash", &flash_out), ("naive", &naive_out)] {
                 let e = max_rel_err(got, &want[i * nh * hd..(i + 1) * nh * hd]);
-                prop_assert!(
-                    e <= TOL,
-                    "{c:?} parents {parents:?}: node {a} vs {name} on path {path:?}: {e}"
-                );
+                prop_assert!(e <= TOL, "{c:?} parents {parents:?}: node {a} vs {name} on path {path:?}: {e}");
             }
         }
     }
@@ -204,17 +161,10 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
     let paths: Vec<HashSet<usize>> = (0..n).map(|t| tree.path(t).into_iter().collect()).collect();
     let depth: Vec<usize> = (0..n).map(|t| tree.path(t).len() - 1).collect();
     prop_assert_eq!(tree.depths(), &depth[..]);
-    let key_pos = |j: usize| {
-        if j < prefix {
-            j
-        } else {
-            prefix + depth[j - prefix]
-        }
-    };
+    let key_pos = |j: usize| if j < prefix { j } else { prefix + depth[j - prefix] };
     let visible = |t: usize, j: usize| {
         let pos = prefix + depth[t];
-        (j < prefix || paths[t].contains(&(j - prefix)))
-            && !matches!(c.window, Some(w) if key_pos(j) + w <= pos)
+        (j < prefix || paths[t].contains(&(j - prefix))) && !matches!(c.window, Some(w) if key_pos(j) + w <= pos)
     };
     let key = |h: usize, j: usize| -> &[f32] {
         if j < prefix {
@@ -232,16 +182,7 @@ fn check_tree(c: &Case) -> Result<(), TestCaseError> {
     };
     let mut want = vec![0f32; q.len()];
     let mut want_mass = vec![0f32; prefix + n];
-    naive_attend(
-        &p,
-        &q,
-        prefix + n,
-        key,
-        value,
-        visible,
-        &mut want,
-        Some(&mut want_mass),
-    );
+    naive_attend(&p, &q, prefix + n, key, value, visible, &mut want, Some(&mut want_mass));
     let e = max_rel_err(&tree_out, &want);
     prop_assert!(e <= TOL, "{c:?}: tree vs reference {e}");
     let e = max_rel_err(&tree_mass, &want_mass);
@@ -308,79 +249,17 @@ fn invalid_trees_and_shapes_are_errors() {
     let q = vec![0.1f32; 2 * nh * hd];
     let kv = vec![0.1f32; 2 * nkv * hd];
     let bad = |r: Result<Vec<f32>, Error>| matches!(r, Err(Error::InvalidArgument(_)));
-    assert!(bad(tree_attend(
-        k,
-        &p,
-        &cache,
-        0,
-        3,
-        &[Some(1), Some(0)],
-        &q,
-        &kv,
-        &kv
-    )));
-    assert!(bad(tree_attend(
-        k,
-        &p,
-        &cache,
-        0,
-        3,
-        &[None, Some(2)],
-        &q,
-        &kv,
-        &kv
-    )));
-    assert!(bad(tree_attend(
-        k,
-        &p,
-        &cache,
-        0,
-        3,
-        &[None, Some(1)],
-        &q,
-        &kv,
-        &kv
-    )));
+    assert!(bad(tree_attend(k, &p, &cache, 0, 3, &[Some(1), Some(0)], &q, &kv, &kv)));
+    assert!(bad(tree_attend(k, &p, &cache, 0, 3, &[None, Some(2)], &q, &kv, &kv)));
+    assert!(bad(tree_attend(k, &p, &cache, 0, 3, &[None, Some(1)], &q, &kv, &kv)));
     assert!(bad(tree_attend(k, &p, &cache, 0, 3, &[None], &q, &kv, &kv)));
-    assert!(bad(tree_attend(
-        k,
-        &p,
-        &cache,
-        0,
-        3,
-        &[None, Some(0)],
-        &q,
-        &kv[..4],
-        &kv
-    )));
-    assert!(bad(tree_attend(
-        k,
-        &p,
-        &cache,
-        0,
-        4,
-        &[None, Some(0)],
-        &q,
-        &kv,
-        &kv
-    )));
+    assert!(bad(tree_attend(k, &p, &cache, 0, 3, &[None, Some(0)], &q, &kv[..4], &kv)));
+    assert!(bad(tree_attend(k, &p, &cache, 0, 4, &[None, Some(0)], &q, &kv, &kv)));
     let p3 = params(3, 2, hd, 0.5, None, None);
-    assert!(bad(tree_attend(
-        k,
-        &p3,
-        &cache,
-        0,
-        3,
-        &[None, Some(0)],
-        &q,
-        &kv,
-        &kv
-    )));
+    assert!(bad(tree_attend(k, &p3, &cache, 0, 3, &[None, Some(0)], &q, &kv, &kv)));
     let ok = tree_attend(k, &p, &cache, 0, 3, &[None, Some(0)], &q, &kv, &kv).unwrap();
     assert_eq!(ok.len(), q.len());
-    assert!(tree_attend(k, &p, &cache, 0, 3, &[], &[], &[], &[])
-        .unwrap()
-        .is_empty());
+    assert!(tree_attend(k, &p, &cache, 0, 3, &[], &[], &[], &[]).unwrap().is_empty());
 }
 
 #[test]
@@ -402,12 +281,8 @@ fn deep_reversed_chain_with_window() {
         let got = tree_attend(k, &p, &cache, 0, prefix, &parents, &q, &nk, &nv).unwrap();
         // The same tokens in chain order (root first) as a plain sequence.
         let order: Vec<usize> = (0..n).rev().collect();
-        let pick = |x: &[f32], w: usize| -> Vec<f32> {
-            order
-                .iter()
-                .flat_map(|&i| x[i * w..(i + 1) * w].to_vec())
-                .collect()
-        };
+        let pick =
+            |x: &[f32], w: usize| -> Vec<f32> { order.iter().flat_map(|&i| x[i * w..(i + 1) * w].to_vec()).collect() };
         let full = cache_with(
             nkv,
             hd,
@@ -415,21 +290,9 @@ fn deep_reversed_chain_with_window() {
             &[pv.clone(), pick(&nv, nkv * hd)].concat(),
         );
         let mut want = vec![0f32; q.len()];
-        edgellm_core::attention::flash::flash_attend(
-            k,
-            &p,
-            &full,
-            0,
-            prefix,
-            &pick(&q, nh * hd),
-            &mut want,
-            None,
-        );
+        edgellm_core::attention::flash::flash_attend(k, &p, &full, 0, prefix, &pick(&q, nh * hd), &mut want, None);
         for (s, &i) in order.iter().enumerate() {
-            let e = max_rel_err(
-                &got[i * nh * hd..(i + 1) * nh * hd],
-                &want[s * nh * hd..(s + 1) * nh * hd],
-            );
+            let e = max_rel_err(&got[i * nh * hd..(i + 1) * nh * hd], &want[s * nh * hd..(s + 1) * nh * hd]);
             assert!(e <= TOL, "window {window:?} node {i}: {e}");
         }
     }

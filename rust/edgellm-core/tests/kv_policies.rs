@@ -34,11 +34,7 @@ fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
 }
 
 fn rope() -> Rope {
-    Rope::new(&RopeConfig {
-        theta: 10000.0,
-        dim: HD,
-        scaling: RopeScaling::None,
-    })
+    Rope::new(&RopeConfig { theta: 10000.0, dim: HD, scaling: RopeScaling::None })
 }
 
 /// `x` (`[heads × HD]`) rotated at `pos`.
@@ -57,12 +53,7 @@ struct Token {
 
 /// Feeds `n` random tokens one per step; returns the last step's output and the
 /// tokens (unrotated).
-fn run(
-    cfg: &KvConfig,
-    n: usize,
-    window: Option<usize>,
-    seed: u64,
-) -> (Vec<f32>, Vec<Token>, KvCache) {
+fn run(cfg: &KvConfig, n: usize, window: Option<usize>, seed: u64) -> (Vec<f32>, Vec<Token>, KvCache) {
     let mut rng = Rng::new(seed);
     let r = rope();
     let mut cache = KvCache::with_config(cfg, kernels(), 1, KV_HEADS, HD, 1 << 20);
@@ -70,11 +61,7 @@ fn run(
     let mut toks = Vec::new();
     let mut out = vec![0f32; HEADS * HD];
     for t in 0..n {
-        let tok = Token {
-            q: random(HEADS * HD, &mut rng),
-            k: random(KV_HEADS * HD, &mut rng),
-            v: random(KV_HEADS * HD, &mut rng),
-        };
+        let tok = Token { q: random(HEADS * HD, &mut rng), k: random(KV_HEADS * HD, &mut rng), v: random(KV_HEADS * HD, &mut rng) };
         cache.reserve(1).unwrap();
         cache.write(0, &rotated(&r, &tok.k, KV_HEADS, t), &tok.v);
         let q = rotated(&r, &tok.q, HEADS, t);
@@ -93,19 +80,9 @@ fn run(
 
 /// The reference: the last query attends over `kept` tokens (indices into
 /// `toks`), key `i` rotated at `key_pos[i]`, the query at `q_pos`.
-fn reference(
-    toks: &[Token],
-    kept: &[usize],
-    key_pos: &[usize],
-    q_pos: usize,
-    window: Option<usize>,
-) -> Vec<f32> {
+fn reference(toks: &[Token], kept: &[usize], key_pos: &[usize], q_pos: usize, window: Option<usize>) -> Vec<f32> {
     let r = rope();
-    let keys: Vec<Vec<f32>> = kept
-        .iter()
-        .zip(key_pos)
-        .map(|(&i, &p)| rotated(&r, &toks[i].k, KV_HEADS, p))
-        .collect();
+    let keys: Vec<Vec<f32>> = kept.iter().zip(key_pos).map(|(&i, &p)| rotated(&r, &toks[i].k, KV_HEADS, p)).collect();
     let q = rotated(&r, &toks[toks.len() - 1].q, HEADS, q_pos);
     let mut out = vec![0f32; HEADS * HD];
     naive_attend(
@@ -122,11 +99,7 @@ fn reference(
 }
 
 fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    let d = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(d <= tol, "{what}: max |Δ| {d}");
 }
 
@@ -138,12 +111,7 @@ fn window_attends_to_the_last_tokens_at_true_positions() {
         let (out, toks, cache) = run(&cfg, n, None, size as u64);
         // Before the last step's eviction the cache held `size` old tokens + the new one.
         let kept: Vec<usize> = (n - 1 - size.min(n - 1)..n).collect();
-        assert_close(
-            &out,
-            &reference(&toks, &kept, &kept, n - 1, None),
-            2e-5,
-            &format!("window {size}"),
-        );
+        assert_close(&out, &reference(&toks, &kept, &kept, n - 1, None), 2e-5, &format!("window {size}"));
         assert_eq!(cache.len(), size.min(n));
     }
 }
@@ -151,10 +119,7 @@ fn window_attends_to_the_last_tokens_at_true_positions() {
 #[test]
 fn streaming_puts_sinks_right_before_the_window() {
     for (sinks, window, n) in [(4, 16, 100), (1, 5, 40), (4, 200, 100), (2, 1, 9)] {
-        let cfg = KvConfig::from_json(&format!(
-            r#"{{"type": "streaming", "sinks": {sinks}, "window": {window}}}"#
-        ))
-        .unwrap();
+        let cfg = KvConfig::from_json(&format!(r#"{{"type": "streaming", "sinks": {sinks}, "window": {window}}}"#)).unwrap();
         let (out, toks, cache) = run(&cfg, n, None, (sinks * 100 + window) as u64);
         // Last step: the sinks, the `window` previous tokens, the new one, at cache positions 0, 1, ...
         let recent = (n - sinks).min(window + 1);
@@ -171,32 +136,17 @@ fn quantized_stores_stay_close_and_f16_residual_is_exact() {
     let n = 120;
     let (full, toks, _) = run(&KvConfig::default(), n, None, 7);
     let all: Vec<usize> = (0..n).collect();
-    assert_close(
-        &full,
-        &reference(&toks, &all, &all, n - 1, None),
-        2e-5,
-        "full",
-    );
+    assert_close(&full, &reference(&toks, &all, &all, n - 1, None), 2e-5, "full");
     // KIVI with a residual covering the sequence is the f16 cache, bit for bit.
     let (f16, ..) = run(&KvConfig::from_json(r#""f16""#).unwrap(), n, None, 7);
-    let (kivi_all, ..) = run(
-        &KvConfig::from_json(r#"{"type": "kivi", "bits": 2, "residual": 1000}"#).unwrap(),
-        n,
-        None,
-        7,
-    );
+    let (kivi_all, ..) =
+        run(&KvConfig::from_json(r#"{"type": "kivi", "bits": 2, "residual": 1000}"#).unwrap(), n, None, 7);
     assert_eq!(f16, kivi_all);
     assert_close(&f16, &full, 2e-3, "f16");
     for (spec, tol) in [
         (r#""int8""#, 2e-2),
-        (
-            r#"{"type": "kivi", "bits": 4, "group_size": 16, "residual": 16}"#,
-            0.08,
-        ),
-        (
-            r#"{"type": "kivi", "bits": 2, "group_size": 32, "residual": 32}"#,
-            0.3,
-        ),
+        (r#"{"type": "kivi", "bits": 4, "group_size": 16, "residual": 16}"#, 0.08),
+        (r#"{"type": "kivi", "bits": 2, "group_size": 32, "residual": 32}"#, 0.3),
     ] {
         let (out, ..) = run(&KvConfig::from_json(spec).unwrap(), n, None, 7);
         assert_close(&out, &full, tol, spec);
@@ -218,27 +168,11 @@ fn streaming_with_kivi_attends_over_the_same_tokens() {
 fn h2o_full_budget_is_the_full_cache_and_small_budgets_keep_their_size() {
     let n = 90;
     let (full, ..) = run(&KvConfig::default(), n, None, 11);
-    let (h2o, ..) = run(
-        &KvConfig::from_json(r#"{"type": "h2o", "budget": 1.0}"#).unwrap(),
-        n,
-        None,
-        11,
-    );
+    let (h2o, ..) = run(&KvConfig::from_json(r#"{"type": "h2o", "budget": 1.0}"#).unwrap(), n, None, 11);
     assert_eq!(full, h2o);
-    let (_, _, cache) = run(
-        &KvConfig::from_json(r#"{"type": "h2o", "budget": 0.2, "recent": 4}"#).unwrap(),
-        n,
-        None,
-        11,
-    );
+    let (_, _, cache) = run(&KvConfig::from_json(r#"{"type": "h2o", "budget": 0.2, "recent": 4}"#).unwrap(), n, None, 11);
     assert_eq!(cache.len(), 18);
-    let (_, _, cache) = run(
-        &KvConfig::from_json(r#"{"type": "h2o", "budget": 10, "recent": 4, "quant": "int8"}"#)
-            .unwrap(),
-        n,
-        None,
-        11,
-    );
+    let (_, _, cache) = run(&KvConfig::from_json(r#"{"type": "h2o", "budget": 10, "recent": 4, "quant": "int8"}"#).unwrap(), n, None, 11);
     assert_eq!(cache.len(), 10);
 }
 
@@ -255,29 +189,13 @@ fn h2o_with_a_model_window_masks_by_true_position() {
     let mut toks = Vec::new();
     let mut out = vec![0f32; HEADS * HD];
     for t in 0..n {
-        let tok = Token {
-            q: random(HEADS * HD, &mut rng),
-            k: random(KV_HEADS * HD, &mut rng),
-            v: random(KV_HEADS * HD, &mut rng),
-        };
-        let mut kept: Vec<usize> = cache
-            .positions(0)
-            .unwrap()
-            .iter()
-            .map(|&p| p as usize)
-            .collect();
+        let tok = Token { q: random(HEADS * HD, &mut rng), k: random(KV_HEADS * HD, &mut rng), v: random(KV_HEADS * HD, &mut rng) };
+        let mut kept: Vec<usize> = cache.positions(0).unwrap().iter().map(|&p| p as usize).collect();
         assert!(kept.len() <= 30);
         kept.push(t);
         cache.reserve(1).unwrap();
         cache.write(0, &rotated(&r, &tok.k, KV_HEADS, t), &tok.v);
-        cache.attend(
-            kernels(),
-            0,
-            &p,
-            &rotated(&r, &tok.q, HEADS, t),
-            &mut out,
-            None,
-        );
+        cache.attend(kernels(), 0, &p, &rotated(&r, &tok.q, HEADS, t), &mut out, None);
         toks.push(tok);
         let want = reference(&toks, &kept, &kept, t, Some(12));
         assert_close(&out, &want, 2e-5, &format!("h2o + window, step {t}"));
@@ -292,27 +210,13 @@ fn block_selection_attends_to_the_blocks_with_the_highest_bound() {
     let n = 64 * 9 + 17;
     // Enough blocks selected: the full cache, bit for bit.
     let (full, toks, _) = run(&KvConfig::default(), n, None, 21);
-    let (all, ..) = run(
-        &KvConfig::from_json(r#"{"type": "full", "select_blocks": 10}"#).unwrap(),
-        n,
-        None,
-        21,
-    );
+    let (all, ..) = run(&KvConfig::from_json(r#"{"type": "full", "select_blocks": 10}"#).unwrap(), n, None, 21);
     assert_eq!(full, all);
     // Three blocks plus the newest: the reference recomputes Quest's bound per
     // KV head from the rotated keys and attends over the chosen blocks only.
-    let (got, ..) = run(
-        &KvConfig::from_json(r#"{"type": "full", "select_blocks": 3}"#).unwrap(),
-        n,
-        None,
-        21,
-    );
+    let (got, ..) = run(&KvConfig::from_json(r#"{"type": "full", "select_blocks": 3}"#).unwrap(), n, None, 21);
     let r = rope();
-    let keys: Vec<Vec<f32>> = toks
-        .iter()
-        .enumerate()
-        .map(|(t, tok)| rotated(&r, &tok.k, KV_HEADS, t))
-        .collect();
+    let keys: Vec<Vec<f32>> = toks.iter().enumerate().map(|(t, tok)| rotated(&r, &tok.k, KV_HEADS, t)).collect();
     let q = rotated(&r, &toks[n - 1].q, HEADS, n - 1);
     let group = HEADS / KV_HEADS;
     let nb = n.div_ceil(64);
@@ -329,9 +233,7 @@ fn block_selection_attends_to_the_blocks_with_the_highest_bound() {
             (0..group)
                 .map(|g| {
                     let qh = &q[(kvh * group + g) * HD..][..HD];
-                    (0..HD)
-                        .map(|c| (qh[c] * lo[c]).max(qh[c] * hi[c]))
-                        .sum::<f32>()
+                    (0..HD).map(|c| (qh[c] * lo[c]).max(qh[c] * hi[c])).sum::<f32>()
                 })
                 .fold(f32::NEG_INFINITY, f32::max)
         };
@@ -339,13 +241,9 @@ fn block_selection_attends_to_the_blocks_with_the_highest_bound() {
         order.sort_by(|&a, &b| bound(b).total_cmp(&bound(a)));
         let mut blocks: Vec<usize> = order[..3].to_vec();
         blocks.push(nb - 1);
-        let kept: Vec<usize> = blocks
-            .iter()
-            .flat_map(|&b| b * 64..((b + 1) * 64).min(n))
-            .collect();
+        let kept: Vec<usize> = blocks.iter().flat_map(|&b| b * 64..((b + 1) * 64).min(n)).collect();
         let out = reference(&toks, &kept, &kept, n - 1, None);
-        want[kvh * group * HD..(kvh + 1) * group * HD]
-            .copy_from_slice(&out[kvh * group * HD..(kvh + 1) * group * HD]);
+        want[kvh * group * HD..(kvh + 1) * group * HD].copy_from_slice(&out[kvh * group * HD..(kvh + 1) * group * HD]);
     }
     assert_close(&got, &want, 2e-5, "select 3 blocks");
     assert_close(&got, &full, f32::INFINITY, "");
@@ -362,11 +260,7 @@ fn a_step_of_many_tokens_sees_what_one_token_steps_see() {
     for (spec, sinks, window) in [
         (r#"{"type": "window", "size": 20}"#, 0, 20),
         (r#"{"type": "streaming", "sinks": 3, "window": 17}"#, 3, 17),
-        (
-            r#"{"type": "streaming", "sinks": 4, "window": 40, "quant": "f16"}"#,
-            4,
-            40,
-        ),
+        (r#"{"type": "streaming", "sinks": 4, "window": 40, "quant": "f16"}"#, 4, 40),
     ] {
         let cfg = KvConfig::from_json(spec).unwrap();
         let n = 150;
@@ -377,13 +271,9 @@ fn a_step_of_many_tokens_sees_what_one_token_steps_see() {
             let mut last = Vec::new();
             for c0 in (0..n).step_by(chunk) {
                 let c1 = (c0 + chunk).min(n);
-                let k: Vec<f32> = (c0..c1)
-                    .flat_map(|t| rotated(&r, &toks[t].k, KV_HEADS, t))
-                    .collect();
+                let k: Vec<f32> = (c0..c1).flat_map(|t| rotated(&r, &toks[t].k, KV_HEADS, t)).collect();
                 let v: Vec<f32> = (c0..c1).flat_map(|t| toks[t].v.clone()).collect();
-                let q: Vec<f32> = (c0..c1)
-                    .flat_map(|t| rotated(&r, &toks[t].q, HEADS, t))
-                    .collect();
+                let q: Vec<f32> = (c0..c1).flat_map(|t| rotated(&r, &toks[t].q, HEADS, t)).collect();
                 cache.reserve(c1 - c0).unwrap();
                 cache.write(0, &k, &v);
                 let shift = cache.sink_shift();
@@ -393,14 +283,7 @@ fn a_step_of_many_tokens_sees_what_one_token_steps_see() {
                     }
                 };
                 let mut out = vec![0f32; q.len()];
-                cache.attend(
-                    kernels(),
-                    0,
-                    &params(None),
-                    &q,
-                    &mut out,
-                    Some(&shift_sinks),
-                );
+                cache.attend(kernels(), 0, &params(None), &q, &mut out, Some(&shift_sinks));
                 cache.advance(c1 - c0);
                 last = out[out.len() - HEADS * HD..].to_vec();
             }
@@ -411,13 +294,8 @@ fn a_step_of_many_tokens_sees_what_one_token_steps_see() {
             let last_c0 = (n - 1) / chunk * chunk;
             let main_len = window.min(last_c0.saturating_sub(sinks)) + (n - last_c0.max(sinks));
             let first_main = n - main_len;
-            let kept: Vec<usize> = (0..sinks)
-                .chain((n - 1 - window).max(first_main)..n)
-                .collect();
-            let pos: Vec<usize> = kept
-                .iter()
-                .map(|&t| if t < sinks { t + first_main - sinks } else { t })
-                .collect();
+            let kept: Vec<usize> = (0..sinks).chain((n - 1 - window).max(first_main)..n).collect();
+            let pos: Vec<usize> = kept.iter().map(|&t| if t < sinks { t + first_main - sinks } else { t }).collect();
             let want = reference(&toks, &kept, &pos, n - 1, None);
             let tol = if spec.contains("f16") { 2e-3 } else { 2e-5 };
             assert_close(&last, &want, tol, &format!("{spec}, chunks of {chunk}"));

@@ -17,10 +17,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 
 fn layer(seed: u64, rows: usize, cols: usize, ty: Option<GgmlType>, bias: bool) -> Linear {
     let w = Tensor::from_f32(&values(seed, rows * cols), vec![rows, cols]).unwrap();
-    let l = Linear {
-        weight: w,
-        bias: bias.then(|| values(seed + 1, rows)),
-    };
+    let l = Linear { weight: w, bias: bias.then(|| values(seed + 1, rows)) };
     match ty {
         Some(t) => l.quantized(t).unwrap(),
         None => l,
@@ -32,38 +29,19 @@ fn forward_group_equals_separate_forwards() {
     let cols = 512;
     let sets: [&[(usize, Option<GgmlType>, bool)]; 4] = [
         // q/k/v of a GQA model: one large, two small, all q4_0.
-        &[
-            (96, Some(GgmlType::Q4_0)),
-            (32, Some(GgmlType::Q4_0)),
-            (32, Some(GgmlType::Q4_0)),
-        ]
-        .map(|(r, t)| (r, t, false)),
+        &[(96, Some(GgmlType::Q4_0)), (32, Some(GgmlType::Q4_0)), (32, Some(GgmlType::Q4_0))].map(|(r, t)| (r, t, false)),
         // Q4_K_M-like: q4_K and q6_K share the q8_K activation; a bias.
-        &[
-            (64, Some(GgmlType::Q4K), true),
-            (48, Some(GgmlType::Q6K), false),
-        ],
+        &[(64, Some(GgmlType::Q4K), true), (48, Some(GgmlType::Q6K), false)],
         // Different activation formats and float weights in one group.
-        &[
-            (40, Some(GgmlType::Q8_0), false),
-            (24, None, true),
-            (17, Some(GgmlType::Q4K), false),
-            (9, Some(GgmlType::F16), true),
-        ],
+        &[(40, Some(GgmlType::Q8_0), false), (24, None, true), (17, Some(GgmlType::Q4K), false), (9, Some(GgmlType::F16), true)],
         // Rows that are not multiples of any chunk.
-        &[
-            (1, Some(GgmlType::Q4_0), false),
-            (33, Some(GgmlType::Q5_1), true),
-        ],
+        &[(1, Some(GgmlType::Q4_0), false), (33, Some(GgmlType::Q5_1), true)],
     ];
     for isa in Isa::supported() {
         let k = Kernels::for_isa(isa).unwrap();
         for (si, set) in sets.iter().enumerate() {
-            let layers: Vec<Linear> = set
-                .iter()
-                .enumerate()
-                .map(|(i, &(r, t, b))| layer(100 * si as u64 + i as u64, r, cols, t, b))
-                .collect();
+            let layers: Vec<Linear> =
+                set.iter().enumerate().map(|(i, &(r, t, b))| layer(100 * si as u64 + i as u64, r, cols, t, b)).collect();
             for tokens in [1usize, 3] {
                 let x = values(7 + tokens as u64, tokens * cols);
                 let want: Vec<Vec<f32>> = layers
@@ -75,20 +53,11 @@ fn forward_group_equals_separate_forwards() {
                     })
                     .collect();
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut got: Vec<Vec<f32>> = layers
-                        .iter()
-                        .map(|l| vec![f32::NAN; tokens * l.out_features()])
-                        .collect();
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut got: Vec<Vec<f32>> = layers.iter().map(|l| vec![f32::NAN; tokens * l.out_features()]).collect();
                     pool.install(|| {
-                        let mut group: Vec<(&Linear, &mut [f32])> = layers
-                            .iter()
-                            .zip(got.iter_mut())
-                            .map(|(l, o)| (l, &mut o[..]))
-                            .collect();
+                        let mut group: Vec<(&Linear, &mut [f32])> =
+                            layers.iter().zip(got.iter_mut()).map(|(l, o)| (l, &mut o[..])).collect();
                         Linear::forward_group(k, &x, &mut group);
                     });
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {

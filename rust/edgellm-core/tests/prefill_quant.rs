@@ -15,12 +15,7 @@ fn default_model() -> PathBuf {
 }
 
 fn load(ty: GgmlType, isa: Isa, threads: usize) -> Model {
-    let opts = LoadOptions {
-        threads: Some(threads),
-        isa: Some(isa),
-        quant: Some(ty),
-        ..Default::default()
-    };
+    let opts = LoadOptions { threads: Some(threads), isa: Some(isa), quant: Some(ty), ..Default::default() };
     Model::load(&default_model(), &opts).unwrap()
 }
 
@@ -34,9 +29,7 @@ fn max_abs(v: &[f32]) -> f32 {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
+    row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
 }
 
 #[test]
@@ -53,17 +46,9 @@ fn prefill_matches_decode_for_quantized_weights() {
                 decode.extend(m.forward(&[t], &mut cache, LogitsRows::All).unwrap());
             }
             let scale = max_abs(&prefill);
-            let d: Vec<f32> = prefill
-                .iter()
-                .zip(&decode)
-                .map(|(p, d)| (p - d).abs())
-                .collect();
+            let d: Vec<f32> = prefill.iter().zip(&decode).map(|(p, d)| (p - d).abs()).collect();
             let (max, mean) = (max_abs(&d), d.iter().sum::<f32>() / d.len() as f32);
-            println!(
-                "{} {}: prefill vs decode max |Δ| {max:.2e} mean {mean:.2e} (scale {scale:.2})",
-                isa.name(),
-                ty.name()
-            );
+            println!("{} {}: prefill vs decode max |Δ| {max:.2e} mean {mean:.2e} (scale {scale:.2})", isa.name(), ty.name());
             // On the scalar path prefill and decode run the same `vec_dot` per
             // (row, token): only the attention (one query vs many) may differ, at
             // the ulp level. On the SIMD paths decode's `vec_dot` sums its blocks in
@@ -71,11 +56,7 @@ fn prefill_matches_decode_for_quantized_weights() {
             // ulp-level differences now and then move an activation across a q8
             // rounding boundary: one int8 step, amplified by later layers. Measured
             // (AVX2, 23 tokens): max |Δ| ≤ 2.5e-3·scale, mean ≤ 2.5e-4·scale.
-            let (max_rel, mean_rel) = if isa == Isa::Scalar {
-                (1e-5, 1e-6)
-            } else {
-                (1e-2, 1e-3)
-            };
+            let (max_rel, mean_rel) = if isa == Isa::Scalar { (1e-5, 1e-6) } else { (1e-2, 1e-3) };
             assert!(
                 max <= max_rel * scale && mean <= mean_rel * scale,
                 "{} {}: prefill vs decode logits differ by max {max} mean {mean} (scale {scale})",
@@ -83,13 +64,7 @@ fn prefill_matches_decode_for_quantized_weights() {
                 ty.name()
             );
             for (p, d) in prefill.chunks_exact(vocab).zip(decode.chunks_exact(vocab)) {
-                assert_eq!(
-                    argmax(p),
-                    argmax(d),
-                    "{} {}: greedy token differs",
-                    isa.name(),
-                    ty.name()
-                );
+                assert_eq!(argmax(p), argmax(d), "{} {}: greedy token differs", isa.name(), ty.name());
             }
         }
     }
@@ -102,12 +77,6 @@ fn quantized_prefill_is_bit_identical_across_thread_counts() {
         let ids = tokens(37, 1000);
         let one = load(ty, isa, 1).logits(&ids).unwrap();
         let three = load(ty, isa, 3).logits(&ids).unwrap();
-        assert!(
-            one.iter()
-                .zip(&three)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{}: logits depend on threads",
-            ty.name()
-        );
+        assert!(one.iter().zip(&three).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: logits depend on threads", ty.name());
     }
 }

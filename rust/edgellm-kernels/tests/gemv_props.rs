@@ -32,28 +32,16 @@ fn check(ty: GgmlType, rows: usize, nb: usize, seed: u64, raw: bool) {
             let row = &w[j * rb..(j + 1) * rb];
             let reference = quant::vec_dot(ty, row, &act, k);
             let (e64, tol) = f64_dot_and_tol(ty, row, &act, k);
-            let what = format!(
-                "{} {} rows={rows} nb={nb} raw={raw} row {j}",
-                kern.isa.name(),
-                ty.name()
-            );
-            assert!(
-                ((o - reference) as f64).abs() <= tol,
-                "{what}: gemv_q {o} vs scalar vec_dot {reference} (tol {tol})"
-            );
-            assert!(
-                (o as f64 - e64).abs() <= tol,
-                "{what}: gemv_q {o} vs f64 {e64} (tol {tol})"
-            );
+            let what = format!("{} {} rows={rows} nb={nb} raw={raw} row {j}", kern.isa.name(), ty.name());
+            assert!(((o - reference) as f64).abs() <= tol, "{what}: gemv_q {o} vs scalar vec_dot {reference} (tol {tol})");
+            assert!((o as f64 - e64).abs() <= tol, "{what}: gemv_q {o} vs f64 {e64} (tol {tol})");
         }
     }
 }
 
+
 fn quantized_types() -> impl Iterator<Item = GgmlType> {
-    GgmlType::ALL
-        .into_iter()
-        .chain(GgmlType::MINIFLOATS)
-        .filter(|t| t.is_quantized())
+    GgmlType::ALL.into_iter().chain(GgmlType::MINIFLOATS).filter(|t| t.is_quantized())
 }
 
 proptest! {
@@ -87,21 +75,12 @@ fn gemv_q_length_checks() {
         let (rb, ab) = (ty.row_bytes(64).unwrap(), act_row_bytes(ty, 64).unwrap());
         // No rows: nothing to do, nothing read.
         (kern.gemv_q)(ty, &[], &vec![0u8; ab], 64, &mut []);
-        for (w, a, n, rows) in [
-            (2 * rb + 1, ab, 64, 2),
-            (2 * rb, ab - 1, 64, 2),
-            (2 * rb, ab, 63, 2),
-            (rb, ab, 64, 2),
-        ] {
+        for (w, a, n, rows) in [(2 * rb + 1, ab, 64, 2), (2 * rb, ab - 1, 64, 2), (2 * rb, ab, 63, 2), (rb, ab, 64, 2)] {
             let r = std::panic::catch_unwind(|| {
                 let mut out = vec![0f32; rows];
                 (kern.gemv_q)(ty, &vec![0u8; w], &vec![0u8; a], n, &mut out);
             });
-            assert!(
-                r.is_err(),
-                "{}: gemv_q accepted w={w} act={a} n={n} rows={rows}",
-                kern.isa.name()
-            );
+            assert!(r.is_err(), "{}: gemv_q accepted w={w} act={a} n={n} rows={rows}", kern.isa.name());
         }
     }
 }

@@ -13,12 +13,7 @@ use proptest::prelude::*;
 mod common;
 use common::{paths, Rng};
 
-const LOWBIT: [GgmlType; 4] = [
-    GgmlType::Q3G128,
-    GgmlType::Q3AG128,
-    GgmlType::Q2G128,
-    GgmlType::Q2AG128,
-];
+const LOWBIT: [GgmlType; 4] = [GgmlType::Q3G128, GgmlType::Q3AG128, GgmlType::Q2G128, GgmlType::Q2AG128];
 
 fn bits(ty: GgmlType) -> u32 {
     if matches!(ty, GgmlType::Q3G128 | GgmlType::Q3AG128) {
@@ -35,9 +30,7 @@ fn asym(ty: GgmlType) -> bool {
 /// Random codes, scales (some zero, some subnormal, some large) and mins.
 fn grid(ty: GgmlType, nb: usize, seed: u64) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
     let mut r = Rng::new(seed);
-    let codes = (0..nb * 128)
-        .map(|_| (r.next() % (1 << bits(ty))) as u8)
-        .collect();
+    let codes = (0..nb * 128).map(|_| (r.next() % (1 << bits(ty))) as u8).collect();
     let scale = |r: &mut Rng| match r.next() % 8 {
         0 => f16::ZERO,
         1 => f16::from_f32(r.uniform() * 1e-6),
@@ -45,11 +38,7 @@ fn grid(ty: GgmlType, nb: usize, seed: u64) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
         _ => f16::from_f32(r.uniform() * 0.05),
     };
     let d = (0..nb).map(|_| scale(&mut r)).collect();
-    let m = if asym(ty) {
-        (0..nb).map(|_| scale(&mut r)).collect()
-    } else {
-        Vec::new()
-    };
+    let m = if asym(ty) { (0..nb).map(|_| scale(&mut r)).collect() } else { Vec::new() };
     (codes, d, m)
 }
 
@@ -81,14 +70,7 @@ fn bad_codes_and_lengths_are_errors() {
         let (mut codes, d, m) = grid(ty, 2, 1);
         let mut w = vec![0u8; ty.row_bytes(256).unwrap()];
         codes[200] = 1 << bits(ty);
-        assert_eq!(
-            lowbit::pack_row(ty, &codes, &d, &m, &mut w),
-            Err(QuantError::Code {
-                ty,
-                at: 200,
-                code: codes[200]
-            })
-        );
+        assert_eq!(lowbit::pack_row(ty, &codes, &d, &m, &mut w), Err(QuantError::Code { ty, at: 200, code: codes[200] }));
         codes[200] = 0;
         assert!(lowbit::pack_row(ty, &codes, &d[..1], &m, &mut w).is_err());
         assert!(lowbit::pack_row(ty, &codes, &d, &[f16::ZERO; 3], &mut w).is_err());
@@ -96,10 +78,9 @@ fn bad_codes_and_lengths_are_errors() {
         assert!(lowbit::pack_row(ty, &codes[..255], &d, &m, &mut w).is_err());
         assert!(lowbit::pack_row(ty, &codes, &d, &m, &mut w).is_ok());
     }
-    assert!(
-        lowbit::pack_row(GgmlType::Q4_0, &[0; 128], &[f16::ZERO], &[], &mut [0u8; 72]).is_err()
-    );
+    assert!(lowbit::pack_row(GgmlType::Q4_0, &[0; 128], &[f16::ZERO], &[], &mut [0u8; 72]).is_err());
 }
+
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(32, 8)))]
@@ -159,11 +140,7 @@ proptest! {
 /// The same codes in the 4-bit container blocks (q4_0: `q + 8`, q4_1: `u`; d and m
 /// repeated for the four 32-element blocks of each group).
 fn container(ty: GgmlType, codes: &[u8], d: &[f16], m: &[f16]) -> (GgmlType, Vec<u8>) {
-    let (cty, z) = if asym(ty) {
-        (GgmlType::Q4_1, 0)
-    } else {
-        (GgmlType::Q4_0, 8 - (1 << (bits(ty) - 1)))
-    };
+    let (cty, z) = if asym(ty) { (GgmlType::Q4_1, 0) } else { (GgmlType::Q4_0, 8 - (1 << (bits(ty) - 1))) };
     let mut out = Vec::new();
     for (b, c) in codes.chunks_exact(32).enumerate() {
         out.extend_from_slice(&d[b / 4].to_bits().to_le_bytes());
@@ -187,27 +164,12 @@ fn reference_dot_is_bit_identical_to_the_4bit_container() {
             let (mut y, mut yc) = (vec![0f32; n], vec![0f32; n]);
             dequantize_row(ty, &w, &mut y).unwrap();
             dequantize_row(cty, &cw, &mut yc).unwrap();
-            assert_eq!(
-                y,
-                yc,
-                "{} dequantizes differently from {}",
-                ty.name(),
-                cty.name()
-            );
+            assert_eq!(y, yc, "{} dequantizes differently from {}", ty.name(), cty.name());
             let x = Rng::new(seed + 100).row(n);
             let mut act = vec![0u8; quant::act_row_bytes(ty, n).unwrap()];
             quant::quantize_act(ty, &x, &mut act);
-            let (a, b) = (
-                quant::vec_dot(ty, &w, &act, n),
-                quant::vec_dot(cty, &cw, &act, n),
-            );
-            assert_eq!(
-                a.to_bits(),
-                b.to_bits(),
-                "{}: {a} vs {} {b}",
-                ty.name(),
-                cty.name()
-            );
+            let (a, b) = (quant::vec_dot(ty, &w, &act, n), quant::vec_dot(cty, &cw, &act, n));
+            assert_eq!(a.to_bits(), b.to_bits(), "{}: {a} vs {} {b}", ty.name(), cty.name());
         }
     }
 }

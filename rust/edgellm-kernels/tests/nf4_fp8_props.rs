@@ -83,14 +83,7 @@ fn geometry_and_names() {
     assert_eq!(GgmlType::F8E4M3.block_elems(), 32);
     assert_eq!(GgmlType::NF4.bits_per_weight(), 4.25);
     assert_eq!(GgmlType::F8E5M2.bits_per_weight(), 8.5);
-    assert_eq!(
-        (
-            GgmlType::NF4.name(),
-            GgmlType::F8E4M3.name(),
-            GgmlType::F8E5M2.name()
-        ),
-        ("nf4", "fp8_e4m3", "fp8_e5m2")
-    );
+    assert_eq!((GgmlType::NF4.name(), GgmlType::F8E4M3.name(), GgmlType::F8E5M2.name()), ("nf4", "fp8_e4m3", "fp8_e5m2"));
     // No GGUF id maps to them.
     for id in 0..4096 {
         if let Some(t) = GgmlType::from_id(id) {
@@ -114,13 +107,7 @@ fn every_code_decodes_to_the_codec_value_on_every_path() {
             let mut y = vec![0f32; 256];
             (k.dequantize_row)(ty, &w, &mut y);
             for (code, v) in y.iter().enumerate() {
-                assert!(
-                    same(*v, f.decode(code as u8)),
-                    "{} {}: code {code:#04x} → {v}, codec {}",
-                    k.isa.name(),
-                    ty.name(),
-                    f.decode(code as u8)
-                );
+                assert!(same(*v, f.decode(code as u8)), "{} {}: code {code:#04x} → {v}, codec {}", k.isa.name(), ty.name(), f.decode(code as u8));
             }
         }
     }
@@ -131,18 +118,8 @@ fn every_code_decodes_to_the_codec_value_on_every_path() {
         let mut y = vec![0f32; 64];
         (k.dequantize_row)(GgmlType::NF4, &w, &mut y);
         for j in 0..32 {
-            assert_eq!(
-                y[j],
-                NF4_VALUES[j % 16],
-                "{} nf4 low nibble {j}",
-                k.isa.name()
-            );
-            assert_eq!(
-                y[32 + j],
-                NF4_VALUES[15 - j % 16],
-                "{} nf4 high nibble {j}",
-                k.isa.name()
-            );
+            assert_eq!(y[j], NF4_VALUES[j % 16], "{} nf4 low nibble {j}", k.isa.name());
+            assert_eq!(y[32 + j], NF4_VALUES[15 - j % 16], "{} nf4 high nibble {j}", k.isa.name());
         }
     }
 }
@@ -153,40 +130,17 @@ fn roundtrip_zero_saturation_and_ties() {
         let be = ty.block_elems();
         // Zero blocks: d = 0 and zeros, never NaN; next to a normal block.
         let mut x = vec![0f32; 3 * be];
-        x[be..2 * be]
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = i as f32 - 10.0);
+        x[be..2 * be].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 10.0);
         let y = dequant(ty, &quant(ty, &x), x.len());
-        assert!(
-            y[..be]
-                .iter()
-                .chain(&y[2 * be..])
-                .all(|v| *v == 0.0 && v.is_sign_positive() || *v == 0.0),
-            "{}",
-            ty.name()
-        );
+        assert!(y[..be].iter().chain(&y[2 * be..]).all(|v| *v == 0.0 && v.is_sign_positive() || *v == 0.0), "{}", ty.name());
         assert!(y.iter().all(|v| v.is_finite()));
         // Huge and tiny blocks stay finite; the absmax element is kept (up to f16 rounding).
         for c in [1e6f32, 7e4, 1e-9, 3e-38] {
-            let x: Vec<f32> = (0..be)
-                .map(|i| {
-                    if i == 3 {
-                        -c
-                    } else {
-                        c * (i as f32 / be as f32)
-                    }
-                })
-                .collect();
+            let x: Vec<f32> = (0..be).map(|i| if i == 3 { -c } else { c * (i as f32 / be as f32) }).collect();
             let y = dequant(ty, &quant(ty, &x), be);
             assert!(y.iter().all(|v| v.is_finite()), "{} {c}: {y:?}", ty.name());
             let want = -c.min(f16::MAX.to_f32());
-            assert!(
-                (y[3] - want).abs() <= want.abs() * 1e-3 + 6e-8,
-                "{} {c}: {} vs {want}",
-                ty.name(),
-                y[3]
-            );
+            assert!((y[3] - want).abs() <= want.abs() * 1e-3 + 6e-8, "{} {c}: {} vs {want}", ty.name(), y[3]);
         }
         // Random data: within half the widest level gap (relative to the block absmax).
         let bound = match ty {
@@ -200,11 +154,7 @@ fn roundtrip_zero_saturation_and_ties() {
             for (b, (xb, yb)) in x.chunks(be).zip(y.chunks(be)).enumerate() {
                 let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (a, v) in xb.iter().zip(yb) {
-                    assert!(
-                        (a - v).abs() <= bound * amax + 1e-7,
-                        "{} block {b}: {a} → {v}",
-                        ty.name()
-                    );
+                    assert!((a - v).abs() <= bound * amax + 1e-7, "{} block {b}: {a} → {v}", ty.name());
                 }
             }
         }
@@ -231,21 +181,11 @@ fn check_dot(ty: GgmlType, w: &[u8], x: &[f32], what: &str) {
     }
     let tol = (n / ty.block_elems() + 64) as f64 * f32::EPSILON as f64 * mag + 1e-30;
     let reference = quant::vec_dot(ty, w, &act, n);
-    assert!(
-        (reference as f64 - exact).abs() <= tol,
-        "{} ({what}, n={n}): scalar {reference} vs f64 {exact}",
-        ty.name()
-    );
+    assert!((reference as f64 - exact).abs() <= tol, "{} ({what}, n={n}): scalar {reference} vs f64 {exact}", ty.name());
     for k in paths() {
         let mut a = vec![0u8; act.len()];
         (k.quantize_act)(ty, x, &mut a);
-        assert_eq!(
-            a,
-            act,
-            "{} {}: quantize_act is not the f32 row",
-            k.isa.name(),
-            ty.name()
-        );
+        assert_eq!(a, act, "{} {}: quantize_act is not the f32 row", k.isa.name(), ty.name());
         let got = (k.vec_dot)(ty, w, &act, n);
         assert!(
             (got as f64 - exact).abs() <= tol,
@@ -262,14 +202,7 @@ fn check_dequant_paths(ty: GgmlType, w: &[u8], n: usize) {
         let mut y = vec![0f32; n];
         (k.dequantize_row)(ty, w, &mut y);
         for i in 0..n {
-            assert!(
-                same(y[i], want[i]),
-                "{} {}: element {i}: {} vs scalar {}",
-                k.isa.name(),
-                ty.name(),
-                y[i],
-                want[i]
-            );
+            assert!(same(y[i], want[i]), "{} {}: element {i}: {} vs scalar {}", k.isa.name(), ty.name(), y[i], want[i]);
         }
     }
 }
@@ -295,18 +228,9 @@ fn zero_rows_dot_to_zero() {
     for ty in TYPES {
         let n = 3 * ty.block_elems();
         let w = quant(ty, &vec![0.0; n]);
-        let x: Vec<u8> = row(5, n, 1.0)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let x: Vec<u8> = row(5, n, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
         for k in paths() {
-            assert_eq!(
-                (k.vec_dot)(ty, &w, &x, n),
-                0.0,
-                "{} {}",
-                k.isa.name(),
-                ty.name()
-            );
+            assert_eq!((k.vec_dot)(ty, &w, &x, n), 0.0, "{} {}", k.isa.name(), ty.name());
         }
     }
 }
@@ -318,27 +242,14 @@ fn lengths_are_checked() {
         assert!(quantize_row(ty, &vec![0.0; be + 1], &mut [0u8; 34]).is_err());
         assert!(dequantize_row(ty, &[0u8; 33], &mut vec![0.0; be]).is_err());
         for k in paths() {
-            let r = std::panic::catch_unwind(|| {
-                (k.vec_dot)(ty, &[0u8; 34], &vec![0u8; 4 * be - 4], be)
-            });
-            assert!(
-                r.is_err(),
-                "{} {}: short activation row accepted",
-                k.isa.name(),
-                ty.name()
-            );
-            let r = std::panic::catch_unwind(|| {
-                (k.dequantize_row)(ty, &[0u8; 34], &mut vec![0.0; be + 1])
-            });
-            assert!(
-                r.is_err(),
-                "{} {}: wrong dequantize length accepted",
-                k.isa.name(),
-                ty.name()
-            );
+            let r = std::panic::catch_unwind(|| (k.vec_dot)(ty, &[0u8; 34], &vec![0u8; 4 * be - 4], be));
+            assert!(r.is_err(), "{} {}: short activation row accepted", k.isa.name(), ty.name());
+            let r = std::panic::catch_unwind(|| (k.dequantize_row)(ty, &[0u8; 34], &mut vec![0.0; be + 1]));
+            assert!(r.is_err(), "{} {}: wrong dequantize length accepted", k.isa.name(), ty.name());
         }
     }
 }
+
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(64, 12)))]

@@ -34,14 +34,7 @@ const TYPES: [GgmlType; 13] = [
 
 /// `rows` weight rows of `ty` (quantized from random floats, or random bytes with
 /// sane f16 scales when `raw`), and `n` quantized activation rows.
-fn operands(
-    ty: GgmlType,
-    rows: usize,
-    n: usize,
-    k: usize,
-    seed: u64,
-    raw: bool,
-) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+fn operands(ty: GgmlType, rows: usize, n: usize, k: usize, seed: u64, raw: bool) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
     let mut r = Rng::new(seed);
     let rb = ty.row_bytes(k).unwrap();
     let mut w = vec![0u8; rows * rb];
@@ -77,50 +70,25 @@ fn check(ty: GgmlType, rows: usize, n: usize, nb: usize, seed: u64, raw: bool) {
         }
         let exact = qgemm::bit_exact(kern.isa, ty);
         for t in 0..n {
-            for (j, &o) in out[t * ldo..(t + 1) * ldo]
-                .iter()
-                .enumerate()
-                .take(ldo.min(out.len() - t * ldo))
-            {
+            for (j, &o) in out[t * ldo..(t + 1) * ldo].iter().enumerate().take(ldo.min(out.len() - t * ldo)) {
                 if j >= rows {
-                    assert_eq!(
-                        o,
-                        FILL,
-                        "{} {}: wrote past the rows at t={t} col={j}",
-                        kern.isa.name(),
-                        ty.name()
-                    );
+                    assert_eq!(o, FILL, "{} {}: wrote past the rows at t={t} col={j}", kern.isa.name(), ty.name());
                     continue;
                 }
-                let reference =
-                    quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
-                let (e64, tol) =
-                    f64_dot_and_tol(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
-                let what = format!(
-                    "{} {} rows={rows} n={n} nb={nb} raw={raw} (row {j}, token {t})",
-                    kern.isa.name(),
-                    ty.name()
-                );
+                let reference = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
+                let (e64, tol) = f64_dot_and_tol(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
+                let what = format!("{} {} rows={rows} n={n} nb={nb} raw={raw} (row {j}, token {t})", kern.isa.name(), ty.name());
                 if exact {
-                    assert_eq!(
-                        o.to_bits(),
-                        reference.to_bits(),
-                        "{what}: gemm_q {o} vs scalar vec_dot {reference}"
-                    );
+                    assert_eq!(o.to_bits(), reference.to_bits(), "{what}: gemm_q {o} vs scalar vec_dot {reference}");
                 } else {
-                    assert!(
-                        ((o - reference) as f64).abs() <= tol,
-                        "{what}: gemm_q {o} vs scalar {reference} (tol {tol})"
-                    );
+                    assert!(((o - reference) as f64).abs() <= tol, "{what}: gemm_q {o} vs scalar {reference} (tol {tol})");
                 }
-                assert!(
-                    (o as f64 - e64).abs() <= tol,
-                    "{what}: gemm_q {o} vs f64 {e64} (tol {tol})"
-                );
+                assert!((o as f64 - e64).abs() <= tol, "{what}: gemm_q {o} vs f64 {e64} (tol {tol})");
             }
         }
     }
 }
+
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(24, 24)))]
@@ -170,27 +138,11 @@ fn gemm_q_zero_sizes_and_length_checks() {
         (kern.gemm_q)(&[], &QActs::new(ty, 32, vec![0u8; 34]), &mut [], 0, &mut s);
         (kern.gemm_q)(&[0u8; 18], &QActs::new(ty, 32, vec![]), &mut [], 1, &mut s);
         let r = std::panic::catch_unwind(|| {
-            (kern.gemm_q)(
-                &[0u8; 17],
-                &QActs::new(ty, 32, vec![0u8; 34]),
-                &mut [0f32; 4],
-                1,
-                &mut QGemmScratch::default(),
-            )
+            (kern.gemm_q)(&[0u8; 17], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 4], 1, &mut QGemmScratch::default())
         });
-        assert!(
-            r.is_err(),
-            "{}: ragged weight bytes accepted",
-            kern.isa.name()
-        );
+        assert!(r.is_err(), "{}: ragged weight bytes accepted", kern.isa.name());
         let r = std::panic::catch_unwind(|| {
-            (kern.gemm_q)(
-                &[0u8; 36],
-                &QActs::new(ty, 32, vec![0u8; 34]),
-                &mut [0f32; 1],
-                2,
-                &mut QGemmScratch::default(),
-            )
+            (kern.gemm_q)(&[0u8; 36], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 1], 2, &mut QGemmScratch::default())
         });
         assert!(r.is_err(), "{}: short output accepted", kern.isa.name());
     }

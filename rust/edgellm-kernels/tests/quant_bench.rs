@@ -44,10 +44,7 @@ fn vec_dot_throughput() {
     let x = row(1, K);
     let w_f32 = row(2, K * ROWS);
     println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q)");
-    for ty in [
-        Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128,
-        Q2AG128,
-    ] {
+    for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128] {
         let rb = ty.row_bytes(K).unwrap();
         let mut w = vec![0u8; rb * ROWS];
         for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {
@@ -98,11 +95,7 @@ fn vec_dot_throughput() {
                 (k.quantize_act)(at, black_box(&x), &mut act);
             }
         }) / 100.0;
-        println!(
-            "quantize_act to {} of {K} floats: {:.2} µs",
-            edgellm_kernels::quant::vec_dot_type(at).name(),
-            t * 1e6
-        );
+        println!("quantize_act to {} of {K} floats: {:.2} µs", edgellm_kernels::quant::vec_dot_type(at).name(), t * 1e6);
     }
 }
 
@@ -132,11 +125,6 @@ fn float_gemv_throughput() {
             black_box(&y);
         });
         let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
-        println!(
-            "  {:>6}: {:6.1} | {:6.1}",
-            isa.name(),
-            gbs(2 * 64 * N * reps, hot),
-            gbs(2 * N * R, streamed)
-        );
+        println!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(2 * 64 * N * reps, hot), gbs(2 * N * R, streamed));
     }
 }

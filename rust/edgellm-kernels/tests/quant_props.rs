@@ -23,11 +23,7 @@ fn test_row(seed: u64, n: usize, block: usize, scale: f32) -> Vec<f32> {
     for _ in 0..n / block {
         let s = scale * (0.05 + r.uniform().abs() * 2.0);
         let kind = r.next() % 8;
-        let shift = if kind == 1 {
-            r.uniform() * 2.0 * s
-        } else {
-            0.0
-        };
+        let shift = if kind == 1 { r.uniform() * 2.0 * s } else { 0.0 };
         for _ in 0..block {
             let v = match kind {
                 2 if r.next() % 4 != 0 => 0.0,
@@ -123,26 +119,16 @@ fn f16_floor(ty: GgmlType) -> f64 {
 }
 
 fn block_amax(x: &[f32], i: usize, block: usize) -> f32 {
-    x[i / block * block..][..block]
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
+    x[i / block * block..][..block].iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
 /// Largest error of a round trip in units of its bound (≤ 1 passes), and where.
 fn roundtrip_err(ty: GgmlType, x: &[f32]) -> (f64, usize) {
     let y = dequant(ty, &quant(ty, x), x.len());
-    let block = if ty.is_quantized() {
-        ty.block_elems()
-    } else {
-        1
-    };
+    let block = if ty.is_quantized() { ty.block_elems() } else { 1 };
     let mut worst = (0f64, 0);
     for (i, (a, b)) in x.iter().zip(&y).enumerate() {
-        assert!(
-            b.is_finite(),
-            "{}: non-finite {b} at {i} (x = {a})",
-            ty.name()
-        );
+        assert!(b.is_finite(), "{}: non-finite {b} at {i} (x = {a})", ty.name());
         let amax = block_amax(x, i, block) as f64;
         if amax == 0.0 {
             assert_eq!(*b, 0.0, "{}: zero block dequantizes to {b}", ty.name());
@@ -162,11 +148,7 @@ fn roundtrip_err(ty: GgmlType, x: &[f32]) -> (f64, usize) {
 #[ignore]
 fn roundtrip_error_stats() {
     for ty in GgmlType::ALL {
-        let block = if ty.is_quantized() {
-            ty.block_elems()
-        } else {
-            32
-        };
+        let block = if ty.is_quantized() { ty.block_elems() } else { 32 };
         let mut worst = 0f64;
         for seed in 0..400 {
             let x = test_row(seed, 8 * block, block, 1.0);
@@ -178,13 +160,10 @@ fn roundtrip_error_stats() {
                 }
             }
         }
-        println!(
-            "{:7} max |error| / amax = {worst:.5} (bound {:.5})",
-            ty.name(),
-            roundtrip_bound(ty)
-        );
+        println!("{:7} max |error| / amax = {worst:.5} (bound {:.5})", ty.name(), roundtrip_bound(ty));
     }
 }
+
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(48, 12)))]
@@ -227,16 +206,8 @@ fn check_vec_dot(ty: GgmlType, w: &[u8], x: &[f32], what: &str) {
     let n = x.len();
     let at = vec_dot_type(ty);
     let wd = dequant(ty, w, n);
-    let block = if ty.is_quantized() {
-        ty.block_elems()
-    } else {
-        1
-    };
-    let ablock = if at.is_quantized() {
-        at.block_elems()
-    } else {
-        1
-    };
+    let block = if ty.is_quantized() { ty.block_elems() } else { 1 };
+    let ablock = if at.is_quantized() { at.block_elems() } else { 1 };
 
     let mut act = vec![0u8; quant::act_row_bytes(ty, n).unwrap()];
     quant::quantize_act(ty, x, &mut act);
@@ -270,13 +241,7 @@ fn check_vec_dot(ty: GgmlType, w: &[u8], x: &[f32], what: &str) {
     for k in paths() {
         let mut act_k = vec![0u8; act.len()];
         (k.quantize_act)(ty, x, &mut act_k);
-        assert_eq!(
-            act_k,
-            act,
-            "{} {}: quantize_act differs from the reference",
-            k.isa.name(),
-            ty.name()
-        );
+        assert_eq!(act_k, act, "{} {}: quantize_act differs from the reference", k.isa.name(), ty.name());
         let got = (k.vec_dot)(ty, w, &act, n);
         assert!(
             (got as f64 - reference as f64).abs() <= tol,
@@ -290,14 +255,8 @@ fn check_vec_dot(ty: GgmlType, w: &[u8], x: &[f32], what: &str) {
 #[test]
 fn zero_constant_and_tiny_blocks_have_no_nan() {
     for ty in GgmlType::ALL {
-        let block = if ty.is_quantized() {
-            ty.block_elems()
-        } else {
-            32
-        };
-        for c in [
-            0.0f32, 1.0, -1.0, 0.37, -1234.5, 1e-3, -1e-7, 1e-20, 3e-38, 1e4,
-        ] {
+        let block = if ty.is_quantized() { ty.block_elems() } else { 32 };
+        for c in [0.0f32, 1.0, -1.0, 0.37, -1234.5, 1e-3, -1e-7, 1e-20, 3e-38, 1e4] {
             let x = vec![c; 3 * block];
             let y = dequant(ty, &quant(ty, &x), x.len());
             for (i, v) in y.iter().enumerate() {
@@ -320,53 +279,24 @@ fn zero_constant_and_tiny_blocks_have_no_nan() {
             *v = if i % 2 == 0 { 0.75 } else { -0.75 };
         }
         let y = dequant(ty, &quant(ty, &x), x.len());
-        assert!(
-            y.iter().all(|v| v.is_finite()),
-            "{}: spike/alternating blocks → {y:?}",
-            ty.name()
-        );
+        assert!(y.iter().all(|v| v.is_finite()), "{}: spike/alternating blocks → {y:?}", ty.name());
     }
 }
 
 #[test]
 fn vec_dot_of_zero_rows_is_zero() {
     for ty in GgmlType::ALL {
-        let n = if ty.is_quantized() {
-            3 * ty.block_elems()
-        } else {
-            96
-        };
+        let n = if ty.is_quantized() { 3 * ty.block_elems() } else { 96 };
         let w = quant(ty, &vec![0.0; n]);
-        let x = test_row(
-            7,
-            n,
-            if ty.is_quantized() {
-                ty.block_elems()
-            } else {
-                32
-            },
-            1.0,
-        );
+        let x = test_row(7, n, if ty.is_quantized() { ty.block_elems() } else { 32 }, 1.0);
         for k in paths() {
             let mut act = vec![0u8; quant::act_row_bytes(ty, n).unwrap()];
             (k.quantize_act)(ty, &x, &mut act);
-            assert_eq!(
-                (k.vec_dot)(ty, &w, &act, n),
-                0.0,
-                "{} {}",
-                k.isa.name(),
-                ty.name()
-            );
+            assert_eq!((k.vec_dot)(ty, &w, &act, n), 0.0, "{} {}", k.isa.name(), ty.name());
             let mut zact = vec![0u8; act.len()];
             (k.quantize_act)(ty, &vec![0.0; n], &mut zact);
             let wr = quant(ty, &x);
-            assert_eq!(
-                (k.vec_dot)(ty, &wr, &zact, n),
-                0.0,
-                "{} {} (zero activations)",
-                k.isa.name(),
-                ty.name()
-            );
+            assert_eq!((k.vec_dot)(ty, &wr, &zact, n), 0.0, "{} {} (zero activations)", k.isa.name(), ty.name());
         }
     }
 }
@@ -377,15 +307,9 @@ fn lengths_are_checked() {
     assert!(quantize_row(GgmlType::Q4_0, &[0.0; 32], &mut [0u8; 17]).is_err());
     assert!(dequantize_row(GgmlType::Q6K, &[0u8; 210], &mut [0.0; 128]).is_err());
     for k in paths() {
-        let r =
-            std::panic::catch_unwind(|| (k.vec_dot)(GgmlType::Q4_0, &[0u8; 18], &[0u8; 33], 32));
-        assert!(
-            r.is_err(),
-            "{}: short activation row accepted",
-            k.isa.name()
-        );
-        let r =
-            std::panic::catch_unwind(|| (k.vec_dot)(GgmlType::Q4K, &[0u8; 144], &[0u8; 292], 128));
+        let r = std::panic::catch_unwind(|| (k.vec_dot)(GgmlType::Q4_0, &[0u8; 18], &[0u8; 33], 32));
+        assert!(r.is_err(), "{}: short activation row accepted", k.isa.name());
+        let r = std::panic::catch_unwind(|| (k.vec_dot)(GgmlType::Q4K, &[0u8; 144], &[0u8; 292], 128));
         assert!(r.is_err(), "{}: wrong n accepted", k.isa.name());
     }
 }

@@ -16,10 +16,7 @@ pub struct PyGenerator {
 
 impl PyGenerator {
     pub fn new(gen: Generator, text: bool) -> Self {
-        PyGenerator {
-            inner: Mutex::new(gen),
-            text,
-        }
+        PyGenerator { inner: Mutex::new(gen), text }
     }
 
     fn step(&self, py: Python<'_>) -> PyResult<Option<edgellm_core::generate::Step>> {

@@ -20,14 +20,7 @@ pub struct PyModel {
 /// Token ids from Python ints, rejecting negatives and values past u32.
 fn to_ids(ids: Vec<i64>, vocab: usize) -> PyResult<Vec<u32>> {
     ids.into_iter()
-        .map(|i| {
-            u32::try_from(i).map_err(|_| {
-                to_py(Error::InvalidToken {
-                    id: i,
-                    vocab_size: vocab,
-                })
-            })
-        })
+        .map(|i| u32::try_from(i).map_err(|_| to_py(Error::InvalidToken { id: i, vocab_size: vocab })))
         .collect()
 }
 
@@ -78,9 +71,7 @@ impl PyModel {
             },
         };
         let model = py.detach(|| Model::load(&path, &opts)).py_err()?;
-        Ok(PyModel {
-            inner: Arc::new(model),
-        })
+        Ok(PyModel { inner: Arc::new(model) })
     }
 
     #[getter]
@@ -118,10 +109,7 @@ impl PyModel {
     }
     #[getter]
     fn has_chat_template(&self) -> bool {
-        self.inner
-            .tokenizer
-            .as_ref()
-            .is_some_and(|t| t.chat_template().is_some())
+        self.inner.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some())
     }
 
     // --- tokenizer -------------------------------------------------------
@@ -165,48 +153,26 @@ impl PyModel {
         if !c.is_empty() {
             return c.clone();
         }
-        self.inner
-            .tokenizer
-            .as_ref()
-            .and_then(|t| t.eos_id())
-            .into_iter()
-            .collect()
+        self.inner.tokenizer.as_ref().and_then(|t| t.eos_id()).into_iter().collect()
     }
 
     /// Renders a chat (messages as a JSON string) with the model's chat template.
     #[pyo3(signature = (messages_json, add_generation_prompt=true, extra_json=None))]
-    fn apply_chat_template(
-        &self,
-        messages_json: &str,
-        add_generation_prompt: bool,
-        extra_json: Option<&str>,
-    ) -> PyResult<String> {
+    fn apply_chat_template(&self, messages_json: &str, add_generation_prompt: bool, extra_json: Option<&str>) -> PyResult<String> {
         let tok = self.tokenizer()?;
-        let tmpl = tok.chat_template().ok_or_else(|| {
-            to_py(Error::ChatTemplate(
-                "this model's tokenizer_config.json has no chat_template".into(),
-            ))
-        })?;
-        let messages: serde_json::Value = serde_json::from_str(messages_json)
-            .map_err(|e| to_py(Error::ChatTemplate(format!("messages: {e}"))))?;
+        let tmpl = tok
+            .chat_template()
+            .ok_or_else(|| to_py(Error::ChatTemplate("this model's tokenizer_config.json has no chat_template".into())))?;
+        let messages: serde_json::Value =
+            serde_json::from_str(messages_json).map_err(|e| to_py(Error::ChatTemplate(format!("messages: {e}"))))?;
         let extra = match extra_json {
             Some(s) => match serde_json::from_str(s) {
                 Ok(serde_json::Value::Object(m)) => m,
-                _ => {
-                    return Err(to_py(Error::ChatTemplate(
-                        "extra template variables must be a JSON object".into(),
-                    )))
-                }
+                _ => return Err(to_py(Error::ChatTemplate("extra template variables must be a JSON object".into()))),
             },
             None => Default::default(),
         };
-        tmpl.render(
-            &messages,
-            add_generation_prompt,
-            tok.special_strings(),
-            &extra,
-        )
-        .py_err()
+        tmpl.render(&messages, add_generation_prompt, tok.special_strings(), &extra).py_err()
     }
 
     // --- compute -----------------------------------------------------------
@@ -226,13 +192,7 @@ impl PyModel {
     /// Teacher-forced (total NLL in nats, predicted tokens) over windows.
     /// `decode=True` feeds one token per step through the KV policy.
     #[pyo3(signature = (ids, window=None, decode=false))]
-    fn nll(
-        &self,
-        py: Python<'_>,
-        ids: Vec<i64>,
-        window: Option<usize>,
-        decode: bool,
-    ) -> PyResult<(f64, usize)> {
+    fn nll(&self, py: Python<'_>, ids: Vec<i64>, window: Option<usize>, decode: bool) -> PyResult<(f64, usize)> {
         let ids = to_ids(ids, self.inner.config.vocab_size)?;
         let m = self.inner.clone();
         // Check for Ctrl-C between chunks: the callback briefly takes the GIL.
@@ -299,13 +259,7 @@ impl PyModel {
         d.set_item("path", m.path.to_string_lossy().to_string())?;
         d.set_item("dtype", m.weight_dtype().name())?;
         d.set_item("file_bytes", m.file_bytes())?;
-        d.set_item(
-            "files",
-            m.files()
-                .iter()
-                .map(|f| f.to_string_lossy().to_string())
-                .collect::<Vec<_>>(),
-        )?;
+        d.set_item("files", m.files().iter().map(|f| f.to_string_lossy().to_string()).collect::<Vec<_>>())?;
         let p = info::param_counts(m);
         let params = PyDict::new(py);
         params.set_item("embedding", p.embedding)?;
@@ -345,12 +299,7 @@ impl PyModel {
     /// Bytes needed for `batch` sequences of `context` tokens (default: the model's
     /// context): weights, KV cache, activations and their total.
     #[pyo3(signature = (context=None, batch=1))]
-    fn memory<'py>(
-        &self,
-        py: Python<'py>,
-        context: Option<usize>,
-        batch: usize,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    fn memory<'py>(&self, py: Python<'py>, context: Option<usize>, batch: usize) -> PyResult<Bound<'py, PyDict>> {
         let ctx = context.unwrap_or(self.inner.max_context());
         let e = info::memory_estimate(&self.inner, ctx, batch);
         let d = PyDict::new(py);

@@ -20,23 +20,17 @@ pub fn matmul<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let ([n, k], [k2, m]) = (shape2(a.shape()), shape2(b.shape()));
     if k != k2 {
-        return Err(to_py(Error::arg(format!(
-            "matmul: a is {n} × {k} but b is {k2} × {m} (inner sizes differ)"
-        ))));
+        return Err(to_py(Error::arg(format!("matmul: a is {n} × {k} but b is {k2} × {m} (inner sizes differ)"))));
     }
     let isa = parse_isa(isa.as_deref()).map_err(to_py)?;
     let sa = a.as_slice().map_err(|_| not_contiguous("a"))?;
     let sb = b.as_slice().map_err(|_| not_contiguous("b"))?;
-    let out = py
-        .detach(|| matmul_f32(sa, n, k, sb, m, threads, isa))
-        .map_err(to_py)?;
+    let out = py.detach(|| matmul_f32(sa, n, k, sb, m, threads, isa)).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape([n, m])?.into_any())
 }
 
 fn not_contiguous(name: &str) -> PyErr {
-    to_py(Error::arg(format!(
-        "matmul: {name} must be a C-contiguous float32 array"
-    )))
+    to_py(Error::arg(format!("matmul: {name} must be a C-contiguous float32 array")))
 }
 
 fn shape2(s: &[usize]) -> [usize; 2] {
@@ -47,12 +41,6 @@ fn shape2(s: &[usize]) -> [usize; 2] {
 /// with the GIL released.
 #[pyfunction]
 #[pyo3(signature = (mib=1024, reps=5, threads=None))]
-pub fn read_bandwidth(
-    py: Python<'_>,
-    mib: usize,
-    reps: usize,
-    threads: Option<usize>,
-) -> PyResult<f64> {
-    py.detach(|| edgellm_core::ops::bandwidth::read_bandwidth(mib, reps, threads))
-        .map_err(to_py)
+pub fn read_bandwidth(py: Python<'_>, mib: usize, reps: usize, threads: Option<usize>) -> PyResult<f64> {
+    py.detach(|| edgellm_core::ops::bandwidth::read_bandwidth(mib, reps, threads)).map_err(to_py)
 }

@@ -66,9 +66,8 @@ pub fn flash_attend(
 ) {
     check_params(p);
     let n = q.len() / (p.num_heads * p.head_dim);
-    let (keys, values): (Vec<&[f32]>, Vec<&[f32]>) = (0..p.num_kv_heads)
-        .map(|h| cache.head(layer, h, pos0 + n))
-        .unzip();
+    let (keys, values): (Vec<&[f32]>, Vec<&[f32]>) =
+        (0..p.num_kv_heads).map(|h| cache.head(layer, h, pos0 + n)).unzip();
     flash_attend_slices(k, p, &keys, &values, pos0, q, out, mass)
 }
 
@@ -88,21 +87,11 @@ pub fn flash_attend_slices(
 ) {
     check_params(p);
     let hd = p.head_dim;
-    assert_eq!(
-        q.len() % (p.num_heads * hd),
-        0,
-        "q is not [n × heads × head_dim]"
-    );
+    assert_eq!(q.len() % (p.num_heads * hd), 0, "q is not [n × heads × head_dim]");
     let kv_len = pos0 + q.len() / (p.num_heads * hd);
-    assert!(
-        keys.len() == p.num_kv_heads && values.len() == p.num_kv_heads,
-        "one key and value slice per KV head"
-    );
+    assert!(keys.len() == p.num_kv_heads && values.len() == p.num_kv_heads, "one key and value slice per KV head");
     for (kh, vh) in keys.iter().zip(values) {
-        assert!(
-            kh.len() >= kv_len * hd && vh.len() >= kv_len * hd,
-            "fewer cached positions than pos0 + n"
-        );
+        assert!(kh.len() >= kv_len * hd && vh.len() >= kv_len * hd, "fewer cached positions than pos0 + n");
     }
     let kv = KvParts {
         parts: vec![KvPart::slices(
@@ -114,30 +103,12 @@ pub fn flash_attend_slices(
         len: kv_len,
         select: None,
     };
-    run(
-        k,
-        p,
-        &kv,
-        &Causal {
-            pos0,
-            window: p.window,
-        },
-        q,
-        out,
-        mass,
-    );
+    run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass);
 }
 
 pub(crate) fn check_params(p: &AttentionParams) {
-    assert!(
-        p.num_heads > 0 && p.num_kv_heads > 0,
-        "attention needs heads"
-    );
-    assert_eq!(
-        p.num_heads % p.num_kv_heads,
-        0,
-        "num_heads must be a multiple of num_kv_heads"
-    );
+    assert!(p.num_heads > 0 && p.num_kv_heads > 0, "attention needs heads");
+    assert_eq!(p.num_heads % p.num_kv_heads, 0, "num_heads must be a multiple of num_kv_heads");
     assert!(p.head_dim > 0, "head_dim must be positive");
 }
 
@@ -154,9 +125,7 @@ pub(crate) struct KvParts<'a> {
 
 impl KvParts<'_> {
     fn skips(&self, kvh: usize, b: Block) -> bool {
-        self.select
-            .as_ref()
-            .is_some_and(|s| !s[kvh][b.j0 / KEY_BLOCK])
+        self.select.as_ref().is_some_and(|s| !s[kvh][b.j0 / KEY_BLOCK])
     }
 }
 
@@ -169,10 +138,7 @@ pub(crate) struct KvPart<'a> {
 /// Where a part's keys and values come from.
 pub(crate) enum KvData<'a> {
     /// f32 rows per KV head (`[position][head_dim]`), read in place.
-    Slices {
-        keys: Vec<&'a [f32]>,
-        values: Vec<&'a [f32]>,
-    },
+    Slices { keys: Vec<&'a [f32]>, values: Vec<&'a [f32]> },
     /// A packed (f16, int8, KIVI...) cache, decoded one key block at a time into a
     /// task's scratch, so the whole cache is never expanded.
     Tiles(&'a dyn KvTiles),
@@ -187,29 +153,15 @@ pub(crate) trait KvTiles: Sync {
 
 impl<'a> KvPart<'a> {
     pub fn slices(start: usize, len: usize, keys: Vec<&'a [f32]>, values: Vec<&'a [f32]>) -> Self {
-        KvPart {
-            start,
-            len,
-            data: KvData::Slices { keys, values },
-        }
+        KvPart { start, len, data: KvData::Slices { keys, values } }
     }
 
     /// Keys (`values == false`) or values of block `j0..j1` (global indices) of
     /// KV head `h`: borrowed in place, or decoded into `buf`.
-    fn block<'b>(
-        &'b self,
-        h: usize,
-        j0: usize,
-        j1: usize,
-        hd: usize,
-        values: bool,
-        buf: &'b mut Vec<f32>,
-    ) -> &'b [f32] {
+    fn block<'b>(&'b self, h: usize, j0: usize, j1: usize, hd: usize, values: bool, buf: &'b mut Vec<f32>) -> &'b [f32] {
         let (r0, r1) = (j0 - self.start, j1 - self.start);
         match &self.data {
-            KvData::Slices { keys, values: vals } => {
-                &(if values { vals } else { keys })[h][r0 * hd..r1 * hd]
-            }
+            KvData::Slices { keys, values: vals } => &(if values { vals } else { keys })[h][r0 * hd..r1 * hd],
             KvData::Tiles(t) => {
                 buf.resize((r1 - r0) * hd, 0.0);
                 if values {
@@ -250,10 +202,7 @@ pub(crate) struct Causal {
 impl Mask for Causal {
     fn bounds(&self, t: usize) -> (usize, usize) {
         let pos = self.pos0 + t;
-        (
-            self.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
-            pos + 1,
-        )
+        (self.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos + 1)
     }
 }
 
@@ -335,18 +284,10 @@ impl<M: Mask> Plan<'_, M> {
     /// last that sees some key of the block are computed, into `sc.s`
     /// (`(tb − ta) · group × block`); returns `(ta, tb)`, or None if no token sees
     /// the block.
-    fn scores(
-        &self,
-        kvh: usize,
-        t0: usize,
-        t1: usize,
-        b: Block,
-        sc: &mut Scratch,
-    ) -> Option<(usize, usize)> {
+    fn scores(&self, kvh: usize, t0: usize, t1: usize, b: Block, sc: &mut Scratch) -> Option<(usize, usize)> {
         let (g, hd) = (self.group, self.p.head_dim);
         sc.vis.clear();
-        sc.vis
-            .extend((t0..t1).map(|t| classify(self.mask, t, b.j0, b.j1)));
+        sc.vis.extend((t0..t1).map(|t| classify(self.mask, t, b.j0, b.j1)));
         let ta = t0 + sc.vis.iter().position(|v| *v != Vis::None)?;
         let tb = t0 + sc.vis.iter().rposition(|v| *v != Vis::None)? + 1;
         let bk = b.j1 - b.j0;
@@ -357,11 +298,7 @@ impl<M: Mask> Plan<'_, M> {
         }
         let s = &mut sc.s[..rows * bk];
         (self.k.matmul_f32)(self.qrows(kvh, ta, tb), kb, hd, s, bk);
-        for (ti, (v, srow)) in sc.vis[ta - t0..tb - t0]
-            .iter()
-            .zip(s.chunks_exact_mut(g * bk))
-            .enumerate()
-        {
+        for (ti, (v, srow)) in sc.vis[ta - t0..tb - t0].iter().zip(s.chunks_exact_mut(g * bk)).enumerate() {
             if *v == Vis::None {
                 srow.fill(f32::NEG_INFINITY);
                 continue;
@@ -397,20 +334,9 @@ impl<M: Mask> Plan<'_, M> {
             if self.kv.skips(kvh, b) {
                 continue;
             }
-            let Some((ta, tb)) = self.scores(kvh, t0, t1, b, sc) else {
-                continue;
-            };
+            let Some((ta, tb)) = self.scores(kvh, t0, t1, b, sc) else { continue };
             let bk = b.j1 - b.j0;
-            let Scratch {
-                s,
-                m,
-                l,
-                acc,
-                pv,
-                live,
-                vtile,
-                ..
-            } = sc;
+            let Scratch { s, m, l, acc, pv, live, vtile, .. } = sc;
             let vb: &[f32] = if self.vt.is_none() {
                 self.kv.parts[b.part].block(kvh, b.j0, b.j1, hd, true, vtile)
             } else {
@@ -418,11 +344,7 @@ impl<M: Mask> Plan<'_, M> {
             };
             // Rows ta..tb of the task.
             let (r0, rows) = ((ta - t0) * self.group, (tb - ta) * self.group);
-            let (m, l, acc) = (
-                &mut m[r0..r0 + rows],
-                &mut l[r0..r0 + rows],
-                &mut acc[r0 * hd..(r0 + rows) * hd],
-            );
+            let (m, l, acc) = (&mut m[r0..r0 + rows], &mut l[r0..r0 + rows], &mut acc[r0 * hd..(r0 + rows) * hd]);
             live.clear();
             for (r, srow) in s[..rows * bk].chunks_exact_mut(bk).enumerate() {
                 let mb = max(srow);
@@ -454,10 +376,7 @@ impl<M: Mask> Plan<'_, M> {
                 pv.resize(rows * hd, 0.0);
                 (self.k.matmul_f32)(&s[..rows * bk], vtb, bk, pv, hd);
                 for (r, _) in live.iter().enumerate().filter(|(_, l)| **l) {
-                    for (a, x) in acc[r * hd..(r + 1) * hd]
-                        .iter_mut()
-                        .zip(&pv[r * hd..(r + 1) * hd])
-                    {
+                    for (a, x) in acc[r * hd..(r + 1) * hd].iter_mut().zip(&pv[r * hd..(r + 1) * hd]) {
                         *a += x;
                     }
                 }
@@ -476,11 +395,7 @@ fn max(x: &[f32]) -> f32 {
             *a = if *b > *a { *b } else { *a };
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a })
+    chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a })
 }
 
 /// Pairwise-free but fixed-order sum (8 lanes, then the lanes in order), so it
@@ -513,9 +428,7 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     let z = xc * LOG2E + MAGIC;
     let n = z - MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let poly = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
+    let poly = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = poly * r * r + r + 1.0;
@@ -556,10 +469,7 @@ pub(crate) fn run<M: Mask>(
     let mut qp = vec![0f32; q.len()];
     for t in 0..n {
         for kvh in 0..nkv {
-            for (d, s) in qp[(kvh * n + t) * gw..][..gw]
-                .iter_mut()
-                .zip(&q[(t * nkv + kvh) * gw..][..gw])
-            {
+            for (d, s) in qp[(kvh * n + t) * gw..][..gw].iter_mut().zip(&q[(t * nkv + kvh) * gw..][..gw]) {
                 *d = s * p.scale;
             }
         }
@@ -576,52 +486,31 @@ pub(crate) fn run<M: Mask>(
     let qb_tokens = (ROWS_PER_TASK / group).max(1);
     let vt = (qb_tokens.min(n) * group >= VT_MIN_ROWS).then(|| {
         let mut vt = vec![0f32; nkv * kv.len * hd];
-        vt.par_chunks_mut((kv.len * hd).max(1))
-            .enumerate()
-            .for_each(|(h, dst)| {
-                let mut buf = Vec::new();
-                for b in &blocks {
-                    let src = kv.parts[b.part].block(h, b.j0, b.j1, hd, true, &mut buf);
-                    let bk = b.j1 - b.j0;
-                    let d = &mut dst[b.j0 * hd..b.j1 * hd];
-                    for (jj, row) in src.chunks_exact(hd).enumerate() {
-                        for (c, x) in row.iter().enumerate() {
-                            d[c * bk + jj] = *x;
-                        }
+        vt.par_chunks_mut((kv.len * hd).max(1)).enumerate().for_each(|(h, dst)| {
+            let mut buf = Vec::new();
+            for b in &blocks {
+                let src = kv.parts[b.part].block(h, b.j0, b.j1, hd, true, &mut buf);
+                let bk = b.j1 - b.j0;
+                let d = &mut dst[b.j0 * hd..b.j1 * hd];
+                for (jj, row) in src.chunks_exact(hd).enumerate() {
+                    for (c, x) in row.iter().enumerate() {
+                        d[c * bk + jj] = *x;
                     }
                 }
-            });
+            }
+        });
         vt
     });
-    let plan = Plan {
-        k,
-        p,
-        kv,
-        mask,
-        qp,
-        n,
-        group,
-        qb_tokens,
-        blocks,
-        vt,
-    };
+    let plan = Plan { k, p, kv, mask, qp, n, group, qb_tokens, blocks, vt };
     let nqb = plan.nqb();
     let nb = plan.blocks.len();
-    let nchunks = if n <= SPLIT_MAX_TOKENS && kv.len > SPLIT_MIN_KEYS {
-        nb.div_ceil(CHUNK_BLOCKS)
-    } else {
-        1
-    };
+    let nchunks = if n <= SPLIT_MAX_TOKENS && kv.len > SPLIT_MIN_KEYS { nb.div_ceil(CHUNK_BLOCKS) } else { 1 };
 
     // Final (m, l) of every (token, head) row, for the key-mass pass.
     let want_stats = mass.is_some();
     let mut stat_m = vec![0f32; if want_stats { n * nh } else { 0 }];
     let mut stat_l = vec![0f32; stat_m.len()];
-    let (sm, sl, so) = (
-        SharedMut::new(&mut stat_m),
-        SharedMut::new(&mut stat_l),
-        SharedMut::new(out),
-    );
+    let (sm, sl, so) = (SharedMut::new(&mut stat_m), SharedMut::new(&mut stat_l), SharedMut::new(out));
 
     // Writes the normalised rows of (kvh, tokens t0..t1) and their stats.
     let finish = |kvh: usize, t0: usize, t1: usize, m: &[f32], l: &[f32], acc: &[f32]| {
@@ -633,10 +522,7 @@ pub(crate) fn run<M: Mask>(
             for hh in 0..group {
                 let r = r0 + hh;
                 let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
-                for (o, a) in o[hh * hd..(hh + 1) * hd]
-                    .iter_mut()
-                    .zip(&acc[r * hd..(r + 1) * hd])
-                {
+                for (o, a) in o[hh * hd..(hh + 1) * hd].iter_mut().zip(&acc[r * hd..(r + 1) * hd]) {
                     *o = a * inv;
                 }
             }
@@ -651,24 +537,19 @@ pub(crate) fn run<M: Mask>(
     };
 
     if nchunks == 1 {
-        (0..nkv * nqb)
-            .into_par_iter()
-            .for_each_init(Scratch::default, |sc, ti| {
-                let (kvh, qb) = (ti / nqb, ti % nqb);
-                let (t0, t1) = plan.tokens(qb);
-                plan.task(kvh, t0, t1, &plan.blocks, sc);
-                finish(kvh, t0, t1, &sc.m, &sc.l, &sc.acc);
-            });
+        (0..nkv * nqb).into_par_iter().for_each_init(Scratch::default, |sc, ti| {
+            let (kvh, qb) = (ti / nqb, ti % nqb);
+            let (t0, t1) = plan.tokens(qb);
+            plan.task(kvh, t0, t1, &plan.blocks, sc);
+            finish(kvh, t0, t1, &sc.m, &sc.l, &sc.acc);
+        });
     } else {
         // Flash-decoding: partial states per key chunk (one flat buffer, `rmax`
         // rows per task), merged in chunk order.
         let rmax = plan.qb_tokens.min(n) * group;
         let ntasks = nkv * nqb * nchunks;
-        let (mut pm, mut pl, mut pacc) = (
-            vec![0f32; ntasks * rmax],
-            vec![0f32; ntasks * rmax],
-            vec![0f32; ntasks * rmax * hd],
-        );
+        let (mut pm, mut pl, mut pacc) =
+            (vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax * hd]);
         pm.par_chunks_mut(rmax)
             .zip(pl.par_chunks_mut(rmax))
             .zip(pacc.par_chunks_mut(rmax * hd))
@@ -684,42 +565,31 @@ pub(crate) fn run<M: Mask>(
                 pl[..rows].copy_from_slice(&sc.l);
                 pacc[..rows * hd].copy_from_slice(&sc.acc);
             });
-        (0..nkv * nqb)
-            .into_par_iter()
-            .for_each_init(Scratch::default, |sc, g| {
-                let (kvh, qb) = (g / nqb, g % nqb);
-                let (t0, t1) = plan.tokens(qb);
-                let rows = (t1 - t0) * group;
-                let tasks = g * nchunks..(g + 1) * nchunks;
-                let Scratch { m, l, acc, .. } = sc;
-                m.clear();
-                m.extend((0..rows).map(|r| {
-                    tasks
-                        .clone()
-                        .map(|ti| pm[ti * rmax + r])
-                        .fold(f32::NEG_INFINITY, f32::max)
-                }));
-                l.clear();
-                l.resize(rows, 0.0);
-                acc.clear();
-                acc.resize(rows * hd, 0.0);
-                for ti in tasks {
-                    for r in 0..rows {
-                        let mc = pm[ti * rmax + r];
-                        if mc == f32::NEG_INFINITY {
-                            continue;
-                        }
-                        let f = exp_neg(mc - m[r]);
-                        l[r] += pl[ti * rmax + r] * f;
-                        (k.axpy)(
-                            f,
-                            &pacc[(ti * rmax + r) * hd..][..hd],
-                            &mut acc[r * hd..(r + 1) * hd],
-                        );
+        (0..nkv * nqb).into_par_iter().for_each_init(Scratch::default, |sc, g| {
+            let (kvh, qb) = (g / nqb, g % nqb);
+            let (t0, t1) = plan.tokens(qb);
+            let rows = (t1 - t0) * group;
+            let tasks = g * nchunks..(g + 1) * nchunks;
+            let Scratch { m, l, acc, .. } = sc;
+            m.clear();
+            m.extend((0..rows).map(|r| tasks.clone().map(|ti| pm[ti * rmax + r]).fold(f32::NEG_INFINITY, f32::max)));
+            l.clear();
+            l.resize(rows, 0.0);
+            acc.clear();
+            acc.resize(rows * hd, 0.0);
+            for ti in tasks {
+                for r in 0..rows {
+                    let mc = pm[ti * rmax + r];
+                    if mc == f32::NEG_INFINITY {
+                        continue;
                     }
+                    let f = exp_neg(mc - m[r]);
+                    l[r] += pl[ti * rmax + r] * f;
+                    (k.axpy)(f, &pacc[(ti * rmax + r) * hd..][..hd], &mut acc[r * hd..(r + 1) * hd]);
                 }
-                finish(kvh, t0, t1, m, l, acc);
-            });
+            }
+            finish(kvh, t0, t1, m, l, acc);
+        });
     }
 
     if let Some(mass) = mass {
@@ -740,14 +610,10 @@ pub(crate) fn run<M: Mask>(
                             if kv.skips(kvh, b) {
                                 continue;
                             }
-                            let Some((ta, tb)) = plan.scores(kvh, t0, t1, b, sc) else {
-                                continue;
-                            };
+                            let Some((ta, tb)) = plan.scores(kvh, t0, t1, b, sc) else { continue };
                             let bk = b.j1 - b.j0;
                             let dst = &mut acc[b.j0 - c0..b.j1 - c0];
-                            for (r, srow) in
-                                sc.s[..(tb - ta) * group * bk].chunks_exact(bk).enumerate()
-                            {
+                            for (r, srow) in sc.s[..(tb - ta) * group * bk].chunks_exact(bk).enumerate() {
                                 let (t, hh) = (ta + r / group, r % group);
                                 let i = t * nh + kvh * group + hh;
                                 if stat_l[i] <= 0.0 {
@@ -783,10 +649,7 @@ mod tests {
         let mut x = 0f32;
         while x > -90.0 {
             let (a, b) = (exp_neg(x), x.exp());
-            assert!(
-                (a - b).abs() <= 2.5e-7 * b + 1e-37,
-                "exp({x}) = {b}, got {a}"
-            );
+            assert!((a - b).abs() <= 2.5e-7 * b + 1e-37, "exp({x}) = {b}, got {a}");
             x -= 0.0123;
         }
         assert_eq!(exp_neg(0.0), 1.0);

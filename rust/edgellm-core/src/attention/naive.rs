@@ -33,10 +33,7 @@ pub fn naive_attend<'a>(
     mass: Option<&mut [f32]>,
 ) {
     let (nh, hd) = (p.num_heads, p.head_dim);
-    assert!(
-        nh > 0 && p.num_kv_heads > 0 && nh % p.num_kv_heads == 0,
-        "heads must be a multiple of kv heads"
-    );
+    assert!(nh > 0 && p.num_kv_heads > 0 && nh % p.num_kv_heads == 0, "heads must be a multiple of kv heads");
     let group = nh / p.num_kv_heads;
     assert_eq!(q.len() % (nh * hd), 0, "q is not [n × heads × head_dim]");
     assert_eq!(out.len(), q.len(), "out must have the shape of q");
@@ -56,12 +53,7 @@ pub fn naive_attend<'a>(
                     continue;
                 }
                 let kj = key(kvh, j);
-                let mut d = qv
-                    .iter()
-                    .zip(kj)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum::<f64>()
-                    * p.scale as f64;
+                let mut d = qv.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * p.scale as f64;
                 if let Some(cap) = p.softcap {
                     d = (d / cap as f64).tanh() * cap as f64;
                 }

@@ -35,15 +35,9 @@ impl TokenTree {
         for (i, p) in parents.iter().enumerate() {
             match *p {
                 Some(p) if p >= n => {
-                    return Err(Error::arg(format!(
-                        "token tree: node {i} has parent {p}, outside 0..{n}"
-                    )))
+                    return Err(Error::arg(format!("token tree: node {i} has parent {p}, outside 0..{n}")))
                 }
-                Some(p) if p == i => {
-                    return Err(Error::arg(format!(
-                        "token tree: node {i} is its own parent"
-                    )))
-                }
+                Some(p) if p == i => return Err(Error::arg(format!("token tree: node {i} is its own parent"))),
                 _ => {}
             }
         }
@@ -60,9 +54,7 @@ impl TokenTree {
                     break depth[i] + 1;
                 }
                 if on_walk[i] {
-                    return Err(Error::arg(format!(
-                        "token tree: the parents of node {i} form a cycle"
-                    )));
+                    return Err(Error::arg(format!("token tree: the parents of node {i} form a cycle")));
                 }
                 on_walk[i] = true;
                 walk.push(i);
@@ -91,12 +83,7 @@ impl TokenTree {
             }
             anc[i * words + i / 64] |= 1 << (i % 64);
         }
-        Ok(TokenTree {
-            parents: parents.to_vec(),
-            depth,
-            anc,
-            words,
-        })
+        Ok(TokenTree { parents: parents.to_vec(), depth, anc, words })
     }
 
     pub fn len(&self) -> usize {
@@ -163,10 +150,7 @@ impl TreeMask<'_> {
 
 impl Mask for TreeMask<'_> {
     fn bounds(&self, t: usize) -> (usize, usize) {
-        (
-            self.lo_pos(t).min(self.prefix),
-            self.prefix + self.tree.len(),
-        )
+        (self.lo_pos(t).min(self.prefix), self.prefix + self.tree.len())
     }
     fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
         j1 <= self.prefix && j0 >= self.lo_pos(t)
@@ -198,9 +182,7 @@ pub fn tree_attend(
 ) -> Result<Vec<f32>> {
     let tree = TokenTree::new(parents)?;
     let mut out = vec![0f32; q.len()];
-    tree_attend_into(
-        k, p, cache, layer, prefix_len, &tree, q, new_k, new_v, &mut out, None,
-    )?;
+    tree_attend_into(k, p, cache, layer, prefix_len, &tree, q, new_k, new_v, &mut out, None)?;
     Ok(out)
 }
 
@@ -230,12 +212,9 @@ pub fn tree_attend_into(
         )));
     }
     check_params(p)?;
-    let (keys, values): (Vec<&[f32]>, Vec<&[f32]>) = (0..p.num_kv_heads)
-        .map(|h| cache.head(layer, h, prefix_len))
-        .unzip();
-    tree_attend_slices(
-        k, p, &keys, &values, prefix_len, tree, q, new_k, new_v, out, mass,
-    )
+    let (keys, values): (Vec<&[f32]>, Vec<&[f32]>) =
+        (0..p.num_kv_heads).map(|h| cache.head(layer, h, prefix_len)).unzip();
+    tree_attend_slices(k, p, &keys, &values, prefix_len, tree, q, new_k, new_v, out, mass)
 }
 
 /// [`tree_attend_into`] with the prefix given per KV head (`prefix_keys[h]`,
@@ -260,9 +239,7 @@ pub fn tree_attend_slices(
         if got == want {
             Ok(())
         } else {
-            Err(Error::arg(format!(
-                "tree attention: {what} has {got} floats, expected {want}"
-            )))
+            Err(Error::arg(format!("tree attention: {what} has {got} floats, expected {want}")))
         }
     };
     shape("q", q.len(), n * nh * hd)?;
@@ -273,32 +250,17 @@ pub fn tree_attend_slices(
         shape("mass", m.len(), prefix_len + n)?;
     }
     if prefix_keys.len() != nkv || prefix_values.len() != nkv {
-        return Err(Error::arg(
-            "tree attention: one prefix key and value slice per KV head",
-        ));
+        return Err(Error::arg("tree attention: one prefix key and value slice per KV head"));
     }
-    if prefix_keys
-        .iter()
-        .chain(prefix_values)
-        .any(|s| s.len() < prefix_len * hd)
-    {
-        return Err(Error::arg(
-            "tree attention: prefix slices shorter than the prefix",
-        ));
+    if prefix_keys.iter().chain(prefix_values).any(|s| s.len() < prefix_len * hd) {
+        return Err(Error::arg("tree attention: prefix slices shorter than the prefix"));
     }
     if n == 0 {
         return Ok(());
     }
     // The new keys and values, contiguous per KV head.
     let per_head = |x: &[f32]| -> Vec<Vec<f32>> {
-        (0..nkv)
-            .map(|h| {
-                (0..n)
-                    .flat_map(|t| &x[(t * nkv + h) * hd..][..hd])
-                    .copied()
-                    .collect()
-            })
-            .collect()
+        (0..nkv).map(|h| (0..n).flat_map(|t| &x[(t * nkv + h) * hd..][..hd]).copied().collect()).collect()
     };
     let (nk, nv) = (per_head(new_k), per_head(new_v));
     let kv = KvParts {
@@ -307,36 +269,20 @@ pub fn tree_attend_slices(
                 0,
                 prefix_len,
                 prefix_keys.iter().map(|s| &s[..prefix_len * hd]).collect(),
-                prefix_values
-                    .iter()
-                    .map(|s| &s[..prefix_len * hd])
-                    .collect(),
+                prefix_values.iter().map(|s| &s[..prefix_len * hd]).collect(),
             ),
-            KvPart::slices(
-                prefix_len,
-                n,
-                nk.iter().map(Vec::as_slice).collect(),
-                nv.iter().map(Vec::as_slice).collect(),
-            ),
+            KvPart::slices(prefix_len, n, nk.iter().map(Vec::as_slice).collect(), nv.iter().map(Vec::as_slice).collect()),
         ],
         len: prefix_len + n,
         select: None,
     };
-    let mask = TreeMask {
-        tree,
-        prefix: prefix_len,
-        window: p.window,
-    };
+    let mask = TreeMask { tree, prefix: prefix_len, window: p.window };
     flash::run(k, p, &kv, &mask, q, out, mass);
     Ok(())
 }
 
 fn check_params(p: &AttentionParams) -> Result<()> {
-    if p.num_heads == 0
-        || p.num_kv_heads == 0
-        || p.num_heads % p.num_kv_heads > 0
-        || p.head_dim == 0
-    {
+    if p.num_heads == 0 || p.num_kv_heads == 0 || p.num_heads % p.num_kv_heads > 0 || p.head_dim == 0 {
         return Err(Error::arg(format!(
             "tree attention: {} heads, {} KV heads, head_dim {}",
             p.num_heads, p.num_kv_heads, p.head_dim
@@ -370,10 +316,7 @@ mod tests {
             vec![None, Some(3), Some(1), Some(2)],
             vec![Some(5)],
         ] {
-            assert!(
-                matches!(TokenTree::new(&parents), Err(Error::InvalidArgument(_))),
-                "{parents:?}"
-            );
+            assert!(matches!(TokenTree::new(&parents), Err(Error::InvalidArgument(_))), "{parents:?}");
         }
         assert!(TokenTree::new(&[]).unwrap().is_empty());
     }

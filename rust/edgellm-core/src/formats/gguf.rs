@@ -52,17 +52,11 @@ pub fn is_gguf(path: &Path) -> bool {
     if !path.is_file() {
         return false;
     }
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return true;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == MAGIC
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == MAGIC
 }
 
 /// The architectures this loader translates, by `general.architecture`.
@@ -117,13 +111,8 @@ pub(crate) struct Hparams {
 fn prefixed(file: &GgufFile, e: Error) -> Error {
     let p = file.path.display();
     match e {
-        Error::ModelFormat(m) if !m.starts_with(&p.to_string()) => {
-            Error::ModelFormat(format!("{p}: {m}"))
-        }
-        Error::Config(m) => Error::ModelFormat(format!(
-            "{p}: invalid GGUF metadata: {}",
-            m.trim_start_matches("config.json: ")
-        )),
+        Error::ModelFormat(m) if !m.starts_with(&p.to_string()) => Error::ModelFormat(format!("{p}: {m}")),
+        Error::Config(m) => Error::ModelFormat(format!("{p}: invalid GGUF metadata: {}", m.trim_start_matches("config.json: "))),
         e => e,
     }
 }
@@ -145,17 +134,12 @@ fn translate(file: &GgufFile) -> Result<GgufModel> {
     let arch_name = file
         .str("general.architecture")?
         .ok_or_else(|| Error::format("missing metadata \"general.architecture\""))?;
-    let arch = ARCHS
-        .iter()
-        .find(|(n, _)| *n == arch_name)
-        .map(|(_, a)| *a)
-        .ok_or_else(|| Error::UnsupportedArchitecture {
+    let arch = ARCHS.iter().find(|(n, _)| *n == arch_name).map(|(_, a)| *a).ok_or_else(|| {
+        Error::UnsupportedArchitecture {
             found: format!("{arch_name} (GGUF)"),
-            supported: format!(
-                "GGUF: {}",
-                ARCHS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ),
-        })?;
+            supported: format!("GGUF: {}", ARCHS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+        }
+    })?;
     let (config, hp) = config(file, arch, arch_name)?;
     let (store_map, names) = tensors::hf_tensors(file, &hp)?;
     let size = file.map.len() as u64;
@@ -176,9 +160,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
     let req = |key: String| -> Result<usize> {
         match file.usize(&key)? {
             Some(v) if v > 0 => Ok(v),
-            Some(_) => Err(Error::format(format!(
-                "metadata {key:?} must be positive, found 0"
-            ))),
+            Some(_) => Err(Error::format(format!("metadata {key:?} must be positive, found 0"))),
             None => Err(Error::format(format!("missing metadata {key:?}"))),
         }
     };
@@ -187,12 +169,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
     let n_ff = req(k("feed_forward_length"))?;
     let n_head = req(k("attention.head_count"))?;
     let n_head_kv = match file.usize(&k("attention.head_count_kv"))? {
-        Some(0) => {
-            return Err(Error::format(format!(
-                "metadata {:?} must be positive, found 0",
-                k("attention.head_count_kv")
-            )))
-        }
+        Some(0) => return Err(Error::format(format!("metadata {:?} must be positive, found 0", k("attention.head_count_kv")))),
         Some(v) => v,
         None => n_head,
     };
@@ -230,40 +207,25 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
         ("attention.key_length", head_dim, 1 << 16),
     ] {
         if v > max {
-            return Err(Error::format(format!(
-                "metadata {:?} is {v}, more than the {max} this loader accepts",
-                k(key)
-            )));
+            return Err(Error::format(format!("metadata {:?} is {v}, more than the {max} this loader accepts", k(key))));
         }
     }
     if n_head * head_dim > 1 << 22 {
-        return Err(Error::format(format!(
-            "attention.head_count {n_head} x head size {head_dim} is implausibly large"
-        )));
+        return Err(Error::format(format!("attention.head_count {n_head} x head size {head_dim} is implausibly large")));
     }
-    let embd = file
-        .tensor("token_embd.weight")
-        .ok_or_else(|| Error::format("missing tensor \"token_embd.weight\""))?;
+    let embd = file.tensor("token_embd.weight").ok_or_else(|| Error::format("missing tensor \"token_embd.weight\""))?;
     if embd.dims.len() != 2 {
-        return Err(Error::format(format!(
-            "tensor \"token_embd.weight\" has {} dimensions, expected 2",
-            embd.dims.len()
-        )));
+        return Err(Error::format(format!("tensor \"token_embd.weight\" has {} dimensions, expected 2", embd.dims.len())));
     }
     let n_vocab = embd.dims[1];
     if let Some(v) = file.usize(&k("vocab_size"))? {
         if v != n_vocab {
-            return Err(Error::format(format!(
-                "metadata {:?} is {v} but token_embd.weight has {n_vocab} rows",
-                k("vocab_size")
-            )));
+            return Err(Error::format(format!("metadata {:?} is {v} but token_embd.weight has {n_vocab} rows", k("vocab_size"))));
         }
     }
 
     let hf_arch = match arch {
-        Arch::Llama if file.usize(&k("attention.sliding_window"))?.unwrap_or(0) > 0 => {
-            "MistralForCausalLM"
-        }
+        Arch::Llama if file.usize(&k("attention.sliding_window"))?.unwrap_or(0) > 0 => "MistralForCausalLM",
         Arch::Llama => "LlamaForCausalLM",
         Arch::Qwen2 => "Qwen2ForCausalLM",
         Arch::Qwen3 => "Qwen3ForCausalLM",
@@ -290,10 +252,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
     set("vocab_size", json!(n_vocab));
     if let Some(ctx) = file.usize(&k("context_length"))? {
         if ctx == 0 || ctx > 1 << 31 {
-            return Err(Error::format(format!(
-                "metadata {:?} is {ctx}; it must be between 1 and 2^31",
-                k("context_length")
-            )));
+            return Err(Error::format(format!("metadata {:?} is {ctx}; it must be between 1 and 2^31", k("context_length"))));
         }
         set("max_position_embeddings", json!(ctx));
     }
@@ -326,10 +285,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
             set("partial_rotary_factor", json!(1.0));
         }
     } else if matches!(arch, Arch::Phi2 | Arch::StableLm) {
-        return Err(Error::format(format!(
-            "missing metadata {:?} (needed for partial rotary)",
-            k("rope.dimension_count")
-        )));
+        return Err(Error::format(format!("missing metadata {:?} (needed for partial rotary)", k("rope.dimension_count"))));
     }
     let rope_dim = file.usize(&k("rope.dimension_count"))?.unwrap_or(head_dim);
     if let Some(s) = rope_scaling(file, a, theta.unwrap_or(10000.0), rope_dim)? {
@@ -338,9 +294,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
 
     let has = |name: &str| file.tensor(name).is_some();
     set("tie_word_embeddings", json!(!has("output.weight")));
-    let window = file
-        .usize(&k("attention.sliding_window"))?
-        .filter(|&w| w > 0);
+    let window = file.usize(&k("attention.sliding_window"))?.filter(|&w| w > 0);
     let bias = has("blk.0.attn_q.bias");
     match arch {
         Arch::Llama | Arch::SmolLm3 | Arch::MiniCpm => {
@@ -353,21 +307,13 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
                 let need = |key: String| -> Result<f64> {
                     match file.f64(&key)? {
                         Some(v) if v > 0.0 => Ok(v),
-                        Some(v) => Err(Error::format(format!(
-                            "metadata {key:?} must be positive, found {v}"
-                        ))),
+                        Some(v) => Err(Error::format(format!("metadata {key:?} must be positive, found {v}"))),
                         None => Err(Error::format(format!("missing metadata {key:?}"))),
                     }
                 };
                 set("scale_emb", json!(need(k("embedding_scale"))?));
-                set(
-                    "scale_depth",
-                    json!(need(k("residual_scale"))? * (n_layer as f64).sqrt()),
-                );
-                set(
-                    "dim_model_base",
-                    json!(n_embd as f64 / need(k("logit_scale"))?),
-                );
+                set("scale_depth", json!(need(k("residual_scale"))? * (n_layer as f64).sqrt()));
+                set("dim_model_base", json!(n_embd as f64 / need(k("logit_scale"))?));
             }
         }
         Arch::Phi3 => {
@@ -378,11 +324,7 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
         Arch::Gemma2 | Arch::Gemma3 => {
             // llama.cpp's defaults when the keys are absent (Gemma 2: window 4096,
             // soft-caps 50 / 30).
-            let w = window.or(if arch == Arch::Gemma2 {
-                Some(4096)
-            } else {
-                None
-            });
+            let w = window.or(if arch == Arch::Gemma2 { Some(4096) } else { None });
             if let Some(w) = w {
                 set("sliding_window", json!(w));
             }
@@ -396,40 +338,23 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
             }
             // Query scaling: an explicit attention.scale, else llama.cpp's rule
             // (hidden/heads for the 27B models, head_dim otherwise).
-            let big =
-                (arch == Arch::Gemma2 && n_layer == 46) || (arch == Arch::Gemma3 && n_layer == 62);
+            let big = (arch == Arch::Gemma2 && n_layer == 46) || (arch == Arch::Gemma3 && n_layer == 62);
             let scalar = match file.f64(&k("attention.scale"))? {
                 Some(s) if s > 0.0 => 1.0 / (s * s),
-                Some(s) => {
-                    return Err(Error::format(format!(
-                        "metadata {:?} must be positive, found {s}",
-                        k("attention.scale")
-                    )))
-                }
+                Some(s) => return Err(Error::format(format!("metadata {:?} must be positive, found {s}", k("attention.scale")))),
                 None if big => (n_embd / n_head) as f64,
                 None => head_dim as f64,
             };
             set("query_pre_attn_scalar", json!(scalar));
             if arch == Arch::Gemma3 {
-                set(
-                    "rope_local_base_freq",
-                    json!(file.f64(&k("rope.freq_base_swa"))?.unwrap_or(10000.0)),
-                );
+                set("rope_local_base_freq", json!(file.f64(&k("rope.freq_base_swa"))?.unwrap_or(10000.0)));
                 let pattern_key = k("attention.sliding_window_pattern");
                 match file.get(&pattern_key) {
                     None => set("sliding_window_pattern", json!(6)),
                     Some(Meta::Array { .. }) => {
                         let flags = file.bool_array(&pattern_key)?.unwrap_or_default();
-                        let types: Vec<&str> = flags
-                            .iter()
-                            .map(|&s| {
-                                if s {
-                                    "sliding_attention"
-                                } else {
-                                    "full_attention"
-                                }
-                            })
-                            .collect();
+                        let types: Vec<&str> =
+                            flags.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
                         set("layer_types", json!(types));
                     }
                     Some(_) => set("sliding_window_pattern", json!(file.usize(&pattern_key)?)),
@@ -453,23 +378,12 @@ fn config(file: &GgufFile, arch: Arch, a: &str) -> Result<(Map<String, Value>, H
     if let Some(e) = file.id("tokenizer.ggml.eos_token_id")? {
         set("eos_token_id", json!(e));
     }
-    Ok((
-        c,
-        Hparams {
-            arch,
-            n_layer,
-            n_head,
-            n_head_kv,
-            head_dim,
-        },
-    ))
+    Ok((c, Hparams { arch, n_layer, n_head, n_head_kv, head_dim }))
 }
 
 /// The values of a small 1-D F32/F16 tensor (rope factors).
 fn vector(file: &GgufFile, name: &str) -> Result<Option<Vec<f32>>> {
-    let Some(t) = file.tensor(name) else {
-        return Ok(None);
-    };
+    let Some(t) = file.tensor(name) else { return Ok(None) };
     let tensor = crate::tensor::Tensor::from_mapped(
         file.map.clone(),
         t.start,
@@ -478,22 +392,14 @@ fn vector(file: &GgufFile, name: &str) -> Result<Option<Vec<f32>>> {
         vec![t.dims.iter().product()],
     )?;
     if t.ty.is_quantized() {
-        return Err(Error::format(format!(
-            "tensor {name:?} must be f32 or f16, found {}",
-            t.ty.name()
-        )));
+        return Err(Error::format(format!("tensor {name:?} must be f32 or f16, found {}", t.ty.name())));
     }
     Ok(Some(tensor.to_f32_vec()))
 }
 
 /// `rope_scaling` of the config: linear / yarn from `rope.scaling.*`, longrope
 /// from the `rope_factors_{long,short}` tensors, llama3 from `rope_freqs`.
-fn rope_scaling(
-    file: &GgufFile,
-    a: &str,
-    theta: f64,
-    rope_dim: usize,
-) -> Result<Option<Map<String, Value>>> {
+fn rope_scaling(file: &GgufFile, a: &str, theta: f64, rope_dim: usize) -> Result<Option<Map<String, Value>>> {
     let k = |s: &str| format!("{a}.{s}");
     let mut m = Map::new();
     let orig = file.usize(&k("rope.scaling.original_context_length"))?;
@@ -510,10 +416,7 @@ fn rope_scaling(
                 )));
             }
             let orig = orig.ok_or_else(|| {
-                Error::format(format!(
-                    "longrope factors need metadata {:?}",
-                    k("rope.scaling.original_context_length")
-                ))
+                Error::format(format!("longrope factors need metadata {:?}", k("rope.scaling.original_context_length")))
             })?;
             m.insert("rope_type".into(), json!("longrope"));
             m.insert("long_factor".into(), json!(l));
@@ -525,27 +428,16 @@ fn rope_scaling(
             return Ok(Some(m));
         }
         (None, None) => {}
-        _ => {
-            return Err(Error::format(
-                "only one of rope_factors_long.weight and rope_factors_short.weight is present",
-            ))
-        }
+        _ => return Err(Error::format("only one of rope_factors_long.weight and rope_factors_short.weight is present")),
     }
     if let Some(f) = vector(file, "rope_freqs.weight")? {
-        return llama3_from_factors(&f, theta, rope_dim)
-            .map(|o| o.map(|m| m.into_iter().collect()));
+        return llama3_from_factors(&f, theta, rope_dim).map(|o| o.map(|m| m.into_iter().collect()));
     }
     let factor = |required: bool| -> Result<Option<f64>> {
         match file.f64(&k("rope.scaling.factor"))? {
             Some(f) if f > 0.0 => Ok(Some(f)),
-            Some(f) => Err(Error::format(format!(
-                "metadata {:?} must be positive, found {f}",
-                k("rope.scaling.factor")
-            ))),
-            None if required => Err(Error::format(format!(
-                "missing metadata {:?}",
-                k("rope.scaling.factor")
-            ))),
+            Some(f) => Err(Error::format(format!("metadata {:?} must be positive, found {f}", k("rope.scaling.factor")))),
+            None if required => Err(Error::format(format!("missing metadata {:?}", k("rope.scaling.factor")))),
             None => Ok(None),
         }
     };
@@ -574,20 +466,14 @@ fn rope_scaling(
             if let Some(o) = orig {
                 m.insert("original_max_position_embeddings".into(), json!(o));
             }
-            for (key, hf) in [
-                ("yarn_beta_fast", "beta_fast"),
-                ("yarn_beta_slow", "beta_slow"),
-                ("yarn_attn_factor", "attention_factor"),
-            ] {
+            for (key, hf) in [("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"), ("yarn_attn_factor", "attention_factor")] {
                 if let Some(v) = file.f64(&k(&format!("rope.scaling.{key}")))? {
                     m.insert(hf.into(), json!(v));
                 }
             }
         }
         Some("longrope") => {
-            return Err(Error::format(
-                "rope.scaling.type is longrope but the rope_factors_long/short tensors are missing",
-            ))
+            return Err(Error::format("rope.scaling.type is longrope but the rope_factors_long/short tensors are missing"))
         }
         Some(other) => {
             return Err(Error::format(format!(
@@ -605,27 +491,15 @@ fn rope_scaling(
 /// recovered from the smoothly scaled band, then checked to reproduce every
 /// divisor.
 fn llama3_from_factors(f: &[f32], theta: f64, dim: usize) -> Result<Option<Vec<(String, Value)>>> {
-    let bad = |why: &str| {
-        Error::format(format!(
-            "rope_freqs.weight does not follow Llama 3 rope scaling ({why})"
-        ))
-    };
+    let bad = |why: &str| Error::format(format!("rope_freqs.weight does not follow Llama 3 rope scaling ({why})"));
     if f.len() != dim / 2 || f.is_empty() {
-        return Err(bad(&format!(
-            "{} values for {dim} rotary dimensions",
-            f.len()
-        )));
+        return Err(bad(&format!("{} values for {dim} rotary dimensions", f.len())));
     }
     if f.iter().all(|&x| (x - 1.0).abs() < 1e-6) {
         return Ok(None);
     }
     let factor = f[f.len() - 1] as f64;
-    if factor.is_nan()
-        || factor <= 1.0
-        || !f
-            .iter()
-            .all(|&x| x.is_finite() && x >= 1.0 - 1e-6 && x as f64 <= factor * (1.0 + 1e-6))
-    {
+    if factor.is_nan() || factor <= 1.0 || !f.iter().all(|&x| x.is_finite() && x >= 1.0 - 1e-6 && x as f64 <= factor * (1.0 + 1e-6)) {
         return Err(bad("divisors must rise from 1 to the factor"));
     }
     let wavelen = |i: usize| 2.0 * std::f64::consts::PI * theta.powf(2.0 * i as f64 / dim as f64);
@@ -640,15 +514,10 @@ fn llama3_from_factors(f: &[f32], theta: f64, dim: usize) -> Result<Option<Vec<(
         })
         .collect();
     if pts.len() < 2 {
-        return Err(bad(
-            "fewer than two smoothly scaled frequencies; cannot recover the parameters",
-        ));
+        return Err(bad("fewer than two smoothly scaled frequencies; cannot recover the parameters"));
     }
     let n = pts.len() as f64;
-    let (mx, my) = (
-        pts.iter().map(|p| p.0).sum::<f64>() / n,
-        pts.iter().map(|p| p.1).sum::<f64>() / n,
-    );
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
     let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let a = sxy / sxx;
@@ -673,9 +542,7 @@ fn llama3_from_factors(f: &[f32], theta: f64, dim: usize) -> Result<Option<Vec<(
             1.0 / ((1.0 - s) / factor + s)
         };
         if ((want - x as f64) / x as f64).abs() > 1e-3 {
-            return Err(bad(&format!(
-                "divisor {i} is {x}, the recovered parameters give {want}"
-            )));
+            return Err(bad(&format!("divisor {i} is {x}, the recovered parameters give {want}")));
         }
     }
     Ok(Some(vec![
@@ -694,9 +561,7 @@ fn tokenizer(file: &GgufFile) -> Result<Option<Tokenizer>> {
     };
     let t = "tokenizer.ggml.";
     let key = |s: &str| format!("{t}{s}");
-    let tokens = file
-        .str_array(&key("tokens"))?
-        .ok_or_else(|| Error::format("missing metadata \"tokenizer.ggml.tokens\""))?;
+    let tokens = file.str_array(&key("tokens"))?.ok_or_else(|| Error::format("missing metadata \"tokenizer.ggml.tokens\""))?;
     let vocab = GgufVocab {
         model,
         pre: file.str(&key("pre"))?,
@@ -747,14 +612,7 @@ mod tests {
     use super::*;
 
     /// llama3 divisors as llama.cpp's converter computes them.
-    fn llama3_divisors(
-        theta: f64,
-        dim: usize,
-        factor: f64,
-        lff: f64,
-        hff: f64,
-        old: f64,
-    ) -> Vec<f32> {
+    fn llama3_divisors(theta: f64, dim: usize, factor: f64, lff: f64, hff: f64, old: f64) -> Vec<f32> {
         (0..dim / 2)
             .map(|i| {
                 let freq = 1.0 / theta.powf(2.0 * i as f64 / dim as f64);
@@ -773,31 +631,17 @@ mod tests {
 
     #[test]
     fn llama3_parameters_are_recovered() {
-        for (theta, dim, factor, lff, hff, old) in [
-            (500000.0, 64, 32.0, 1.0, 4.0, 8192.0),
-            (500000.0, 128, 8.0, 1.0, 4.0, 8192.0),
-            (10000.0, 32, 8.0, 1.0, 4.0, 32.0),
-        ] {
+        for (theta, dim, factor, lff, hff, old) in
+            [(500000.0, 64, 32.0, 1.0, 4.0, 8192.0), (500000.0, 128, 8.0, 1.0, 4.0, 8192.0), (10000.0, 32, 8.0, 1.0, 4.0, 32.0)]
+        {
             let f = llama3_divisors(theta, dim, factor, lff, hff, old);
-            let got: Map<String, Value> = llama3_from_factors(&f, theta, dim)
-                .unwrap()
-                .unwrap()
-                .into_iter()
-                .collect();
+            let got: Map<String, Value> = llama3_from_factors(&f, theta, dim).unwrap().unwrap().into_iter().collect();
             assert_eq!(got["original_max_position_embeddings"], json!(old as u64));
             assert!((got["factor"].as_f64().unwrap() - factor).abs() < 1e-4);
-            assert!(
-                (got["high_freq_factor"].as_f64().unwrap() - hff).abs() < 1e-2,
-                "{got:?}"
-            );
-            assert!(
-                (got["low_freq_factor"].as_f64().unwrap() - lff).abs() < 1e-2,
-                "{got:?}"
-            );
+            assert!((got["high_freq_factor"].as_f64().unwrap() - hff).abs() < 1e-2, "{got:?}");
+            assert!((got["low_freq_factor"].as_f64().unwrap() - lff).abs() < 1e-2, "{got:?}");
         }
-        assert!(llama3_from_factors(&[1.0; 16], 10000.0, 32)
-            .unwrap()
-            .is_none());
+        assert!(llama3_from_factors(&[1.0; 16], 10000.0, 32).unwrap().is_none());
         assert!(llama3_from_factors(&[2.0, 1.0], 10000.0, 4).is_err());
     }
 }

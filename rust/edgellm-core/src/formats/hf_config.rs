@@ -3,8 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::{
-    Activation, Architecture, BlockKind, MlpKind, ModelConfig, NormKind, QkNorm, RopeConfig,
-    RopeScaling,
+    Activation, Architecture, BlockKind, MlpKind, ModelConfig, NormKind, QkNorm, RopeConfig, RopeScaling,
 };
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -15,14 +14,8 @@ pub fn read_json(path: &Path) -> Result<Map<String, Value>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::config(format!(
-            "{}: expected a JSON object",
-            path.display()
-        ))),
-        Err(e) => Err(Error::config(format!(
-            "{}: invalid JSON: {e}",
-            path.display()
-        ))),
+        Ok(_) => Err(Error::config(format!("{}: expected a JSON object", path.display()))),
+        Err(e) => Err(Error::config(format!("{}: invalid JSON: {e}", path.display()))),
     }
 }
 
@@ -44,39 +37,24 @@ impl<'a> Fields<'a> {
     }
     pub(crate) fn usize(&self, key: &str) -> Result<Option<usize>> {
         self.present(key)
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .ok_or_else(|| self.bad(key, "a non-negative integer", v))
-            })
+            .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| self.bad(key, "a non-negative integer", v)))
             .transpose()
     }
     pub(crate) fn req_usize(&self, key: &str) -> Result<usize> {
-        self.usize(key)?
-            .ok_or_else(|| Error::config(format!("{}: missing required field {key:?}", self.file)))
+        self.usize(key)?.ok_or_else(|| Error::config(format!("{}: missing required field {key:?}", self.file)))
     }
     pub(crate) fn f64(&self, key: &str) -> Result<Option<f64>> {
-        self.present(key)
-            .map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number", v)))
-            .transpose()
+        self.present(key).map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number", v))).transpose()
     }
     pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>> {
-        self.present(key)
-            .map(|v| v.as_bool().ok_or_else(|| self.bad(key, "true or false", v)))
-            .transpose()
+        self.present(key).map(|v| v.as_bool().ok_or_else(|| self.bad(key, "true or false", v))).transpose()
     }
     pub(crate) fn str(&self, key: &str) -> Result<Option<&'a str>> {
-        self.present(key)
-            .map(|v| v.as_str().ok_or_else(|| self.bad(key, "a string", v)))
-            .transpose()
+        self.present(key).map(|v| v.as_str().ok_or_else(|| self.bad(key, "a string", v))).transpose()
     }
     /// An id or a list of ids (HF allows both for eos_token_id).
     pub(crate) fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let to_id = |v: &Value| {
-            v.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .ok_or_else(|| self.bad(key, "a token id or a list of token ids", v))
-        };
+        let to_id = |v: &Value| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| self.bad(key, "a token id or a list of token ids", v));
         match self.present(key) {
             None => Ok(vec![]),
             Some(Value::Array(a)) => a.iter().map(to_id).collect(),
@@ -108,9 +86,7 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
     let num_heads = f.req_usize("num_attention_heads")?;
     let num_layers = f.req_usize("num_hidden_layers")?;
     if num_heads == 0 {
-        return Err(Error::config(
-            "config.json: num_attention_heads must be positive, got 0",
-        ));
+        return Err(Error::config("config.json: num_attention_heads must be positive, got 0"));
     }
     let num_kv_heads = f.usize("num_key_value_heads")?.unwrap_or(num_heads);
     let head_dim = match f.usize("head_dim")? {
@@ -151,9 +127,7 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
     // transformers' GemmaConfig, treats a plain "gelu" as the tanh approximation.
     let act_name = match arch {
         Gemma2 | Gemma3 => f.str("hidden_activation")?.or(f.str("hidden_act")?),
-        Gemma => f
-            .str("hidden_act")?
-            .map(|a| if a == "gelu" { "gelu_pytorch_tanh" } else { a }),
+        Gemma => f.str("hidden_act")?.map(|a| if a == "gelu" { "gelu_pytorch_tanh" } else { a }),
         _ => f.str("hidden_act")?,
     }
     .unwrap_or(act_default);
@@ -180,9 +154,7 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
         MiniCpm => {
             let need = |k: &str| match f.f64(k)? {
                 Some(v) if v.is_finite() && v > 0.0 => Ok(v),
-                Some(v) => Err(Error::config(format!(
-                    "config.json: {k} must be a positive number, got {v}"
-                ))),
+                Some(v) => Err(Error::config(format!("config.json: {k} must be a positive number, got {v}"))),
                 None => Err(Error::config(format!("config.json: MiniCPM needs {k:?}"))),
             };
             embed_scale = need("scale_emb")?;
@@ -194,37 +166,21 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
     let attn_scale = match arch {
         Gemma2 | Gemma3 => match f.f64("query_pre_attn_scalar")? {
             Some(s) if s.is_finite() && s > 0.0 => s.powf(-0.5),
-            Some(s) => {
-                return Err(Error::config(format!(
-                    "config.json: query_pre_attn_scalar must be positive, got {s}"
-                )))
-            }
+            Some(s) => return Err(Error::config(format!("config.json: query_pre_attn_scalar must be positive, got {s}"))),
             None => (head_dim as f64).powf(-0.5),
         },
         _ => (head_dim as f64).powf(-0.5),
     };
     // Gemma 3's attention ignores attn_logit_softcapping (transformers never passes it).
     let (attn_softcap, final_softcap) = match arch {
-        Gemma2 => (
-            f.f64("attn_logit_softcapping")?,
-            f.f64("final_logit_softcapping")?,
-        ),
+        Gemma2 => (f.f64("attn_logit_softcapping")?, f.f64("final_logit_softcapping")?),
         Gemma3 => (None, f.f64("final_logit_softcapping")?),
         _ => (None, None),
     };
 
     let sliding_window = f.usize("sliding_window")?;
-    let (ropes, layer_rope, layer_types) = parse_ropes(
-        obj,
-        arch,
-        head_dim,
-        max_position_embeddings,
-        sliding_window.is_some(),
-    )?;
-    let layer_windows = layer_types
-        .iter()
-        .map(|&sliding| if sliding { sliding_window } else { None })
-        .collect();
+    let (ropes, layer_rope, layer_types) = parse_ropes(obj, arch, head_dim, max_position_embeddings, sliding_window.is_some())?;
+    let layer_windows = layer_types.iter().map(|&sliding| if sliding { sliding_window } else { None }).collect();
 
     let tie_default = matches!(arch, Gemma | Gemma2 | Gemma3 | SmolLm3);
     let cfg = ModelConfig {
@@ -243,11 +199,7 @@ pub fn parse_model_config(obj: &Map<String, Value>) -> Result<ModelConfig> {
         layer_rope,
         rope_interleaved: false,
         block,
-        mlp_kind: if arch == Phi {
-            MlpKind::Plain
-        } else {
-            MlpKind::Gated
-        },
+        mlp_kind: if arch == Phi { MlpKind::Plain } else { MlpKind::Gated },
         embed_scale: embed_scale as f32,
         residual_scale: residual_scale as f32,
         logits_scale: logits_scale as f32,
@@ -292,12 +244,10 @@ fn layer_types(
             .map(|t| match t.as_str() {
                 Some("full_attention") => Ok(false),
                 Some("sliding_attention") if has_window => Ok(true),
-                Some("sliding_attention") => Err(Error::config(
-                    "config.json: layer_types uses sliding_attention but sliding_window is null",
-                )),
-                _ => Err(Error::config(format!(
-                    "config.json: unsupported layer type {t}"
-                ))),
+                Some("sliding_attention") => {
+                    Err(Error::config("config.json: layer_types uses sliding_attention but sliding_window is null"))
+                }
+                _ => Err(Error::config(format!("config.json: unsupported layer type {t}"))),
             })
             .collect();
     }
@@ -320,9 +270,7 @@ fn layer_types(
         Gemma3 => {
             let pattern = f.usize("sliding_window_pattern")?.unwrap_or(6);
             if pattern == 0 {
-                return Err(Error::config(
-                    "config.json: sliding_window_pattern must be positive, got 0",
-                ));
+                return Err(Error::config("config.json: sliding_window_pattern must be positive, got 0"));
             }
             (0..num_layers).map(|i| (i + 1) % pattern != 0).collect()
         }
@@ -349,17 +297,10 @@ fn parse_ropes(
         Architecture::StableLm => 0.25,
         _ => 1.0,
     };
-    let params = match obj
-        .get("rope_parameters")
-        .or_else(|| obj.get("rope_scaling"))
-    {
+    let params = match obj.get("rope_parameters").or_else(|| obj.get("rope_scaling")) {
         Some(Value::Object(p)) => Some(p),
         Some(Value::Null) | None => None,
-        Some(v) => {
-            return Err(Error::config(format!(
-                "config.json: rope parameters must be an object, got {v}"
-            )))
-        }
+        Some(v) => return Err(Error::config(format!("config.json: rope parameters must be an object, got {v}"))),
     };
     let by_type = |key: &str| match params.and_then(|p| p.get(key)) {
         Some(Value::Object(inner)) => Some(inner),
@@ -368,35 +309,16 @@ fn parse_ropes(
     let n = top.req_usize("num_hidden_layers")?;
     if arch == Architecture::Gemma3 {
         let sliding = layer_types(obj, arch, n, has_window, &[])?;
-        let global = parse_rope(
-            by_type("full_attention").or(params),
-            &top,
-            head_dim,
-            max_pos,
-            default_partial,
-        )?;
+        let global = parse_rope(by_type("full_attention").or(params), &top, head_dim, max_pos, default_partial)?;
         let local_theta = top.f64("rope_local_base_freq")?.unwrap_or(10000.0);
         let local = match by_type("sliding_attention") {
             Some(p) => parse_rope(Some(p), &top, head_dim, max_pos, default_partial)?,
-            None => RopeConfig {
-                theta: local_theta,
-                dim: head_dim,
-                scaling: RopeScaling::None,
-            },
+            None => RopeConfig { theta: local_theta, dim: head_dim, scaling: RopeScaling::None },
         };
-        let layer_rope = sliding
-            .iter()
-            .map(|&s| Some(if s { 1 } else { 0 }))
-            .collect();
+        let layer_rope = sliding.iter().map(|&s| Some(if s { 1 } else { 0 })).collect();
         return Ok((vec![global, local], layer_rope, sliding));
     }
-    let rope = parse_rope(
-        by_type("full_attention").or(params),
-        &top,
-        head_dim,
-        max_pos,
-        default_partial,
-    )?;
+    let rope = parse_rope(by_type("full_attention").or(params), &top, head_dim, max_pos, default_partial)?;
     let layer_rope = if arch == Architecture::SmolLm3 {
         // no_rope_layers[i] == 1 means layer i *uses* rotary (transformers' naming).
         match obj.get("no_rope_layers") {
@@ -412,17 +334,13 @@ fn parse_ropes(
                     .map(|v| match v.as_u64() {
                         Some(1) => Ok(Some(0)),
                         Some(0) => Ok(None),
-                        _ => Err(Error::config(format!(
-                            "config.json: no_rope_layers entries must be 0 or 1, got {v}"
-                        ))),
+                        _ => Err(Error::config(format!("config.json: no_rope_layers entries must be 0 or 1, got {v}"))),
                     })
                     .collect::<Result<_>>()?
             }
             _ => {
                 let interval = top.usize("no_rope_layer_interval")?.unwrap_or(4).max(1);
-                (0..n)
-                    .map(|i| ((i + 1) % interval != 0).then_some(0))
-                    .collect()
+                (0..n).map(|i| ((i + 1) % interval != 0).then_some(0)).collect()
             }
         }
     } else {
@@ -442,38 +360,22 @@ fn parse_rope(
 ) -> Result<RopeConfig> {
     let empty = Map::new();
     let p = Fields::new(params.unwrap_or(&empty), "config.json rope parameters");
-    let theta = p
-        .f64("rope_theta")?
-        .or(top.f64("rope_theta")?)
-        .unwrap_or(10000.0);
-    let partial = p
-        .f64("partial_rotary_factor")?
-        .or(top.f64("partial_rotary_factor")?)
-        .unwrap_or(default_partial);
+    let theta = p.f64("rope_theta")?.or(top.f64("rope_theta")?).unwrap_or(10000.0);
+    let partial = p.f64("partial_rotary_factor")?.or(top.f64("partial_rotary_factor")?).unwrap_or(default_partial);
     if !(partial > 0.0 && partial <= 1.0) {
-        return Err(Error::config(format!(
-            "config.json: partial_rotary_factor must be in (0, 1], got {partial}"
-        )));
+        return Err(Error::config(format!("config.json: partial_rotary_factor must be in (0, 1], got {partial}")));
     }
     let dim = (head_dim as f64 * partial) as usize;
     let kind = p.str("rope_type")?.or(p.str("type")?).unwrap_or("default");
     let factor = || -> Result<f64> {
-        let v = p.f64("factor")?.ok_or_else(|| {
-            Error::config(format!(
-                "config.json: rope_type {kind:?} needs a \"factor\""
-            ))
-        })?;
+        let v = p.f64("factor")?.ok_or_else(|| Error::config(format!("config.json: rope_type {kind:?} needs a \"factor\"")))?;
         if !(v.is_finite() && v > 0.0) {
-            return Err(Error::config(format!(
-                "config.json: rope factor must be positive, got {v}"
-            )));
+            return Err(Error::config(format!("config.json: rope factor must be positive, got {v}")));
         }
         Ok(v)
     };
     // Phi-3 keeps original_max_position_embeddings at the top level.
-    let original_max = p
-        .usize("original_max_position_embeddings")?
-        .or(top.usize("original_max_position_embeddings")?);
+    let original_max = p.usize("original_max_position_embeddings")?.or(top.usize("original_max_position_embeddings")?);
     let scaling = match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: factor()? },
@@ -541,11 +443,7 @@ fn parse_rope(
             )))
         }
     };
-    Ok(RopeConfig {
-        theta,
-        dim,
-        scaling,
-    })
+    Ok(RopeConfig { theta, dim, scaling })
 }
 
 /// `generation_config.json` values, as transformers' GenerationConfig reads them.

@@ -86,56 +86,31 @@ const STORABLE_QUANT: [GgmlType; 18] = [
 
 /// The quantized-tensor descriptions of a file's metadata (empty without the key).
 /// Anything malformed is a format error; sizes are checked when the tensors are built.
-fn parse_quant_metadata(
-    meta: &Option<std::collections::HashMap<String, String>>,
-) -> Result<BTreeMap<String, (GgmlType, Vec<usize>)>> {
+fn parse_quant_metadata(meta: &Option<std::collections::HashMap<String, String>>) -> Result<BTreeMap<String, (GgmlType, Vec<usize>)>> {
     let mut out = BTreeMap::new();
     let Some(text) = meta.as_ref().and_then(|m| m.get(QUANT_METADATA_KEY)) else {
         return Ok(out);
     };
     let bad = |why: String| Error::format(format!("metadata {QUANT_METADATA_KEY:?}: {why}"));
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let obj = json.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
     for (name, desc) in obj {
-        let ty_name = desc
-            .get("type")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| bad(format!("{name:?} has no \"type\" string")))?;
-        let ty = STORABLE_QUANT
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(ty_name))
-            .ok_or_else(|| {
-                bad(format!(
-                    "{name:?} has type {ty_name:?}; quantized tensors may be {}",
-                    STORABLE_QUANT
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        let dims = desc
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad(format!("{name:?} has no \"shape\" array")))?;
+        let ty_name = desc.get("type").and_then(|t| t.as_str()).ok_or_else(|| bad(format!("{name:?} has no \"type\" string")))?;
+        let ty = STORABLE_QUANT.into_iter().find(|t| t.name().eq_ignore_ascii_case(ty_name)).ok_or_else(|| {
+            bad(format!(
+                "{name:?} has type {ty_name:?}; quantized tensors may be {}",
+                STORABLE_QUANT.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let dims = desc.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad(format!("{name:?} has no \"shape\" array")))?;
         if dims.is_empty() || dims.len() > 4 {
-            return Err(bad(format!(
-                "{name:?} has a shape of {} dimensions (1 to 4 allowed)",
-                dims.len()
-            )));
+            return Err(bad(format!("{name:?} has a shape of {} dimensions (1 to 4 allowed)", dims.len())));
         }
         let shape = dims
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| {
-                bad(format!(
-                    "{name:?} has a shape that is not a list of non-negative integers"
-                ))
-            })?;
+            .ok_or_else(|| bad(format!("{name:?} has a shape that is not a list of non-negative integers")))?;
         out.insert(name.clone(), (ty, shape));
     }
     Ok(out)
@@ -165,11 +140,7 @@ impl TensorStore {
             }
             found
         };
-        let mut store = TensorStore {
-            tensors: BTreeMap::new(),
-            files: Vec::new(),
-            file_bytes: 0,
-        };
+        let mut store = TensorStore { tensors: BTreeMap::new(), files: Vec::new(), file_bytes: 0 };
         for f in &files {
             store.add_file(f)?;
         }
@@ -178,16 +149,8 @@ impl TensorStore {
 
     /// A store over tensors that were read by another loader (GGUF), with the
     /// files they came from and those files' total size.
-    pub fn from_tensors(
-        tensors: BTreeMap<String, Tensor>,
-        files: Vec<PathBuf>,
-        file_bytes: u64,
-    ) -> Self {
-        TensorStore {
-            tensors,
-            files,
-            file_bytes,
-        }
+    pub fn from_tensors(tensors: BTreeMap<String, Tensor>, files: Vec<PathBuf>, file_bytes: u64) -> Self {
+        TensorStore { tensors, files, file_bytes }
     }
 
     fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
@@ -197,35 +160,21 @@ impl TensorStore {
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                Error::format(format!(
-                    "{}: missing \"weight_map\" object",
-                    index.display()
-                ))
-            })?;
+            .ok_or_else(|| Error::format(format!("{}: missing \"weight_map\" object", index.display())))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards = BTreeSet::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| {
-                Error::format(format!(
-                    "{}: shard for {name:?} is not a string",
-                    index.display()
-                ))
-            })?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| Error::format(format!("{}: shard for {name:?} is not a string", index.display())))?;
             // Shards must be plain file names inside the checkpoint directory.
             if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
-                return Err(Error::format(format!(
-                    "{}: shard name {file:?} is not a plain file name",
-                    index.display()
-                )));
+                return Err(Error::format(format!("{}: shard name {file:?} is not a plain file name", index.display())));
             }
             shards.insert(file.to_string());
         }
         if shards.is_empty() {
-            return Err(Error::format(format!(
-                "{}: weight_map is empty",
-                index.display()
-            )));
+            return Err(Error::format(format!("{}: weight_map is empty", index.display())));
         }
         Ok(shards.into_iter().map(|s| dir.join(s)).collect())
     }
@@ -262,10 +211,7 @@ impl TensorStore {
             let tensor = Tensor::from_mapped(map.clone(), data_start + s, e - s, dtype, shape)
                 .map_err(|e| Error::format(format!("{}: tensor {name:?}: {e}", path.display())))?;
             if self.tensors.insert(name.clone(), tensor).is_some() {
-                return Err(Error::format(format!(
-                    "tensor {name:?} appears in more than one file ({})",
-                    path.display()
-                )));
+                return Err(Error::format(format!("tensor {name:?} appears in more than one file ({})", path.display())));
             }
         }
         if let Some(name) = quantized.keys().next() {
@@ -284,9 +230,7 @@ impl TensorStore {
 
     /// The tensor `name`, checked to have exactly `shape`.
     pub fn require(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .get(name)
-            .ok_or_else(|| Error::format(format!("missing tensor {name:?} in checkpoint")))?;
+        let t = self.get(name).ok_or_else(|| Error::format(format!("missing tensor {name:?} in checkpoint")))?;
         if t.shape() != shape {
             return Err(Error::format(format!(
                 "tensor {name:?} has shape {:?}, expected {shape:?} from config.json",
@@ -316,14 +260,7 @@ mod tests {
     fn write(tag: &str, bytes: usize, metadata: Option<&str>, dtype: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("edgellm-stq-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let meta = metadata
-            .map(|m| {
-                format!(
-                    "\"__metadata__\":{{\"{QUANT_METADATA_KEY}\":{}}},",
-                    serde_json::Value::String(m.into())
-                )
-            })
-            .unwrap_or_default();
+        let meta = metadata.map(|m| format!("\"__metadata__\":{{\"{QUANT_METADATA_KEY}\":{}}},", serde_json::Value::String(m.into()))).unwrap_or_default();
         let elems = if dtype == "F32" { bytes / 4 } else { bytes };
         let header = format!("{{{meta}\"w\":{{\"dtype\":\"{dtype}\",\"shape\":[{elems}],\"data_offsets\":[0,{bytes}]}}}}");
         let mut file = (header.len() as u64).to_le_bytes().to_vec();
@@ -335,11 +272,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> Result<TensorStore> {
-        let mut s = TensorStore {
-            tensors: BTreeMap::new(),
-            files: Vec::new(),
-            file_bytes: 0,
-        };
+        let mut s = TensorStore { tensors: BTreeMap::new(), files: Vec::new(), file_bytes: 0 };
         s.add_file(path)?;
         Ok(s)
     }
@@ -347,12 +280,7 @@ mod tests {
     #[test]
     fn quantized_u8_tensor_loads_with_its_block_type_and_shape() {
         // 2 rows of 64 q4_0 values: 2 × 2 blocks × 18 bytes.
-        let p = write(
-            "ok",
-            72,
-            Some(r#"{"w": {"type": "q4_0", "shape": [2, 64]}}"#),
-            "U8",
-        );
+        let p = write("ok", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 64]}}"#), "U8");
         let s = open(&p).unwrap();
         let t = s.get("w").unwrap();
         assert_eq!(t.dtype(), DType::Quant(GgmlType::Q4_0));
@@ -365,10 +293,7 @@ mod tests {
     #[test]
     fn low_bit_group_tensors_load_with_their_type() {
         // 2 rows of 256 q3a_g128 values: 2 × 2 blocks × 52 bytes; 1 × 128 q2_g128: 34.
-        for (tag, ty, bytes, shape) in [
-            ("q3a", GgmlType::Q3AG128, 208, "[2, 256]"),
-            ("q2", GgmlType::Q2G128, 34, "[1, 128]"),
-        ] {
+        for (tag, ty, bytes, shape) in [("q3a", GgmlType::Q3AG128, 208, "[2, 256]"), ("q2", GgmlType::Q2G128, 34, "[1, 128]")] {
             let meta = format!(r#"{{"w": {{"type": "{}", "shape": {shape}}}}}"#, ty.name());
             let s = open(&write(tag, bytes, Some(&meta), "U8")).unwrap();
             let t = s.get("w").unwrap();
@@ -378,12 +303,7 @@ mod tests {
             t.row_to_f32(0, &mut row);
         }
         // Rows must be whole groups of 128.
-        let bad = write(
-            "q2bad",
-            34,
-            Some(r#"{"w": {"type": "q2_g128", "shape": [2, 64]}}"#),
-            "U8",
-        );
+        let bad = write("q2bad", 34, Some(r#"{"w": {"type": "q2_g128", "shape": [2, 64]}}"#), "U8");
         assert!(matches!(open(&bad), Err(Error::ModelFormat(_))));
     }
 
@@ -394,58 +314,14 @@ mod tests {
             ("badjson", 72, Some("{not json"), "U8"),
             ("notobj", 72, Some("[1, 2]"), "U8"),
             ("notype", 72, Some(r#"{"w": {"shape": [2, 64]}}"#), "U8"),
-            (
-                "badtype",
-                72,
-                Some(r#"{"w": {"type": "f32", "shape": [2, 64]}}"#),
-                "U8",
-            ),
-            (
-                "wrongsize",
-                72,
-                Some(r#"{"w": {"type": "q4_0", "shape": [3, 64]}}"#),
-                "U8",
-            ),
-            (
-                "partialblock",
-                72,
-                Some(r#"{"w": {"type": "q4_0", "shape": [2, 60]}}"#),
-                "U8",
-            ),
-            (
-                "overflow",
-                72,
-                Some(
-                    r#"{"w": {"type": "q8_0", "shape": [18446744073709551615, 18446744073709551584]}}"#,
-                ),
-                "U8",
-            ),
-            (
-                "negative",
-                72,
-                Some(r#"{"w": {"type": "q4_0", "shape": [-2, 64]}}"#),
-                "U8",
-            ),
-            (
-                "noshape",
-                72,
-                Some(r#"{"w": {"type": "q4_0", "shape": []}}"#),
-                "U8",
-            ),
-            (
-                "ghost",
-                72,
-                Some(
-                    r#"{"w": {"type": "q4_0", "shape": [2, 64]}, "x": {"type": "q4_0", "shape": [2, 64]}}"#,
-                ),
-                "U8",
-            ),
-            (
-                "notu8",
-                36,
-                Some(r#"{"w": {"type": "q4_0", "shape": [1, 64]}}"#),
-                "F32",
-            ),
+            ("badtype", 72, Some(r#"{"w": {"type": "f32", "shape": [2, 64]}}"#), "U8"),
+            ("wrongsize", 72, Some(r#"{"w": {"type": "q4_0", "shape": [3, 64]}}"#), "U8"),
+            ("partialblock", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 60]}}"#), "U8"),
+            ("overflow", 72, Some(r#"{"w": {"type": "q8_0", "shape": [18446744073709551615, 18446744073709551584]}}"#), "U8"),
+            ("negative", 72, Some(r#"{"w": {"type": "q4_0", "shape": [-2, 64]}}"#), "U8"),
+            ("noshape", 72, Some(r#"{"w": {"type": "q4_0", "shape": []}}"#), "U8"),
+            ("ghost", 72, Some(r#"{"w": {"type": "q4_0", "shape": [2, 64]}, "x": {"type": "q4_0", "shape": [2, 64]}}"#), "U8"),
+            ("notu8", 36, Some(r#"{"w": {"type": "q4_0", "shape": [1, 64]}}"#), "F32"),
         ];
         for (tag, bytes, meta, dtype) in cases {
             let p = write(tag, bytes, meta, dtype);

@@ -48,11 +48,7 @@ pub enum KvQuant {
     /// KIVI: keys per channel over groups of `group_size` tokens, values per
     /// token over groups of `group_size` channels, `bits` ∈ {2, 4}; the newest
     /// tokens stay f16 until more than `residual` are waiting.
-    Kivi {
-        bits: u8,
-        group_size: usize,
-        residual: usize,
-    },
+    Kivi { bits: u8, group_size: usize, residual: usize },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,19 +65,14 @@ pub struct KvConfig {
 
 impl Default for KvConfig {
     fn default() -> Self {
-        KvConfig {
-            eviction: Eviction::Full,
-            quant: KvQuant::F32,
-            select_blocks: None,
-        }
+        KvConfig { eviction: Eviction::Full, quant: KvQuant::F32, select_blocks: None }
     }
 }
 
 impl KvConfig {
     /// Parses `{"type": ..., ...}` (see the Python `load(kv_cache=...)` docs).
     pub fn from_json(text: &str) -> Result<KvConfig> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| Error::arg(format!("kv_cache: {e}")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::arg(format!("kv_cache: {e}")))?;
         Self::from_value(&v)
     }
 
@@ -144,8 +135,7 @@ impl KvConfig {
             }
             f.finish()?;
         }
-        if matches!(cfg.eviction, Eviction::H2o { .. }) && matches!(cfg.quant, KvQuant::Kivi { .. })
-        {
+        if matches!(cfg.eviction, Eviction::H2o { .. }) && matches!(cfg.quant, KvQuant::Kivi { .. }) {
             return Err(Error::arg(
                 "kv_cache: H2O cannot be combined with KIVI: KIVI quantizes keys per channel over groups of tokens, \
                  so single tokens cannot be evicted (use int8 or f16 with H2O)",
@@ -156,10 +146,7 @@ impl KvConfig {
 
     /// Whether the policy bounds the cache, so positions may pass the context.
     pub fn unbounded(&self) -> bool {
-        matches!(
-            self.eviction,
-            Eviction::Window { .. } | Eviction::Streaming { .. }
-        )
+        matches!(self.eviction, Eviction::Window { .. } | Eviction::Streaming { .. })
     }
 
     /// Tokens a layer keeps after `seen` tokens.
@@ -179,11 +166,7 @@ impl KvConfig {
             KvQuant::F32 => tokens * 2 * head_dim * 4,
             KvQuant::F16 => tokens * 2 * head_dim * 2,
             KvQuant::Int8 => tokens * 2 * (head_dim + 4),
-            KvQuant::Kivi {
-                bits,
-                group_size,
-                residual,
-            } => {
+            KvQuant::Kivi { bits, group_size, residual } => {
                 // The f16 tail holds between residual − group + 1 and residual tokens
                 // once quantization starts: count the worst case.
                 let quantized = if tokens > residual && tokens >= group_size {
@@ -205,27 +188,15 @@ impl KvConfig {
         let e = match &self.eviction {
             Eviction::Full => "full".to_string(),
             Eviction::Window { size } => format!("window({size})"),
-            Eviction::Streaming { sinks, window } => {
-                format!("streaming(sinks={sinks}, window={window})")
-            }
-            Eviction::H2o {
-                budget: Budget::Fraction(f),
-                recent,
-            } => format!("h2o(budget={f}, recent={recent})"),
-            Eviction::H2o {
-                budget: Budget::Tokens(n),
-                recent,
-            } => format!("h2o(budget={n} tokens, recent={recent})"),
+            Eviction::Streaming { sinks, window } => format!("streaming(sinks={sinks}, window={window})"),
+            Eviction::H2o { budget: Budget::Fraction(f), recent } => format!("h2o(budget={f}, recent={recent})"),
+            Eviction::H2o { budget: Budget::Tokens(n), recent } => format!("h2o(budget={n} tokens, recent={recent})"),
         };
         let q = match self.quant {
             KvQuant::F32 => "f32".to_string(),
             KvQuant::F16 => "f16".to_string(),
             KvQuant::Int8 => "int8".to_string(),
-            KvQuant::Kivi {
-                bits,
-                group_size,
-                residual,
-            } => format!("kivi{bits}(group={group_size}, residual={residual})"),
+            KvQuant::Kivi { bits, group_size, residual } => format!("kivi{bits}(group={group_size}, residual={residual})"),
         };
         match self.select_blocks {
             Some(n) => format!("{e} + {q} + select {n} blocks"),
@@ -234,10 +205,7 @@ impl KvConfig {
     }
 }
 
-fn type_and_fields<'a>(
-    v: &'a Value,
-    what: &str,
-) -> Result<(String, Option<&'a Map<String, Value>>)> {
+fn type_and_fields<'a>(v: &'a Value, what: &str) -> Result<(String, Option<&'a Map<String, Value>>)> {
     match v {
         Value::String(s) => Ok((s.to_ascii_lowercase(), None)),
         Value::Object(o) => match o.get("type") {
@@ -245,9 +213,7 @@ fn type_and_fields<'a>(
             _ => Err(Error::arg(format!("{what} needs a string \"type\""))),
         },
         Value::Null => Ok(("full".into(), None)),
-        other => Err(Error::arg(format!(
-            "{what} must be a dict with a \"type\" or a type name, got {other}"
-        ))),
+        other => Err(Error::arg(format!("{what} must be a dict with a \"type\" or a type name, got {other}"))),
     }
 }
 
@@ -262,9 +228,7 @@ fn parse_quant(v: &Value) -> Result<KvQuant> {
             let default_bits = if ty == "kivi4" { 4 } else { 2 };
             let bits = f.count("bits", Some(default_bits))?;
             if bits != 2 && bits != 4 {
-                return Err(Error::arg(format!(
-                    "kv_cache kivi bits must be 2 or 4, got {bits}"
-                )));
+                return Err(Error::arg(format!("kv_cache kivi bits must be 2 or 4, got {bits}")));
             }
             let group_size = f.count("group_size", Some(32))?;
             if group_size % 8 != 0 || group_size > 4096 {
@@ -273,17 +237,9 @@ fn parse_quant(v: &Value) -> Result<KvQuant> {
                 )));
             }
             let residual = f.count_or_zero("residual", 128)?;
-            KvQuant::Kivi {
-                bits: bits as u8,
-                group_size,
-                residual,
-            }
+            KvQuant::Kivi { bits: bits as u8, group_size, residual }
         }
-        other => {
-            return Err(Error::arg(format!(
-                "unknown kv_cache quant {other:?}; expected f32, f16, int8 or kivi"
-            )))
-        }
+        other => return Err(Error::arg(format!("unknown kv_cache quant {other:?}; expected f32, f16, int8 or kivi"))),
     };
     // The flat forms {"type": "kivi", ...} also carry no eviction fields.
     f.finish()?;
@@ -299,11 +255,7 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn new(obj: Option<&'a Map<String, Value>>, what: &str) -> Self {
-        Fields {
-            obj,
-            used: vec!["type"],
-            what: what.to_string(),
-        }
+        Fields { obj, used: vec!["type"], what: what.to_string() }
     }
     fn take(&mut self, key: &'static str) -> Option<&'a Value> {
         self.used.push(key);
@@ -313,9 +265,7 @@ impl<'a> Fields<'a> {
         let n = self.count_or_zero(key, default.unwrap_or(0))?;
         if n == 0 {
             return Err(Error::arg(match default {
-                None if self.obj.and_then(|o| o.get(key)).is_none() => {
-                    format!("{} needs {key:?}", self.what)
-                }
+                None if self.obj.and_then(|o| o.get(key)).is_none() => format!("{} needs {key:?}", self.what),
                 _ => format!("{}: {key} must be at least 1", self.what),
             }));
         }
@@ -328,16 +278,8 @@ impl<'a> Fields<'a> {
                 .as_u64()
                 .filter(|&x| x <= u32::MAX as u64)
                 .map(|x| x as usize)
-                .ok_or_else(|| {
-                    Error::arg(format!(
-                        "{}: {key} must be a non-negative integer, got {n}",
-                        self.what
-                    ))
-                }),
-            Some(other) => Err(Error::arg(format!(
-                "{}: {key} must be an integer, got {other}",
-                self.what
-            ))),
+                .ok_or_else(|| Error::arg(format!("{}: {key} must be a non-negative integer, got {n}", self.what))),
+            Some(other) => Err(Error::arg(format!("{}: {key} must be an integer, got {other}", self.what))),
         }
     }
     fn quant(&mut self) -> Result<KvQuant> {
@@ -367,58 +309,16 @@ mod tests {
     #[test]
     fn every_documented_form_parses() {
         assert_eq!(parse("null").unwrap(), KvConfig::default());
-        assert_eq!(
-            parse(r#"{"type": "window", "size": 64}"#).unwrap().eviction,
-            Eviction::Window { size: 64 }
-        );
+        assert_eq!(parse(r#"{"type": "window", "size": 64}"#).unwrap().eviction, Eviction::Window { size: 64 });
         let s = parse(r#"{"type": "streaming", "sinks": 4, "window": 128, "quant": {"type": "kivi", "bits": 2}}"#).unwrap();
-        assert_eq!(
-            s.eviction,
-            Eviction::Streaming {
-                sinks: 4,
-                window: 128
-            }
-        );
-        assert_eq!(
-            s.quant,
-            KvQuant::Kivi {
-                bits: 2,
-                group_size: 32,
-                residual: 128
-            }
-        );
+        assert_eq!(s.eviction, Eviction::Streaming { sinks: 4, window: 128 });
+        assert_eq!(s.quant, KvQuant::Kivi { bits: 2, group_size: 32, residual: 128 });
         let h = parse(r#"{"type": "h2o", "budget": 0.2, "recent": 16}"#).unwrap();
-        assert_eq!(
-            h.eviction,
-            Eviction::H2o {
-                budget: Budget::Fraction(0.2),
-                recent: 16
-            }
-        );
+        assert_eq!(h.eviction, Eviction::H2o { budget: Budget::Fraction(0.2), recent: 16 });
         let h = parse(r#"{"type": "h2o", "budget": 100, "quant": "int8"}"#).unwrap();
-        assert_eq!(
-            (h.eviction, h.quant),
-            (
-                Eviction::H2o {
-                    budget: Budget::Tokens(100),
-                    recent: 0
-                },
-                KvQuant::Int8
-            )
-        );
+        assert_eq!((h.eviction, h.quant), (Eviction::H2o { budget: Budget::Tokens(100), recent: 0 }, KvQuant::Int8));
         let k = parse(r#"{"type": "kivi", "bits": 4, "group_size": 16, "residual": 0}"#).unwrap();
-        assert_eq!(
-            k,
-            KvConfig {
-                eviction: Eviction::Full,
-                quant: KvQuant::Kivi {
-                    bits: 4,
-                    group_size: 16,
-                    residual: 0
-                },
-                select_blocks: None
-            }
-        );
+        assert_eq!(k, KvConfig { eviction: Eviction::Full, quant: KvQuant::Kivi { bits: 4, group_size: 16, residual: 0 }, select_blocks: None });
         assert_eq!(parse(r#""int8""#).unwrap().quant, KvQuant::Int8);
         let q = parse(r#"{"type": "full", "select_blocks": 8, "quant": "kivi"}"#).unwrap();
         assert_eq!((q.select_blocks, q.eviction), (Some(8), Eviction::Full));
@@ -430,25 +330,16 @@ mod tests {
             (r#"{"type": "window"}"#, "needs \"size\""),
             (r#"{"type": "window", "size": 0}"#, "at least 1"),
             (r#"{"type": "window", "size": -3}"#, "non-negative"),
-            (
-                r#"{"type": "window", "size": 8, "sise": 3}"#,
-                "unknown field \"sise\"",
-            ),
+            (r#"{"type": "window", "size": 8, "sise": 3}"#, "unknown field \"sise\""),
             (r#"{"type": "lru"}"#, "unknown kv_cache type"),
             (r#"{"type": "h2o"}"#, "budget"),
             (r#"{"type": "h2o", "budget": 1.5}"#, "fraction"),
             (r#"{"type": "h2o", "budget": 10, "recent": 20}"#, "exceeds"),
-            (
-                r#"{"type": "h2o", "budget": 0.2, "quant": "kivi"}"#,
-                "cannot be combined",
-            ),
+            (r#"{"type": "h2o", "budget": 0.2, "quant": "kivi"}"#, "cannot be combined"),
             (r#"{"type": "kivi", "bits": 3}"#, "2 or 4"),
             (r#"{"type": "kivi", "group_size": 12}"#, "multiple of 8"),
             (r#"{"size": 3}"#, "\"type\""),
-            (
-                r#"{"type": "window", "size": 8, "select_blocks": 2}"#,
-                "needs type",
-            ),
+            (r#"{"type": "window", "size": 8, "select_blocks": 2}"#, "needs type"),
             (r#"{"type": "full", "select_blocks": 0}"#, "at least 1"),
             ("[1]", "must be a dict"),
             ("{", "kv_cache"),
@@ -460,14 +351,9 @@ mod tests {
 
     #[test]
     fn size_estimates() {
-        let kivi = KvConfig::from_json(
-            r#"{"type": "kivi", "bits": 2, "group_size": 32, "residual": 128}"#,
-        )
-        .unwrap();
+        let kivi = KvConfig::from_json(r#"{"type": "kivi", "bits": 2, "group_size": 32, "residual": 128}"#).unwrap();
         // 4096 tokens of a 64-wide head: ~3 bits per value plus an f16 tail.
-        let f16 = KvConfig::from_json(r#""f16""#)
-            .unwrap()
-            .head_bytes(4096, 64);
+        let f16 = KvConfig::from_json(r#""f16""#).unwrap().head_bytes(4096, 64);
         let r = kivi.head_bytes(4096, 64) as f64 / f16 as f64;
         assert!(r > 0.18 && r < 0.22, "{r}");
         assert_eq!(kivi.head_bytes(100, 64), f16 / 4096 * 100);

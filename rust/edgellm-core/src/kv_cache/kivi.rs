@@ -60,11 +60,7 @@ fn grow<T>(v: &mut Vec<T>, add: usize) {
 
 /// `(scale, min)` of an asymmetric `bits` grid over `xs`, both rounded to f16,
 /// and the codes (`0..2^bits`) against the rounded pair.
-fn quantize(
-    xs: impl Iterator<Item = f32> + Clone,
-    levels: f32,
-    codes: &mut impl FnMut(usize, u8),
-) -> (f16, f16) {
+fn quantize(xs: impl Iterator<Item = f32> + Clone, levels: f32, codes: &mut impl FnMut(usize, u8)) -> (f16, f16) {
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     for x in xs.clone() {
         lo = lo.min(x);
@@ -83,10 +79,7 @@ fn quantize(
 impl KiviStore {
     pub fn new(heads: usize, hd: usize, bits: u8, group: usize, residual: usize) -> Self {
         assert!(bits == 2 || bits == 4, "KIVI stores 2 or 4 bits");
-        assert!(
-            group > 0 && group % 8 == 0,
-            "KIVI groups are a multiple of 8 tokens"
-        );
+        assert!(group > 0 && group % 8 == 0, "KIVI groups are a multiple of 8 tokens");
         KiviStore {
             heads,
             hd,
@@ -141,9 +134,7 @@ impl KiviStore {
                 let tk = &self.tail_k;
                 let xs = (0..g).map(|t| tk[(t * heads + h) * hd + c].to_f32());
                 let out = &mut self.kcodes[base..];
-                let (s, m) = quantize(xs, levels, &mut |t, q| {
-                    out[t * vrb + c / per] |= q << ((c % per) * bits)
-                });
+                let (s, m) = quantize(xs, levels, &mut |t, q| out[t * vrb + c / per] |= q << ((c % per) * bits));
                 self.kparams.extend([s, m]);
             }
         }
@@ -156,14 +147,10 @@ impl KiviStore {
                 for cg in 0..nvg {
                     let (c0, c1) = (cg * self.vgroup, ((cg + 1) * self.vgroup).min(hd));
                     let out = &mut self.vcodes[base..];
-                    let (s, m) = quantize(
-                        row[c0..c1].iter().map(|x| x.to_f32()),
-                        levels,
-                        &mut |i, q| {
-                            let i = c0 + i;
-                            out[i / per] |= q << ((i % per) * bits)
-                        },
-                    );
+                    let (s, m) = quantize(row[c0..c1].iter().map(|x| x.to_f32()), levels, &mut |i, q| {
+                        let i = c0 + i;
+                        out[i / per] |= q << ((i % per) * bits)
+                    });
                     self.vparams.extend([s, m]);
                 }
             }
@@ -197,14 +184,7 @@ impl KiviStore {
 
     /// [`decode`](Self::decode) for a fixed width, so code extraction is shifts and
     /// masks on whole rows.
-    fn decode_bits<const BITS: usize>(
-        &self,
-        keys: bool,
-        h: usize,
-        r0: usize,
-        r1: usize,
-        out: &mut [f32],
-    ) {
+    fn decode_bits<const BITS: usize>(&self, keys: bool, h: usize, r0: usize, r1: usize, out: &mut [f32]) {
         let (heads, hd, g) = (self.heads, self.hd, self.group);
         let vrb = self.vrow_bytes();
         let qlen = self.qlen();
@@ -292,13 +272,7 @@ fn unpack_affine<const BITS: usize>(codes: &[u8], scale: &[f32], min: &[f32], ou
 }
 
 #[inline(always)]
-fn affine_rows<const P: usize>(
-    codes: &[u8],
-    scale: &[f32],
-    min: &[f32],
-    out: &mut [f32],
-    table: &[[f32; P]; 256],
-) {
+fn affine_rows<const P: usize>(codes: &[u8], scale: &[f32], min: &[f32], out: &mut [f32], table: &[[f32; P]; 256]) {
     let full = out.len() / P;
     let (body, rest) = out.split_at_mut(full * P);
     for (((o, s), m), &byte) in body
@@ -307,22 +281,15 @@ fn affine_rows<const P: usize>(
         .zip(min.chunks_exact(P))
         .zip(&codes[..full])
     {
-        let (o, s, m): (&mut [f32; P], &[f32; P], &[f32; P]) = (
-            o.try_into().unwrap(),
-            s.try_into().unwrap(),
-            m.try_into().unwrap(),
-        );
+        let (o, s, m): (&mut [f32; P], &[f32; P], &[f32; P]) =
+            (o.try_into().unwrap(), s.try_into().unwrap(), m.try_into().unwrap());
         let q = &table[byte as usize];
         for j in 0..P {
             o[j] = m[j] + s[j] * q[j];
         }
     }
     if !rest.is_empty() {
-        let v = scale_add::<P>(
-            &table[codes[full] as usize],
-            &scale[full * P..],
-            &min[full * P..],
-        );
+        let v = scale_add::<P>(&table[codes[full] as usize], &scale[full * P..], &min[full * P..]);
         rest.copy_from_slice(&v[..rest.len()]);
     }
 }
@@ -331,13 +298,9 @@ fn affine_rows<const P: usize>(
 #[inline]
 fn unpack_scalar<const BITS: usize>(codes: &[u8], scale: f32, min: f32, out: &mut [f32]) {
     if BITS == 2 {
-        expand::<4>(codes, out, |_, byte| {
-            CODES2[byte as usize].map(|q| min + scale * q)
-        });
+        expand::<4>(codes, out, |_, byte| CODES2[byte as usize].map(|q| min + scale * q));
     } else {
-        expand::<2>(codes, out, |_, byte| {
-            CODES4[byte as usize].map(|q| min + scale * q)
-        });
+        expand::<2>(codes, out, |_, byte| CODES4[byte as usize].map(|q| min + scale * q));
     }
 }
 
@@ -381,11 +344,7 @@ impl Store for KiviStore {
 
     fn append(&mut self, k: &[f32], v: &[f32]) {
         assert_eq!(k.len(), v.len(), "values and keys differ in shape");
-        assert_eq!(
-            k.len() % (self.heads * self.hd),
-            0,
-            "keys are not [n × kv_heads × head_dim]"
-        );
+        assert_eq!(k.len() % (self.heads * self.hd), 0, "keys are not [n × kv_heads × head_dim]");
         if self.tail_k.capacity() == 0 {
             // Tokens are flushed one append at a time, so the tail never holds
             // more than residual + 1 tokens (or a group).
@@ -441,10 +400,7 @@ impl Store for KiviStore {
     fn bytes(&self) -> usize {
         self.kcodes.capacity()
             + self.vcodes.capacity()
-            + 2 * (self.kparams.capacity()
-                + self.vparams.capacity()
-                + self.tail_k.capacity()
-                + self.tail_v.capacity())
+            + 2 * (self.kparams.capacity() + self.vparams.capacity() + self.tail_k.capacity() + self.tail_v.capacity())
     }
 
     fn slices(&self) -> Option<(Vec<&[f32]>, Vec<&[f32]>)> {
@@ -474,9 +430,7 @@ mod tests {
 
     /// Rows of head `h` of `[n][heads][hd]` data.
     fn head_rows(x: &[f32], heads: usize, hd: usize, h: usize) -> Vec<f32> {
-        x.chunks_exact(heads * hd)
-            .flat_map(|t| t[h * hd..(h + 1) * hd].to_vec())
-            .collect()
+        x.chunks_exact(heads * hd).flat_map(|t| t[h * hd..(h + 1) * hd].to_vec()).collect()
     }
 
     #[test]
@@ -487,10 +441,7 @@ mod tests {
         s.append(&x, &x);
         assert_eq!(s.ngroups, 0);
         for h in 0..heads {
-            let want: Vec<f32> = head_rows(&x, heads, hd, h)
-                .iter()
-                .map(|v| f16::from_f32(*v).to_f32())
-                .collect();
+            let want: Vec<f32> = head_rows(&x, heads, hd, h).iter().map(|v| f16::from_f32(*v).to_f32()).collect();
             assert_eq!(all(&s, true, h), want);
             assert_eq!(all(&s, false, h), want);
         }
@@ -498,14 +449,7 @@ mod tests {
 
     #[test]
     fn error_within_half_a_step_and_tiles_agree() {
-        for (bits, group, residual, hd) in [
-            (2, 32, 8, 16),
-            (4, 16, 0, 24),
-            (2, 8, 3, 40),
-            (4, 32, 128, 64),
-            (2, 8, 0, 6),
-            (4, 8, 0, 10),
-        ] {
+        for (bits, group, residual, hd) in [(2, 32, 8, 16), (4, 16, 0, 24), (2, 8, 3, 40), (4, 32, 128, 64), (2, 8, 0, 6), (4, 8, 0, 10)] {
             let heads = 3;
             let n = 301;
             let x = random(n * heads * hd, bits as u64 * 7 + hd as u64);
@@ -518,11 +462,7 @@ mod tests {
                 t += step;
             }
             assert_eq!(s.len(), n);
-            assert!(
-                s.tail_len() <= residual.max(group - 1),
-                "tail {}",
-                s.tail_len()
-            );
+            assert!(s.tail_len() <= residual.max(group - 1), "tail {}", s.tail_len());
             let levels = ((1 << bits) - 1) as f32;
             for h in 0..heads {
                 let want = head_rows(&x, heads, hd, h);
@@ -531,16 +471,8 @@ mod tests {
                 // plus f16 rounding of scale and min.
                 let tol = 0.5 * 4.0 / levels * 1.01 + 4e-3;
                 for (i, w) in want.iter().enumerate() {
-                    assert!(
-                        (k[i] - w).abs() <= tol,
-                        "bits {bits} key {i}: {} vs {w}",
-                        k[i]
-                    );
-                    assert!(
-                        (v[i] - w).abs() <= tol,
-                        "bits {bits} value {i}: {} vs {w}",
-                        v[i]
-                    );
+                    assert!((k[i] - w).abs() <= tol, "bits {bits} key {i}: {} vs {w}", k[i]);
+                    assert!((v[i] - w).abs() <= tol, "bits {bits} value {i}: {} vs {w}", v[i]);
                 }
                 // Any sub-range decodes the same rows.
                 for (r0, r1) in [(0, 1), (5, 70), (n - 3, n), (31, 33)] {
@@ -574,12 +506,7 @@ mod tests {
         // Same quantization as the undropped store, shifted.
         let (a, b) = (all(&s, true, 0), all(&full, true, 0));
         assert_eq!(a, b[first * hd..]);
-        assert!(
-            s.bytes() < full.bytes() / 4,
-            "{} vs {}",
-            s.bytes(),
-            full.bytes()
-        );
+        assert!(s.bytes() < full.bytes() / 4, "{} vs {}", s.bytes(), full.bytes());
         s.drop_front(1000);
         assert_eq!(s.len(), 0);
     }
@@ -626,9 +553,7 @@ mod bench {
     #[ignore]
     fn decode_throughput() {
         let (heads, hd, n) = (4, 64, 4096);
-        let x: Vec<f32> = (0..n * heads * hd)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let x: Vec<f32> = (0..n * heads * hd).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         for bits in [2u8, 4] {
             let mut s = KiviStore::new(heads, hd, bits, 32, 128);
             s.append(&x, &x);
@@ -644,10 +569,7 @@ mod bench {
                     }
                 }
                 let ns = t.elapsed().as_nanos() as f64 / (reps * heads * n * hd) as f64;
-                println!(
-                    "kivi{bits} {}: {ns:.3} ns per value",
-                    if keys { "keys" } else { "values" }
-                );
+                println!("kivi{bits} {}: {ns:.3} ns per value", if keys { "keys" } else { "values" });
             }
         }
     }

@@ -28,9 +28,7 @@ mod store;
 
 pub use config::{Budget, Eviction, KvConfig, KvQuant};
 
-use crate::attention::flash::{
-    self, Causal, KvData, KvPart, KvParts, Mask, KEY_BLOCK, SPLIT_MAX_TOKENS,
-};
+use crate::attention::flash::{self, Causal, KvData, KvPart, KvParts, Mask, KEY_BLOCK, SPLIT_MAX_TOKENS};
 use crate::attention::AttentionParams;
 use crate::error::{Error, Result};
 use edgellm_kernels::Kernels;
@@ -66,16 +64,8 @@ pub struct KvCache {
 impl KvCache {
     /// A full f32 cache of up to `max_len` positions.
     pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize, max_len: usize) -> Self {
-        let k = edgellm_kernels::Kernels::for_isa(edgellm_kernels::Isa::Scalar)
-            .expect("scalar kernels always exist");
-        Self::with_config(
-            &KvConfig::default(),
-            k,
-            num_layers,
-            kv_heads,
-            head_dim,
-            max_len,
-        )
+        let k = edgellm_kernels::Kernels::for_isa(edgellm_kernels::Isa::Scalar).expect("scalar kernels always exist");
+        Self::with_config(&KvConfig::default(), k, num_layers, kv_heads, head_dim, max_len)
     }
 
     /// A cache following `cfg`; `max_len` bounds the positions of policies that
@@ -95,37 +85,19 @@ impl KvCache {
                 sink_v: Vec::new(),
                 nsinks: 0,
                 main: match cfg.quant {
-                    KvQuant::F32 => {
-                        Box::new(RowStore::<F32Codec>::new(k, kv_heads, head_dim, limit))
+                    KvQuant::F32 => Box::new(RowStore::<F32Codec>::new(k, kv_heads, head_dim, limit)),
+                    KvQuant::F16 => Box::new(RowStore::<F16Codec>::new(k, kv_heads, head_dim, limit)),
+                    KvQuant::Int8 => Box::new(RowStore::<Int8Codec>::new(k, kv_heads, head_dim, limit)),
+                    KvQuant::Kivi { bits, group_size, residual } => {
+                        Box::new(kivi::KiviStore::new(kv_heads, head_dim, bits, group_size, residual))
                     }
-                    KvQuant::F16 => {
-                        Box::new(RowStore::<F16Codec>::new(k, kv_heads, head_dim, limit))
-                    }
-                    KvQuant::Int8 => {
-                        Box::new(RowStore::<Int8Codec>::new(k, kv_heads, head_dim, limit))
-                    }
-                    KvQuant::Kivi {
-                        bits,
-                        group_size,
-                        residual,
-                    } => Box::new(kivi::KiviStore::new(
-                        kv_heads, head_dim, bits, group_size, residual,
-                    )),
                 },
                 pos: Vec::new(),
                 score: Vec::new(),
                 bounds: Vec::new(),
             })
             .collect();
-        KvCache {
-            cfg: cfg.clone(),
-            layers,
-            kv_heads,
-            head_dim,
-            seen: 0,
-            pending: 0,
-            max_len,
-        }
+        KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len }
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -157,11 +129,7 @@ impl KvCache {
             .iter()
             .map(|l| {
                 l.main.bytes()
-                    + (l.sink_k.capacity()
-                        + l.sink_v.capacity()
-                        + l.score.capacity()
-                        + l.bounds.capacity())
-                        * 4
+                    + (l.sink_k.capacity() + l.sink_v.capacity() + l.score.capacity() + l.bounds.capacity()) * 4
                     + l.pos.capacity() * 4
             })
             .sum()
@@ -171,14 +139,11 @@ impl KvCache {
     /// context length.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
         if !self.cfg.unbounded() {
-            self.seen
-                .checked_add(n)
-                .filter(|&t| t <= self.max_len)
-                .ok_or(Error::ContextLength {
-                    what: "sequence",
-                    len: self.seen.saturating_add(n),
-                    max: self.max_len,
-                })?;
+            self.seen.checked_add(n).filter(|&t| t <= self.max_len).ok_or(Error::ContextLength {
+                what: "sequence",
+                len: self.seen.saturating_add(n),
+                max: self.max_len,
+            })?;
         }
         self.pending = n;
         Ok(())
@@ -199,11 +164,7 @@ impl KvCache {
     pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         let (heads, hd) = (self.kv_heads, self.head_dim);
         let row = heads * hd;
-        assert_eq!(
-            k.len(),
-            self.pending * row,
-            "KvCache::write of other than the reserved tokens"
-        );
+        assert_eq!(k.len(), self.pending * row, "KvCache::write of other than the reserved tokens");
         let seen = self.seen;
         let l = &mut self.layers[layer];
         let mut first = 0;
@@ -240,9 +201,7 @@ impl KvCache {
     /// StreamingLLM: how far the sink keys must be rotated forward so that, seen
     /// from the window, they sit right before it (`None` when nothing was evicted).
     pub fn sink_shift(&self) -> Option<usize> {
-        let Eviction::Streaming { sinks, .. } = self.cfg.eviction else {
-            return None;
-        };
+        let Eviction::Streaming { sinks, .. } = self.cfg.eviction else { return None };
         let l = self.layers.first()?;
         let first_main = (self.seen + self.pending).checked_sub(l.main.len())?;
         (l.nsinks == sinks && first_main > sinks).then(|| first_main - sinks)
@@ -276,20 +235,13 @@ impl KvCache {
         };
         let mut parts = Vec::with_capacity(2);
         if l.nsinks > 0 {
-            let Eviction::Streaming { sinks, .. } = self.cfg.eviction else {
-                unreachable!("only streaming has sinks")
-            };
+            let Eviction::Streaming { sinks, .. } = self.cfg.eviction else { unreachable!("only streaming has sinks") };
             let keys = sinks_rotated.as_deref().unwrap_or(&l.sink_k);
             fn per(buf: &[f32], heads: usize, stride: usize, len: usize) -> Vec<&[f32]> {
                 (0..heads).map(|h| &buf[h * stride..][..len]).collect()
             }
             let (heads, stride, len) = (self.kv_heads, sinks * hd, l.nsinks * hd);
-            parts.push(KvPart::slices(
-                0,
-                l.nsinks,
-                per(keys, heads, stride, len),
-                per(&l.sink_v, heads, stride, len),
-            ));
+            parts.push(KvPart::slices(0, l.nsinks, per(keys, heads, stride, len), per(&l.sink_v, heads, stride, len)));
         }
         let main_len = l.main.len();
         if main_len > 0 {
@@ -297,11 +249,7 @@ impl KvCache {
                 Some((keys, values)) => KvData::Slices { keys, values },
                 None => KvData::Tiles(&*l.main as &dyn flash::KvTiles),
             };
-            parts.push(KvPart {
-                start: l.nsinks,
-                len: main_len,
-                data,
-            });
+            parts.push(KvPart { start: l.nsinks, len: main_len, data });
         }
         let select = match self.cfg.select_blocks {
             Some(keep) if n <= SPLIT_MAX_TOKENS && total.div_ceil(KEY_BLOCK) > keep => {
@@ -309,23 +257,14 @@ impl KvCache {
             }
             _ => None,
         };
-        let kv = KvParts {
-            parts,
-            len: total,
-            select,
-        };
+        let kv = KvParts { parts, len: total, select };
         let mut mass = if h2o { vec![0f32; total] } else { Vec::new() };
         let mass_arg = h2o.then_some(mass.as_mut_slice());
         // The tokens of one step see what they would see one at a time: a window
         // policy's `size` previous tokens, StreamingLLM's sinks and window.
         match (self.cfg.eviction, p.window) {
             (Eviction::H2o { .. }, Some(w)) => {
-                let mask = PositionMask {
-                    pos0,
-                    qpos0: self.seen,
-                    window: w,
-                    key_pos: &l.pos,
-                };
+                let mask = PositionMask { pos0, qpos0: self.seen, window: w, key_pos: &l.pos };
                 flash::run(k, p, &kv, &mask, q, out, mass_arg);
             }
             (Eviction::Window { size }, w) => {
@@ -333,26 +272,10 @@ impl KvCache {
                 flash::run(k, p, &kv, &Causal { pos0, window }, q, out, mass_arg)
             }
             (Eviction::Streaming { window, .. }, w) if n > 1 => {
-                let mask = StreamingMask {
-                    pos0,
-                    sinks: l.nsinks,
-                    recent: window + 1,
-                    model_window: w,
-                };
+                let mask = StreamingMask { pos0, sinks: l.nsinks, recent: window + 1, model_window: w };
                 flash::run(k, p, &kv, &mask, q, out, mass_arg)
             }
-            _ => flash::run(
-                k,
-                p,
-                &kv,
-                &Causal {
-                    pos0,
-                    window: p.window,
-                },
-                q,
-                out,
-                mass_arg,
-            ),
+            _ => flash::run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass_arg),
         }
         drop(kv);
         if h2o {
@@ -364,10 +287,7 @@ impl KvCache {
 
     /// Commits the step's `n` tokens and evicts what the policy no longer keeps.
     pub fn advance(&mut self, n: usize) {
-        assert_eq!(
-            n, self.pending,
-            "KvCache::advance of other than the reserved tokens"
-        );
+        assert_eq!(n, self.pending, "KvCache::advance of other than the reserved tokens");
         self.seen += n;
         self.pending = 0;
         match self.cfg.eviction {
@@ -457,14 +377,7 @@ fn update_bounds(bounds: &mut Vec<f32>, first: usize, k: &[f32], heads: usize, h
 /// Quest's choice per KV head: the blocks holding the step's tokens (queries
 /// `pos0..total`) plus the `keep` others with the highest bound
 /// `Σ_c max(q_c·min_c, q_c·max_c)` over the head group's queries.
-fn select_blocks(
-    bounds: &[f32],
-    q: &[f32],
-    p: &AttentionParams,
-    pos0: usize,
-    total: usize,
-    keep: usize,
-) -> Vec<Vec<bool>> {
+fn select_blocks(bounds: &[f32], q: &[f32], p: &AttentionParams, pos0: usize, total: usize, keep: usize) -> Vec<Vec<bool>> {
     let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
     let group = nh / nkv;
     let nb = total.div_ceil(KEY_BLOCK);
@@ -481,22 +394,14 @@ fn select_blocks(
                     let best = q
                         .chunks_exact(nh * hd)
                         .flat_map(|t| t[kvh * group * hd..(kvh + 1) * group * hd].chunks_exact(hd))
-                        .map(|qh| {
-                            qh.iter()
-                                .zip(lo)
-                                .zip(hi)
-                                .map(|((x, l), u)| (x * l).max(x * u))
-                                .sum::<f32>()
-                        })
+                        .map(|qh| qh.iter().zip(lo).zip(hi).map(|((x, l), u)| (x * l).max(x * u)).sum::<f32>())
                         .fold(f32::NEG_INFINITY, f32::max);
                     (best, b)
                 })
                 .collect();
             let take = keep.min(scored.len());
             if take > 0 && take < scored.len() {
-                scored.select_nth_unstable_by(take - 1, |a, b| {
-                    b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))
-                });
+                scored.select_nth_unstable_by(take - 1, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
             }
             for &(_, b) in &scored[..take] {
                 sel[b] = true;
@@ -517,9 +422,7 @@ fn h2o_keep(score: &[f32], budget: usize, recent: usize) -> Vec<bool> {
     let heavy = (budget - recent).min(older);
     if heavy > 0 {
         let mut idx: Vec<usize> = (0..older).collect();
-        idx.select_nth_unstable_by(heavy - 1, |&a, &b| {
-            score[b].total_cmp(&score[a]).then(b.cmp(&a))
-        });
+        idx.select_nth_unstable_by(heavy - 1, |&a, &b| score[b].total_cmp(&score[a]).then(b.cmp(&a)));
         for &i in &idx[..heavy] {
             keep[i] = true;
         }
@@ -540,10 +443,7 @@ struct StreamingMask {
 impl Mask for StreamingMask {
     fn bounds(&self, t: usize) -> (usize, usize) {
         let pos = self.pos0 + t;
-        (
-            self.model_window.map_or(0, |w| (pos + 1).saturating_sub(w)),
-            pos + 1,
-        )
+        (self.model_window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos + 1)
     }
     fn full(&self, t: usize, j0: usize, j1: usize) -> bool {
         let (lo, hi) = self.bounds(t);
@@ -580,9 +480,7 @@ mod tests {
     use super::*;
 
     fn row(layer: usize, pos: usize, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (layer * 100_000 + pos * 100 + i) as f32)
-            .collect()
+        (0..n).map(|i| (layer * 100_000 + pos * 100 + i) as f32).collect()
     }
 
     #[test]
@@ -608,10 +506,7 @@ mod tests {
                 for p in 0..pos {
                     let want = &row(l, p, heads * hd)[h * hd..(h + 1) * hd];
                     assert_eq!(&k[p * hd..(p + 1) * hd], want, "layer {l} head {h} pos {p}");
-                    assert!(v[p * hd..(p + 1) * hd]
-                        .iter()
-                        .zip(want)
-                        .all(|(a, b)| *a == -b));
+                    assert!(v[p * hd..(p + 1) * hd].iter().zip(want).all(|(a, b)| *a == -b));
                 }
             }
         }
@@ -621,14 +516,7 @@ mod tests {
     fn reserve_past_max_is_a_context_error() {
         let mut c = KvCache::new(1, 1, 2, 10);
         c.reserve(10).unwrap();
-        assert!(matches!(
-            c.reserve(11),
-            Err(Error::ContextLength {
-                len: 11,
-                max: 10,
-                ..
-            })
-        ));
+        assert!(matches!(c.reserve(11), Err(Error::ContextLength { len: 11, max: 10, .. })));
         c.advance(10);
         assert!(c.reserve(1).is_err());
         assert!(c.reserve(usize::MAX).is_err());
@@ -638,17 +526,11 @@ mod tests {
     fn h2o_keeps_recent_then_heaviest() {
         let score = [5.0, 0.1, 9.0, 0.2, 3.0, 0.0, 0.0];
         // budget 4, recent 2: the last two, then 9.0 and 5.0.
-        assert_eq!(
-            h2o_keep(&score, 4, 2),
-            [true, false, true, false, false, true, true]
-        );
+        assert_eq!(h2o_keep(&score, 4, 2), [true, false, true, false, false, true, true]);
         // Ties go to the newer token.
         assert_eq!(h2o_keep(&[1.0, 1.0, 1.0], 1, 0), [false, false, true]);
         assert_eq!(h2o_keep(&score, 7, 0), [true; 7]);
-        assert_eq!(
-            h2o_keep(&score, 2, 5),
-            [false, false, false, false, false, true, true]
-        );
+        assert_eq!(h2o_keep(&score, 2, 5), [false, false, false, false, false, true, true]);
     }
 
     #[test]

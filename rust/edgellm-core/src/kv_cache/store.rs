@@ -145,27 +145,18 @@ impl<C: Codec> RowStore<C> {
         let new_cap = if self.start > 0 && need + slack <= self.cap {
             self.cap
         } else {
-            (need + slack)
-                .max(self.cap + self.cap / 4)
-                .next_multiple_of(GROW_BLOCK)
-                .min(self.limit)
-                .max(need)
+            (need + slack).max(self.cap + self.cap / 4).next_multiple_of(GROW_BLOCK).min(self.limit).max(need)
         };
-        let (hd, heads, old_cap, start, len) =
-            (self.hd, self.heads, self.cap, self.start, self.len);
+        let (hd, heads, old_cap, start, len) = (self.hd, self.heads, self.cap, self.start, self.len);
         let relayout = |buf: &mut Vec<C::Unit>, w: usize| {
             if new_cap == old_cap {
                 for h in 0..heads {
-                    buf.copy_within(
-                        (h * old_cap + start) * w..(h * old_cap + start + len) * w,
-                        h * old_cap * w,
-                    );
+                    buf.copy_within((h * old_cap + start) * w..(h * old_cap + start + len) * w, h * old_cap * w);
                 }
             } else {
                 let mut grown = vec![C::Unit::default(); heads * new_cap * w];
                 for h in 0..heads {
-                    grown[h * new_cap * w..][..len * w]
-                        .copy_from_slice(&buf[(h * old_cap + start) * w..][..len * w]);
+                    grown[h * new_cap * w..][..len * w].copy_from_slice(&buf[(h * old_cap + start) * w..][..len * w]);
                 }
                 *buf = grown;
             }
@@ -176,16 +167,12 @@ impl<C: Codec> RowStore<C> {
             for buf in [&mut self.kscale, &mut self.vscale] {
                 if new_cap == old_cap {
                     for h in 0..heads {
-                        buf.copy_within(
-                            h * old_cap + start..h * old_cap + start + len,
-                            h * old_cap,
-                        );
+                        buf.copy_within(h * old_cap + start..h * old_cap + start + len, h * old_cap);
                     }
                 } else {
                     let mut grown = vec![0f32; heads * new_cap];
                     for h in 0..heads {
-                        grown[h * new_cap..][..len]
-                            .copy_from_slice(&buf[h * old_cap + start..][..len]);
+                        grown[h * new_cap..][..len].copy_from_slice(&buf[h * old_cap + start..][..len]);
                     }
                     *buf = grown;
                 }
@@ -197,11 +184,7 @@ impl<C: Codec> RowStore<C> {
 
     fn decode_rows(&self, keys: bool, head: usize, r0: usize, r1: usize, out: &mut [f32]) {
         let hd = self.hd;
-        let (buf, scales) = if keys {
-            (&self.keys, &self.kscale)
-        } else {
-            (&self.values, &self.vscale)
-        };
+        let (buf, scales) = if keys { (&self.keys, &self.kscale) } else { (&self.values, &self.vscale) };
         let base = head * self.cap + self.start;
         for (i, o) in (r0..r1).zip(out.chunks_exact_mut(hd)) {
             let slot = base + i;
@@ -228,25 +211,15 @@ impl<C: Codec> Store for RowStore<C> {
     fn append(&mut self, k: &[f32], v: &[f32]) {
         let (hd, heads) = (self.hd, self.heads);
         let n = k.len() / (heads * hd);
-        assert_eq!(
-            k.len(),
-            n * heads * hd,
-            "keys are not [n × kv_heads × head_dim]"
-        );
+        assert_eq!(k.len(), n * heads * hd, "keys are not [n × kv_heads × head_dim]");
         assert_eq!(v.len(), k.len(), "values and keys differ in shape");
         self.make_room(n);
         for t in 0..n {
             for h in 0..heads {
                 let src = (t * heads + h) * hd;
                 let slot = h * self.cap + self.start + self.len + t;
-                let ks = C::encode(
-                    &k[src..src + hd],
-                    &mut self.keys[slot * hd..(slot + 1) * hd],
-                );
-                let vs = C::encode(
-                    &v[src..src + hd],
-                    &mut self.values[slot * hd..(slot + 1) * hd],
-                );
+                let ks = C::encode(&k[src..src + hd], &mut self.keys[slot * hd..(slot + 1) * hd]);
+                let vs = C::encode(&v[src..src + hd], &mut self.values[slot * hd..(slot + 1) * hd]);
                 if C::SCALED {
                     self.kscale[slot] = ks;
                     self.vscale[slot] = vs;
@@ -298,9 +271,7 @@ impl<C: Codec> Store for RowStore<C> {
     }
 
     fn slices(&self) -> Option<(Vec<&[f32]>, Vec<&[f32]>)> {
-        let range = |h: usize| {
-            (h * self.cap + self.start) * self.hd..(h * self.cap + self.start + self.len) * self.hd
-        };
+        let range = |h: usize| (h * self.cap + self.start) * self.hd..(h * self.cap + self.start + self.len) * self.hd;
         let mut keys = Vec::with_capacity(self.heads);
         let mut values = Vec::with_capacity(self.heads);
         for h in 0..self.heads {
@@ -321,9 +292,7 @@ mod tests {
 
     /// Distinct, exactly representable values for token `t` (f16 keeps them).
     fn rows(t0: usize, n: usize, heads: usize, hd: usize) -> Vec<f32> {
-        (0..n * heads * hd)
-            .map(|i| ((t0 * heads * hd + i) % 2000) as f32 * 0.25 - 100.0)
-            .collect()
+        (0..n * heads * hd).map(|i| ((t0 * heads * hd + i) % 2000) as f32 * 0.25 - 100.0).collect()
     }
 
     fn decoded<S: Store>(s: &S, heads: usize, hd: usize) -> Vec<Vec<f32>> {
@@ -338,12 +307,7 @@ mod tests {
 
     fn expected(tokens: &[usize], heads: usize, hd: usize) -> Vec<Vec<f32>> {
         (0..heads)
-            .map(|h| {
-                tokens
-                    .iter()
-                    .flat_map(|&t| rows(t, 1, heads, hd)[h * hd..(h + 1) * hd].to_vec())
-                    .collect()
-            })
+            .map(|h| tokens.iter().flat_map(|&t| rows(t, 1, heads, hd)[h * hd..(h + 1) * hd].to_vec()).collect())
             .collect()
     }
 
@@ -366,12 +330,7 @@ mod tests {
             } else if round % 3 == 1 {
                 let keep: Vec<bool> = (0..live.len()).map(|i| i % 4 != 1).collect();
                 s.retain(&keep);
-                live = live
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(t, _)| *t)
-                    .collect();
+                live = live.iter().zip(&keep).filter(|(_, k)| **k).map(|(t, _)| *t).collect();
             }
             assert_eq!(s.len(), live.len());
             let got = decoded(&s, heads, hd);

@@ -69,28 +69,18 @@ impl Calibrator {
     /// Embeds `seqs` (token ids, each a separate sequence starting at position 0).
     pub fn new(model: Arc<Model>, seqs: &[Vec<u32>]) -> Result<Calibrator> {
         if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
-            return Err(Error::arg(
-                "calibration needs at least one sequence, and no empty sequences",
-            ));
+            return Err(Error::arg("calibration needs at least one sequence, and no empty sequences"));
         }
         let h = model.config.hidden_size;
         let mut total = 0usize;
         for s in seqs {
             model.check_tokens(s)?;
             if s.len() > model.max_context() {
-                return Err(Error::ContextLength {
-                    what: "calibration sequence",
-                    len: s.len(),
-                    max: model.max_context(),
-                });
+                return Err(Error::ContextLength { what: "calibration sequence", len: s.len(), max: model.max_context() });
             }
-            total = total
-                .checked_add(s.len())
-                .ok_or_else(|| Error::arg("too many calibration tokens"))?;
+            total = total.checked_add(s.len()).ok_or_else(|| Error::arg("too many calibration tokens"))?;
         }
-        let floats = total
-            .checked_mul(h)
-            .ok_or_else(|| Error::arg("too many calibration tokens"))?;
+        let floats = total.checked_mul(h).ok_or_else(|| Error::arg("too many calibration tokens"))?;
         let mut hidden = vec![0f32; floats];
         let scale = model.config.embed_scale;
         for (row, &id) in hidden.chunks_exact_mut(h).zip(seqs.iter().flatten()) {
@@ -100,13 +90,7 @@ impl Calibrator {
             }
         }
         let current = model.weights.layers.first().map(clone_layer);
-        Ok(Calibrator {
-            lens: seqs.iter().map(Vec::len).collect(),
-            hidden,
-            layer: 0,
-            current,
-            model,
-        })
+        Ok(Calibrator { lens: seqs.iter().map(Vec::len).collect(), hidden, layer: 0, current, model })
     }
 
     /// Index of the layer whose inputs [`capture`](Self::capture) returns.
@@ -125,9 +109,7 @@ impl Calibrator {
     }
 
     fn current(&self) -> Result<&LayerWeights> {
-        self.current
-            .as_ref()
-            .ok_or_else(|| Error::arg("calibration is past the last layer"))
+        self.current.as_ref().ok_or_else(|| Error::arg("calibration is past the last layer"))
     }
 
     /// Runs the current layer (with its current weights) over every calibration
@@ -172,8 +154,7 @@ impl Calibrator {
         let mut at = 0;
         for &n in &self.lens {
             let x = &mut hidden[at * h..(at + n) * h];
-            self.model
-                .install(|| self.run_layer(lw, x, n, &mut |_, _| {}));
+            self.model.install(|| self.run_layer(lw, x, n, &mut |_, _| {}));
             at += n;
         }
         self.hidden = hidden;
@@ -207,10 +188,7 @@ impl Calibrator {
     }
 
     fn linear_mut(&mut self, name: &str) -> Result<&mut Linear> {
-        let lw = self
-            .current
-            .as_mut()
-            .ok_or_else(|| Error::arg("calibration is past the last layer"))?;
+        let lw = self.current.as_mut().ok_or_else(|| Error::arg("calibration is past the last layer"))?;
         let l = match name {
             "q" => Some(&mut lw.q),
             "k" => Some(&mut lw.k),
@@ -219,11 +197,7 @@ impl Calibrator {
             "gate" => lw.gate.as_mut(),
             "up" => Some(&mut lw.up),
             "down" => Some(&mut lw.down),
-            _ => {
-                return Err(Error::arg(format!(
-                    "unknown linear layer {name:?}; choose one of {LINEAR_NAMES:?}"
-                )))
-            }
+            _ => return Err(Error::arg(format!("unknown linear layer {name:?}; choose one of {LINEAR_NAMES:?}"))),
         };
         l.ok_or_else(|| Error::arg(format!("this model's layers have no {name:?} projection")))
     }
@@ -246,18 +220,11 @@ impl Calibrator {
         let l = self.linear_mut(name)?;
         let shape = l.weight.shape().to_vec();
         if shape.iter().product::<usize>() != weight.len() {
-            return Err(Error::arg(format!(
-                "{name}: {} values given for a weight of shape {shape:?}",
-                weight.len()
-            )));
+            return Err(Error::arg(format!("{name}: {} values given for a weight of shape {shape:?}", weight.len())));
         }
         match (bias, &mut l.bias) {
             (Some(b), Some(lb)) if b.len() == lb.len() => lb.copy_from_slice(b),
-            (Some(_), Some(_)) => {
-                return Err(Error::arg(format!(
-                    "{name}: bias length differs from the layer's"
-                )))
-            }
+            (Some(_), Some(_)) => return Err(Error::arg(format!("{name}: bias length differs from the layer's"))),
             (Some(_), None) => return Err(Error::arg(format!("{name} has no bias"))),
             (None, _) => {}
         }
@@ -266,20 +233,13 @@ impl Calibrator {
     }
 
     fn norm_mut(&mut self, name: &str) -> Result<&mut Norm> {
-        let lw = self
-            .current
-            .as_mut()
-            .ok_or_else(|| Error::arg("calibration is past the last layer"))?;
+        let lw = self.current.as_mut().ok_or_else(|| Error::arg("calibration is past the last layer"))?;
         let n = match name {
             "attn_norm" => Some(&mut lw.attn_norm),
             "mlp_norm" => lw.mlp_norm.as_mut(),
             "post_attn_norm" => lw.post_attn_norm.as_mut(),
             "post_mlp_norm" => lw.post_mlp_norm.as_mut(),
-            _ => {
-                return Err(Error::arg(format!(
-                    "unknown norm {name:?}; choose one of {NORM_NAMES:?}"
-                )))
-            }
+            _ => return Err(Error::arg(format!("unknown norm {name:?}; choose one of {NORM_NAMES:?}"))),
         };
         n.ok_or_else(|| Error::arg(format!("this model's layers have no {name:?}")))
     }
@@ -296,19 +256,11 @@ impl Calibrator {
     pub fn set_norm(&mut self, name: &str, weight: &[f32], bias: Option<&[f32]>) -> Result<()> {
         let n = self.norm_mut(name)?;
         if weight.len() != n.weight.len() {
-            return Err(Error::arg(format!(
-                "{name}: {} weights given for a norm of {}",
-                weight.len(),
-                n.weight.len()
-            )));
+            return Err(Error::arg(format!("{name}: {} weights given for a norm of {}", weight.len(), n.weight.len())));
         }
         match (bias, &mut n.bias) {
             (Some(b), Some(nb)) if b.len() == nb.len() => nb.copy_from_slice(b),
-            (Some(_), Some(_)) => {
-                return Err(Error::arg(format!(
-                    "{name}: bias length differs from the norm's"
-                )))
-            }
+            (Some(_), Some(_)) => return Err(Error::arg(format!("{name}: bias length differs from the norm's"))),
             (Some(_), None) => return Err(Error::arg(format!("{name} has no bias"))),
             (None, _) => {}
         }
@@ -337,13 +289,7 @@ impl Calibrator {
     /// One layer over one sequence of `n` tokens (`x`: `[n × hidden]`, updated in
     /// place), reporting each projection input to `tap`. Mirrors
     /// `Transformer::layer` operation for operation.
-    fn run_layer(
-        &self,
-        lw: &LayerWeights,
-        x: &mut [f32],
-        n: usize,
-        tap: &mut dyn FnMut(Input, &[f32]),
-    ) {
+    fn run_layer(&self, lw: &LayerWeights, x: &mut [f32], n: usize, tap: &mut dyn FnMut(Input, &[f32])) {
         let m = &*self.model;
         let (c, k) = (&m.config, m.kernels);
         let li = self.layer;
@@ -407,10 +353,7 @@ impl Calibrator {
             }
             BlockKind::Sequential | BlockKind::Sandwich => {
                 add_scaled(x, &proj, c.residual_scale);
-                let mn = lw
-                    .mlp_norm
-                    .as_ref()
-                    .expect("sequential blocks have an MLP norm");
+                let mn = lw.mlp_norm.as_ref().expect("sequential blocks have an MLP norm");
                 mn.apply_into(x, &mut xn);
                 tap(Input::Mlp, &xn);
                 let mut mlp_out = self.mlp(lw, &xn, n, tap);
@@ -422,13 +365,7 @@ impl Calibrator {
         }
     }
 
-    fn mlp(
-        &self,
-        lw: &LayerWeights,
-        xn: &[f32],
-        n: usize,
-        tap: &mut dyn FnMut(Input, &[f32]),
-    ) -> Vec<f32> {
+    fn mlp(&self, lw: &LayerWeights, xn: &[f32], n: usize, tap: &mut dyn FnMut(Input, &[f32])) -> Vec<f32> {
         let m = &*self.model;
         let (c, k) = (&m.config, m.kernels);
         let inter = n * c.intermediate_size;
@@ -488,46 +425,23 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Arc<Model> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/models")
-            .join(name);
-        Arc::new(
-            Model::load(
-                &dir,
-                &LoadOptions {
-                    threads: Some(2),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name);
+        Arc::new(Model::load(&dir, &LoadOptions { threads: Some(2), ..Default::default() }).unwrap())
     }
 
     fn seqs(vocab: usize) -> Vec<Vec<u32>> {
-        vec![
-            (0..13).map(|i| (i * 7 + 3) as u32 % vocab as u32).collect(),
-            (0..9).map(|i| (i * 11 + 1) as u32 % vocab as u32).collect(),
-        ]
+        vec![(0..13).map(|i| (i * 7 + 3) as u32 % vocab as u32).collect(), (0..9).map(|i| (i * 11 + 1) as u32 % vocab as u32).collect()]
     }
 
     /// Advancing through every layer and applying the head reproduces the model's
     /// own forward pass exactly, for sequential, parallel, sandwich and offset-norm families.
     #[test]
     fn final_hidden_states_reproduce_model_logits() {
-        for name in [
-            "llama_gqa_tied",
-            "phi",
-            "gemma2",
-            "stablelm_parallel",
-            "qwen3",
-        ] {
+        for name in ["llama_gqa_tied", "phi", "gemma2", "stablelm_parallel", "qwen3"] {
             let m = fixture(name);
             let s = seqs(m.config.vocab_size);
             let mut cal = Calibrator::new(m.clone(), &s).unwrap();
-            assert!(
-                cal.logits().is_err(),
-                "{name}: logits before the last layer"
-            );
+            assert!(cal.logits().is_err(), "{name}: logits before the last layer");
             while cal.layer() < cal.num_layers() {
                 let inputs = cal.capture().unwrap();
                 let c = &m.config;
@@ -542,11 +456,7 @@ mod tests {
             let mut at = 0;
             for sq in &s {
                 let want = m.logits(sq).unwrap();
-                assert_eq!(
-                    &got[at * vocab..(at + sq.len()) * vocab],
-                    &want[..],
-                    "{name}"
-                );
+                assert_eq!(&got[at * vocab..(at + sq.len()) * vocab], &want[..], "{name}");
                 at += sq.len();
             }
             assert!(cal.capture().is_err() && cal.advance().is_err());
@@ -591,10 +501,7 @@ mod tests {
         assert!(cal.set_norm("attn_norm", &doubled[1..], None).is_err());
         cal.advance().unwrap();
         // The next layer starts from the model's own weights again.
-        assert_eq!(
-            cal.norm("attn_norm").unwrap().0,
-            m.weights.layers[1].attn_norm.weight
-        );
+        assert_eq!(cal.norm("attn_norm").unwrap().0, m.weights.layers[1].attn_norm.weight);
     }
 
     #[test]
@@ -607,9 +514,6 @@ mod tests {
             Err(Error::InvalidToken { .. })
         ));
         let long = vec![1u32; m.max_context() + 1];
-        assert!(matches!(
-            Calibrator::new(m, &[long]),
-            Err(Error::ContextLength { .. })
-        ));
+        assert!(matches!(Calibrator::new(m, &[long]), Err(Error::ContextLength { .. })));
     }
 }

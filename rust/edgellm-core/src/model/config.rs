@@ -37,30 +37,17 @@ impl Architecture {
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
-        Self::SUPPORTED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| Error::UnsupportedArchitecture {
-                found: name.to_string(),
-                supported: Self::supported_list(),
-            })
+        Self::SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).ok_or_else(|| {
+            Error::UnsupportedArchitecture { found: name.to_string(), supported: Self::supported_list() }
+        })
     }
 
     pub fn supported_list() -> String {
-        Self::SUPPORTED
-            .iter()
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
+        Self::SUPPORTED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
     }
 
     pub fn hf_name(self) -> &'static str {
-        Self::SUPPORTED
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        Self::SUPPORTED.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
     }
 }
 
@@ -68,36 +55,14 @@ impl Architecture {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear {
-        factor: f64,
-    },
+    Linear { factor: f64 },
     /// NTK-aware base change once the sequence outgrows `original_max`.
-    Dynamic {
-        factor: f64,
-        original_max: usize,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max: usize,
-    },
-    Yarn {
-        factor: f64,
-        original_max: usize,
-        beta_fast: f64,
-        beta_slow: f64,
-        attention_factor: f64,
-        truncate: bool,
-    },
+    Dynamic { factor: f64, original_max: usize },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
+    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
     /// Phi-3 "longrope"/"su": per-frequency divisors, the long set once the
     /// sequence outgrows `original_max`.
-    LongRope {
-        short_factor: Vec<f64>,
-        long_factor: Vec<f64>,
-        original_max: usize,
-        attention_factor: f64,
-    },
+    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, attention_factor: f64 },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,9 +86,7 @@ impl Activation {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
             "gelu" => Ok(Activation::Gelu),
-            other => Err(Error::config(format!(
-                "unsupported hidden_act {other:?} (supported: silu, gelu, gelu_pytorch_tanh)"
-            ))),
+            other => Err(Error::config(format!("unsupported hidden_act {other:?} (supported: silu, gelu, gelu_pytorch_tanh)"))),
         }
     }
 }
@@ -242,9 +205,7 @@ impl ModelConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(Error::config(format!(
-                    "config.json: {name} must be positive, got 0"
-                )));
+                return Err(Error::config(format!("config.json: {name} must be positive, got 0")));
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -254,10 +215,7 @@ impl ModelConfig {
             )));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(Error::config(format!(
-                "config.json: vocab_size {} is too large",
-                self.vocab_size
-            )));
+            return Err(Error::config(format!("config.json: vocab_size {} is too large", self.vocab_size)));
         }
         for rope in &self.ropes {
             if rope.dim % 2 != 0 || rope.dim > self.head_dim || rope.dim == 0 {
@@ -267,17 +225,9 @@ impl ModelConfig {
                 )));
             }
             if !(rope.theta.is_finite() && rope.theta > 1.0) {
-                return Err(Error::config(format!(
-                    "config.json: rope_theta must be a finite number > 1, got {}",
-                    rope.theta
-                )));
+                return Err(Error::config(format!("config.json: rope_theta must be a finite number > 1, got {}", rope.theta)));
             }
-            if let RopeScaling::LongRope {
-                short_factor,
-                long_factor,
-                ..
-            } = &rope.scaling
-            {
+            if let RopeScaling::LongRope { short_factor, long_factor, .. } = &rope.scaling {
                 for (name, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
                     if f.len() != rope.dim / 2 {
                         return Err(Error::config(format!(
@@ -287,23 +237,13 @@ impl ModelConfig {
                         )));
                     }
                     if f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-                        return Err(Error::config(format!(
-                            "config.json: longrope {name} values must be positive"
-                        )));
+                        return Err(Error::config(format!("config.json: longrope {name} values must be positive")));
                     }
                 }
             }
         }
-        if self.layer_rope.len() != self.num_layers
-            || self
-                .layer_rope
-                .iter()
-                .flatten()
-                .any(|&i| i >= self.ropes.len())
-        {
-            return Err(Error::config(
-                "config.json: per-layer rotary settings do not match the layer count",
-            ));
+        if self.layer_rope.len() != self.num_layers || self.layer_rope.iter().flatten().any(|&i| i >= self.ropes.len()) {
+            return Err(Error::config("config.json: per-layer rotary settings do not match the layer count"));
         }
         for (name, v) in [
             ("embedding scale", self.embed_scale),
@@ -312,22 +252,16 @@ impl ModelConfig {
             ("attention scale", self.attn_scale),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::config(format!(
-                    "config.json: {name} must be a finite positive number, got {v}"
-                )));
+                return Err(Error::config(format!("config.json: {name} must be a finite positive number, got {v}")));
             }
         }
         for cap in self.attn_softcap.iter().chain(&self.final_softcap) {
             if !(cap.is_finite() && *cap > 0.0) {
-                return Err(Error::config(format!(
-                    "config.json: soft-capping values must be positive, got {cap}"
-                )));
+                return Err(Error::config(format!("config.json: soft-capping values must be positive, got {cap}")));
             }
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
-            return Err(Error::config(
-                "config.json: norm epsilon must be a finite non-negative number",
-            ));
+            return Err(Error::config("config.json: norm epsilon must be a finite non-negative number"));
         }
         if self.layer_windows.len() != self.num_layers {
             return Err(Error::config(format!(
@@ -345,20 +279,10 @@ impl ModelConfig {
             }
         }
         // Guard against configs whose sizes would overflow buffer arithmetic.
-        let per_layer = [
-            self.hidden_size,
-            self.intermediate_size,
-            self.q_dim(),
-            self.kv_dim(),
-        ]
-        .iter()
-        .try_fold(0usize, |a, &d| {
-            d.checked_mul(self.hidden_size)
-                .and_then(|x| x.checked_add(a))
-        });
-        if per_layer
-            .and_then(|p| p.checked_mul(self.num_layers))
-            .is_none()
+        let per_layer = [self.hidden_size, self.intermediate_size, self.q_dim(), self.kv_dim()]
+            .iter()
+            .try_fold(0usize, |a, &d| d.checked_mul(self.hidden_size).and_then(|x| x.checked_add(a)));
+        if per_layer.and_then(|p| p.checked_mul(self.num_layers)).is_none()
             || self.vocab_size.checked_mul(self.hidden_size).is_none()
         {
             return Err(Error::config("config.json: model dimensions overflow"));

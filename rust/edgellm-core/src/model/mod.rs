@@ -12,13 +12,13 @@ use crate::error::{Error, Result};
 use crate::formats::hf_config::{self, GenerationDefaults};
 use crate::formats::TensorStore;
 use crate::kv_cache::{KvCache, KvConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 use config::ModelConfig;
 use edgellm_kernels::{Isa, Kernels};
 use rope::Rope;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use transformer::Transformer;
 use weights::Weights;
 
@@ -59,24 +59,15 @@ impl std::fmt::Debug for LoadOptions {
 /// one of edgellm's own block types (`nf4`, `fp8_e4m3`, `fp8_e5m2`).
 pub fn parse_quant(name: &str) -> Result<edgellm_kernels::quant::GgmlType> {
     use edgellm_kernels::quant::GgmlType::*;
-    const CHOICES: [edgellm_kernels::quant::GgmlType; 16] = [
-        F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K, IQ4NL, NF4, F8E4M3,
-        F8E5M2,
-    ];
+    const CHOICES: [edgellm_kernels::quant::GgmlType; 16] =
+        [F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2K, Q3K, Q4K, Q5K, Q6K, IQ4NL, NF4, F8E4M3, F8E5M2];
     let want = name.trim().to_ascii_lowercase();
-    CHOICES
-        .into_iter()
-        .find(|t| t.name().to_ascii_lowercase() == want)
-        .ok_or_else(|| {
-            Error::arg(format!(
-                "unknown quantization {name:?}; choose one of: {}",
-                CHOICES
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
+    CHOICES.into_iter().find(|t| t.name().to_ascii_lowercase() == want).ok_or_else(|| {
+        Error::arg(format!(
+            "unknown quantization {name:?}; choose one of: {}",
+            CHOICES.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        ))
+    })
 }
 
 pub struct Model {
@@ -100,10 +91,7 @@ impl Model {
     /// Loads an HF checkpoint directory (config.json + safetensors + tokenizer files).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         if !path.exists() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-            ));
+            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
         }
         if crate::formats::gguf::is_gguf(path) {
             return Self::load_gguf(path, opts);
@@ -116,10 +104,7 @@ impl Model {
         }
         let cfg_path = path.join("config.json");
         if !cfg_path.is_file() {
-            return Err(Error::format(format!(
-                "{} has no config.json",
-                path.display()
-            )));
+            return Err(Error::format(format!("{} has no config.json", path.display())));
         }
         let config = hf_config::parse_model_config(&hf_config::read_json(&cfg_path)?)?;
         let gen_path = path.join("generation_config.json");
@@ -132,16 +117,7 @@ impl Model {
         let weights = Weights::from_hf(&store, &config)?;
         let tokenizer = Tokenizer::from_dir(path)?;
         // transformers rounds Gemma's sqrt(hidden) embedding scale to the weights' dtype.
-        Self::assemble(
-            path,
-            config,
-            weights,
-            tokenizer,
-            generation_defaults,
-            &store,
-            opts,
-            &[DType::BF16, DType::F16],
-        )
+        Self::assemble(path, config, weights, tokenizer, generation_defaults, &store, opts, &[DType::BF16, DType::F16])
     }
 
     /// Loads a GGUF file: its metadata, tensors and vocabulary are translated to
@@ -151,23 +127,11 @@ impl Model {
         use crate::formats::gguf;
         let g = gguf::open(path)?;
         let as_format = |e: Error| match e {
-            Error::Config(m) => Error::format(format!(
-                "{}: invalid GGUF metadata: {}",
-                path.display(),
-                m.trim_start_matches("config.json: ")
-            )),
+            Error::Config(m) => Error::format(format!("{}: invalid GGUF metadata: {}", path.display(), m.trim_start_matches("config.json: "))),
             Error::ModelFormat(m) => {
                 // Name the GGUF tensor behind an HF name in the message.
-                let hint = g
-                    .names
-                    .iter()
-                    .find(|(hf, _)| m.contains(&format!("{hf:?}")))
-                    .map(|(_, n)| format!(" (GGUF tensor {n:?})"));
-                Error::format(format!(
-                    "{}: {m}{}",
-                    path.display(),
-                    hint.unwrap_or_default()
-                ))
+                let hint = g.names.iter().find(|(hf, _)| m.contains(&format!("{hf:?}"))).map(|(_, n)| format!(" (GGUF tensor {n:?})"));
+                Error::format(format!("{}: {m}{}", path.display(), hint.unwrap_or_default()))
             }
             e => e,
         };
@@ -175,16 +139,7 @@ impl Model {
         config.rope_interleaved = g.interleaved_qk;
         let weights = Weights::from_hf(&g.store, &config).map_err(as_format)?;
         // Gemma's embedding scale, rounded like the HF path for bf16 weights.
-        Self::assemble(
-            path,
-            config,
-            weights,
-            g.tokenizer,
-            g.generation,
-            &g.store,
-            opts,
-            &[DType::BF16],
-        )
+        Self::assemble(path, config, weights, g.tokenizer, g.generation, &g.store, opts, &[DType::BF16])
     }
 
     /// The steps every format shares once its weights are bound: quantization at
@@ -211,9 +166,7 @@ impl Model {
             let tied = config.tie_word_embeddings;
             pool.install(|| weights.quantize(ty, tied, opts.progress.as_deref()))?;
         }
-        if config.norm_kind == config::NormKind::RmsOffset
-            && round_embed_scale.contains(&weights.embed.dtype())
-        {
+        if config.norm_kind == config::NormKind::RmsOffset && round_embed_scale.contains(&weights.embed.dtype()) {
             config.embed_scale = match weights.embed.dtype() {
                 DType::BF16 => half::bf16::from_f32(config.embed_scale).to_f32(),
                 DType::F16 => half::f16::from_f32(config.embed_scale).to_f32(),
@@ -236,11 +189,7 @@ impl Model {
             None => default_context(&config),
         };
         Ok(Model {
-            ropes: config
-                .ropes
-                .iter()
-                .map(|r| Rope::new(r).with_interleaved_pairs(config.rope_interleaved))
-                .collect(),
+            ropes: config.ropes.iter().map(|r| Rope::new(r).with_interleaved_pairs(config.rope_interleaved)).collect(),
             config,
             weights,
             tokenizer,
@@ -273,29 +222,19 @@ impl Model {
     }
     /// The dtype of the (first layer's) projection weights.
     pub fn weight_dtype(&self) -> DType {
-        self.weights
-            .layers
-            .first()
-            .map_or(self.weights.embed.dtype(), |l| l.q.weight.dtype())
+        self.weights.layers.first().map_or(self.weights.embed.dtype(), |l| l.q.weight.dtype())
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            Error::Tokenizer(format!("{} has no tokenizer.json", self.path.display()))
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer.json", self.path.display())))
     }
 
     /// A fresh cache following the model's KV policy.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        KvCache::with_config(
-            &self.kv_config,
-            self.kernels,
-            c.num_layers,
-            c.num_kv_heads,
-            c.head_dim,
-            self.max_context,
-        )
+        KvCache::with_config(&self.kv_config, self.kernels, c.num_layers, c.num_kv_heads, c.head_dim, self.max_context)
     }
 
     pub fn kv_config(&self) -> &KvConfig {
@@ -326,10 +265,7 @@ impl Model {
     pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.config.vocab_size;
         match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(&t) => Err(Error::InvalidToken {
-                id: t as i64,
-                vocab_size: vocab,
-            }),
+            Some(&t) => Err(Error::InvalidToken { id: t as i64, vocab_size: vocab }),
             None => Ok(()),
         }
     }
@@ -337,12 +273,7 @@ impl Model {
     /// Appends `tokens` to the sequence in `cache` and returns the requested logits
     /// (`[rows × vocab]`). Fails before any work if an id is out of range or the
     /// cache would pass the context length.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        rows: LogitsRows,
-    ) -> Result<Vec<f32>> {
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows) -> Result<Vec<f32>> {
         let rope_len = cache.seen() + tokens.len();
         self.forward_part(tokens, cache, rows, rope_len)
     }
@@ -350,25 +281,14 @@ impl Model {
     /// [`forward`](Self::forward) for one chunk of a longer logical pass of
     /// `rope_len` positions: length-dependent rotary scaling (dynamic NTK, longrope)
     /// is chosen for the whole pass, as if it ran at once.
-    pub fn forward_part(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        rows: LogitsRows,
-        rope_len: usize,
-    ) -> Result<Vec<f32>> {
+    pub fn forward_part(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, rope_len: usize) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::arg("forward needs at least one token"));
         }
         self.check_tokens(tokens)?;
         cache.reserve(tokens.len())?;
         let rope_len = cache.rope_len(tokens.len(), rope_len);
-        let t = Transformer {
-            cfg: &self.config,
-            w: &self.weights,
-            ropes: &self.ropes,
-            k: self.kernels,
-        };
+        let t = Transformer { cfg: &self.config, w: &self.weights, ropes: &self.ropes, k: self.kernels };
         let logits = self.install(|| t.forward(tokens, cache, rows, rope_len));
         self.note_kv_bytes(cache);
         Ok(logits)
@@ -379,19 +299,13 @@ impl Model {
     /// the long factors (Phi-3's `prepare_inputs_for_generation`), so cached keys
     /// rotated with the short factors are not reused.
     pub fn crosses_rope_switch(&self, from: usize, to: usize) -> bool {
-        self.ropes
-            .iter()
-            .any(|r| r.switch_point().is_some_and(|p| from <= p && to > p))
+        self.ropes.iter().any(|r| r.switch_point().is_some_and(|p| from <= p && to > p))
     }
 
     /// Logits of every position of a fresh sequence, `[len × vocab]`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         if self.context_bound().is_some_and(|m| tokens.len() > m) {
-            return Err(Error::ContextLength {
-                what: "input",
-                len: tokens.len(),
-                max: self.max_context,
-            });
+            return Err(Error::ContextLength { what: "input", len: tokens.len(), max: self.max_context });
         }
         let mut cache = self.new_cache();
         self.forward(tokens, &mut cache, LogitsRows::All)
@@ -415,11 +329,7 @@ impl Model {
     ) -> Result<(f64, usize)> {
         let window = match (window, self.context_bound()) {
             (Some(w), Some(m)) if w > m => {
-                return Err(Error::ContextLength {
-                    what: "perplexity window",
-                    len: w,
-                    max: m,
-                });
+                return Err(Error::ContextLength { what: "perplexity window", len: w, max: m });
             }
             (Some(w), _) => w,
             (None, _) => self.max_context,
@@ -457,9 +367,7 @@ pub(crate) fn build_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
     let threads = match threads {
         Some(0) => return Err(Error::arg("threads must be at least 1")),
         Some(t) => t,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

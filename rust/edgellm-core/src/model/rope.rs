@@ -21,9 +21,7 @@ pub struct Rope {
 }
 
 fn default_inv_freq(theta: f64, dim: usize) -> Vec<f64> {
-    (0..dim / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
-        .collect()
+    (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64)).collect()
 }
 
 impl Rope {
@@ -34,29 +32,14 @@ impl Rope {
         let mut long_inv_freq = None;
         let inv: Vec<f64> = match &cfg.scaling {
             RopeScaling::None | RopeScaling::Dynamic { .. } => base,
-            RopeScaling::LongRope {
-                short_factor,
-                long_factor,
-                original_max,
-                attention_factor,
-            } => {
+            RopeScaling::LongRope { short_factor, long_factor, original_max, attention_factor } => {
                 attention_scaling = *attention_factor as f32;
-                let scaled = |f: &Vec<f64>| {
-                    base.iter()
-                        .zip(f)
-                        .map(|(b, s)| (b / s) as f32)
-                        .collect::<Vec<f32>>()
-                };
+                let scaled = |f: &Vec<f64>| base.iter().zip(f).map(|(b, s)| (b / s) as f32).collect::<Vec<f32>>();
                 long_inv_freq = Some((*original_max, scaled(long_factor)));
                 base.iter().zip(short_factor).map(|(b, s)| b / s).collect()
             }
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            &RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max,
-            } => {
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
                 let old = original_max as f64;
                 let (low_wl, high_wl) = (old / low_freq_factor, old / high_freq_factor);
                 base.iter()
@@ -67,26 +50,17 @@ impl Rope {
                         } else if wl > low_wl {
                             f / factor
                         } else {
-                            let smooth =
-                                (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
                     .collect()
             }
-            &RopeScaling::Yarn {
-                factor,
-                original_max,
-                beta_fast,
-                beta_slow,
-                attention_factor,
-                truncate,
-            } => {
+            &RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, attention_factor, truncate } => {
                 attention_scaling = attention_factor as f32;
                 let d = dim as f64;
-                let correction_dim = |rot: f64| {
-                    d * (original_max as f64 / (rot * 2.0 * PI)).ln() / (2.0 * cfg.theta.ln())
-                };
+                let correction_dim =
+                    |rot: f64| d * (original_max as f64 / (rot * 2.0 * PI)).ln() / (2.0 * cfg.theta.ln());
                 let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
                 if truncate {
                     low = low.floor();
@@ -137,20 +111,11 @@ impl Rope {
     /// context, as transformers' `dynamic_rope_update` does.
     fn inv_freq(&self, seq_len: usize) -> Cow<'_, [f32]> {
         match self.scaling {
-            RopeScaling::Dynamic {
-                factor,
-                original_max,
-            } if seq_len > original_max => {
+            RopeScaling::Dynamic { factor, original_max } if seq_len > original_max => {
                 let d = self.dim as f64;
                 let base = self.theta
-                    * ((factor * seq_len as f64 / original_max as f64) - (factor - 1.0))
-                        .powf(d / (d - 2.0));
-                Cow::Owned(
-                    default_inv_freq(base, self.dim)
-                        .into_iter()
-                        .map(|f| f as f32)
-                        .collect(),
-                )
+                    * ((factor * seq_len as f64 / original_max as f64) - (factor - 1.0)).powf(d / (d - 2.0));
+                Cow::Owned(default_inv_freq(base, self.dim).into_iter().map(|f| f as f32).collect())
             }
             // transformers' longrope_frequency_update: the long factors for the whole
             // forward pass once it reaches past the original context.
@@ -162,11 +127,7 @@ impl Rope {
     }
 
     /// cos/sin tables for `positions`, each `[positions.len() × dim/2]`.
-    pub fn tables(
-        &self,
-        positions: std::ops::Range<usize>,
-        seq_len: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
+    pub fn tables(&self, positions: std::ops::Range<usize>, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
         let inv = self.inv_freq(seq_len);
         let half = self.dim / 2;
         let n = positions.len();
@@ -186,10 +147,7 @@ impl Rope {
     pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = self.dim / 2;
         for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-            let (c, s) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
+            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             for head in row.chunks_exact_mut(head_dim) {
                 rotate(head, c, s, self.interleaved);
             }
@@ -238,11 +196,7 @@ mod tests {
     use super::*;
 
     fn rope(scaling: RopeScaling) -> Rope {
-        Rope::new(&RopeConfig {
-            theta: 10000.0,
-            dim: 32,
-            scaling,
-        })
+        Rope::new(&RopeConfig { theta: 10000.0, dim: 32, scaling })
     }
 
     #[test]
@@ -303,9 +257,7 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.61).cos()).collect();
         // llama.cpp's permute per head of 32: stored 2i + j = HF j·16 + i.
         let perm = |v: &[f32]| -> Vec<f32> {
-            v.chunks(32)
-                .flat_map(|h| (0..32).map(move |s| h[(s % 2) * 16 + s / 2]))
-                .collect()
+            v.chunks(32).flat_map(|h| (0..32).map(move |s| h[(s % 2) * 16 + s / 2])).collect()
         };
         let (c, s) = r.tables(9..10, 10);
         let (mut a, mut b) = (x.clone(), perm(&x));
@@ -330,30 +282,16 @@ mod tests {
 
     #[test]
     fn llama3_keeps_high_frequencies_and_divides_low_ones() {
-        let r = rope(RopeScaling::Llama3 {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max: 64,
-        });
+        let r = rope(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max: 64 });
         let base = default_inv_freq(10000.0, 32);
-        assert!(
-            (r.inv_freq[0] as f64 - base[0]).abs() < 1e-7,
-            "shortest wavelength untouched"
-        );
+        assert!((r.inv_freq[0] as f64 - base[0]).abs() < 1e-7, "shortest wavelength untouched");
         let last = base.len() - 1;
-        assert!(
-            (r.inv_freq[last] as f64 - base[last] / 8.0).abs() < 1e-9,
-            "longest wavelength divided by factor"
-        );
+        assert!((r.inv_freq[last] as f64 - base[last] / 8.0).abs() < 1e-9, "longest wavelength divided by factor");
     }
 
     #[test]
     fn dynamic_only_changes_past_original_length() {
-        let r = rope(RopeScaling::Dynamic {
-            factor: 2.0,
-            original_max: 16,
-        });
+        let r = rope(RopeScaling::Dynamic { factor: 2.0, original_max: 16 });
         assert_eq!(r.tables(5..6, 16), rope(RopeScaling::None).tables(5..6, 16));
         assert_ne!(r.tables(5..6, 40), rope(RopeScaling::None).tables(5..6, 40));
     }

@@ -44,13 +44,7 @@ impl Transformer<'_> {
     /// requested logits rows, `[rows × vocab]`. `rope_len` is the sequence length
     /// length-dependent rotary scaling assumes. Token ids must have been checked
     /// and the step reserved (`cache.reserve(tokens.len())`) by the caller.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        rows: LogitsRows,
-        rope_len: usize,
-    ) -> Vec<f32> {
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, rope_len: usize) -> Vec<f32> {
         let c = self.cfg;
         let (n, h) = (tokens.len(), c.hidden_size);
         let pos0 = cache.seen();
@@ -62,11 +56,8 @@ impl Transformer<'_> {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);
             }
         }
-        let tables: Vec<(Vec<f32>, Vec<f32>)> = self
-            .ropes
-            .iter()
-            .map(|r| r.tables(pos0..pos0 + n, rope_len))
-            .collect();
+        let tables: Vec<(Vec<f32>, Vec<f32>)> =
+            self.ropes.iter().map(|r| r.tables(pos0..pos0 + n, rope_len)).collect();
         let inter = n * c.intermediate_size;
         let mut s = Scratch {
             xn: vec![0f32; n * h],
@@ -76,14 +67,7 @@ impl Transformer<'_> {
             att: vec![0f32; n * c.q_dim()],
             proj: vec![0f32; n * h],
             mlp_out: vec![0f32; n * h],
-            gate: vec![
-                0f32;
-                if c.mlp_kind == super::config::MlpKind::Gated {
-                    inter
-                } else {
-                    0
-                }
-            ],
+            gate: vec![0f32; if c.mlp_kind == super::config::MlpKind::Gated { inter } else { 0 }],
             up: vec![0f32; inter],
         };
         for (li, lw) in self.w.layers.iter().enumerate() {
@@ -123,15 +107,7 @@ impl Transformer<'_> {
     ) {
         let (c, k) = (self.cfg, self.k);
         lw.attn_norm.apply_into(x, &mut s.xn);
-        Linear::forward_group(
-            k,
-            &s.xn,
-            &mut [
-                (&lw.q, &mut s.q[..]),
-                (&lw.k, &mut s.k[..]),
-                (&lw.v, &mut s.v[..]),
-            ],
-        );
+        Linear::forward_group(k, &s.xn, &mut [(&lw.q, &mut s.q[..]), (&lw.k, &mut s.k[..]), (&lw.v, &mut s.v[..])]);
         if let Some(qn) = &lw.q_norm {
             qn.apply(&mut s.q, c.num_heads);
         }
@@ -172,10 +148,7 @@ impl Transformer<'_> {
             }
             BlockKind::Sequential | BlockKind::Sandwich => {
                 add_scaled(x, &s.proj, c.residual_scale);
-                let mn = lw
-                    .mlp_norm
-                    .as_ref()
-                    .expect("sequential blocks have an MLP norm");
+                let mn = lw.mlp_norm.as_ref().expect("sequential blocks have an MLP norm");
                 mn.apply_into(x, &mut s.xn);
                 self.mlp(lw, s);
                 if let Some(pn) = &lw.post_mlp_norm {
@@ -191,11 +164,7 @@ impl Transformer<'_> {
         let (c, k) = (self.cfg, self.k);
         match &lw.gate {
             Some(g) => {
-                Linear::forward_group(
-                    k,
-                    &s.xn,
-                    &mut [(&lw.up, &mut s.up[..]), (g, &mut s.gate[..])],
-                );
+                Linear::forward_group(k, &s.xn, &mut [(&lw.up, &mut s.up[..]), (g, &mut s.gate[..])]);
                 activation::gated(c.activation, &mut s.gate, &s.up);
                 lw.down.forward(k, &s.gate, &mut s.mlp_out);
             }

@@ -46,14 +46,8 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            weight: self
-                .store
-                .require(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(self.vector(&format!("{prefix}.bias"), out)?)
-            } else {
-                None
-            },
+            weight: self.store.require(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias { Some(self.vector(&format!("{prefix}.bias"), out)?) } else { None },
         })
     }
 
@@ -67,11 +61,7 @@ impl Loader<'_> {
         Ok(Norm {
             kind,
             weight: self.vector(&format!("{prefix}.weight"), dim)?,
-            bias: if kind == NormKind::Layer && bias {
-                Some(self.vector(&format!("{prefix}.bias"), dim)?)
-            } else {
-                None
-            },
+            bias: if kind == NormKind::Layer && bias { Some(self.vector(&format!("{prefix}.bias"), dim)?) } else { None },
             eps: self.c.norm_eps,
         })
     }
@@ -79,19 +69,14 @@ impl Loader<'_> {
     /// Splits a fused projection's rows into views of the given heights.
     fn split(&self, name: &str, heights: &[usize], inp: usize) -> Result<Vec<Linear>> {
         let total: usize = heights.iter().sum();
-        let w = self
-            .store
-            .require(&format!("{name}.weight"), &[total, inp])?;
+        let w = self.store.require(&format!("{name}.weight"), &[total, inp])?;
         let mut at = 0;
         heights
             .iter()
             .map(|&h| {
                 let part = w.rows(at, at + h)?;
                 at += h;
-                Ok(Linear {
-                    weight: part,
-                    bias: None,
-                })
+                Ok(Linear { weight: part, bias: None })
             })
             .collect()
     }
@@ -102,21 +87,11 @@ impl Loader<'_> {
         let norms = match (c.qk_norm, c.architecture) {
             (QkNorm::None, _) => return Ok(None),
             // Phi's q_layernorm/k_layernorm: one LayerNorm (with bias) over head_dim.
-            (QkNorm::Shared, Architecture::Phi) => {
-                vec![self.norm(&format!("{p}.self_attn.{which}_layernorm"), hd, true)?]
-            }
-            (QkNorm::Shared, _) => {
-                vec![self.norm(&format!("{p}.self_attn.{which}_norm"), hd, false)?]
-            }
+            (QkNorm::Shared, Architecture::Phi) => vec![self.norm(&format!("{p}.self_attn.{which}_layernorm"), hd, true)?],
+            (QkNorm::Shared, _) => vec![self.norm(&format!("{p}.self_attn.{which}_norm"), hd, false)?],
             // StableLM: a bias-free LayerNorm per head.
             (QkNorm::PerHead, _) => (0..heads)
-                .map(|h| {
-                    self.norm(
-                        &format!("{p}.self_attn.{which}_layernorm.norms.{h}"),
-                        hd,
-                        false,
-                    )
-                })
+                .map(|h| self.norm(&format!("{p}.self_attn.{which}_layernorm.norms.{h}"), hd, false))
                 .collect::<Result<_>>()?,
         };
         Ok(Some(HeadNorm { norms }))
@@ -128,11 +103,7 @@ impl Loader<'_> {
         let p = format!("model.layers.{i}");
         let layer_norm_bias = c.norm_kind == NormKind::Layer;
         let (q, k, v) = if c.architecture == Architecture::Phi3 {
-            let mut parts = self.split(
-                &format!("{p}.self_attn.qkv_proj"),
-                &[c.q_dim(), c.kv_dim(), c.kv_dim()],
-                h,
-            )?;
+            let mut parts = self.split(&format!("{p}.self_attn.qkv_proj"), &[c.q_dim(), c.kv_dim(), c.kv_dim()], h)?;
             let v = parts.pop().unwrap();
             let k = parts.pop().unwrap();
             (parts.pop().unwrap(), k, v)
@@ -143,11 +114,7 @@ impl Loader<'_> {
                 self.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h, c.qkv_bias)?,
             )
         };
-        let o_name = if c.architecture == Architecture::Phi {
-            "dense"
-        } else {
-            "o_proj"
-        };
+        let o_name = if c.architecture == Architecture::Phi { "dense" } else { "o_proj" };
         let o = self.linear(&format!("{p}.self_attn.{o_name}"), h, c.q_dim(), c.o_bias)?;
         let (gate, up, down) = match (c.mlp_kind, c.architecture) {
             (MlpKind::Plain, _) => (
@@ -159,11 +126,7 @@ impl Loader<'_> {
                 // gate_up_proj holds the gate rows first, then the up rows.
                 let mut parts = self.split(&format!("{p}.mlp.gate_up_proj"), &[f, f], h)?;
                 let up = parts.pop().unwrap();
-                (
-                    parts.pop(),
-                    up,
-                    self.linear(&format!("{p}.mlp.down_proj"), h, f, false)?,
-                )
+                (parts.pop(), up, self.linear(&format!("{p}.mlp.down_proj"), h, f, false)?)
             }
             (MlpKind::Gated, _) => (
                 Some(self.linear(&format!("{p}.mlp.gate_proj"), f, h, c.mlp_bias)?),
@@ -206,31 +169,17 @@ impl Weights {
         let l = Loader { store, c };
         let h = c.hidden_size;
         let embed = store.require("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let layers = (0..c.num_layers)
-            .map(|i| l.layer(i))
-            .collect::<Result<Vec<_>>>()?;
-        let final_name = if c.architecture == Architecture::Phi {
-            "model.final_layernorm"
-        } else {
-            "model.norm"
-        };
+        let layers = (0..c.num_layers).map(|i| l.layer(i)).collect::<Result<Vec<_>>>()?;
+        let final_name = if c.architecture == Architecture::Phi { "model.final_layernorm" } else { "model.norm" };
         let final_norm = l.norm(final_name, h, c.norm_kind == NormKind::Layer)?;
         // Tied models use the embedding as the head, as transformers' tie_weights does,
         // even when a checkpoint also stores a (redundant) lm_head.weight.
         let lm_head = if c.tie_word_embeddings {
-            Linear {
-                weight: embed.clone(),
-                bias: None,
-            }
+            Linear { weight: embed.clone(), bias: None }
         } else {
             l.linear("lm_head", c.vocab_size, h, c.lm_head_bias)?
         };
-        Ok(Weights {
-            embed,
-            layers,
-            final_norm,
-            lm_head,
-        })
+        Ok(Weights { embed, layers, final_norm, lm_head })
     }
 }
 
@@ -258,13 +207,7 @@ impl Weights {
                 None
             }
         };
-        let total = self
-            .layers
-            .iter()
-            .map(|l| 6 + usize::from(l.gate.is_some()))
-            .sum::<usize>()
-            + 2
-            - usize::from(tied);
+        let total = self.layers.iter().map(|l| 6 + usize::from(l.gate.is_some())).sum::<usize>() + 2 - usize::from(tied);
         let mut done = 0;
         let mut quant = |l: &mut Linear| -> Result<()> {
             if let Some(t) = pick(l.in_features()) {
@@ -277,14 +220,7 @@ impl Weights {
             Ok(())
         };
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.q,
-                &mut layer.k,
-                &mut layer.v,
-                &mut layer.o,
-                &mut layer.up,
-                &mut layer.down,
-            ] {
+            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.up, &mut layer.down] {
                 quant(l)?;
             }
             if let Some(g) = &mut layer.gate {
@@ -296,10 +232,7 @@ impl Weights {
             self.embed = self.lm_head.weight.clone();
         } else {
             quant(&mut self.lm_head)?;
-            let mut e = Linear {
-                weight: self.embed.clone(),
-                bias: None,
-            };
+            let mut e = Linear { weight: self.embed.clone(), bias: None };
             quant(&mut e)?;
             self.embed = e.weight;
         }

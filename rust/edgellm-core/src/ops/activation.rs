@@ -16,10 +16,7 @@ fn gelu_erf(x: f32) -> f32 {
     // the f32 noise of the surrounding matmuls.
     let z = x as f64 / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = (1.0 - poly * (-z * z).exp()).copysign(z);
     (0.5 * x as f64 * (1.0 + erf)) as f32
 }

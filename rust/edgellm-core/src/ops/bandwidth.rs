@@ -16,17 +16,12 @@ const BLOCK: usize = 1 << 20;
 /// code the compiler vectorizes: far faster than memory on any SIMD machine).
 pub fn read_bandwidth(mib: usize, reps: usize, threads: Option<usize>) -> Result<f64> {
     if mib == 0 || reps == 0 {
-        return Err(Error::arg(
-            "bandwidth probe: mib and reps must be at least 1",
-        ));
+        return Err(Error::arg("bandwidth probe: mib and reps must be at least 1"));
     }
-    let bytes = mib
-        .checked_mul(1 << 20)
-        .ok_or_else(|| Error::arg(format!("bandwidth probe: {mib} MiB overflows")))?;
+    let bytes = mib.checked_mul(1 << 20).ok_or_else(|| Error::arg(format!("bandwidth probe: {mib} MiB overflows")))?;
     let words = bytes / 8;
     let mut buf: Vec<u64> = Vec::new();
-    buf.try_reserve_exact(words)
-        .map_err(|_| Error::arg(format!("bandwidth probe: cannot allocate {mib} MiB")))?;
+    buf.try_reserve_exact(words).map_err(|_| Error::arg(format!("bandwidth probe: cannot allocate {mib} MiB")))?;
     buf.extend((0..words as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let pool = super::matmul::pool(threads)?;
     let per_block = BLOCK / 8;
@@ -44,12 +39,7 @@ pub fn read_bandwidth(mib: usize, reps: usize, threads: Option<usize>) -> Result
                         *a = a.wrapping_add(*v);
                     }
                 }
-                let s = chunks
-                    .remainder()
-                    .iter()
-                    .fold(acc.iter().fold(0u64, |s, v| s.wrapping_add(*v)), |s, v| {
-                        s.wrapping_add(*v)
-                    });
+                let s = chunks.remainder().iter().fold(acc.iter().fold(0u64, |s, v| s.wrapping_add(*v)), |s, v| s.wrapping_add(*v));
                 sink.fetch_add(s, Ordering::Relaxed);
             })
         });

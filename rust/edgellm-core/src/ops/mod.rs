@@ -1,10 +1,10 @@
 //! Tensor operations of the forward pass, on f32 activations.
 
-pub mod activation;
-pub mod bandwidth;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
+pub mod activation;
+pub mod bandwidth;
 pub(crate) mod par;
 
 pub use linear::Linear;

@@ -35,11 +35,7 @@ impl Norm {
                 (mean, 1.0 / (var + self.eps).sqrt())
             }
         };
-        let offset = if self.kind == NormKind::RmsOffset {
-            1.0
-        } else {
-            0.0
-        };
+        let offset = if self.kind == NormKind::RmsOffset { 1.0 } else { 0.0 };
         for (i, v) in row.iter_mut().enumerate() {
             *v = ((*v - center) * scale) * (self.weight[i] + offset);
         }
@@ -75,11 +71,7 @@ impl HeadNorm {
     pub fn apply(&self, x: &mut [f32], heads: usize) {
         let hd = self.norms[0].dim();
         for (i, head) in x.chunks_exact_mut(hd).enumerate() {
-            let n = if self.norms.len() == 1 {
-                &self.norms[0]
-            } else {
-                &self.norms[i % heads]
-            };
+            let n = if self.norms.len() == 1 { &self.norms[0] } else { &self.norms[i % heads] };
             n.apply_row(head);
         }
     }

@@ -44,11 +44,7 @@ fn py_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) {
             out.push_str(&" ".repeat(i * lvl));
         }
     };
-    let (item_sep, key_sep) = if indent.is_some() {
-        (",", ": ")
-    } else {
-        (", ", ": ")
-    };
+    let (item_sep, key_sep) = if indent.is_some() { (",", ": ") } else { (", ", ": ") };
     match v {
         Json::Array(a) if !a.is_empty() => {
             out.push('[');
@@ -90,29 +86,9 @@ fn strftime_now(fmt: String) -> String {
 
 /// A small strftime over a UTC timestamp: the specifiers chat templates use.
 pub(crate) fn strftime_utc(secs: u64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-    ];
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -156,9 +132,7 @@ pub(crate) fn strftime_utc(secs: u64, fmt: &str) -> String {
 
 impl ChatTemplate {
     pub fn new(source: impl Into<String>) -> Self {
-        ChatTemplate {
-            source: source.into(),
-        }
+        ChatTemplate { source: source.into() }
     }
 
     /// The template of tokenizer_config.json: a string, or a list of named
@@ -172,9 +146,7 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str())
                 .map(ChatTemplate::new)),
-            Some(_) => Err(Error::Tokenizer(
-                "tokenizer_config.json: chat_template must be a string or a list".into(),
-            )),
+            Some(_) => Err(Error::Tokenizer("tokenizer_config.json: chat_template must be a string or a list".into())),
         }
     }
 
@@ -194,29 +166,22 @@ impl ChatTemplate {
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<Value, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", strftime_now);
         env.add_filter(
             "tojson",
-            |v: Value,
-             kwargs: minijinja::value::Kwargs|
-             -> std::result::Result<Value, minijinja::Error> {
+            |v: Value, kwargs: minijinja::value::Kwargs| -> std::result::Result<Value, minijinja::Error> {
                 let indent: Option<usize> = kwargs.get("indent")?;
-                let json: Json = serde_json::to_value(&v).map_err(|e| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string())
-                })?;
+                let json: Json =
+                    serde_json::to_value(&v).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
                 let mut s = String::new();
                 py_json(&json, indent, 0, &mut s);
                 Ok(Value::from_safe_string(s))
             },
         );
-        env.add_template("chat", &self.source)
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        env.add_template("chat", &self.source).map_err(|e| Error::ChatTemplate(e.to_string()))?;
         Ok(env)
     }
 
@@ -230,9 +195,7 @@ impl ChatTemplate {
         extra: &Map<String, Json>,
     ) -> Result<String> {
         if !messages.is_array() {
-            return Err(Error::ChatTemplate(
-                "messages must be a list of {\"role\": ..., \"content\": ...} objects".into(),
-            ));
+            return Err(Error::ChatTemplate("messages must be a list of {\"role\": ..., \"content\": ...} objects".into()));
         }
         let env = self.environment()?;
         let mut ctx = Map::new();
@@ -243,18 +206,11 @@ impl ChatTemplate {
             ctx.insert(k.clone(), v.clone());
         }
         ctx.insert("messages".into(), messages.clone());
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Json::Bool(add_generation_prompt),
-        );
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
+        let tmpl = env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
         let mut out = BoundedWriter(Vec::new());
-        tmpl.render_captured_to(Value::from(minijinja::value::Serde(&ctx)), &mut out)
-            .map_err(|e| Error::ChatTemplate(describe(&e)))?;
-        String::from_utf8(out.0)
-            .map_err(|_| Error::ChatTemplate("template produced invalid UTF-8".into()))
+        tmpl.render_captured_to(Value::from(minijinja::value::Serde(&ctx)), &mut out).map_err(|e| Error::ChatTemplate(describe(&e)))?;
+        String::from_utf8(out.0).map_err(|_| Error::ChatTemplate("template produced invalid UTF-8".into()))
     }
 }
 
@@ -279,14 +235,8 @@ mod tests {
 
     #[test]
     fn strftime_known_dates() {
-        assert_eq!(
-            strftime_utc(0, "%d %B %Y %H:%M:%S %a"),
-            "01 January 1970 00:00:00 Thu"
-        );
-        assert_eq!(
-            strftime_utc(1_709_210_096, "%Y-%m-%d %b %A"),
-            "2024-02-29 Feb Thursday"
-        );
+        assert_eq!(strftime_utc(0, "%d %B %Y %H:%M:%S %a"), "01 January 1970 00:00:00 Thu");
+        assert_eq!(strftime_utc(1_709_210_096, "%Y-%m-%d %b %A"), "2024-02-29 Feb Thursday");
     }
 
     #[test]
@@ -297,34 +247,20 @@ mod tests {
         assert_eq!(s, r#"{"a": [1, 2.5, "é<"], "b": {}, "c": null}"#);
         let mut s = String::new();
         py_json(&v, Some(2), 0, &mut s);
-        assert_eq!(
-            s,
-            "{\n  \"a\": [\n    1,\n    2.5,\n    \"é<\"\n  ],\n  \"b\": {},\n  \"c\": null\n}"
-        );
+        assert_eq!(s, "{\n  \"a\": [\n    1,\n    2.5,\n    \"é<\"\n  ],\n  \"b\": {},\n  \"c\": null\n}");
     }
 
     #[test]
     fn sandbox_limits() {
-        let t = ChatTemplate::new(
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-        );
-        let err = t
-            .render(&Json::Array(vec![]), false, &[], &Map::new())
-            .unwrap_err();
+        let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+        let err = t.render(&Json::Array(vec![]), false, &[], &Map::new()).unwrap_err();
         assert!(matches!(err, Error::ChatTemplate(_)), "{err}");
         let t = ChatTemplate::new("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}");
-        assert!(t
-            .render(&Json::Array(vec![]), false, &[], &Map::new())
-            .is_err());
+        assert!(t.render(&Json::Array(vec![]), false, &[], &Map::new()).is_err());
         let t = ChatTemplate::new("{% include 'x' %}");
-        assert!(t
-            .render(&Json::Array(vec![]), false, &[], &Map::new())
-            .is_err());
+        assert!(t.render(&Json::Array(vec![]), false, &[], &Map::new()).is_err());
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}");
-        let e = t
-            .render(&Json::Array(vec![]), false, &[], &Map::new())
-            .unwrap_err()
-            .to_string();
+        let e = t.render(&Json::Array(vec![]), false, &[], &Map::new()).unwrap_err().to_string();
         assert!(e.contains("roles must alternate"), "{e}");
     }
 }

@@ -33,9 +33,7 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::{
-    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence, NFC,
-};
+use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -50,8 +48,10 @@ pub const TYPE_CONTROL: i32 = 3;
 pub const TYPE_USER_DEFINED: i32 = 4;
 // 5 (unused) and 6 (byte, `<0xNN>`) tokens are plain vocabulary entries.
 
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `tokenizer.*` metadata of a GGUF file, decoded and type-checked.
 pub struct GgufVocab<'a> {
@@ -88,18 +88,12 @@ struct PreTokenization {
 
 fn split(regex: &str) -> Result<PreTokenizerWrapper> {
     Ok(PreTokenizerWrapper::Split(
-        Split::new(
-            SplitPattern::Regex(regex.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(tok_err)?,
+        Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?,
     ))
 }
 
 fn pre_tokenization(pre: &str) -> Result<PreTokenization> {
-    let byte_level =
-        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, use_regex));
+    let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, use_regex));
     let seq = |v: Vec<PreTokenizerWrapper>| PreTokenizerWrapper::Sequence(PreSequence::new(v));
     let p = |pre, nfc, ignore_merges, add_bos_default, clean_spaces| PreTokenization {
         pre,
@@ -139,11 +133,7 @@ fn unique_names(tokens: &[&str]) -> (Vec<String>, Vec<bool>) {
     let mut renamed = Vec::with_capacity(tokens.len());
     for (i, &t) in tokens.iter().enumerate() {
         let dup = seen.insert(t, ()).is_some();
-        names.push(if dup {
-            format!("<gguf-duplicate-token-{i}\u{0}>")
-        } else {
-            t.to_string()
-        });
+        names.push(if dup { format!("<gguf-duplicate-token-{i}\u{0}>") } else { t.to_string() });
         renamed.push(dup);
     }
     (names, renamed)
@@ -173,23 +163,12 @@ fn spm_merges(names: &[String], types: &[i32], scores: &[f32]) -> Vec<(String, S
             }
         }
     }
-    found.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
-    found
-        .into_iter()
-        .map(|(_, _, l, r)| (names[l as usize].clone(), names[r as usize].clone()))
-        .collect()
+    found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    found.into_iter().map(|(_, _, l, r)| (names[l as usize].clone(), names[r as usize].clone())).collect()
 }
 
 fn is_byte_token(t: &str) -> bool {
-    t.len() == 6
-        && t.starts_with("<0x")
-        && t.ends_with('>')
-        && u8::from_str_radix(&t[3..5], 16).is_ok()
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok()
 }
 
 impl GgufVocab<'_> {
@@ -211,9 +190,7 @@ impl GgufVocab<'_> {
             return Err(Error::format("tokenizer.ggml.tokens is empty"));
         }
         if n > u32::MAX as usize {
-            return Err(Error::format(format!(
-                "tokenizer.ggml.tokens lists {n} tokens (too many)"
-            )));
+            return Err(Error::format(format!("tokenizer.ggml.tokens lists {n} tokens (too many)")));
         }
         let types = match &self.token_types {
             Some(t) if t.len() != n => {
@@ -227,10 +204,7 @@ impl GgufVocab<'_> {
         };
         if let Some(s) = &self.scores {
             if s.len() != n {
-                return Err(Error::format(format!(
-                    "tokenizer.ggml.scores lists {} scores for {n} tokens",
-                    s.len()
-                )));
+                return Err(Error::format(format!("tokenizer.ggml.scores lists {} scores for {n} tokens", s.len())));
             }
         }
         let spm = match self.model {
@@ -243,42 +217,23 @@ impl GgufVocab<'_> {
             }
         };
         // llama.cpp's defaults for old files without these keys.
-        let (bos_default, eos_default, unk_default) = if spm {
-            (Some(1), Some(2), Some(0))
-        } else {
-            (None, None, None)
-        };
+        let (bos_default, eos_default, unk_default) = if spm { (Some(1), Some(2), Some(0)) } else { (None, None, None) };
         let in_range = |d: Option<u32>| d.filter(|&i| (i as usize) < n);
-        let bos = self
-            .check_id("bos_token_id", self.bos)?
-            .or(in_range(bos_default));
-        let eos = self
-            .check_id("eos_token_id", self.eos)?
-            .or(in_range(eos_default));
+        let bos = self.check_id("bos_token_id", self.bos)?.or(in_range(bos_default));
+        let eos = self.check_id("eos_token_id", self.eos)?.or(in_range(eos_default));
         let pad = self.check_id("padding_token_id", self.pad)?;
         let unk = self.check_id("unknown_token_id", self.unk)?.or_else(|| {
-            types
-                .iter()
-                .position(|&t| t == TYPE_UNKNOWN)
-                .map(|i| i as u32)
-                .or(if spm { in_range(unk_default) } else { None })
+            types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| i as u32).or(if spm { in_range(unk_default) } else { None })
         });
 
         let (names, renamed) = unique_names(&self.tokens);
-        let vocab: Vocab = names
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i as u32))
-            .collect();
+        let vocab: Vocab = names.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
 
         let (mut inner, add_bos, clean_spaces) = if spm {
             let scores = self.scores.clone().unwrap_or_else(|| vec![0.0; n]);
             let merges = spm_merges(&names, &types, &scores);
             let byte_fallback = names.iter().any(|t| is_byte_token(t));
-            let mut b = BPE::builder()
-                .vocab_and_merges(vocab, merges)
-                .fuse_unk(true)
-                .byte_fallback(byte_fallback);
+            let mut b = BPE::builder().vocab_and_merges(vocab, merges).fuse_unk(true).byte_fallback(byte_fallback);
             if let Some(u) = unk {
                 b = b.unk_token(names[u as usize].clone());
             }
@@ -290,10 +245,7 @@ impl GgufVocab<'_> {
                 norms.push(Prepend::new("▁".into()).into());
             }
             norms.push(Replace::new(" ", "▁").map_err(tok_err)?.into());
-            t.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
-                norms,
-            ))))
-            .map_err(tok_err)?;
+            t.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(norms)))).map_err(tok_err)?;
             let mut decs: Vec<DecoderWrapper> = vec![
                 DecoderWrapper::Replace(Replace::new("▁", " ").map_err(tok_err)?),
                 DecoderWrapper::ByteFallback(ByteFallback::new()),
@@ -306,25 +258,17 @@ impl GgufVocab<'_> {
             (t, self.add_bos.unwrap_or(true), false)
         } else {
             let pre = pre_tokenization(self.pre.unwrap_or("default"))?;
-            let merges_src = self.merges.as_ref().ok_or_else(|| {
-                Error::format(
-                    "tokenizer.ggml.model is \"gpt2\" but tokenizer.ggml.merges is missing",
-                )
-            })?;
+            let merges_src = self
+                .merges
+                .as_ref()
+                .ok_or_else(|| Error::format("tokenizer.ggml.model is \"gpt2\" but tokenizer.ggml.merges is missing"))?;
             let mut merges = Vec::new();
             for (i, m) in merges_src.iter().enumerate() {
                 // As llama.cpp: split at the first space after the first character.
-                let cut = m
-                    .char_indices()
-                    .nth(1)
-                    .and_then(|(k, _)| m[k..].find(' ').map(|p| p + k));
+                let cut = m.char_indices().nth(1).and_then(|(k, _)| m[k..].find(' ').map(|p| p + k));
                 match cut {
                     Some(p) => merges.push((m[..p].to_string(), m[p + 1..].to_string())),
-                    None => {
-                        return Err(Error::format(format!(
-                        "tokenizer.ggml.merges[{i}] {m:?} is not two tokens separated by a space"
-                    )))
-                    }
+                    None => return Err(Error::format(format!("tokenizer.ggml.merges[{i}] {m:?} is not two tokens separated by a space"))),
                 }
             }
             let model = BPE::builder()
@@ -334,18 +278,11 @@ impl GgufVocab<'_> {
                 .map_err(|e| Error::format(format!("tokenizer.ggml.merges: {e}")))?;
             let mut t = tokenizers::Tokenizer::new(model);
             if pre.nfc {
-                t.with_normalizer(Some(NormalizerWrapper::NFC(NFC)))
-                    .map_err(tok_err)?;
+                t.with_normalizer(Some(NormalizerWrapper::NFC(NFC))).map_err(tok_err)?;
             }
             t.with_pre_tokenizer(Some(pre.pre));
-            t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
-                false, false, false,
-            ))));
-            (
-                t,
-                self.add_bos.unwrap_or(pre.add_bos_default),
-                pre.clean_spaces,
-            )
+            t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
+            (t, self.add_bos.unwrap_or(pre.add_bos_default), pre.clean_spaces)
         };
 
         // Special and user-defined tokens, matched in raw text before the model.
@@ -357,12 +294,8 @@ impl GgufVocab<'_> {
                 .map(|(i, _)| AddedToken::from(names[i].clone(), special).normalized(false))
                 .collect()
         };
-        inner
-            .add_special_tokens(added(&[TYPE_CONTROL, TYPE_UNKNOWN], true))
-            .map_err(tok_err)?;
-        inner
-            .add_tokens(added(&[TYPE_USER_DEFINED], false))
-            .map_err(tok_err)?;
+        inner.add_special_tokens(added(&[TYPE_CONTROL, TYPE_UNKNOWN], true)).map_err(tok_err)?;
+        inner.add_tokens(added(&[TYPE_USER_DEFINED], false)).map_err(tok_err)?;
 
         // BOS/EOS as the post-processor adds them (encode with add_special_tokens).
         let add_eos = self.add_eos.unwrap_or(false);
@@ -370,28 +303,16 @@ impl GgufVocab<'_> {
         let mut specials: Vec<SpecialToken> = Vec::new();
         if let (true, Some(b)) = (add_bos, bos) {
             single.push("bos".into());
-            specials.push(
-                SpecialToken::new("bos".into(), vec![b], vec![names[b as usize].clone()])
-                    .map_err(tok_err)?,
-            );
+            specials.push(SpecialToken::new("bos".into(), vec![b], vec![names[b as usize].clone()]).map_err(tok_err)?);
         }
         single.push("$A".into());
         if let (true, Some(e)) = (add_eos, eos) {
             single.push("eos".into());
-            specials.push(
-                SpecialToken::new("eos".into(), vec![e], vec![names[e as usize].clone()])
-                    .map_err(tok_err)?,
-            );
+            specials.push(SpecialToken::new("eos".into(), vec![e], vec![names[e as usize].clone()]).map_err(tok_err)?);
         }
         if !specials.is_empty() {
             let mut pair = single.clone();
-            pair.extend(single.iter().map(|p| {
-                if p == "$A" {
-                    "$B".to_string()
-                } else {
-                    p.clone()
-                }
-            }));
+            pair.extend(single.iter().map(|p| if p == "$A" { "$B".to_string() } else { p.clone() }));
             let tp = TemplateProcessing::builder()
                 .try_single(single)
                 .map_err(tok_err)?
@@ -413,10 +334,7 @@ impl GgufVocab<'_> {
         set("eos_token", eos);
         set("unk_token", unk);
         set("pad_token", pad);
-        config.insert(
-            "clean_up_tokenization_spaces".into(),
-            Value::Bool(clean_spaces),
-        );
+        config.insert("clean_up_tokenization_spaces".into(), Value::Bool(clean_spaces));
         if let Some(t) = self.chat_template {
             config.insert("chat_template".into(), Value::String(t.to_string()));
         }
@@ -462,9 +380,7 @@ mod tests {
     #[test]
     fn duplicate_tokens_keep_their_ids() {
         let toks = vec!["<unk>", "<s>", "</s>", "▁", "a", "a"];
-        let t = vocab(toks, vec![0.0; 6], vec![2, 3, 3, 1, 1, 1])
-            .build()
-            .unwrap();
+        let t = vocab(toks, vec![0.0; 6], vec![2, 3, 3, 1, 1, 1]).build().unwrap();
         assert_eq!(t.vocab_size(), 6);
         assert_eq!(t.encode("a", false).unwrap(), vec![3, 4]);
     }

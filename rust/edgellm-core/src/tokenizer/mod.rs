@@ -38,10 +38,7 @@ fn has_byte_fallback(d: &tokenizers::DecoderWrapper) -> bool {
 
 /// A `<0xNN>` byte-fallback token, exactly as the `ByteFallback` decoder recognises it.
 fn is_byte_token(token: &str) -> bool {
-    token.len() == 6
-        && token.starts_with("<0x")
-        && token.ends_with('>')
-        && u8::from_str_radix(&token[3..5], 16).is_ok()
+    token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') && u8::from_str_radix(&token[3..5], 16).is_ok()
 }
 
 /// A token given in tokenizer_config.json as `"<s>"` or `{"content": "<s>", ...}`.
@@ -82,9 +79,7 @@ impl Tokenizer {
                 None => Ok(None),
                 Some(s) => match inner.token_to_id(&s) {
                     Some(id) => Ok(Some((s, id))),
-                    None => Err(Error::Tokenizer(format!(
-                        "tokenizer_config.json: {key} {s:?} is not in the vocabulary"
-                    ))),
+                    None => Err(Error::Tokenizer(format!("tokenizer_config.json: {key} {s:?} is not in the vocabulary"))),
                 },
             }
         };
@@ -92,15 +87,7 @@ impl Tokenizer {
         let eos = lookup("eos_token")?;
         let flag = |key: &str| config.get(key).and_then(Value::as_bool);
         let mut special_strings = Vec::new();
-        for key in [
-            "bos_token",
-            "eos_token",
-            "unk_token",
-            "pad_token",
-            "sep_token",
-            "cls_token",
-            "mask_token",
-        ] {
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"] {
             if let Some(s) = token_string(config.get(key)) {
                 special_strings.push((key.to_string(), s));
             }
@@ -144,10 +131,7 @@ impl Tokenizer {
     /// post-processor adds them. This is what transformers 5 does: it ignores the
     /// `add_bos_token`/`add_eos_token` flags when a tokenizer.json is present.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -155,10 +139,7 @@ impl Tokenizer {
     /// vocabulary are an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab_size) {
-            return Err(Error::InvalidToken {
-                id: bad as i64,
-                vocab_size: self.vocab_size,
-            });
+            return Err(Error::InvalidToken { id: bad as i64, vocab_size: self.vocab_size });
         }
         self.decode_lenient(ids, skip_special_tokens)
     }
@@ -182,33 +163,15 @@ impl Tokenizer {
     /// Like [`decode`](Self::decode) but ids without a token decode to nothing
     /// (models may pad their vocabulary beyond the tokenizer's).
     pub(crate) fn decode_lenient(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(if self.clean_up_spaces {
-            clean_up_tokenization(&text)
-        } else {
-            text
-        })
+        let text = self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
     }
 }
 
 /// transformers' `clean_up_tokenization`: drops the space before punctuation and
 /// English contractions.
 fn clean_up_tokenization(s: &str) -> String {
-    [
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ]
-    .iter()
-    .fold(s.to_string(), |acc, (from, to)| acc.replace(from, to))
+    [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+        .iter()
+        .fold(s.to_string(), |acc, (from, to)| acc.replace(from, to))
 }

@@ -44,11 +44,7 @@ impl TextStream {
     /// A stream continuing after `context` (e.g. the prompt's ids).
     pub fn new(context: &[u32]) -> Self {
         let ctx = &context[context.len().saturating_sub(CONTEXT)..];
-        TextStream {
-            ids: ctx.to_vec(),
-            prefix: 0,
-            read: ctx.len(),
-        }
+        TextStream { ids: ctx.to_vec(), prefix: 0, read: ctx.len() }
     }
 
     /// Adds one id; returns the newly completed text (possibly empty).
@@ -75,11 +71,7 @@ impl TextStream {
         let after = tok.decode_lenient(&self.ids[self.prefix..], true)?;
         self.prefix = self.read;
         self.read = self.ids.len();
-        Ok(if after.len() > before.len() {
-            added(&before, &after)
-        } else {
-            String::new()
-        })
+        Ok(if after.len() > before.len() { added(&before, &after) } else { String::new() })
     }
 }
 
@@ -89,12 +81,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Tokenizer {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/tokenizers")
-            .join(name);
-        Tokenizer::from_dir(&dir)
-            .unwrap()
-            .expect("fixture tokenizer.json")
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers").join(name);
+        Tokenizer::from_dir(&dir).unwrap().expect("fixture tokenizer.json")
     }
 
     /// Streams `gen` after `context` one id at a time: (pieces, flushed tail).
@@ -108,20 +96,12 @@ mod tests {
     /// context, and no piece carries a U+FFFD the full text does not have.
     fn check(tok: &Tokenizer, context: &[u32], gen: &[u32]) {
         let (pieces, tail) = stream(tok, context, gen);
-        let joined: String = pieces
-            .iter()
-            .map(String::as_str)
-            .chain([tail.as_str()])
-            .collect();
+        let joined: String = pieces.iter().map(String::as_str).chain([tail.as_str()]).collect();
         let ctx_text = tok.decode(context, true).unwrap();
         let mut all = context.to_vec();
         all.extend_from_slice(gen);
         let full = tok.decode(&all, true).unwrap();
-        assert_eq!(
-            format!("{ctx_text}{joined}"),
-            full,
-            "context {context:?} gen {gen:?} pieces {pieces:?}"
-        );
+        assert_eq!(format!("{ctx_text}{joined}"), full, "context {context:?} gen {gen:?} pieces {pieces:?}");
         if !full.contains('\u{FFFD}') {
             assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
         }
@@ -130,8 +110,7 @@ mod tests {
     /// The context ends in an open byte run or an incomplete character, which the
     /// generated ids could complete.
     fn context_open(tok: &Tokenizer, ctx: &[u32]) -> bool {
-        tok.may_extend_byte_run(*ctx.last().unwrap())
-            || tok.decode(ctx, true).unwrap().ends_with('\u{FFFD}')
+        tok.may_extend_byte_run(*ctx.last().unwrap()) || tok.decode(ctx, true).unwrap().ends_with('\u{FFFD}')
     }
 
     const TEXTS: [&str; 7] = [
@@ -162,13 +141,7 @@ mod tests {
                 check(&tok, &ctx, &gen);
                 let (pieces, tail) = stream(&tok, &ctx, &gen);
                 // Valid text never shows a replacement character, even mid-stream.
-                assert!(
-                    pieces
-                        .iter()
-                        .chain([&tail])
-                        .all(|p| !p.contains('\u{FFFD}')),
-                    "{name} {pieces:?}"
-                );
+                assert!(pieces.iter().chain([&tail]).all(|p| !p.contains('\u{FFFD}')), "{name} {pieces:?}");
             }
         }
     }
@@ -178,10 +151,7 @@ mod tests {
         // The fixtures' point: CJK/emoji go through <0xNN> tokens in the SPM tokenizer.
         let tok = fixture("spm_bpe");
         let ids = tok.encode("😀", false).unwrap();
-        assert!(
-            ids.iter().filter(|&&i| tok.may_extend_byte_run(i)).count() >= 4,
-            "{ids:?}"
-        );
+        assert!(ids.iter().filter(|&&i| tok.may_extend_byte_run(i)).count() >= 4, "{ids:?}");
         assert!(!fixture("bytelevel_bpe").may_extend_byte_run(ids[0]));
     }
 
@@ -192,10 +162,7 @@ mod tests {
         let b = |x: u8| tok.token_to_id(&format!("<0x{x:02X}>")).unwrap();
         let ctx = tok.encode("Hello", true).unwrap();
         let word = tok.encode("et", false).unwrap();
-        let gen: Vec<u32> = [b(0x42), b(0x88)]
-            .into_iter()
-            .chain(word.iter().copied())
-            .collect();
+        let gen: Vec<u32> = [b(0x42), b(0x88)].into_iter().chain(word.iter().copied()).collect();
         check(&tok, &ctx, &gen);
         let (pieces, tail) = stream(&tok, &ctx, &gen);
         let joined: String = pieces.concat() + &tail;
@@ -219,21 +186,11 @@ mod tests {
         });
         runner
             .run(
-                &(
-                    0usize..2,
-                    proptest::collection::vec(0u32..512, 1..6),
-                    proptest::collection::vec(0u32..512, 0..24),
-                ),
+                &(0usize..2, proptest::collection::vec(0u32..512, 1..6), proptest::collection::vec(0u32..512, 0..24)),
                 |(t, ctx, gen)| {
                     let tok = &toks[t];
-                    let ctx: Vec<u32> = ctx
-                        .into_iter()
-                        .map(|i| i % tok.vocab_size() as u32)
-                        .collect();
-                    let gen: Vec<u32> = gen
-                        .into_iter()
-                        .map(|i| i % tok.vocab_size() as u32)
-                        .collect();
+                    let ctx: Vec<u32> = ctx.into_iter().map(|i| i % tok.vocab_size() as u32).collect();
+                    let gen: Vec<u32> = gen.into_iter().map(|i| i % tok.vocab_size() as u32).collect();
                     // Streaming reproduces the full decode unless the context ends
                     // in an open byte run or an incomplete character, which the
                     // generated ids could complete (rewriting the context's text).

@@ -37,10 +37,7 @@ pub fn pools() -> &'static [ThreadPool; 2] {
 
 /// The kernel table of every instruction set this machine runs.
 pub fn all_kernels() -> Vec<&'static Kernels> {
-    Isa::supported()
-        .into_iter()
-        .map(|i| Kernels::for_isa(i).unwrap())
-        .collect()
+    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
 }
 
 pub fn params(
@@ -51,14 +48,7 @@ pub fn params(
     window: Option<usize>,
     softcap: Option<f32>,
 ) -> AttentionParams {
-    AttentionParams {
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        scale,
-        window,
-        softcap,
-    }
+    AttentionParams { num_heads: nh, num_kv_heads: nkv, head_dim: hd, scale, window, softcap }
 }
 
 /// A one-layer cache holding `k`, `v` (`[len × kv_heads × head_dim]`).
@@ -74,10 +64,7 @@ pub fn cache_with(kv_heads: usize, hd: usize, k: &[f32], v: &[f32]) -> KvCache {
 /// Largest `|got − want| / max(1, |want|)`.
 pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-        .fold(0.0, f32::max)
+    got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max)
 }
 
 pub fn bits(x: &[f32]) -> Vec<u32> {

@@ -64,11 +64,7 @@ unsafe fn body<const BITS: u32, const ASYM: bool, const DOT: bool>(
         let (wb, ab) = (wp.add(sp.bytes * i), ap.add(136 * i));
         let mut lo0 = vld1q_u8(wb.add(sp.qs));
         let mut lo1 = vld1q_u8(wb.add(sp.qs + 16));
-        let qh = if BITS == 3 {
-            vld1q_u8(wb.add(sp.qh))
-        } else {
-            vdupq_n_u8(0)
-        };
+        let qh = if BITS == 3 { vld1q_u8(wb.add(sp.qh)) } else { vdupq_n_u8(0) };
         let d = f16_ld(wb);
         let m = if ASYM { f16_ld(wb.add(2)) } else { 0.0 };
         let a = &mut acc[i % 2];
@@ -82,18 +78,12 @@ unsafe fn body<const BITS: u32, const ASYM: bool, const DOT: bool>(
                 u1 = vorrq_u8(u1, vandq_u8(vtstq_u8(qh, vdupq_n_u8(16 << s)), four));
             }
             let y = ab.add(34 * s);
-            let (y0, y1) = (
-                vld1q_s8(y.add(2) as *const i8),
-                vld1q_s8(y.add(18) as *const i8),
-            );
+            let (y0, y1) = (vld1q_s8(y.add(2) as *const i8), vld1q_s8(y.add(18) as *const i8));
             let da = f16_ld(y);
             let (q0, q1) = if ASYM {
                 (vreinterpretq_s8_u8(u0), vreinterpretq_s8_u8(u1))
             } else {
-                (
-                    vsubq_s8(vreinterpretq_s8_u8(u0), zero),
-                    vsubq_s8(vreinterpretq_s8_u8(u1), zero),
-                )
+                (vsubq_s8(vreinterpretq_s8_u8(u0), zero), vsubq_s8(vreinterpretq_s8_u8(u1), zero))
             };
             let p = dot16::<DOT>(dot16::<DOT>(vdupq_n_s32(0), q0, y0), q1, y1);
             *a = vfmaq_n_f32(*a, vcvtq_f32_s32(p), d * da);

@@ -1,7 +1,7 @@
 //! aarch64 kernels, reached only through tables built after run-time detection.
 
+pub mod neon;
 pub mod gemm_neon;
 pub mod lowbit_neon;
-pub mod neon;
-pub mod nf4_fp8_neon;
 pub mod quant_neon;
+pub mod nf4_fp8_neon;

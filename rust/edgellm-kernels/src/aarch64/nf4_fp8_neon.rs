@@ -79,14 +79,8 @@ mod imp {
     unsafe fn e4m3_bits(h: uint16x8_t) -> uint16x8_t {
         // Sign at bit 15, magnitude at 14..8: an arithmetic shift by one and
         // clearing bit 14 moves the magnitude to bits 13..7.
-        let h = vandq_u16(
-            vreinterpretq_u16_s16(vshrq_n_s16::<1>(vreinterpretq_s16_u16(h))),
-            vdupq_n_u16(0xBFFF),
-        );
-        vorrq_u16(
-            h,
-            vceqq_u16(vandq_u16(h, vdupq_n_u16(0x7FFF)), vdupq_n_u16(0x3F80)),
-        )
+        let h = vandq_u16(vreinterpretq_u16_s16(vshrq_n_s16::<1>(vreinterpretq_s16_u16(h))), vdupq_n_u16(0xBFFF));
+        vorrq_u16(h, vceqq_u16(vandq_u16(h, vdupq_n_u16(0x7FFF)), vdupq_n_u16(0x3F80)))
     }
 
     /// The 16 FP8 codes at `p` as f32 (E4M3: `value / 256`), 4 vectors of 4.
@@ -153,12 +147,7 @@ mod imp {
     #[inline(always)]
     unsafe fn nf4_table() -> uint8x16x4_t {
         let p = NF4_VALUES.as_ptr() as *const u8;
-        uint8x16x4_t(
-            vld1q_u8(p),
-            vld1q_u8(p.add(16)),
-            vld1q_u8(p.add(32)),
-            vld1q_u8(p.add(48)),
-        )
+        uint8x16x4_t(vld1q_u8(p), vld1q_u8(p.add(16)), vld1q_u8(p.add(32)), vld1q_u8(p.add(48)))
     }
 
     /// Values of 16 codes (`codes4`: each code times 4), 4 vectors of 4.

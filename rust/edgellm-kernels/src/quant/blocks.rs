@@ -300,6 +300,4 @@ const _: () = assert!(offset_of!(BlockQ3K, hmask) == 0 && offset_of!(BlockQ2K, s
 const _: () = assert!(offset_of!(BlockNF4, d) == 0 && offset_of!(BlockFp8, d) == 0);
 
 /// The 16 levels of `iq4_nl` (and `iq4_xs`).
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];

@@ -55,9 +55,7 @@ pub(crate) fn check_vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) {
 /// activation row for them; returns the bytes of one weight row.
 #[inline]
 pub(crate) fn check_gemv(ty: GgmlType, w: &[u8], act: &[u8], n: usize, rows: usize) -> usize {
-    let rb = ty
-        .row_bytes(n)
-        .unwrap_or_else(|| panic!("gemv_q: {n} elements are not whole {} blocks", ty.name()));
+    let rb = ty.row_bytes(n).unwrap_or_else(|| panic!("gemv_q: {n} elements are not whole {} blocks", ty.name()));
     assert!(
         rows.checked_mul(rb) == Some(w.len()),
         "gemv_q: {rows} {} rows of {n} elements are {rb} bytes each, got {} bytes",
@@ -87,12 +85,7 @@ pub fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
 /// [`vec_dot_type`]`(ty)`, ggml's reference rounding). Panics on a length mismatch.
 pub fn quantize_act(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
     let at = vec_dot_type(ty);
-    assert!(
-        ty.row_bytes(x.len()).is_some(),
-        "quantize_act: {} elements are not whole {} blocks",
-        x.len(),
-        ty.name()
-    );
+    assert!(ty.row_bytes(x.len()).is_some(), "quantize_act: {} elements are not whole {} blocks", x.len(), ty.name());
     if let Err(e) = super::quantize_row(at, x, dst) {
         panic!("quantize_act: {e}");
     }
@@ -123,9 +116,7 @@ pub(crate) fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: usize) ->
         Q5K => q5_k(w, act),
         Q6K => q6_k(w, act),
         Q8K => q8_k(w, act),
-        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => {
-            super::lowbit::vec_dot(&super::lowbit::spec(ty).expect("low-bit type"), w, act)
-        }
+        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => super::lowbit::vec_dot(&super::lowbit::spec(ty).expect("low-bit type"), w, act),
         NF4 => super::nf4_fp8::dot_nf4(w, act),
         F8E4M3 => super::nf4_fp8::dot_fp8(super::minifloat::Fp8::E4M3, w, act),
         F8E5M2 => super::nf4_fp8::dot_fp8(super::minifloat::Fp8::E5M2, w, act),
@@ -133,13 +124,7 @@ pub(crate) fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: usize) ->
 }
 
 /// Float weights against an f32 activation row, widened in chunks and reduced by `dot`.
-pub(crate) fn float_dot(
-    ty: GgmlType,
-    w: &[u8],
-    act: &[u8],
-    n: usize,
-    dot: fn(&[f32], &[f32]) -> f32,
-) -> f32 {
+pub(crate) fn float_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize, dot: fn(&[f32], &[f32]) -> f32) -> f32 {
     const CHUNK: usize = 256;
     let (wb, ab) = (ty.block_bytes(), 4);
     let mut wf = [0f32; CHUNK];
@@ -177,8 +162,7 @@ fn q4_0(w: &[u8], act: &[u8]) -> f32 {
         let mut isum = 0i32;
         for j in 0..16 {
             let q = wb[2 + j];
-            isum +=
-                ((q & 0x0F) as i32 - 8) * a8(ab, 2 + j) + ((q >> 4) as i32 - 8) * a8(ab, 18 + j);
+            isum += ((q & 0x0F) as i32 - 8) * a8(ab, 2 + j) + ((q >> 4) as i32 - 8) * a8(ab, 18 + j);
         }
         sum += f16_at(wb, 0) * f16_at(ab, 0) * isum as f32;
     }
@@ -204,12 +188,7 @@ fn q4_1(w: &[u8], act: &[u8]) -> f32 {
 fn q5_0(w: &[u8], act: &[u8]) -> f32 {
     let mut sum = 0f32;
     for (wb, ab) in w.chunks_exact(22).zip(act.chunks_exact(34)) {
-        let qh = u32::from_le_bytes([
-            wb[Q5_0_QH],
-            wb[Q5_0_QH + 1],
-            wb[Q5_0_QH + 2],
-            wb[Q5_0_QH + 3],
-        ]);
+        let qh = u32::from_le_bytes([wb[Q5_0_QH], wb[Q5_0_QH + 1], wb[Q5_0_QH + 2], wb[Q5_0_QH + 3]]);
         let mut isum = 0i32;
         for j in 0..16 {
             let q = wb[Q5_0_QS + j] as u32;
@@ -225,12 +204,7 @@ fn q5_0(w: &[u8], act: &[u8]) -> f32 {
 fn q5_1(w: &[u8], act: &[u8]) -> f32 {
     let mut sum = 0f32;
     for (wb, ab) in w.chunks_exact(24).zip(act.chunks_exact(34)) {
-        let qh = u32::from_le_bytes([
-            wb[Q5_1_QH],
-            wb[Q5_1_QH + 1],
-            wb[Q5_1_QH + 2],
-            wb[Q5_1_QH + 3],
-        ]);
+        let qh = u32::from_le_bytes([wb[Q5_1_QH], wb[Q5_1_QH + 1], wb[Q5_1_QH + 2], wb[Q5_1_QH + 3]]);
         let (mut isum, mut asum) = (0i32, 0i32);
         for j in 0..16 {
             let q = wb[Q5_1_QS + j] as u32;
@@ -327,11 +301,8 @@ fn q3_k(w: &[u8], act: &[u8]) -> f32 {
 
 /// q4_K (`qh = None`) and q5_K: 8 sub-blocks of 32 with 6-bit scales and mins.
 fn q45_k(w: &[u8], act: &[u8], five: bool) -> f32 {
-    let (bw, dmin_at, sc_at, qs_at) = if five {
-        (176, Q5K_DMIN, Q5K_SCALES, Q5K_QS)
-    } else {
-        (144, Q4K_DMIN, Q4K_SCALES, Q4K_QS)
-    };
+    let (bw, dmin_at, sc_at, qs_at) =
+        if five { (176, Q5K_DMIN, Q5K_SCALES, Q5K_QS) } else { (144, Q4K_DMIN, Q4K_SCALES, Q4K_QS) };
     let mut sum = 0f32;
     for (wb, ab) in w.chunks_exact(bw).zip(act.chunks_exact(292)) {
         let scales = &wb[sc_at..sc_at + 12];
@@ -340,8 +311,7 @@ fn q45_k(w: &[u8], act: &[u8], five: bool) -> f32 {
             for h in 0..2 {
                 let (sc, m) = scale_min_k4(2 * j + h, scales);
                 let sub = 2 * j + h;
-                msum += m as i32
-                    * (i16_at(ab, Q8K_BSUMS + 4 * sub) + i16_at(ab, Q8K_BSUMS + 4 * sub + 2));
+                msum += m as i32 * (i16_at(ab, Q8K_BSUMS + 4 * sub) + i16_at(ab, Q8K_BSUMS + 4 * sub + 2));
                 let mut t = 0i32;
                 for l in 0..32 {
                     let byte = wb[qs_at + 32 * j + l];

@@ -47,34 +47,10 @@ impl Spec {
 pub(crate) fn spec(ty: GgmlType) -> Option<Spec> {
     use GgmlType::*;
     Some(match ty {
-        Q3G128 => Spec {
-            bits: 3,
-            asym: false,
-            qs: Q3G_QS,
-            qh: Q3G_QH,
-            bytes: 50,
-        },
-        Q3AG128 => Spec {
-            bits: 3,
-            asym: true,
-            qs: Q3AG_QS,
-            qh: Q3AG_QH,
-            bytes: 52,
-        },
-        Q2G128 => Spec {
-            bits: 2,
-            asym: false,
-            qs: Q2G_QS,
-            qh: 0,
-            bytes: 34,
-        },
-        Q2AG128 => Spec {
-            bits: 2,
-            asym: true,
-            qs: Q2AG_QS,
-            qh: 0,
-            bytes: 36,
-        },
+        Q3G128 => Spec { bits: 3, asym: false, qs: Q3G_QS, qh: Q3G_QH, bytes: 50 },
+        Q3AG128 => Spec { bits: 3, asym: true, qs: Q3AG_QS, qh: Q3AG_QH, bytes: 52 },
+        Q2G128 => Spec { bits: 2, asym: false, qs: Q2G_QS, qh: 0, bytes: 34 },
+        Q2AG128 => Spec { bits: 2, asym: true, qs: Q2AG_QS, qh: 0, bytes: 36 },
         _ => return None,
     })
 }
@@ -114,36 +90,18 @@ fn put_f16(b: &mut [u8], at: usize, v: f16) {
 /// the f16 scale `d` and (asymmetric formats) min `m`. These are stored exactly:
 /// dequantizing gives `d·(u − 2^(bits−1))` or `d·u + m`. `m` must be empty for
 /// symmetric formats. Errors on wrong lengths or an out-of-range code.
-pub fn pack_row(
-    ty: GgmlType,
-    codes: &[u8],
-    d: &[f16],
-    m: &[f16],
-    dst: &mut [u8],
-) -> Result<(), QuantError> {
+pub fn pack_row(ty: GgmlType, codes: &[u8], d: &[f16], m: &[f16], dst: &mut [u8]) -> Result<(), QuantError> {
     let sp = spec_or_err(ty)?;
     check_len(ty, codes.len(), dst.len())?;
     let nb = codes.len() / GROUP;
     let want_m = if sp.asym { nb } else { 0 };
     if d.len() != nb || m.len() != want_m {
-        return Err(QuantError::Length {
-            ty,
-            elems: codes.len(),
-            bytes: dst.len(),
-        });
+        return Err(QuantError::Length { ty, elems: codes.len(), bytes: dst.len() });
     }
     if let Some(at) = codes.iter().position(|&u| u as u32 >= sp.levels()) {
-        return Err(QuantError::Code {
-            ty,
-            at,
-            code: codes[at],
-        });
+        return Err(QuantError::Code { ty, at, code: codes[at] });
     }
-    for (i, (b, c)) in dst
-        .chunks_exact_mut(sp.bytes)
-        .zip(codes.chunks_exact(GROUP))
-        .enumerate()
-    {
+    for (i, (b, c)) in dst.chunks_exact_mut(sp.bytes).zip(codes.chunks_exact(GROUP)).enumerate() {
         b.fill(0);
         put_f16(b, 0, d[i]);
         if sp.asym {
@@ -159,29 +117,15 @@ pub fn pack_row(
 /// Unpacks a row written by [`pack_row`] (or [`super::quantize_row`]) into its
 /// codes, per-block scales and (asymmetric) mins; `m` must be empty for symmetric
 /// formats.
-pub fn unpack_row(
-    ty: GgmlType,
-    src: &[u8],
-    codes: &mut [u8],
-    d: &mut [f16],
-    m: &mut [f16],
-) -> Result<(), QuantError> {
+pub fn unpack_row(ty: GgmlType, src: &[u8], codes: &mut [u8], d: &mut [f16], m: &mut [f16]) -> Result<(), QuantError> {
     let sp = spec_or_err(ty)?;
     check_len(ty, codes.len(), src.len())?;
     let nb = codes.len() / GROUP;
     if d.len() != nb || m.len() != if sp.asym { nb } else { 0 } {
-        return Err(QuantError::Length {
-            ty,
-            elems: codes.len(),
-            bytes: src.len(),
-        });
+        return Err(QuantError::Length { ty, elems: codes.len(), bytes: src.len() });
     }
     let h16 = |b: &[u8], at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
-    for (i, (b, c)) in src
-        .chunks_exact(sp.bytes)
-        .zip(codes.chunks_exact_mut(GROUP))
-        .enumerate()
-    {
+    for (i, (b, c)) in src.chunks_exact(sp.bytes).zip(codes.chunks_exact_mut(GROUP)).enumerate() {
         d[i] = h16(b, 0);
         if sp.asym {
             m[i] = h16(b, 2);
@@ -220,10 +164,7 @@ pub(super) fn quantize_rtn(sp: &Spec, src: &[f32], dst: &mut [u8]) {
             let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             (f16::from_f32((hi - lo) / qmax), f16::from_f32(lo))
         } else {
-            let ext = x
-                .iter()
-                .copied()
-                .fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a });
+            let ext = x.iter().copied().fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a });
             (f16::from_f32(ext / -(sp.zero() as f32)), f16::ZERO)
         };
         // Non-finite scales (infinite input range) are stored as zero.

@@ -59,13 +59,7 @@ impl Fp8 {
         let e_max = (1 << (7 - m_bits)) - 1;
         match self {
             Fp8::E4M3 if e == e_max && m == (1 << m_bits) - 1 => return f32::NAN,
-            Fp8::E5M2 if e == e_max => {
-                return if m == 0 {
-                    sign * f32::INFINITY
-                } else {
-                    f32::NAN
-                }
-            }
+            Fp8::E5M2 if e == e_max => return if m == 0 { sign * f32::INFINITY } else { f32::NAN },
             _ => {}
         }
         let mag = if e == 0 {
@@ -97,7 +91,7 @@ impl Fp8 {
             return sign;
         }
         let min_exp = 1 - self.bias(); // exponent of the smallest normal
-                                       // The exponent of a (a normal f64: it came from an f32), from its bits.
+        // The exponent of a (a normal f64: it came from an f32), from its bits.
         let e = (((a.to_bits() >> 52) & 0x7ff) as i32 - 1023).max(min_exp);
         // Units of the last place at exponent e (subnormals share min_exp's ulp).
         let ulp = pow2_f64(e - m_bits as i32);

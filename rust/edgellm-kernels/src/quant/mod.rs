@@ -47,16 +47,16 @@ pub enum GgmlType {
 }
 
 pub mod blocks;
+pub mod minifloat;
 mod dequant;
 mod dot;
 pub mod lowbit;
-pub mod minifloat;
 pub(crate) mod nf4_fp8;
-pub mod qgemm;
 mod quantize;
+pub mod qgemm;
 
-pub(crate) use dot::check_gemv;
 pub use dot::{act_row_bytes, gemv_q, quantize_act, vec_dot, vec_dot_type};
+pub(crate) use dot::check_gemv;
 #[cfg_attr(not(target_arch = "aarch64"), allow(unused_imports))]
 pub(crate) use dot::{check_vec_dot, float_dot, vec_dot_unchecked};
 
@@ -117,10 +117,7 @@ impl GgmlType {
     /// The type named `name` (as [`name`](Self::name) prints it, any case),
     /// GGUF or edgellm-only.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .chain(Self::MINIFLOATS)
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().chain(Self::MINIFLOATS).find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Whether GGUF files can hold this type (it has a ggml id).
@@ -221,11 +218,7 @@ pub enum QuantError {
     /// No routine for this type (yet) in this build.
     Unsupported(GgmlType),
     /// Input or output length is not a whole number of blocks / does not match.
-    Length {
-        ty: GgmlType,
-        elems: usize,
-        bytes: usize,
-    },
+    Length { ty: GgmlType, elems: usize, bytes: usize },
     /// An integer code outside the type's range (packing explicit codes).
     Code { ty: GgmlType, at: usize, code: u8 },
 }
@@ -233,24 +226,12 @@ pub enum QuantError {
 impl std::fmt::Display for QuantError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            QuantError::Unsupported(t) => write!(
-                f,
-                "tensor type {} is not supported by this operation",
-                t.name()
-            ),
+            QuantError::Unsupported(t) => write!(f, "tensor type {} is not supported by this operation", t.name()),
             QuantError::Length { ty, elems, bytes } => {
-                write!(
-                    f,
-                    "{elems} elements do not fit {bytes} bytes of {} blocks",
-                    ty.name()
-                )
+                write!(f, "{elems} elements do not fit {bytes} bytes of {} blocks", ty.name())
             }
             QuantError::Code { ty, at, code } => {
-                write!(
-                    f,
-                    "code {code} at element {at} is out of range for {}",
-                    ty.name()
-                )
+                write!(f, "code {code} at element {at} is out of range for {}", ty.name())
             }
         }
     }
@@ -280,10 +261,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -327,9 +305,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         Q6K => dequant::q6_k(src, dst),
         Q8K => dequant::q8_k(src, dst),
         IQ4NL => dequant::iq4_nl(src, dst),
-        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => {
-            lowbit::dequant(&lowbit::spec(ty).expect("low-bit type"), src, dst)
-        }
+        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::dequant(&lowbit::spec(ty).expect("low-bit type"), src, dst),
         NF4 => nf4_fp8::dequant_nf4(src, dst),
         F8E4M3 => nf4_fp8::dequant_fp8(minifloat::Fp8::E4M3, src, dst),
         F8E5M2 => nf4_fp8::dequant_fp8(minifloat::Fp8::E5M2, src, dst),
@@ -364,9 +340,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         Q6K => quantize::q6_k(src, dst),
         Q8K => quantize::q8_k(src, dst),
         IQ4NL => quantize::iq4_nl(src, dst),
-        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => {
-            lowbit::quantize_rtn(&lowbit::spec(ty).expect("low-bit type"), src, dst)
-        }
+        Q3G128 | Q3AG128 | Q2G128 | Q2AG128 => lowbit::quantize_rtn(&lowbit::spec(ty).expect("low-bit type"), src, dst),
         NF4 => nf4_fp8::quantize_nf4(src, dst),
         F8E4M3 => nf4_fp8::quantize_fp8(minifloat::Fp8::E4M3, src, dst),
         F8E5M2 => nf4_fp8::quantize_fp8(minifloat::Fp8::E5M2, src, dst),

@@ -86,11 +86,7 @@ pub(super) fn quantize_fp8(f: Fp8, x: &[f32], y: &mut [u8]) {
         b[0..2].copy_from_slice(&d.to_bits().to_le_bytes());
         let s = fp8_scale(f, d.to_f32());
         for (q, &v) in b[FP8_QS..FP8_QS + 32].iter_mut().zip(xb) {
-            *q = if s > 0.0 {
-                f.encode_saturating(v / s)
-            } else {
-                0
-            };
+            *q = if s > 0.0 { f.encode_saturating(v / s) } else { 0 };
         }
     }
 }

@@ -214,10 +214,7 @@ pub(super) fn q8_k(x: &[f32], y: &mut [u8]) {
             *o = nearest_int(iscale * v).min(127) as i8 as u8;
         }
         for j in 0..QK_K / 16 {
-            let s: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16]
-                .iter()
-                .map(|&q| q as i8 as i32)
-                .sum();
+            let s: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16].iter().map(|&q| q as i8 as i32).sum();
             b[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2].copy_from_slice(&(s as i16).to_le_bytes());
         }
         b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
@@ -560,16 +557,7 @@ fn q45_k_block(nmax: i32, rmin: f32, nstep: i32, xb: &[f32], b: &mut [u8]) -> [u
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..],
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
+        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..], rmin, 0.1, nstep, false);
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -579,11 +567,7 @@ fn q45_k_block(nmax: i32, rmin: f32, nstep: i32, xb: &[f32], b: &mut [u8]) -> [u
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let sc = &mut b[4..16];
     sc.fill(0);
@@ -688,8 +672,7 @@ pub(super) fn q6_k(x: &[f32], y: &mut [u8]) {
                 let lv = |k: usize| l[j + i + 32 * k] as u8;
                 b[ql + i] = (lv(0) & 0x0F) | ((lv(2) & 0x0F) << 4);
                 b[ql + i + 32] = (lv(1) & 0x0F) | ((lv(3) & 0x0F) << 4);
-                b[qh + i] =
-                    (lv(0) >> 4) | ((lv(1) >> 4) << 2) | ((lv(2) >> 4) << 4) | ((lv(3) >> 4) << 6);
+                b[qh + i] = (lv(0) >> 4) | ((lv(1) >> 4) << 2) | ((lv(2) >> 4) << 4) | ((lv(3) >> 4) << 6);
             }
         }
     }

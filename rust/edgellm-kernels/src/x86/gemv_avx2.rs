@@ -63,30 +63,15 @@ mod imp {
                 let ab = ap.add(34 * (8 * g + b));
                 d[k] = (ab as *const u16).read_unaligned();
                 // Σa via maddubs with ones (|Σ| ≤ 32·128: exact in i16 pairs).
-                let v = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(ones, ld256(ab.add(2))),
-                    _mm256_set1_epi16(1),
-                );
+                let v = _mm256_madd_epi16(_mm256_maddubs_epi16(ones, ld256(ab.add(2))), _mm256_set1_epi16(1));
                 s[k] = 8 * hsum_i32(v);
             }
-            p.scales.push(_mm256_cvtph_ps(_mm_loadu_si128(
-                d.as_ptr() as *const __m128i
-            )));
-            p.offsets
-                .push(_mm256_loadu_si256(s.as_ptr() as *const __m256i));
+            p.scales.push(_mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)));
+            p.offsets.push(_mm256_loadu_si256(s.as_ptr() as *const __m256i));
             for j in 0..4 {
-                let (a0, a1) = (
-                    ap.add(34 * (8 * g + 2 * j)),
-                    ap.add(34 * (8 * g + 2 * j + 1)),
-                );
-                p.pairs.push(_mm256_loadu2_m128i(
-                    a1.add(2) as *const __m128i,
-                    a0.add(2) as *const __m128i,
-                ));
-                p.pairs.push(_mm256_loadu2_m128i(
-                    a1.add(18) as *const __m128i,
-                    a0.add(18) as *const __m128i,
-                ));
+                let (a0, a1) = (ap.add(34 * (8 * g + 2 * j)), ap.add(34 * (8 * g + 2 * j + 1)));
+                p.pairs.push(_mm256_loadu2_m128i(a1.add(2) as *const __m128i, a0.add(2) as *const __m128i));
+                p.pairs.push(_mm256_loadu2_m128i(a1.add(18) as *const __m128i, a0.add(18) as *const __m128i));
             }
         }
         p
@@ -96,6 +81,8 @@ mod imp {
     unsafe fn ld256(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p as *const __m256i)
     }
+
+
 
     /// Four pair sums (each 4 × i32 of block 2j in the low half, block 2j+1 in the
     /// high half) → one vector of the eight block sums, in [`ORD`].
@@ -115,10 +102,7 @@ mod imp {
         let lo = _mm256_and_si256(v, m);
         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
         // Each i16 lane ≤ 2·(2·15·128): no saturation.
-        let s = _mm256_add_epi16(
-            _mm256_maddubs_epi16(lo, *a),
-            _mm256_maddubs_epi16(hi, *a.add(1)),
-        );
+        let s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, *a), _mm256_maddubs_epi16(hi, *a.add(1)));
         _mm256_madd_epi16(s, _mm256_set1_epi16(1))
     }
 
@@ -139,15 +123,9 @@ mod imp {
     #[inline(always)]
     unsafe fn q4_0_block(wb: *const u8, ab: *const u8) -> f32 {
         let b = _mm_loadu_si128(wb.add(2) as *const __m128i);
-        let q = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16(b, 4), b),
-            _mm256_set1_epi8(0x0F),
-        );
+        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
         let y = ld256(ab.add(2));
-        let s = _mm256_sub_epi16(
-            _mm256_maddubs_epi16(q, y),
-            _mm256_maddubs_epi16(_mm256_set1_epi8(8), y),
-        );
+        let s = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
         let isum = hsum_i32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)));
         let d = _mm_cvtph_ps(_mm_setr_epi16(
             (wb as *const i16).read_unaligned(),

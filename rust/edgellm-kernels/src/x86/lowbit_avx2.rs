@@ -5,9 +5,9 @@
 //! plane, see `quant::blocks`), reduced to one vector of per-block sums with
 //! `hadd` and scaled with one FMA (two for the asymmetric min term).
 
-use super::simd::hsum_ps as hsum;
 use crate::quant::{lowbit, GgmlType};
 use core::arch::x86_64::*;
+use super::simd::hsum_ps as hsum;
 
 /// `Σ dequant(w)·dequant(act)` over `nb` blocks of 128 (lengths already checked).
 ///
@@ -38,33 +38,22 @@ variant!(q3a, 3, true);
 variant!(q2s, 2, false);
 variant!(q2a, 2, true);
 
+
 /// Four i32×8 vectors reduced to `[Σp0, Σp1, Σp2, Σp3]` per 128-bit lane (the
 /// low lane holds the sums of lanes 0..4, the high lane of 4..8).
 #[inline(always)]
 unsafe fn sums4(p: [__m256i; 4]) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_hadd_epi32(
-        _mm256_hadd_epi32(p[0], p[1]),
-        _mm256_hadd_epi32(p[2], p[3]),
-    ))
+    _mm256_cvtepi32_ps(_mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3])))
 }
 
 #[inline(always)]
-unsafe fn body<const BITS: u32, const ASYM: bool>(
-    wp: *const u8,
-    ap: *const u8,
-    nb: usize,
-    sp: &lowbit::Spec,
-) -> f32 {
+unsafe fn body<const BITS: u32, const ASYM: bool>(wp: *const u8, ap: *const u8, nb: usize, sp: &lowbit::Spec) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let four = _mm256_set1_epi8(4);
     let one16 = _mm256_set1_epi16(1);
     // Symmetric: subtract `zero·Σa` in i16 (|pair sums| ≤ 2·7·127 + 2·4·127);
     // asymmetric: `maddubs(1, a)` gives the pair sums of `Σa` for the min.
-    let z8 = if ASYM {
-        _mm256_set1_epi8(1)
-    } else {
-        _mm256_set1_epi8(sp.zero() as i8)
-    };
+    let z8 = if ASYM { _mm256_set1_epi8(1) } else { _mm256_set1_epi8(sp.zero() as i8) };
     let hbit0 = _mm256_set_m128i(_mm_set1_epi8(16), _mm_set1_epi8(1));
     let mut acc = [_mm256_setzero_ps(); 2];
     for i in 0..nb {
@@ -97,9 +86,7 @@ unsafe fn body<const BITS: u32, const ASYM: bool>(
         }
         // The four activation scales, times the weight scale (and min).
         let r = |p: *const u8| (p as *const u16).read_unaligned() as u64;
-        let da = _mm_cvtph_ps(_mm_cvtsi64_si128(
-            (r(ab) | r(ab.add(34)) << 16 | r(ab.add(68)) << 32 | r(ab.add(102)) << 48) as i64,
-        ));
+        let da = _mm_cvtph_ps(_mm_cvtsi64_si128((r(ab) | r(ab.add(34)) << 16 | r(ab.add(68)) << 32 | r(ab.add(102)) << 48) as i64));
         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((wb as *const u32).read_unaligned() as i32));
         let dd = _mm_mul_ps(da, _mm_broadcastss_ps(dm));
         let a = &mut acc[i % 2];

@@ -5,7 +5,7 @@ pub mod avx2;
 pub mod gemm_avx2;
 pub mod gemv_avx2;
 pub mod lowbit_avx2;
-pub mod nf4_fp8_avx2;
 pub mod qgemm_avx2;
 pub mod quant_avx2;
 mod simd;
+pub mod nf4_fp8_avx2;

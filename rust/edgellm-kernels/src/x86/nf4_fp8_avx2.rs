@@ -61,10 +61,9 @@ mod imp {
 
     #[inline(always)]
     unsafe fn f16_ld(p: *const u8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            (p as *const u16).read_unaligned() as i32,
-        )))
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
     }
+
 
     /// The 16 FP8 codes at `p` as f32 (E4M3: `value / 256`), elements 0..8 and 8..16.
     #[inline(always)]
@@ -85,10 +84,7 @@ mod imp {
         // Sign at bit 15, magnitude at 14..8: an arithmetic shift by one and
         // clearing bit 14 moves the magnitude to bits 13..7.
         let h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16(0xBFFFu16 as i16));
-        let nan = _mm_cmpeq_epi16(
-            _mm_and_si128(h, _mm_set1_epi16(0x7FFF)),
-            _mm_set1_epi16(0x3F80),
-        );
+        let nan = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7FFF)), _mm_set1_epi16(0x3F80));
         _mm_or_si128(h, nan)
     }
 
@@ -111,16 +107,8 @@ mod imp {
             let x = a.add(32 * i);
             let (v0, v1) = fp8x16::<E4M3>(blk.add(FP8_QS));
             let (v2, v3) = fp8x16::<E4M3>(blk.add(FP8_QS + 16));
-            let t0 = _mm256_fmadd_ps(
-                v2,
-                _mm256_loadu_ps(x.add(16)),
-                _mm256_mul_ps(v0, _mm256_loadu_ps(x)),
-            );
-            let t1 = _mm256_fmadd_ps(
-                v3,
-                _mm256_loadu_ps(x.add(24)),
-                _mm256_mul_ps(v1, _mm256_loadu_ps(x.add(8))),
-            );
+            let t0 = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x.add(16)), _mm256_mul_ps(v0, _mm256_loadu_ps(x)));
+            let t1 = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x.add(24)), _mm256_mul_ps(v1, _mm256_loadu_ps(x.add(8))));
             let s = _mm256_set1_ps(fp8_mult::<E4M3>(blk));
             acc0 = _mm256_fmadd_ps(t0, s, acc0);
             acc1 = _mm256_fmadd_ps(t1, s, acc1);
@@ -154,10 +142,7 @@ mod imp {
     #[inline(always)]
     unsafe fn nf4_codes(qs: *const u8, g: usize) -> (__m256i, __m256i) {
         let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8 * g) as *const __m128i));
-        (
-            _mm256_and_si256(b, _mm256_set1_epi32(15)),
-            _mm256_srli_epi32(b, 4),
-        )
+        (_mm256_and_si256(b, _mm256_set1_epi32(15)), _mm256_srli_epi32(b, 4))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

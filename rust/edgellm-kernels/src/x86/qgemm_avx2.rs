@@ -9,10 +9,7 @@
 //! once. Bit-identical to the scalar `vec_dot` (see the module docs of `qgemm`).
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::quant::qgemm::{
-    self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch,
-    PANEL, TILE_TOKENS,
-};
+use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
@@ -32,20 +29,12 @@ impl PanelKernels for Avx2Panels {
     fn pack(&self, ty: GgmlType, w: &[u8], rb: usize, k: usize, l: PanelLayout, out: &mut [u8]) {
         match ty {
             // Sound: AVX2 is present (see the type); a full panel of whole rows.
-            GgmlType::Q4_0 | GgmlType::Q8_0 if w.len() == PANEL * rb => unsafe {
-                pack::full_panel(ty, w, rb, k / l.elems, l, out)
-            },
+            GgmlType::Q4_0 | GgmlType::Q8_0 if w.len() == PANEL * rb => unsafe { pack::full_panel(ty, w, rb, k / l.elems, l, out) },
             _ => pack_panel(ty, w, rb, k, out),
         }
     }
 
-    unsafe fn tile(
-        &self,
-        ty: GgmlType,
-        x: &PanelTile,
-        tokens: usize,
-        res: &mut [[f32; PANEL]; TILE_TOKENS],
-    ) {
+    unsafe fn tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
         match tokens {
             4 => run::<4>(ty, x, res),
             3 => run::<3>(ty, x, res),
@@ -96,10 +85,7 @@ unsafe fn q4_0<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
         }
         let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
         for t in 0..T {
-            let isum = _mm256_sub_epi32(
-                _mm256_madd_epi16(s16[t], ones),
-                _mm256_set1_epi32(x.sa[t * nb + b]),
-            );
+            let isum = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(x.sa[t * nb + b]));
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
             acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(isum)));
         }
@@ -125,8 +111,7 @@ unsafe fn q8_0<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
             for t in 0..T {
                 // |w| · (±y): pair sums ≤ 2 · 128 · 127 (activations are never -128).
                 let y = _mm256_sign_epi8(bcast4(a[t].add(34 * b + 2 + 4 * g)), w);
-                s32[t] =
-                    _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, y), ones));
+                s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, y), ones));
             }
         }
         let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
@@ -168,10 +153,7 @@ unsafe fn q4_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
         for sb in 0..8 {
             let mn = ld256(wb.add(l.sc2 + 32 * sb));
             for t in 0..T {
-                msum[t] = _mm256_add_epi32(
-                    msum[t],
-                    _mm256_madd_epi16(mn, bcast4(ab[t].add(Q8K_BSUMS + 4 * sb))),
-                );
+                msum[t] = _mm256_add_epi32(msum[t], _mm256_madd_epi16(mn, bcast4(ab[t].add(Q8K_BSUMS + 4 * sb))));
             }
         }
         let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
@@ -218,20 +200,14 @@ unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
         for p in 0..8 {
             let sp = ld256(wb.add(l.sc2 + 32 * p));
             for t in 0..T {
-                off[t] = _mm256_add_epi32(
-                    off[t],
-                    _mm256_madd_epi16(sp, bcast4(ab[t].add(Q8K_BSUMS + 4 * p))),
-                );
+                off[t] = _mm256_add_epi32(off[t], _mm256_madd_epi16(sp, bcast4(ab[t].add(Q8K_BSUMS + 4 * p))));
             }
         }
         let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
         for t in 0..T {
             let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
             let i = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(off[t], 5));
-            acc[t] = _mm256_add_ps(
-                acc[t],
-                _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(i)),
-            );
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(i)));
         }
     }
     for t in 0..T {
@@ -275,14 +251,7 @@ mod pack {
     /// `out` (layout `l`). Safety: AVX2 + F16C; `w` holds `PANEL` rows of `rb`
     /// bytes, `out` at least `nb · l.stride`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn full_panel(
-        ty: GgmlType,
-        w: &[u8],
-        rb: usize,
-        nb: usize,
-        l: PanelLayout,
-        out: &mut [u8],
-    ) {
+    pub(super) unsafe fn full_panel(ty: GgmlType, w: &[u8], rb: usize, nb: usize, l: PanelLayout, out: &mut [u8]) {
         assert!(w.len() == PANEL * rb && out.len() >= nb * l.stride && rb == nb * ty.block_bytes());
         let bb = ty.block_bytes();
         let nib = _mm256_set1_epi8(0x0F);
@@ -295,9 +264,7 @@ mod pack {
                 // Rows r and r + 4 share a register (low / high lane), so the
                 // transpose leaves dword g of rows 0..8 in one vector: group g's
                 // low nibbles, group g + 4's high nibbles.
-                let x = core::array::from_fn(|r| {
-                    _mm256_loadu2_m128i(row(r + 4) as *const __m128i, row(r) as *const __m128i)
-                });
+                let x = core::array::from_fn(|r| _mm256_loadu2_m128i(row(r + 4) as *const __m128i, row(r) as *const __m128i));
                 for (g, v) in transpose4(x).into_iter().enumerate() {
                     st(g, _mm256_and_si256(v, nib));
                     st(g + 4, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
@@ -306,10 +273,7 @@ mod pack {
                 // q8_0: dwords 0..4 of each row, then dwords 4..8.
                 for half in 0..2 {
                     let x = core::array::from_fn(|r| {
-                        _mm256_loadu2_m128i(
-                            row(r + 4).add(16 * half) as *const __m128i,
-                            row(r).add(16 * half) as *const __m128i,
-                        )
+                        _mm256_loadu2_m128i(row(r + 4).add(16 * half) as *const __m128i, row(r).add(16 * half) as *const __m128i)
                     });
                     for (g, v) in transpose4(x).into_iter().enumerate() {
                         st(4 * half + g, v);

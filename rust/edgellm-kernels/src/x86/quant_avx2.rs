@@ -53,9 +53,10 @@ pub(crate) fn vec_dot(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
 
 mod imp {
     use super::*;
+    use crate::x86::simd::hsum_ps as hsum;
     use crate::quant::blocks::*;
     use crate::quant::q3k_scales;
-    use crate::x86::simd::hsum_ps as hsum;
+
 
     /// The two f16 values at `p` (4 readable bytes) as lanes 0 and 1. One `vmovd`
     /// writes the whole register: converting a lone u16 let LLVM insert it into a
@@ -119,22 +120,14 @@ mod imp {
     #[inline(always)]
     unsafe fn nibbles(p: *const u8) -> __m256i {
         let b = ld128(p);
-        _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16(b, 4), b),
-            _mm256_set1_epi8(0x0F),
-        )
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F))
     }
 
     /// 0xFF in byte `j` where bit `j` of the little-endian u32 at `p` is set.
     #[inline(always)]
     unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
         let x = (p as *const u32).read_unaligned() as i32;
-        let shuf = _mm256_setr_epi64x(
-            0,
-            0x0101_0101_0101_0101,
-            0x0202_0202_0202_0202,
-            0x0303_0303_0303_0303,
-        );
+        let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
         let v = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit)
@@ -162,11 +155,7 @@ mod imp {
     /// with `k = 8n + 2s` — the i16 lanes of `maddubs` over that group.
     #[inline(always)]
     unsafe fn group_scales(sc: __m256i, n: usize) -> [__m256i; 4] {
-        let half = if n == 0 {
-            _mm256_permute2x128_si256(sc, sc, 0x00)
-        } else {
-            _mm256_permute2x128_si256(sc, sc, 0x11)
-        };
+        let half = if n == 0 { _mm256_permute2x128_si256(sc, sc, 0x00) } else { _mm256_permute2x128_si256(sc, sc, 0x11) };
         let pick = |s: usize| _mm256_shuffle_epi8(half, ld256(PAIR_MASKS[s].as_ptr()));
         [pick(0), pick(1), pick(2), pick(3)]
     }
@@ -219,10 +208,7 @@ mod imp {
         let x = r(w) | r(a) << 16 | r(w.add(ws)) << 32 | r(a.add(34)) << 48;
         let v = _mm_cvtph_ps(_mm_cvtsi64_si128(x as i64)); // [wA, aA, wB, aB]
         let p = _mm_mul_ps(v, _mm_movehdup_ps(v));
-        _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(p),
-            _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
-        )
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2))
     }
 
     /// The 16 quant bytes of blocks `i` and `i + 1` (`ws` bytes apart), as
@@ -231,23 +217,15 @@ mod imp {
     unsafe fn nibbles2(p: *const u8, ws: usize) -> (__m256i, __m256i) {
         let v = _mm256_inserti128_si256(_mm256_castsi128_si256(ld128(p)), ld128(p.add(ws)), 1);
         let m = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(v, m),
-            _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
-        )
+        (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m))
     }
 
     /// The q8_0 quants of activation blocks `i` and `i + 1` (at `a`), in the
     /// layout of [`nibbles2`]: `(A[0..16] ++ B[0..16], A[16..32] ++ B[16..32])`.
     #[inline(always)]
     unsafe fn act2(a: *const u8) -> (__m256i, __m256i) {
-        let lo =
-            _mm256_inserti128_si256(_mm256_castsi128_si256(ld128(a.add(2))), ld128(a.add(36)), 1);
-        let hi = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(ld128(a.add(18))),
-            ld128(a.add(52)),
-            1,
-        );
+        let lo = _mm256_inserti128_si256(_mm256_castsi128_si256(ld128(a.add(2))), ld128(a.add(36)), 1);
+        let hi = _mm256_inserti128_si256(_mm256_castsi128_si256(ld128(a.add(18))), ld128(a.add(52)), 1);
         (lo, hi)
     }
 
@@ -256,14 +234,8 @@ mod imp {
     /// 2·15·128 + 2·8·128 in magnitude: no overflow for any activation bytes).
     #[inline(always)]
     unsafe fn pair_dot_off(q: (__m256i, __m256i), y: (__m256i, __m256i), off: __m256i) -> __m256i {
-        let a = _mm256_sub_epi16(
-            _mm256_maddubs_epi16(q.0, y.0),
-            _mm256_maddubs_epi16(off, y.0),
-        );
-        let b = _mm256_sub_epi16(
-            _mm256_maddubs_epi16(q.1, y.1),
-            _mm256_maddubs_epi16(off, y.1),
-        );
+        let a = _mm256_sub_epi16(_mm256_maddubs_epi16(q.0, y.0), _mm256_maddubs_epi16(off, y.0));
+        let b = _mm256_sub_epi16(_mm256_maddubs_epi16(q.1, y.1), _mm256_maddubs_epi16(off, y.1));
         _mm256_madd_epi16(_mm256_add_epi16(a, b), _mm256_set1_epi16(1))
     }
 
@@ -305,22 +277,18 @@ mod imp {
     pub(super) unsafe fn q4_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
         let (wp, ap) = (w.as_ptr(), a.as_ptr());
         let eight = _mm256_set1_epi8(8);
-        sum_pairs!(
-            nb,
-            |i, acc| {
-                let (wb, ab) = (wp.add(18 * i), ap.add(34 * i));
-                let d = f16_prod2(wb, 18, ab);
-                let p = pair_dot_off(nibbles2(wb.add(2), 18), act2(ab), eight);
-                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
-            },
-            {
-                let (wb, ab) = (wp.add(18 * i), ap.add(34 * i));
-                let d = f16_prod(wb, ab);
-                let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
-                let p = dot_i8(q, ld256(ab.add(2)));
-                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
-            }
-        )
+        sum_pairs!(nb, |i, acc| {
+            let (wb, ab) = (wp.add(18 * i), ap.add(34 * i));
+            let d = f16_prod2(wb, 18, ab);
+            let p = pair_dot_off(nibbles2(wb.add(2), 18), act2(ab), eight);
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
+        }, {
+            let (wb, ab) = (wp.add(18 * i), ap.add(34 * i));
+            let d = f16_prod(wb, ab);
+            let q = _mm256_sub_epi8(nibbles(wb.add(2)), eight);
+            let p = dot_i8(q, ld256(ab.add(2)));
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -348,10 +316,7 @@ mod imp {
             let d = f16_prod(wb, ab);
             // (nibble | bit << 4) - 16: the nibble as is where the bit is set,
             // else the nibble with 0xF0 (two's complement of nibble - 16).
-            let q = _mm256_or_si256(
-                nibbles(wb.add(Q5_0_QS)),
-                _mm256_andnot_si256(bytes_from_bits(wb.add(Q5_0_QH)), hi),
-            );
+            let q = _mm256_or_si256(nibbles(wb.add(Q5_0_QS)), _mm256_andnot_si256(bytes_from_bits(wb.add(Q5_0_QH)), hi));
             let p = dot_i8(q, ld256(ab.add(2)));
             *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
         })
@@ -366,10 +331,7 @@ mod imp {
             let (wb, ab) = (wp.add(24 * i), ap.add(34 * i));
             let dm = _mm_mul_ps(f16x2(wb), _mm_broadcastss_ps(f16x2(ab)));
             let y = ld256(ab.add(2));
-            let q = _mm256_or_si256(
-                nibbles(wb.add(Q5_1_QS)),
-                _mm256_and_si256(bytes_from_bits(wb.add(Q5_1_QH)), b4),
-            );
+            let q = _mm256_or_si256(nibbles(wb.add(Q5_1_QS)), _mm256_and_si256(bytes_from_bits(wb.add(Q5_1_QH)), b4));
             let p = dot_u8_i8(q, y);
             let s = dot_u8_i8(ones, y);
             *acc = _mm256_fmadd_ps(lane0(dm), _mm256_cvtepi32_ps(p), *acc);
@@ -425,10 +387,7 @@ mod imp {
         let sign = _mm256_set1_ps(-0.0);
         for (xb, b) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
             let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xb.as_ptr().add(o)));
-            let m = _mm256_max_ps(
-                _mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
-                _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])),
-            );
+            let m = _mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])), _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])));
             let d = hmax(m) / 127.0;
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
             b[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
@@ -465,20 +424,13 @@ mod imp {
             for j in 0..8 {
                 let v = [0, 8, 16, 24].map(|o| {
                     let t = _mm256_mul_ps(is, _mm256_loadu_ps(xb.as_ptr().add(32 * j + o)));
-                    _mm256_min_ps(
-                        _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                        q127,
-                    )
+                    _mm256_min_ps(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), q127)
                 });
                 pack_i8(v, b.as_mut_ptr().add(Q8K_QS + 32 * j));
             }
             for j in 0..16 {
-                let sum: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16]
-                    .iter()
-                    .map(|&q| q as i8 as i32)
-                    .sum();
-                b[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2]
-                    .copy_from_slice(&(sum as i16).to_le_bytes());
+                let sum: i32 = b[Q8K_QS + 16 * j..Q8K_QS + 16 * j + 16].iter().map(|&q| q as i8 as i32).sum();
+                b[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2].copy_from_slice(&(sum as i16).to_le_bytes());
             }
             b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
         }
@@ -561,10 +513,7 @@ mod imp {
         let m4 = _mm256_set1_epi8(0x0F);
         k4_dot(w, a, nb, 144, Q4K_SCALES, |wb, j| {
             let q = ld256(wb.add(Q4K_QS + 32 * j));
-            (
-                _mm256_and_si256(q, m4),
-                _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-            )
+            (_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4))
         })
     }
 
@@ -596,20 +545,14 @@ mod imp {
             let sc = wb.add(Q6K_SCALES) as *const i8;
             // The -32 offset of every 6-bit value, via the activation's 16-element sums.
             let sc16 = _mm256_cvtepi8_epi16(ld128(sc as *const u8));
-            let mut sumi = _mm256_sub_epi32(
-                _mm256_setzero_si256(),
-                _mm256_slli_epi32(bsums_dot(sc16, ab), 5),
-            );
+            let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bsums_dot(sc16, ab), 5));
             for h in 0..2 {
                 let scv = group_scales(sc16, h);
                 let ql0 = ld256(wb.add(64 * h));
                 let ql1 = ld256(wb.add(64 * h + 32));
                 let qh = ld256(wb.add(Q6K_QH + 32 * h));
                 let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                    ),
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)),
                     _mm256_or_si256(
                         _mm256_and_si256(ql1, m4),
                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
@@ -655,8 +598,7 @@ mod imp {
                 let qs = ld256(wb.add(Q2K_QS + 32 * n));
                 let scv = group_scales(sc16, n);
                 for s in 0..4 {
-                    let q =
-                        _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                    let q = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * s as i32)), m3);
                     let p = _mm256_maddubs_epi16(q, ld256(ab.add(Q8K_QS + 128 * n + 32 * s)));
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[s]));
                 }
@@ -675,22 +617,17 @@ mod imp {
         for i in 0..nb {
             let (wb, ab) = (wp.add(110 * i), ap.add(292 * i));
             let sc = q3k_scales(core::slice::from_raw_parts(wb.add(Q3K_SCALES), 12));
-            let sc16 = _mm256_sub_epi16(
-                _mm256_cvtepu8_epi16(ld128(sc.as_ptr())),
-                _mm256_set1_epi16(32),
-            );
+            let sc16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(ld128(sc.as_ptr())), _mm256_set1_epi16(32));
             let hmask = ld256(wb);
             let mut sumi = _mm256_setzero_si256();
             for n in 0..2 {
                 let qs = ld256(wb.add(Q3K_QS + 32 * n));
                 let scv = group_scales(sc16, n);
                 for s in 0..4 {
-                    let ql =
-                        _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                    let ql = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * s as i32)), m3);
                     // 4 where the high bit is clear: the value is ql - 4 there.
                     let bit = _mm256_set1_epi8((1u8 << (4 * n + s)) as i8);
-                    let clear =
-                        _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), _mm256_setzero_si256());
+                    let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), _mm256_setzero_si256());
                     let y = ld256(ab.add(Q8K_QS + 128 * n + 32 * s));
                     let p = _mm256_sub_epi16(
                         _mm256_maddubs_epi16(ql, y),
@@ -713,17 +650,10 @@ mod imp {
             let (wb, ab) = (wp.add(292 * i), ap.add(292 * i));
             let mut sumi = _mm256_setzero_si256();
             for j in 0..8 {
-                let p = dot_i8(
-                    ld256(wb.add(Q8K_QS + 32 * j)),
-                    ld256(ab.add(Q8K_QS + 32 * j)),
-                );
+                let p = dot_i8(ld256(wb.add(Q8K_QS + 32 * j)), ld256(ab.add(Q8K_QS + 32 * j)));
                 sumi = _mm256_add_epi32(sumi, p);
             }
-            acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(f32_ld(wb) * f32_ld(ab)),
-                _mm256_cvtepi32_ps(sumi),
-                acc,
-            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f32_ld(wb) * f32_ld(ab)), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc)
     }

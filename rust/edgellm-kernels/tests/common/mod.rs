@@ -6,23 +6,17 @@ use edgellm_kernels::quant::GgmlType;
 use edgellm_kernels::{Isa, Kernels};
 
 pub fn paths() -> Vec<&'static Kernels> {
-    Isa::supported()
-        .into_iter()
-        .map(|i| Kernels::for_isa(i).unwrap())
-        .collect()
+    Isa::supported().into_iter().map(|i| Kernels::for_isa(i).unwrap()).collect()
 }
 
 /// Property-test cases per test: `PROPTEST_CASES` when set, else `native`, or
 /// `emulated` on aarch64 (whose runs are emulated under qemu).
 pub fn cases(native: u32, emulated: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(target_arch = "aarch64") {
-            emulated
-        } else {
-            native
-        })
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(if cfg!(target_arch = "aarch64") {
+        emulated
+    } else {
+        native
+    })
 }
 
 /// xorshift64, seeded so that any seed (0 included) works.
@@ -122,8 +116,5 @@ pub fn f64_dot_and_tol(ty: GgmlType, w: &[u8], act: &[u8], k: usize) -> (f64, f6
             mag += (a.abs() as f64 + amax) * (b as f64).abs();
         }
     }
-    (
-        e64,
-        ((k / blk) + 16) as f64 * f32::EPSILON as f64 * mag + 1e-30,
-    )
+    (e64, ((k / blk) + 16) as f64 * f32::EPSILON as f64 * mag + 1e-30)
 }

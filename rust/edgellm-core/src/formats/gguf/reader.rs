@@ -97,8 +97,8 @@ impl VType {
     /// The fewest bytes one value of this type can take in a file.
     fn min_size(self) -> usize {
         match self {
-            VType::Str => 8,    // length
-            VType::Array => 12, // element type + count
+            VType::Str => 8,            // length
+            VType::Array => 12,         // element type + count
             t => t.fixed_size().unwrap_or(1),
         }
     }
@@ -114,11 +114,7 @@ pub enum Meta {
     /// The string's bytes (not yet checked to be UTF-8).
     Str(Range<usize>),
     /// `count` values of type `elem`, encoded in `data`.
-    Array {
-        elem: VType,
-        count: usize,
-        data: Range<usize>,
-    },
+    Array { elem: VType, count: usize, data: Range<usize> },
 }
 
 impl Meta {
@@ -236,12 +232,7 @@ impl<'a> Cursor<'a> {
     /// it against the bytes left).
     fn len(&mut self, what: &dyn Fn() -> String) -> Result<usize> {
         let v = self.u64(what)?;
-        usize::try_from(v).map_err(|_| {
-            self.err(format_args!(
-                "{} is {v}, too large for this machine",
-                what()
-            ))
-        })
+        usize::try_from(v).map_err(|_| self.err(format_args!("{} is {v}, too large for this machine", what())))
     }
 
     /// A length-prefixed string's byte range (contents unchecked).
@@ -261,11 +252,7 @@ impl<'a> Cursor<'a> {
     fn name(&mut self, what: &dyn Fn() -> String) -> Result<String> {
         let r = self.string(what)?;
         if r.len() > MAX_NAME {
-            return Err(self.err(format_args!(
-                "{} is {} bytes long (at most {MAX_NAME} allowed)",
-                what(),
-                r.len()
-            )));
+            return Err(self.err(format_args!("{} is {} bytes long (at most {MAX_NAME} allowed)", what(), r.len())));
         }
         std::str::from_utf8(&self.buf[r])
             .map(str::to_string)
@@ -274,8 +261,7 @@ impl<'a> Cursor<'a> {
 
     fn vtype(&mut self, what: &dyn Fn() -> String) -> Result<VType> {
         let id = self.u32(what)?;
-        VType::from_id(id)
-            .ok_or_else(|| self.err(format_args!("{} has unknown value type id {id}", what())))
+        VType::from_id(id).ok_or_else(|| self.err(format_args!("{} has unknown value type id {id}", what())))
     }
 
     /// Reads one value of type `t` (`key` names it in errors).
@@ -295,18 +281,12 @@ impl<'a> Cursor<'a> {
             VType::Bool => match self.bytes::<1>(&what)?[0] {
                 0 => Meta::Bool(false),
                 1 => Meta::Bool(true),
-                b => {
-                    return Err(self.err(format_args!(
-                        "metadata {key:?}: bool value must be 0 or 1, found {b}"
-                    )))
-                }
+                b => return Err(self.err(format_args!("metadata {key:?}: bool value must be 0 or 1, found {b}"))),
             },
             VType::Str => Meta::Str(self.string(&what)?),
             VType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format_args!(
-                        "metadata {key:?}: arrays nested more than {MAX_ARRAY_DEPTH} deep"
-                    )));
+                    return Err(self.err(format_args!("metadata {key:?}: arrays nested more than {MAX_ARRAY_DEPTH} deep")));
                 }
                 let elem = self.vtype(&|| format!("metadata {key:?} array element type"))?;
                 let count = self.len(&|| format!("metadata {key:?} array count"))?;
@@ -332,11 +312,7 @@ impl<'a> Cursor<'a> {
                         }
                     }
                 }
-                Meta::Array {
-                    elem,
-                    count,
-                    data: start..self.pos,
-                }
+                Meta::Array { elem, count, data: start..self.pos }
             }
         })
     }
@@ -357,29 +333,21 @@ impl GgufFile {
         let mut c = Cursor { buf, pos: 0, path };
         if buf.len() < 4 || &buf[..4] != MAGIC {
             let head = &buf[..buf.len().min(4)];
-            return Err(c.err(format_args!(
-                "bad magic {head:02x?} (expected \"GGUF\"): not a GGUF file"
-            )));
+            return Err(c.err(format_args!("bad magic {head:02x?} (expected \"GGUF\"): not a GGUF file")));
         }
         c.pos = 4;
         let version = c.u32(&|| "version".into())?;
         match version {
             2 | 3 => {}
             1 => {
-                return Err(c.err(
-                    "GGUF version 1 is not supported (only versions 2 and 3; re-convert the model)",
-                ))
+                return Err(c.err("GGUF version 1 is not supported (only versions 2 and 3; re-convert the model)"))
             }
             v if (2..=3).contains(&v.swap_bytes()) => {
                 return Err(c.err(format_args!(
-                "version field reads {v}: this is a big-endian GGUF file, which is not supported"
-            )))
-            }
-            v => {
-                return Err(c.err(format_args!(
-                    "unsupported GGUF version {v} (supported: 2, 3)"
+                    "version field reads {v}: this is a big-endian GGUF file, which is not supported"
                 )))
             }
+            v => return Err(c.err(format_args!("unsupported GGUF version {v} (supported: 2, 3)"))),
         }
         let n_tensors = c.len(&|| "tensor count".into())?;
         let n_kv = c.len(&|| "metadata count".into())?;
@@ -387,14 +355,10 @@ impl GgufFile {
         // info at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
         let rem = c.remaining();
         if n_kv.checked_mul(13).map_or(true, |b| b > rem) {
-            return Err(c.err(format_args!(
-                "metadata count {n_kv} is impossible for a file with {rem} bytes left"
-            )));
+            return Err(c.err(format_args!("metadata count {n_kv} is impossible for a file with {rem} bytes left")));
         }
         if n_tensors.checked_mul(24).map_or(true, |b| b > rem) {
-            return Err(c.err(format_args!(
-                "tensor count {n_tensors} is impossible for a file with {rem} bytes left"
-            )));
+            return Err(c.err(format_args!("tensor count {n_tensors} is impossible for a file with {rem} bytes left")));
         }
 
         let mut keys: Vec<(String, Meta)> = Vec::new();
@@ -421,10 +385,7 @@ impl GgufFile {
                 a as usize
             }
             Some((_, v)) => {
-                return Err(c.err(format_args!(
-                    "general.alignment must be an unsigned integer, found {}",
-                    v.type_name()
-                )))
+                return Err(c.err(format_args!("general.alignment must be an unsigned integer, found {}", v.type_name())))
             }
         };
 
@@ -438,30 +399,20 @@ impl GgufFile {
             }
             let n_dims = c.u32(&|| format!("tensor {name:?} dimension count"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.err(format_args!(
-                    "tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
-                )));
+                return Err(c.err(format_args!("tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
             }
             let mut dims = Vec::new();
             for d in 0..n_dims {
                 let v = c.u64(&|| format!("tensor {name:?} dimension {d}"))?;
                 match usize::try_from(v) {
                     Ok(v) if v > 0 && v <= i64::MAX as usize => dims.push(v),
-                    _ => {
-                        return Err(c.err(format_args!(
-                            "tensor {name:?} has dimension {d} of size {v}"
-                        )))
-                    }
+                    _ => return Err(c.err(format_args!("tensor {name:?} has dimension {d} of size {v}"))),
                 }
             }
             let type_id = c.u32(&|| format!("tensor {name:?} type"))?;
             let ty = GgmlType::from_id(type_id).ok_or_else(|| match ggml_type_name(type_id) {
-                Some(n) => c.err(format_args!(
-                    "tensor {name:?} has type {n} (id {type_id}), which this build cannot load"
-                )),
-                None => c.err(format_args!(
-                    "tensor {name:?} has unknown type id {type_id}"
-                )),
+                Some(n) => c.err(format_args!("tensor {name:?} has type {n} (id {type_id}), which this build cannot load")),
+                None => c.err(format_args!("tensor {name:?} has unknown type id {type_id}")),
             })?;
             let offset = c.u64(&|| format!("tensor {name:?} offset"))?;
             let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -495,28 +446,17 @@ impl GgufFile {
                 return Err(c.err(format_args!("duplicate tensor name {name:?}")));
             }
             rel_offsets.push(offset);
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                start: 0,
-                size,
-            });
+            tensors.push(TensorInfo { name, dims, ty, start: 0, size });
         }
 
         // The data section starts at the next multiple of the alignment.
         let len = buf.len();
-        let data_start = c
-            .pos
-            .checked_next_multiple_of(alignment)
-            .filter(|&s| s <= len || tensors.is_empty());
+        let data_start = c.pos.checked_next_multiple_of(alignment).filter(|&s| s <= len || tensors.is_empty());
         let data_start = data_start.ok_or_else(|| {
             c.err(format_args!("tensor data should start at offset {} but the file is only {len} bytes (truncated?)", c.pos))
         })?;
         for (t, &off) in tensors.iter_mut().zip(&rel_offsets) {
-            let start = usize::try_from(off)
-                .ok()
-                .and_then(|o| data_start.checked_add(o));
+            let start = usize::try_from(off).ok().and_then(|o| data_start.checked_add(o));
             let end = start.and_then(|s| s.checked_add(t.size));
             match (start, end) {
                 (Some(s), Some(e)) if e <= len => t.start = s,
@@ -544,15 +484,7 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            version,
-            map,
-            keys,
-            index,
-            tensors,
-            alignment,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), version, map, keys, index, tensors, alignment })
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
@@ -572,10 +504,7 @@ impl GgufFile {
     }
 
     fn bad_type(&self, key: &str, want: &str, v: &Meta) -> Error {
-        self.err(format_args!(
-            "metadata {key:?} must be {want}, found {}",
-            v.type_name()
-        ))
+        self.err(format_args!("metadata {key:?} must be {want}, found {}", v.type_name()))
     }
 
     /// An integer value (any integer type) that must be non-negative.
@@ -584,9 +513,7 @@ impl GgufFile {
             None => Ok(None),
             Some(Meta::Uint(_, v)) => Ok(Some(*v)),
             Some(Meta::Int(_, v)) if *v >= 0 => Ok(Some(*v as u64)),
-            Some(Meta::Int(_, v)) => Err(self.err(format_args!(
-                "metadata {key:?} must be non-negative, found {v}"
-            ))),
+            Some(Meta::Int(_, v)) => Err(self.err(format_args!("metadata {key:?} must be non-negative, found {v}"))),
             Some(v) => Err(self.bad_type(key, "an integer", v)),
         }
     }
@@ -594,9 +521,7 @@ impl GgufFile {
     pub fn usize(&self, key: &str) -> Result<Option<usize>> {
         match self.u64(key)? {
             None => Ok(None),
-            Some(v) => usize::try_from(v)
-                .map(Some)
-                .map_err(|_| self.err(format_args!("metadata {key:?} is too large: {v}"))),
+            Some(v) => usize::try_from(v).map(Some).map_err(|_| self.err(format_args!("metadata {key:?} is too large: {v}"))),
         }
     }
 
@@ -604,9 +529,7 @@ impl GgufFile {
     pub fn id(&self, key: &str) -> Result<Option<u32>> {
         match self.u64(key)? {
             None => Ok(None),
-            Some(v) => u32::try_from(v)
-                .map(Some)
-                .map_err(|_| self.err(format_args!("metadata {key:?} is not a token id: {v}"))),
+            Some(v) => u32::try_from(v).map(Some).map_err(|_| self.err(format_args!("metadata {key:?} is not a token id: {v}"))),
         }
     }
 
@@ -634,8 +557,7 @@ impl GgufFile {
     }
 
     fn utf8<'a>(&'a self, key: &str, r: &Range<usize>) -> Result<&'a str> {
-        std::str::from_utf8(&self.map[r.clone()])
-            .map_err(|_| self.err(format_args!("metadata {key:?} is not valid UTF-8")))
+        std::str::from_utf8(&self.map[r.clone()]).map_err(|_| self.err(format_args!("metadata {key:?} is not valid UTF-8")))
     }
 
     pub fn str(&self, key: &str) -> Result<Option<&str>> {
@@ -646,17 +568,10 @@ impl GgufFile {
         }
     }
 
-    fn array(
-        &self,
-        key: &str,
-        want: &[VType],
-        desc: &str,
-    ) -> Result<Option<(VType, usize, &[u8])>> {
+    fn array(&self, key: &str, want: &[VType], desc: &str) -> Result<Option<(VType, usize, &[u8])>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Meta::Array { elem, count, data }) if want.contains(elem) => {
-                Ok(Some((*elem, *count, &self.map[data.clone()])))
-            }
+            Some(Meta::Array { elem, count, data }) if want.contains(elem) => Ok(Some((*elem, *count, &self.map[data.clone()]))),
             Some(v) => Err(self.bad_type(key, desc, v)),
         }
     }
@@ -673,17 +588,11 @@ impl GgufFile {
             let n = data
                 .get(at..at + 8)
                 .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
-                .ok_or_else(|| {
-                    self.err(format_args!("metadata {key:?}: element {i} is corrupt"))
-                })?;
-            let s = data.get(at + 8..at + 8 + n).ok_or_else(|| {
-                self.err(format_args!("metadata {key:?}: element {i} is corrupt"))
-            })?;
-            out.push(std::str::from_utf8(s).map_err(|_| {
-                self.err(format_args!(
-                    "metadata {key:?}: element {i} is not valid UTF-8"
-                ))
-            })?);
+                .ok_or_else(|| self.err(format_args!("metadata {key:?}: element {i} is corrupt")))?;
+            let s = data.get(at + 8..at + 8 + n).ok_or_else(|| self.err(format_args!("metadata {key:?}: element {i} is corrupt")))?;
+            out.push(
+                std::str::from_utf8(s).map_err(|_| self.err(format_args!("metadata {key:?}: element {i} is not valid UTF-8")))?,
+            );
             at += 8 + n;
         }
         Ok(Some(out))
@@ -694,18 +603,12 @@ impl GgufFile {
         let Some((_, _, data)) = self.array(key, &[VType::F32], "an array of float32")? else {
             return Ok(None);
         };
-        Ok(Some(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ))
+        Ok(Some(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
     }
 
     /// An array of 32-bit integers (int32, or uint32 values that fit).
     pub fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
-        let Some((elem, _, data)) =
-            self.array(key, &[VType::I32, VType::U32], "an array of int32")?
-        else {
+        let Some((elem, _, data)) = self.array(key, &[VType::I32, VType::U32], "an array of int32")? else {
             return Ok(None);
         };
         data.chunks_exact(4)
@@ -713,11 +616,8 @@ impl GgufFile {
                 let b = [c[0], c[1], c[2], c[3]];
                 match elem {
                     VType::I32 => Ok(i32::from_le_bytes(b)),
-                    _ => i32::try_from(u32::from_le_bytes(b)).map_err(|_| {
-                        self.err(format_args!(
-                            "metadata {key:?} holds a value too large for int32"
-                        ))
-                    }),
+                    _ => i32::try_from(u32::from_le_bytes(b))
+                        .map_err(|_| self.err(format_args!("metadata {key:?} holds a value too large for int32"))),
                 }
             })
             .collect::<Result<Vec<_>>>()
@@ -733,9 +633,7 @@ impl GgufFile {
             .map(|&b| match b {
                 0 => Ok(false),
                 1 => Ok(true),
-                _ => Err(self.err(format_args!(
-                    "metadata {key:?} holds a bool that is neither 0 nor 1"
-                ))),
+                _ => Err(self.err(format_args!("metadata {key:?} holds a bool that is neither 0 nor 1"))),
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -785,11 +683,7 @@ mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<GgufFile> {
-        let dir = std::env::temp_dir().join(format!(
-            "edgellm-gguf-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir = std::env::temp_dir().join(format!("edgellm-gguf-test-{}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::write(&dir, bytes).unwrap();
         let r = GgufFile::open(&dir);
         let _ = std::fs::remove_file(&dir);
@@ -810,10 +704,7 @@ mod tests {
     fn every_truncation_is_an_error() {
         let b = sample();
         for cut in 0..b.len() - 1 {
-            assert!(
-                matches!(parse(&b[..cut]), Err(Error::ModelFormat(_))),
-                "cut {cut}"
-            );
+            assert!(matches!(parse(&b[..cut]), Err(Error::ModelFormat(_))), "cut {cut}");
         }
     }
 

@@ -18,10 +18,7 @@ enum Target {
     MinusOne(String),
     /// A fused `[q | k | v]` projection of a non-fused architecture (old Phi-2
     /// files): split into `{prefix}.{q,k,v}_proj.{suffix}`.
-    SplitQkv {
-        prefix: String,
-        suffix: &'static str,
-    },
+    SplitQkv { prefix: String, suffix: &'static str },
     /// StableLM's per-head q/k LayerNorms stacked as `[heads × head_dim]`.
     PerHead { prefix: String, heads: usize },
 }
@@ -36,13 +33,7 @@ fn target(hp: &Hparams, name: &str) -> Option<Target> {
         _ => return None,
     };
     let minus_one = arch.gemma_family() && suffix == "weight" && base.ends_with("norm");
-    let plain = |hf: String| {
-        Some(if minus_one {
-            Target::MinusOne(hf)
-        } else {
-            Target::Plain(hf)
-        })
-    };
+    let plain = |hf: String| Some(if minus_one { Target::MinusOne(hf) } else { Target::Plain(hf) });
     match base {
         "token_embd" => return plain(format!("model.embed_tokens.{suffix}")),
         "output_norm" if arch == Phi2 => return plain(format!("model.final_layernorm.{suffix}")),
@@ -52,10 +43,7 @@ fn target(hp: &Hparams, name: &str) -> Option<Target> {
     }
     let rest = base.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer
-        .parse()
-        .ok()
-        .filter(|&l| l < hp.n_layer && !layer.starts_with('+'))?;
+    let layer: usize = layer.parse().ok().filter(|&l| l < hp.n_layer && !layer.starts_with('+'))?;
     let p = format!("model.layers.{layer}");
     let hf = |s: &str| format!("{p}.{s}.{suffix}");
     // Q/K weights run in the converter's interleaved order (the rotary embedding
@@ -71,20 +59,13 @@ fn target(hp: &Hparams, name: &str) -> Option<Target> {
         "attn_output" if arch == Phi2 => plain(hf("self_attn.dense")),
         "attn_output" => plain(hf("self_attn.o_proj")),
         "attn_qkv" if arch == Phi3 => plain(hf("self_attn.qkv_proj")),
-        "attn_qkv" => Some(Target::SplitQkv {
-            prefix: format!("{p}.self_attn"),
-            suffix,
-        }),
+        "attn_qkv" => Some(Target::SplitQkv { prefix: format!("{p}.self_attn"), suffix }),
         "attn_q_norm" | "attn_k_norm" => {
             let which = &part[5..6];
             match arch {
                 StableLm => Some(Target::PerHead {
                     prefix: format!("{p}.self_attn.{which}_layernorm.norms"),
-                    heads: if which == "q" {
-                        hp.n_head
-                    } else {
-                        hp.n_head_kv
-                    },
+                    heads: if which == "q" { hp.n_head } else { hp.n_head_kv },
                 }),
                 Phi2 => plain(hf(&format!("self_attn.{which}_layernorm"))),
                 _ => plain(hf(&format!("self_attn.{which}_norm"))),
@@ -122,14 +103,8 @@ fn check_type(t: &TensorInfo) -> Result<()> {
 }
 
 fn mapped(file: &GgufFile, t: &TensorInfo) -> Result<Tensor> {
-    Tensor::from_mapped(
-        file.map.clone(),
-        t.start,
-        t.size,
-        DType::from_ggml(t.ty),
-        t.shape(),
-    )
-    .map_err(|e| Error::format(format!("tensor {:?}: {e}", t.name)))
+    Tensor::from_mapped(file.map.clone(), t.start, t.size, DType::from_ggml(t.ty), t.shape())
+        .map_err(|e| Error::format(format!("tensor {:?}: {e}", t.name)))
 }
 
 /// llama.cpp's `permute` of a bias: per head of `d`, HF's halves `[2][d/2]`
@@ -145,10 +120,7 @@ fn permute(t: &Tensor, heads: usize, name: &str) -> Result<Tensor> {
     let (d, v) = (rows / heads, t.to_f32_vec());
     let half = d / 2;
     // Stored index h·d + 2i + j holds HF index h·d + j·half + i.
-    let out: Vec<f32> = (0..rows)
-        .map(|s| (s / d) * d + (s % 2) * half + (s % d) / 2)
-        .map(|r| v[r])
-        .collect();
+    let out: Vec<f32> = (0..rows).map(|s| (s / d) * d + (s % 2) * half + (s % d) / 2).map(|r| v[r]).collect();
     Tensor::from_f32(&out, shape)
 }
 
@@ -161,17 +133,13 @@ pub(super) fn hf_tensors(file: &GgufFile, hp: &Hparams) -> Result<HfTensors> {
     let mut names = Vec::new();
     let mut put = |hf: String, t: Tensor, gguf: &str| -> Result<()> {
         if out.insert(hf.clone(), t).is_some() {
-            return Err(Error::format(format!(
-                "two GGUF tensors map to {hf:?} (the second is {gguf:?})"
-            )));
+            return Err(Error::format(format!("two GGUF tensors map to {hf:?} (the second is {gguf:?})")));
         }
         names.push((hf, gguf.to_string()));
         Ok(())
     };
     for t in &file.tensors {
-        let Some(target) = target(hp, &t.name) else {
-            continue;
-        };
+        let Some(target) = target(hp, &t.name) else { continue };
         check_type(t)?;
         let tensor = mapped(file, t)?;
         match target {
@@ -179,10 +147,7 @@ pub(super) fn hf_tensors(file: &GgufFile, hp: &Hparams) -> Result<HfTensors> {
             Target::Permute(hf, heads) => put(hf, permute(&tensor, heads, &t.name)?, &t.name)?,
             Target::MinusOne(hf) => {
                 if tensor.shape().len() != 1 {
-                    return Err(Error::format(format!(
-                        "norm tensor {:?} is not 1-dimensional",
-                        t.name
-                    )));
+                    return Err(Error::format(format!("norm tensor {:?} is not 1-dimensional", t.name)));
                 }
                 let w: Vec<f32> = tensor.to_f32_vec().iter().map(|x| x - 1.0).collect();
                 put(hf, Tensor::from_f32(&w, tensor.shape().to_vec())?, &t.name)?
@@ -219,16 +184,8 @@ pub(super) fn hf_tensors(file: &GgufFile, hp: &Hparams) -> Result<HfTensors> {
                     )));
                 }
                 for h in 0..heads {
-                    let row = if shared {
-                        &v[..]
-                    } else {
-                        &v[h * hd..(h + 1) * hd]
-                    };
-                    put(
-                        format!("{prefix}.{h}.weight"),
-                        Tensor::from_f32(row, vec![hd])?,
-                        &t.name,
-                    )?;
+                    let row = if shared { &v[..] } else { &v[h * hd..(h + 1) * hd] };
+                    put(format!("{prefix}.{h}.weight"), Tensor::from_f32(row, vec![hd])?, &t.name)?;
                 }
             }
         }
@@ -259,10 +216,7 @@ mod tests {
         let v: Vec<f32> = (0..24).map(|x| x as f32).collect();
         for heads in [1, 2, 3, 6] {
             let t = Tensor::from_f32(&v, vec![24]).unwrap();
-            assert_eq!(
-                super::permute(&t, heads, "t").unwrap().to_f32_vec(),
-                permute(&v, heads)
-            );
+            assert_eq!(super::permute(&t, heads, "t").unwrap().to_f32_vec(), permute(&v, heads));
         }
         assert!(super::permute(&Tensor::from_f32(&v, vec![24]).unwrap(), 5, "t").is_err());
         assert!(super::permute(&Tensor::from_f32(&v, vec![12, 2]).unwrap(), 2, "t").is_err());
@@ -270,64 +224,25 @@ mod tests {
 
     #[test]
     fn names_follow_the_converter() {
-        let hp = |arch| Hparams {
-            arch,
-            n_layer: 2,
-            n_head: 2,
-            n_head_kv: 1,
-            head_dim: 4,
-        };
+        let hp = |arch| Hparams { arch, n_layer: 2, n_head: 2, n_head_kv: 1, head_dim: 4 };
         let name = |arch, n: &str| match target(&hp(arch), n) {
             Some(Target::Plain(s)) | Some(Target::MinusOne(s)) | Some(Target::Permute(s, _)) => s,
             Some(_) => "<special>".into(),
             None => "<none>".into(),
         };
-        assert_eq!(
-            name(Arch::Llama, "blk.1.attn_q.weight"),
-            "model.layers.1.self_attn.q_proj.weight"
-        );
+        assert_eq!(name(Arch::Llama, "blk.1.attn_q.weight"), "model.layers.1.self_attn.q_proj.weight");
         assert_eq!(name(Arch::Llama, "blk.2.attn_q.weight"), "<none>");
-        assert_eq!(
-            name(Arch::Gemma2, "blk.0.ffn_norm.weight"),
-            "model.layers.0.pre_feedforward_layernorm.weight"
-        );
-        assert_eq!(
-            name(Arch::Qwen2, "blk.0.ffn_norm.weight"),
-            "model.layers.0.post_attention_layernorm.weight"
-        );
-        assert_eq!(
-            name(Arch::Phi3, "blk.0.ffn_up.weight"),
-            "model.layers.0.mlp.gate_up_proj.weight"
-        );
-        assert_eq!(
-            name(Arch::Phi2, "output_norm.bias"),
-            "model.final_layernorm.bias"
-        );
-        assert_eq!(
-            name(Arch::Qwen3, "blk.0.attn_k_norm.weight"),
-            "model.layers.0.self_attn.k_norm.weight"
-        );
+        assert_eq!(name(Arch::Gemma2, "blk.0.ffn_norm.weight"), "model.layers.0.pre_feedforward_layernorm.weight");
+        assert_eq!(name(Arch::Qwen2, "blk.0.ffn_norm.weight"), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(name(Arch::Phi3, "blk.0.ffn_up.weight"), "model.layers.0.mlp.gate_up_proj.weight");
+        assert_eq!(name(Arch::Phi2, "output_norm.bias"), "model.final_layernorm.bias");
+        assert_eq!(name(Arch::Qwen3, "blk.0.attn_k_norm.weight"), "model.layers.0.self_attn.k_norm.weight");
         assert_eq!(name(Arch::Llama, "rope_freqs.weight"), "<none>");
-        assert!(matches!(
-            target(&hp(Arch::Gemma), "output_norm.weight"),
-            Some(Target::MinusOne(_))
-        ));
+        assert!(matches!(target(&hp(Arch::Gemma), "output_norm.weight"), Some(Target::MinusOne(_))));
         // Permuted Q/K weights stay mapped; only MiniCPM's unpermuted biases change.
-        assert!(matches!(
-            target(&hp(Arch::Llama), "blk.0.attn_k.weight"),
-            Some(Target::Plain(_))
-        ));
-        assert!(matches!(
-            target(&hp(Arch::Llama), "blk.0.attn_k.bias"),
-            Some(Target::Plain(_))
-        ));
-        assert!(matches!(
-            target(&hp(Arch::MiniCpm), "blk.0.attn_q.bias"),
-            Some(Target::Permute(_, 2))
-        ));
-        assert!(matches!(
-            target(&hp(Arch::Qwen2), "blk.0.attn_q.weight"),
-            Some(Target::Plain(_))
-        ));
+        assert!(matches!(target(&hp(Arch::Llama), "blk.0.attn_k.weight"), Some(Target::Plain(_))));
+        assert!(matches!(target(&hp(Arch::Llama), "blk.0.attn_k.bias"), Some(Target::Plain(_))));
+        assert!(matches!(target(&hp(Arch::MiniCpm), "blk.0.attn_q.bias"), Some(Target::Permute(_, 2))));
+        assert!(matches!(target(&hp(Arch::Qwen2), "blk.0.attn_q.weight"), Some(Target::Plain(_))));
     }
 }

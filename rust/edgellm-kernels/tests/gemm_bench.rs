@@ -7,30 +7,9 @@
 use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch, KC, MR, NR};
 use edgellm_kernels::{f16, Isa, Kernels};
 use std::hint::black_box;
-use std::time::Instant;
 
-fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-fn best(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+mod common;
+use common::{best_of, uniform_vec as data};
 
 #[test]
 #[ignore]
@@ -42,7 +21,7 @@ fn gemm_f32_throughput() {
         let bp = data(2, 8 * KC * NR);
         let mut acc = [0f32; MR * NR];
         let reps = 2000;
-        let t = best(|| {
+        let t = best_of(5, || {
             for _ in 0..reps {
                 for q in 0..8 {
                     // SAFETY: full panels and an MR × NR output; the table runs here.
@@ -66,7 +45,7 @@ fn gemm_f32_throughput() {
             let (a, b) = (data(3, n * n), data(4, n * n));
             let mut c = vec![0f32; n * n];
             let mut s = GemmScratch::default();
-            let t = best(|| {
+            let t = best_of(5, || {
                 let pa = pack_a(&a, n, n);
                 gemm_packed(k, &pa, BRows::F32(&b), 0, n, &mut c, n, &mut s);
                 black_box(&c);
@@ -79,7 +58,7 @@ fn gemm_f32_throughput() {
         let mut c = vec![0f32; n * m];
         let mut s = GemmScratch::default();
         let pa = pack_a(&a, n, kd);
-        let t = best(|| {
+        let t = best_of(5, || {
             gemm_packed(k, &pa, BRows::F16(&w), 0, m, &mut c, m, &mut s);
             black_box(&c);
         });

@@ -6,17 +6,8 @@ use edgellm_kernels::gemm::{gemm_packed, pack_a, pack_b, BRows, GemmScratch, MR,
 use edgellm_kernels::{bf16, f16, Isa, Kernels};
 use proptest::prelude::*;
 
-fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::uniform_vec as data;
 
 fn check(n: usize, m: usize, k: usize, seed: u64) {
     let a = data(seed, n * k);

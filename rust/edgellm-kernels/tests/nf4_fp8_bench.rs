@@ -10,21 +10,9 @@ use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch};
 use edgellm_kernels::quant::qgemm::{QActs, QGemmScratch};
 use edgellm_kernels::quant::{quantize_row, GgmlType};
 use edgellm_kernels::{f16, Isa, Kernels};
-use std::time::Instant;
 
 mod common;
-use common::Rng;
-
-fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use common::{best_of, Rng};
 
 #[test]
 #[ignore]

@@ -8,34 +8,12 @@
 use edgellm_kernels::quant::{act_row_bytes, quantize_row, GgmlType};
 use edgellm_kernels::{Isa, Kernels};
 use std::hint::black_box;
-use std::time::Instant;
+
+mod common;
+use common::{best_of, uniform_vec as row};
 
 const K: usize = 4096;
 const ROWS: usize = 4096;
-
-fn row(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// Best of a few timings of `f`, in seconds.
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 #[test]
 #[ignore]
@@ -60,19 +38,19 @@ fn vec_dot_throughput() {
             let mut act = vec![0u8; act_row_bytes(ty, K).unwrap()];
             (k.quantize_act)(ty, &x, &mut act);
             let reps = 2000;
-            let hot = time(|| {
+            let hot = best_of(5, || {
                 for _ in 0..reps {
                     black_box((k.vec_dot)(ty, black_box(&w[..rb]), &act, K));
                 }
             });
             let mut y = vec![0f32; ROWS];
-            let gemv = time(|| {
+            let gemv = best_of(5, || {
                 for (r, yr) in y.iter_mut().enumerate() {
                     *yr = (k.vec_dot)(ty, &w[r * rb..(r + 1) * rb], &act, K);
                 }
                 black_box(&y);
             });
-            let gemv_q = time(|| {
+            let gemv_q = best_of(5, || {
                 (k.gemv_q)(ty, &w, &act, K, &mut y);
                 black_box(&y);
             });
@@ -90,7 +68,7 @@ fn vec_dot_throughput() {
     for at in [Q8_0, Q4K] {
         let k = Kernels::for_isa(Isa::best()).unwrap();
         let mut act = vec![0u8; act_row_bytes(at, K).unwrap()];
-        let t = time(|| {
+        let t = best_of(5, || {
             for _ in 0..100 {
                 (k.quantize_act)(at, black_box(&x), &mut act);
             }
@@ -115,12 +93,12 @@ fn float_gemv_throughput() {
         let k = Kernels::for_isa(isa).unwrap();
         let mut y = vec![0f32; R];
         let reps = 200;
-        let hot = time(|| {
+        let hot = best_of(5, || {
             for _ in 0..reps {
                 (k.gemv_f16)(black_box(&w16[..64 * N]), &x, &mut y[..64]);
             }
         });
-        let streamed = time(|| {
+        let streamed = best_of(5, || {
             (k.gemv_f16)(&w16, &x, &mut y);
             black_box(&y);
         });

@@ -1,5 +1,5 @@
-//! Helpers shared by the kernel property tests: every kernel path this CPU has,
-//! and a small deterministic generator of test data.
+//! Helpers shared by the kernel tests and benchmarks: every kernel path this CPU
+//! has, a small deterministic generator of test data, and a best-of timer.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use edgellm_kernels::quant::GgmlType;
@@ -17,6 +17,24 @@ pub fn cases(native: u32, emulated: u32) -> u32 {
     } else {
         native
     })
+}
+
+/// Best of `reps` timings of `f` (after one untimed call), in seconds.
+pub fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// `n` values uniform in [-1, 1) from `Rng::new(seed)`.
+pub fn uniform_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.uniform()).collect()
 }
 
 /// xorshift64, seeded so that any seed (0 included) works.

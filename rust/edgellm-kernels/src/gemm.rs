@@ -4,7 +4,8 @@
 //! BLIS-style: A is packed once into panels of `MR` rows, k-major; each block of
 //! B rows is packed (and widened from f16/bf16) into panels of `NR` columns,
 //! k-major; a register-tile micro-kernel computes `MR × NR` outputs per panel pair
-//! over `KC` steps of k. Only the micro-kernel is per-ISA.
+//! over `KC` steps of k and adds them to C in place. The micro-kernel and the B
+//! packer are per-ISA ([`Kernels::gemm_micro`], [`Kernels::gemm_pack_b`]).
 
 use crate::Kernels;
 use half::{bf16, f16};

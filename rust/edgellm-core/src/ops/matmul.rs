@@ -18,8 +18,8 @@ pub(crate) enum BSource<'a> {
     Dequant(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
 }
 
-/// Packs row-major `a` (`n × k`) for [`par_gemm`], panels in parallel on the
-/// current pool (blocks of a few panels per task).
+/// Packs row-major `a` (`n × k`) for [`par_gemm`]: its (k-block, panel) blocks in
+/// parallel on the current pool, at least 8 per task.
 pub(crate) fn par_pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
     let mut pa = PackedA::zeroed(n, k);
     pa.blocks_mut()

@@ -270,10 +270,14 @@ pub unsafe fn gemm_packed_raw(
             scratch.b.resize((jb1 - jb0).div_ceil(NR) * kc * NR, 0.0);
             (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, &mut scratch.b);
             for pc in (0..a.panels()).step_by(MC_PANELS) {
+                let chunk = MC_PANELS.min(a.panels() - pc);
+                let calls = scratch.b.len() / (kc * NR) * chunk;
+                let mut ahead = NextChunk::after(&a.data, a.block(kb, pc).as_ptr().add(chunk * kc * MR), calls);
                 for (q, bp) in scratch.b.chunks_exact(kc * NR).enumerate() {
                     let col0 = jb0 - j0 + q * NR;
                     let cols = NR.min(jb1 - jb0 - q * NR);
                     for p in pc..(pc + MC_PANELS).min(a.panels()) {
+                        ahead.step();
                         let ap = a.block(kb, p);
                         let rows = MR.min(n - p * MR);
                         let dst = c.add(p * MR * ldc + col0);
@@ -304,6 +308,59 @@ pub unsafe fn gemm_packed_raw(
             }
         }
     }
+}
+
+/// Prefetches the next chunk of packed A into L2 while the current one is in use,
+/// a few lines per micro-kernel call. Otherwise the first B panel to meet a chunk
+/// reads it from memory or L3 (every column block re-reads all of A): +2-4%
+/// single-thread on square products of n ≥ 1024 (Zen 4).
+struct NextChunk {
+    at: *const u8,
+    lines: usize,
+    per_call: usize,
+}
+
+impl NextChunk {
+    /// The `MC_PANELS` chunk that follows `end` in `data` (the start of `data`
+    /// after its last one), spread over `calls` micro-kernel calls.
+    fn after(data: &[f32], end: *const f32, calls: usize) -> NextChunk {
+        let bytes = core::mem::size_of_val(data);
+        let base = data.as_ptr() as *const u8;
+        let off = (end as usize - base as usize) % bytes.max(1);
+        let lines = (bytes - off).min(MC_PANELS * MR * KC * 4) / 64;
+        NextChunk {
+            at: base.wrapping_add(off),
+            lines,
+            per_call: lines.div_ceil(calls.max(1)),
+        }
+    }
+
+    #[inline(always)]
+    fn step(&mut self) {
+        let n = self.per_call.min(self.lines);
+        for i in 0..n {
+            prefetch_l2(self.at.wrapping_add(64 * i));
+        }
+        self.at = self.at.wrapping_add(64 * n);
+        self.lines -= n;
+    }
+}
+
+/// A hint to fetch the line at `p` into L2 (never faults).
+#[inline(always)]
+fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above (PRFM never faults).
+    unsafe {
+        core::arch::asm!("prfm pldl2keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
 }
 
 /// Reusable packing buffers of one thread.

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-/// Environment variable that forces a kernel path (`scalar`, `avx2`, `neon`,
-/// `dotprod`, `i8mm`, or `auto`).
+/// Environment variable that forces a kernel path (`scalar`, `avx2`, `avx512`,
+/// `neon`, `dotprod`, `i8mm`, or `auto`).
 pub const ISA_ENV: &str = "EDGELLM_ISA";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,6 +12,10 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell / Zen 1 and later).
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4 and
+    /// later): the quantized prompt GEMM multiplies bytes with `vpdpbusd`, one
+    /// instruction where AVX2 needs two to four.
+    Avx512,
     /// aarch64 Advanced SIMD (every aarch64 core; e.g. Cortex-A53/A72): integer
     /// dot products by widening multiplies.
     Neon,
@@ -59,12 +63,13 @@ impl fmt::Display for IsaError {
 impl std::error::Error for IsaError {}
 
 impl Isa {
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::Dotprod, Isa::I8mm];
+    pub const ALL: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dotprod, Isa::I8mm];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::Dotprod => "dotprod",
             Isa::I8mm => "i8mm",
@@ -87,12 +92,18 @@ impl Isa {
     pub fn is_supported(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 => {
+            Isa::Avx2 | Isa::Avx512 => {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    std::is_x86_feature_detected!("avx2")
-                        && std::is_x86_feature_detected!("fma")
-                        && std::is_x86_feature_detected!("f16c")
+                    use std::is_x86_feature_detected as has;
+                    has!("avx2")
+                        && has!("fma")
+                        && has!("f16c")
+                        && (self == Isa::Avx2
+                            || (has!("avx512f")
+                                && has!("avx512bw")
+                                && has!("avx512vl")
+                                && has!("avx512vnni")))
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {

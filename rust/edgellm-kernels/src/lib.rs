@@ -93,6 +93,8 @@ impl Kernels {
             Isa::Scalar => &scalar::KERNELS,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => &x86::avx2::KERNELS,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => &x86::avx512::KERNELS,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => &aarch64::neon::KERNELS,
             #[cfg(target_arch = "aarch64")]

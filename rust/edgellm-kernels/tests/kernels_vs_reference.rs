@@ -232,6 +232,22 @@ proptest! {
 #[test]
 fn isa_override_parsing() {
     assert_eq!(Isa::parse("AVX2").unwrap(), Some(Isa::Avx2));
+    assert_eq!(Isa::parse("avx512").unwrap(), Some(Isa::Avx512));
+    // The AVX-512 level needs VNNI on top of F/BW/VL (and everything AVX2 needs).
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::is_x86_feature_detected as has;
+        let avx512 = Isa::Avx2.is_supported()
+            && has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512vnni");
+        assert_eq!(Kernels::for_isa(Isa::Avx512).is_ok(), avx512);
+        assert_eq!(Isa::best() == Isa::Avx512, avx512);
+        eprintln!("x86 kernel tables under test: {:?}", Isa::supported());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(Kernels::for_isa(Isa::Avx512).is_err());
     assert_eq!(Isa::parse("auto").unwrap(), None);
     assert!(Isa::parse("sse9").is_err());
     assert!(Kernels::for_isa(Isa::Scalar).is_ok());

@@ -106,3 +106,59 @@ fn float_gemv_throughput() {
         println!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(2 * 64 * N * reps, hot), gbs(2 * N * R, streamed));
     }
 }
+
+/// Quantized prompt GEMM (`gemm_q`) of the SIMD paths, single thread, in GOP/s
+/// (2·n·m·k): 128 tokens × 2048 weight rows × k = 2048, the weights L2/L3-
+/// resident. The paths take turns over several rounds (best of each), so that
+/// a noisy machine slows them alike.
+#[test]
+#[ignore]
+fn gemm_q_throughput() {
+    use edgellm_kernels::quant::qgemm::{QActs, QGemmScratch};
+    use GgmlType::*;
+    const N: usize = 128;
+    const KD: usize = 2048;
+    const M: usize = 2048;
+    let x = row(3, N * KD);
+    let w_f32 = row(4, 64 * KD);
+    println!("single thread gemm_q, {N} tokens x {M} rows x k = {KD}: GOP/s");
+    for ty in [Q4_0, Q8_0, Q4K, Q6K] {
+        let rb = ty.row_bytes(KD).unwrap();
+        let mut w = vec![0u8; rb * M];
+        for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {
+            quantize_row(ty, &w_f32[r * KD..(r + 1) * KD], out).unwrap();
+        }
+        for r in 64..M {
+            w.copy_within((r % 64) * rb..(r % 64 + 1) * rb, r * rb);
+        }
+        let paths: Vec<(Isa, &Kernels, QActs)> = Isa::supported()
+            .into_iter()
+            .filter(|&isa| isa != Isa::Scalar)
+            .map(|isa| {
+                let k = Kernels::for_isa(isa).unwrap();
+                let ab = act_row_bytes(ty, KD).unwrap();
+                let mut act = vec![0u8; N * ab];
+                for (xr, ar) in x.chunks_exact(KD).zip(act.chunks_exact_mut(ab)) {
+                    (k.quantize_act)(ty, xr, ar);
+                }
+                (isa, k, QActs::new(ty, KD, act))
+            })
+            .collect();
+        let mut best = vec![f64::INFINITY; paths.len()];
+        let mut out = vec![0f32; N * M];
+        let mut s = QGemmScratch::default();
+        for _round in 0..3 {
+            for (i, (_, k, qa)) in paths.iter().enumerate() {
+                best[i] = best[i].min(best_of(3, || {
+                    (k.gemm_q)(&w, qa, &mut out, M, &mut s);
+                    black_box(&out);
+                }));
+            }
+        }
+        let mut line = format!("{:7}", ty.name());
+        for ((isa, ..), t) in paths.iter().zip(&best) {
+            line += &format!("  {:>6}: {:6.1}", isa.name(), 2.0 * (N * M * KD) as f64 / t / 1e9);
+        }
+        println!("{line}");
+    }
+}

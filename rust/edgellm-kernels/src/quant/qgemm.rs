@@ -41,6 +41,10 @@ pub struct QActs {
     pub(crate) da: Vec<f32>,
     /// q4_0: `8 · Σ a` of every (row, block).
     pub(crate) sa: Vec<i32>,
+    /// q8_0: `128 · Σ a` of every (row, block), for kernels that flip the weights'
+    /// sign bits (`w + 128`) to multiply bytes unsigned × signed without
+    /// saturation (`vpdpbusd`).
+    pub(crate) sa128: Vec<i32>,
 }
 
 impl QActs {
@@ -55,18 +59,23 @@ impl QActs {
             bytes.len()
         );
         let n = bytes.len() / ab;
-        let (mut da, mut sa) = (Vec::new(), Vec::new());
+        let (mut da, mut sa, mut sa128) = (Vec::new(), Vec::new(), Vec::new());
         if matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
             da.reserve(bytes.len() / 34);
             for blk in bytes.chunks_exact(34) {
                 da.push(f16_at(blk, 0));
             }
         }
-        if ty == GgmlType::Q4_0 {
-            sa.reserve(bytes.len() / 34);
-            for blk in bytes.chunks_exact(34) {
-                sa.push(8 * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>());
-            }
+        let block_sums = |scale: i32| -> Vec<i32> {
+            bytes
+                .chunks_exact(34)
+                .map(|blk| scale * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>())
+                .collect()
+        };
+        match ty {
+            GgmlType::Q4_0 => sa = block_sums(8),
+            GgmlType::Q8_0 => sa128 = block_sums(128),
+            _ => {}
         }
         QActs {
             ty,
@@ -75,6 +84,7 @@ impl QActs {
             bytes,
             da,
             sa,
+            sa128,
         }
     }
     /// The weight type these activations are quantized for.
@@ -122,6 +132,8 @@ pub(crate) struct PanelTile<'a> {
     pub da: &'a [f32],
     /// q4_0: `8 · Σ a` per block from the first row on; empty otherwise.
     pub sa: &'a [i32],
+    /// q8_0: `128 · Σ a` per block from the first row on; empty otherwise.
+    pub sa128: &'a [i32],
 }
 
 impl PanelTile<'_> {
@@ -192,7 +204,7 @@ pub(crate) fn gemm_q_panels(
         );
     }
     let per_row = |v: usize, t: usize| if v == 0 { 0 } else { t * nb };
-    assert!(qa.da.len() == per_row(qa.da.len(), n) && qa.sa.len() == per_row(qa.sa.len(), n));
+    assert!([qa.da.len(), qa.sa.len(), qa.sa128.len()].into_iter().all(|v| v == per_row(v, n)));
     let nt = ((96 * 1024) / ab).clamp(TILE_TOKENS, 1024) / TILE_TOKENS * TILE_TOKENS;
     let mut res = [[0f32; PANEL]; TILE_TOKENS];
     for t0 in (0..n).step_by(nt) {
@@ -210,6 +222,7 @@ pub(crate) fn gemm_q_panels(
                     ab,
                     da: &qa.da[per_row(qa.da.len(), t)..],
                     sa: &qa.sa[per_row(qa.sa.len(), t)..],
+                    sa128: &qa.sa128[per_row(qa.sa128.len(), t)..],
                 };
                 // Sound: the panel was packed above for `nb` blocks of `ty`; tokens
                 // t..t + c are whole rows of `qa` with their per-block tables.
@@ -274,14 +287,14 @@ pub(crate) fn gemm_q_with(
     }
 }
 
-/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2:
-/// q4_0, q8_0, q4_K, q6_K; the NEON levels: q4_0, q8_0). Without one, the SIMD tables loop
+/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2 and
+/// AVX-512: q4_0, q8_0, q4_K, q6_K; the NEON levels: q4_0, q8_0). Without one, the SIMD tables loop
 /// their `vec_dot` over (row, token) pairs: correct, but for prompts slower than
 /// dequantizing the weights into the f32 GEMM.
 pub fn has_fast_path(isa: crate::Isa, ty: GgmlType) -> bool {
     match isa {
         crate::Isa::Scalar => false,
-        crate::Isa::Avx2 => has_panel_kernel(ty),
+        crate::Isa::Avx2 | crate::Isa::Avx512 => has_panel_kernel(ty),
         crate::Isa::Neon | crate::Isa::Dotprod | crate::Isa::I8mm => {
             matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0)
         }

@@ -2,10 +2,12 @@
 //! `#[target_feature]` and only reachable through a table built after detection.
 
 pub mod avx2;
+pub mod avx512;
 pub mod gemm_avx2;
 pub mod gemv_avx2;
 pub mod lowbit_avx2;
 pub mod qgemm_avx2;
+pub mod qgemm_vnni;
 pub mod quant_avx2;
 mod simd;
 pub mod nf4_fp8_avx2;

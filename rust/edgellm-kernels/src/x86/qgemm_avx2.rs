@@ -21,9 +21,9 @@ pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut 
     qgemm::gemm_q_panels(&Avx2Panels(()), w, qa, out, ldo, s)
 }
 
-/// The AVX2 tile kernels and panel packer. Only built by [`gemm_q`], which the
-/// AVX2 table alone reaches (after avx2, fma and f16c were detected).
-struct Avx2Panels(());
+/// The AVX2 tile kernels and panel packer. Only built by [`gemm_q`] and the
+/// AVX-512 table's kernels, reached after avx2, fma and f16c were detected.
+pub(super) struct Avx2Panels(pub(super) ());
 
 impl PanelKernels for Avx2Panels {
     fn pack(&self, ty: GgmlType, w: &[u8], rb: usize, k: usize, l: PanelLayout, out: &mut [u8]) {
@@ -55,13 +55,13 @@ unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANE
 }
 
 #[inline(always)]
-unsafe fn ld256(p: *const u8) -> __m256i {
+pub(super) unsafe fn ld256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// The 4 bytes at `p` broadcast to every 32-bit lane.
 #[inline(always)]
-unsafe fn bcast4(p: *const u8) -> __m256i {
+pub(super) unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 

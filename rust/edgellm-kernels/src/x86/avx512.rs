@@ -1,0 +1,15 @@
+//! The AVX-512 table (F/BW/VL + VNNI, on top of AVX2/FMA/F16C): the AVX2 kernels,
+//! with the quantized prompt GEMM's q4_0 and q8_0 tiles on `vpdpbusd`
+//! ([`super::qgemm_vnni`]). The float kernels stay on 256-bit vectors: on Zen 4
+//! a 512-bit FMA issues as two 256-bit halves, and the decode GEMVs are bound by
+//! memory bandwidth either way.
+
+use crate::{Isa, Kernels};
+
+/// Sound to hand out only after `Isa::Avx512.is_supported()`, which checks every
+/// feature the AVX2 kernels and the VNNI tiles use (`Kernels::for_isa` does).
+pub static KERNELS: Kernels = Kernels {
+    isa: Isa::Avx512,
+    gemm_q: super::qgemm_vnni::gemm_q,
+    ..super::avx2::KERNELS
+};

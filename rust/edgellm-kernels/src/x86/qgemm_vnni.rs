@@ -1,0 +1,91 @@
+//! AVX-512 VNNI tiles of the quantized prompt GEMM (see [`crate::quant::qgemm`]),
+//! on the AVX2 panel layout and packer. Per 4-element group and token, one
+//! `vpdpbusd` (256-bit, AVX512-VL) adds the four unsigned × signed byte products
+//! of each of the 8 rows straight into its i32 lane, where AVX2 needs
+//! `vpmaddubsw` plus a widening step (and for q8_0 a sign transfer first), and
+//! the i32 sums cannot saturate. q8_0's signed weights are made unsigned by
+//! flipping their sign bits (`w + 128`); the `128 · Σ a` this adds per block is
+//! subtracted from the exact integer sum, as q4_0's `8 · Σ a`. The f32 steps are
+//! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
+//! q4_K and q6_K keep the AVX2 tiles.
+
+use super::qgemm_avx2::{bcast4, ld256, Avx2Panels};
+use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
+use crate::quant::GgmlType;
+use core::arch::x86_64::*;
+
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
+pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
+    if panel_layout(qa.ty()).is_none() {
+        return qgemm::gemm_q_with(super::quant_avx2::vec_dot, w, qa, out, ldo);
+    }
+    qgemm::gemm_q_panels(&VnniPanels(()), w, qa, out, ldo, s)
+}
+
+/// Only built by [`gemm_q`], which the AVX-512 table alone reaches (after the
+/// AVX2 and AVX-512 F/BW/VL/VNNI features were detected).
+struct VnniPanels(());
+
+impl PanelKernels for VnniPanels {
+    fn pack(&self, ty: GgmlType, w: &[u8], rb: usize, k: usize, l: PanelLayout, out: &mut [u8]) {
+        Avx2Panels(()).pack(ty, w, rb, k, l, out)
+    }
+
+    unsafe fn tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        let (offsets, flip) = match ty {
+            GgmlType::Q4_0 => (x.sa, false),
+            GgmlType::Q8_0 => (x.sa128, true),
+            _ => return Avx2Panels(()).tile(ty, x, tokens, res),
+        };
+        match (tokens, flip) {
+            (4, false) => tile::<4, false>(x, offsets, res),
+            (3, false) => tile::<3, false>(x, offsets, res),
+            (2, false) => tile::<2, false>(x, offsets, res),
+            (_, false) => tile::<1, false>(x, offsets, res),
+            (4, true) => tile::<4, true>(x, offsets, res),
+            (3, true) => tile::<3, true>(x, offsets, res),
+            (2, true) => tile::<2, true>(x, offsets, res),
+            (_, true) => tile::<1, true>(x, offsets, res),
+        }
+    }
+}
+
+/// q4_0 (nibbles, `FLIP = false`) or q8_0 (signed bytes, `FLIP = true`) panel
+/// times `T` tokens: `res[t][r] = Σ_b (d_w · d_a) · (dot_b - offsets[t, b])`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile<const T: usize, const FLIP: bool>(
+    x: &PanelTile,
+    offsets: &[i32],
+    res: &mut [[f32; PANEL]; TILE_TOKENS],
+) {
+    let (nb, stride) = (x.nb, x.l.stride);
+    assert!(x.da.len() >= T * nb && offsets.len() >= T * nb);
+    let sign = _mm256_set1_epi8(i8::MIN);
+    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wb = x.panel.add(b * stride);
+        // Two chains per token (even and odd groups): one chain of eight
+        // dependent `vpdpbusd` per block made the tile latency-bound.
+        let mut s32 = [[_mm256_setzero_si256(); 2]; T];
+        for g in 0..8 {
+            let mut w = ld256(wb.add(32 * g));
+            if FLIP {
+                w = _mm256_xor_si256(w, sign);
+            }
+            for t in 0..T {
+                s32[t][g % 2] = _mm256_dpbusd_epi32(s32[t][g % 2], w, bcast4(a[t].add(34 * b + 2 + 4 * g)));
+            }
+        }
+        let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
+        for t in 0..T {
+            let dot = _mm256_add_epi32(s32[t][0], s32[t][1]);
+            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(offsets[t * nb + b]));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(isum)));
+        }
+    }
+    for t in 0..T {
+        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}

@@ -42,6 +42,11 @@ pub struct Kernels {
     pub gemv_f16: fn(w: &[f16], x: &[f32], out: &mut [f32]),
     /// [`Self::gemv_f32`] for bf16 weights (bit-identical to `dot_bf16`).
     pub gemv_bf16: fn(w: &[bf16], x: &[f32], out: &mut [f32]),
+    /// Prompts of a few tokens on float weights: `out[t * ldo + j] = dot(w_j, x_t)`
+    /// for every row `w_j` of `w` and token `t < n` (`x` holds `n` rows of
+    /// `k = x.len() / n` elements; `w` whole rows of `k`), each weight read from
+    /// memory once, without packing. Row-major `w` only. Panics on a shape mismatch.
+    pub gemm_few: fn(w: gemm::BRows<'_>, x: &[f32], n: usize, out: &mut [f32], ldo: usize),
     /// `y += alpha * x`.
     pub axpy: fn(alpha: f32, x: &[f32], y: &mut [f32]),
     /// Widen f16 to f32 (`dst.len() == src.len()`).

@@ -12,6 +12,7 @@ pub static KERNELS: Kernels = Kernels {
     gemv_f32: |w, x, out| gemv_with(dot_f32, w, x, out),
     gemv_f16: |w, x, out| gemv_with(dot_f16, w, x, out),
     gemv_bf16: |w, x, out| gemv_with(dot_bf16, w, x, out),
+    gemm_few: |w, x, n, out, ldo| gemm_few_with(dot_f32, dot_f16, dot_bf16, w, x, n, out, ldo),
     axpy,
     f16_to_f32,
     bf16_to_f32,
@@ -39,6 +40,53 @@ pub(crate) fn gemv_with<E>(dot: fn(&[E], &[f32]) -> f32, w: &[E], x: &[f32], out
     assert_eq!(w.len(), n * out.len(), "gemv: weight length mismatch");
     for (r, y) in out.iter_mut().enumerate() {
         *y = dot(&w[r * n..(r + 1) * n], x);
+    }
+}
+
+/// Checks the operands of [`Kernels::gemm_few`]; returns (k, weight rows).
+pub fn check_gemm_few(w: crate::gemm::BRows<'_>, x: &[f32], n: usize, out: &[f32], ldo: usize) -> (usize, usize) {
+    use crate::gemm::BRows;
+    assert!(n > 0 && x.len() % n == 0 && x.len() > 0, "gemm_few: x is not n whole rows");
+    let k = x.len() / n;
+    let len = match w {
+        BRows::F32(w) => w.len(),
+        BRows::F16(w) => w.len(),
+        BRows::Bf16(w) => w.len(),
+        BRows::F32Cols { .. } => panic!("gemm_few: weights must be row-major"),
+    };
+    assert_eq!(len % k, 0, "gemm_few: weights are not whole rows of k");
+    let rows = len / k;
+    assert!(ldo >= rows && out.len() >= (n - 1) * ldo + rows, "gemm_few: output too small");
+    (k, rows)
+}
+
+/// [`Kernels::gemm_few`] as one `dot` per (weight row, token): the reference,
+/// and the tables without a register-blocked kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_few_with(
+    d32: fn(&[f32], &[f32]) -> f32,
+    d16: fn(&[f16], &[f32]) -> f32,
+    db16: fn(&[bf16], &[f32]) -> f32,
+    w: crate::gemm::BRows<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    use crate::gemm::BRows;
+    fn each<E>(dot: fn(&[E], &[f32]) -> f32, w: &[E], x: &[f32], k: usize, out: &mut [f32], ldo: usize) {
+        for (j, wr) in w.chunks_exact(k).enumerate() {
+            for (t, xt) in x.chunks_exact(k).enumerate() {
+                out[t * ldo + j] = dot(wr, xt);
+            }
+        }
+    }
+    let (k, _) = check_gemm_few(w, x, n, out, ldo);
+    match w {
+        BRows::F32(w) => each(d32, w, x, k, out, ldo),
+        BRows::F16(w) => each(d16, w, x, k, out, ldo),
+        BRows::Bf16(w) => each(db16, w, x, k, out, ldo),
+        BRows::F32Cols { .. } => unreachable!("checked above"),
     }
 }
 

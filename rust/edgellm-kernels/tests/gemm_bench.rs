@@ -1,7 +1,8 @@
 //! Single-thread packed-GEMM throughput per instruction set, in GFLOP/s: the
 //! micro-kernel alone on L1/L2-resident panels (its compute ceiling), the whole
 //! GEMM (`pack_a` + `gemm_packed`) on square f32 products, and a prefill-shaped
-//! product with f16 weights larger than the L3 (256 tokens, 2048 → 5632). Run with
+//! product with f16 weights larger than the L3 (256 tokens, 2048 → 5632), and
+//! `gemm_few` (prompts of 1-16 tokens) on f16 weights streamed from memory. Run with
 //! `cargo test --release -p edgellm-kernels --test gemm_bench -- --ignored --nocapture`.
 
 use edgellm_kernels::gemm::{gemm_packed, pack_a, BRows, GemmScratch, KC, MR, NR};
@@ -67,5 +68,38 @@ fn gemm_f32_throughput() {
             2.0 * (n * kd * m) as f64 / t / 1e9
         );
         println!("{line}  GFLOP/s");
+    }
+}
+
+/// `Kernels::gemm_few` on 16384 × 2048 f16 weights (64 MiB, past the caches),
+/// single thread: GB/s of weights and GFLOP/s, beside `gemv_f16` (one token).
+#[test]
+#[ignore]
+fn gemm_few_throughput() {
+    let (m, k) = (16384usize, 2048usize);
+    let w: Vec<f16> = data(7, m * k).into_iter().map(f16::from_f32).collect();
+    for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let mut y = vec![0f32; m];
+        let x1 = data(8, k);
+        let t = best_of(3, || {
+            (kern.gemv_f16)(&w, &x1, &mut y);
+            black_box(&y);
+        });
+        let mut line = format!("{:>7}  gemv {:5.1} GB/s", isa.name(), (2 * m * k) as f64 / t / 1e9);
+        for n in [2usize, 4, 8, 16] {
+            let x = data(9, n * k);
+            let mut out = vec![0f32; n * m];
+            let t = best_of(3, || {
+                (kern.gemm_few)(BRows::F16(&w), &x, n, &mut out, m);
+                black_box(&out);
+            });
+            line += &format!(
+                "  n={n} {:5.1} GB/s {:5.1} GFLOP/s",
+                (2 * m * k) as f64 / t / 1e9,
+                (2 * m * k * n) as f64 / t / 1e9
+            );
+        }
+        println!("{line}");
     }
 }

@@ -180,6 +180,64 @@ fn check_gemv(rows: usize, n: usize, seed: u64) {
     }
 }
 
+/// The few-token float GEMM: every element within f32 summation error of f64 (so
+/// of the scalar reference too), for f32, f16 and bf16 weights, at a row stride
+/// past the weight rows, whose padding must stay untouched.
+fn check_gemm_few(rows: usize, n: usize, k: usize, seed: u64) {
+    use edgellm_kernels::gemm::BRows;
+    let w = data(seed, rows * k);
+    let x = data(seed + 5, n * k);
+    let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let bh: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let ldo = rows + 2;
+    let widened: [(&str, BRows, Vec<f32>); 3] = [
+        ("f32", BRows::F32(&w), w.clone()),
+        ("f16", BRows::F16(&h), h.iter().map(|v| v.to_f32()).collect()),
+        ("bf16", BRows::Bf16(&bh), bh.iter().map(|v| v.to_f32()).collect()),
+    ];
+    for kern in paths() {
+        for (ty, b, wf) in &widened {
+            let mut out = vec![f32::NAN; (n - 1) * ldo + rows + 1];
+            (kern.gemm_few)(*b, &x, n, &mut out, ldo);
+            for t in 0..n {
+                for j in 0..rows {
+                    let r = dot_f64(wf[j * k..(j + 1) * k].iter().copied(), &x[t * k..(t + 1) * k]);
+                    assert!(
+                        close(out[t * ldo + j], r, k),
+                        "{} gemm_few {ty} {rows}x{n}x{k} at ({t},{j})",
+                        kern.isa.name()
+                    );
+                }
+                for pad in rows..ldo {
+                    if let Some(v) = out.get(t * ldo + pad) {
+                        assert!(v.is_nan(), "{} gemm_few {ty} wrote past row {rows}", kern.isa.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_few_on_odd_shapes() {
+    for &k in &[1usize, 7, 8, 31, 33, 255, 1000] {
+        for rows in [1usize, 3, 4, 5, 9] {
+            for n in [1usize, 2, 3, 4, 7] {
+                check_gemm_few(rows, n, k, (rows * 31 + n * 7 + k) as u64);
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "output too small")]
+fn gemm_few_rejects_a_short_output() {
+    use edgellm_kernels::gemm::BRows;
+    let k = Kernels::for_isa(Isa::best()).unwrap();
+    let mut out = vec![0f32; 5];
+    (k.gemm_few)(BRows::F32(&[0.0; 12]), &[0.0; 8], 2, &mut out, 3);
+}
+
 #[test]
 fn gemv_on_odd_shapes() {
     for (i, &n) in ODD_LENGTHS.iter().enumerate() {
@@ -221,6 +279,11 @@ proptest! {
     #[test]
     fn gemv_random(rows in 1usize..9, n in 0usize..300, seed in any::<u64>()) {
         check_gemv(rows, n, seed);
+    }
+
+    #[test]
+    fn gemm_few_random(rows in 1usize..11, n in 1usize..9, k in 1usize..300, seed in any::<u64>()) {
+        check_gemm_few(rows, n, k, seed);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! depend on the number of threads.
 
 use super::matmul::{par_gemm, par_pack_a, BSource};
-use super::par::{for_each_claimed, SharedMut};
+use super::par::{for_each_claimed, for_each_claimed_with, SharedMut};
 use crate::tensor::{DType, Tensor};
 use edgellm_kernels::gemm::BRows;
 use edgellm_kernels::quant::{
@@ -290,42 +290,31 @@ impl Linear {
         par_gemm(k, &a, src, self.out_features(), out);
     }
 
-    /// A few rows (2..PACKED_MIN_ROWS) of float weights: blocks of weight rows,
-    /// widened to f32 once per block and reused for every activation row.
+    /// A few rows (2..PACKED_MIN_ROWS) of float weights: `Kernels::gemm_few` on
+    /// blocks of weight rows claimed in order (one front through the weights, as
+    /// the decode GEMV), each block's outputs through a small tile.
     fn gemm_few(&self, k: &Kernels, rows: BRows<'_>, x: &[f32], n: usize, out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
-        // Keep a widened weight block around 64 KiB (L2-resident), 4..=64 rows.
-        let block = ((16 * 1024) / kd).clamp(4, 64);
+        let block = gemv_chunk(m);
         let shared = SharedMut::new(out);
-        (0..m.div_ceil(block)).into_par_iter().for_each_init(
-            || (Vec::<f32>::new(), Vec::<f32>::new()),
-            |(wbuf, tile), b| {
-                let (r0, r1) = (b * block, ((b + 1) * block).min(m));
-                let range = r0 * kd..r1 * kd;
-                let w: &[f32] = match rows {
-                    BRows::F32(w) => &w[range],
-                    BRows::F16(w) => {
-                        wbuf.resize(range.len(), 0.0);
-                        (k.f16_to_f32)(&w[range], wbuf);
-                        wbuf
-                    }
-                    BRows::Bf16(w) => {
-                        wbuf.resize(range.len(), 0.0);
-                        (k.bf16_to_f32)(&w[range], wbuf);
-                        wbuf
-                    }
-                    BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
-                };
-                let width = r1 - r0;
-                tile.resize(n * width, 0.0);
-                (k.matmul_f32)(x, w, kd, tile, width);
-                for t in 0..n {
-                    // SAFETY: block b alone writes columns r0..r1 of each row.
-                    let dst = unsafe { shared.slice(t * m + r0, width) };
-                    dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
-                }
-            },
-        );
+        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
+            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+            let range = r0 * kd..r1 * kd;
+            let w = match rows {
+                BRows::F32(w) => BRows::F32(&w[range]),
+                BRows::F16(w) => BRows::F16(&w[range]),
+                BRows::Bf16(w) => BRows::Bf16(&w[range]),
+                BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
+            };
+            let width = r1 - r0;
+            tile.resize(n * width, 0.0);
+            (k.gemm_few)(w, x, n, tile, width);
+            for t in 0..n {
+                // SAFETY: block b alone writes columns r0..r1 of each row.
+                let dst = unsafe { shared.slice(t * m + r0, width) };
+                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
+            }
+        });
     }
 }
 

@@ -34,6 +34,7 @@ const NEON: Kernels = Kernels {
     gemv_f32: |w, x, out| crate::scalar::gemv_with(dot_f32, w, x, out),
     gemv_f16: |w, x, out| crate::scalar::gemv_with(dot_f16, w, x, out),
     gemv_bf16: |w, x, out| crate::scalar::gemv_with(dot_bf16, w, x, out),
+    gemm_few: |w, x, n, out, ldo| crate::scalar::gemm_few_with(dot_f32, dot_f16, dot_bf16, w, x, n, out, ldo),
     axpy,
     f16_to_f32,
     bf16_to_f32,

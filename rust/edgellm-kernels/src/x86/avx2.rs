@@ -15,6 +15,7 @@ pub static KERNELS: Kernels = Kernels {
     gemv_f32: |w, x, out| crate::scalar::gemv_with(dot_f32, w, x, out),
     gemv_f16: |w, x, out| crate::scalar::gemv_with(dot_f16, w, x, out),
     gemv_bf16: |w, x, out| crate::scalar::gemv_with(dot_bf16, w, x, out),
+    gemm_few: super::few_avx2::gemm_few,
     axpy,
     f16_to_f32,
     bf16_to_f32,

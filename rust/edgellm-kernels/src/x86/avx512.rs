@@ -11,5 +11,6 @@ use crate::{Isa, Kernels};
 pub static KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
     gemm_q: super::qgemm_vnni::gemm_q,
+    gemm_few: super::few_avx2::gemm_few_avx512,
     ..super::avx2::KERNELS
 };

@@ -15,23 +15,29 @@ use common::{best_of, uniform_vec as row};
 const K: usize = 4096;
 const ROWS: usize = 4096;
 
+/// `rows` quantized rows of `k`: 64 rows quantized from `w_f32`, repeated
+/// (quantizing thousands of k-quant rows is slow).
+fn weight_rows(ty: GgmlType, k: usize, rows: usize, w_f32: &[f32]) -> Vec<u8> {
+    let rb = ty.row_bytes(k).unwrap();
+    let mut w = vec![0u8; rb * rows];
+    for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {
+        quantize_row(ty, &w_f32[r * k..(r + 1) * k], out).unwrap();
+    }
+    for r in 64..rows {
+        w.copy_within((r % 64) * rb..(r % 64 + 1) * rb, r * rb);
+    }
+    w
+}
+
 #[test]
 #[ignore]
 fn vec_dot_throughput() {
     use GgmlType::*;
     let x = row(1, K);
-    let w_f32 = row(2, K * ROWS);
+    let w_f32 = row(2, 64 * K);
     println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q)");
     for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128] {
-        let rb = ty.row_bytes(K).unwrap();
-        let mut w = vec![0u8; rb * ROWS];
-        for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {
-            quantize_row(ty, &w_f32[r * K..(r + 1) * K], out).unwrap();
-        }
-        // Reuse the first 64 quantized rows (quantizing 4096 k-quant rows is slow).
-        for r in 64..ROWS {
-            w.copy_within((r % 64) * rb..(r % 64 + 1) * rb, r * rb);
-        }
+        let (rb, w) = (ty.row_bytes(K).unwrap(), weight_rows(ty, K, ROWS, &w_f32));
         let mut line = format!("{:7}", ty.name());
         for isa in Isa::supported() {
             let k = Kernels::for_isa(isa).unwrap();
@@ -123,14 +129,7 @@ fn gemm_q_throughput() {
     let w_f32 = row(4, 64 * KD);
     println!("single thread gemm_q, {N} tokens x {M} rows x k = {KD}: GOP/s");
     for ty in [Q4_0, Q8_0, Q4K, Q6K] {
-        let rb = ty.row_bytes(KD).unwrap();
-        let mut w = vec![0u8; rb * M];
-        for (r, out) in w.chunks_exact_mut(rb).enumerate().take(64) {
-            quantize_row(ty, &w_f32[r * KD..(r + 1) * KD], out).unwrap();
-        }
-        for r in 64..M {
-            w.copy_within((r % 64) * rb..(r % 64 + 1) * rb, r * rb);
-        }
+        let w = weight_rows(ty, KD, M, &w_f32);
         let paths: Vec<(Isa, &Kernels, QActs)> = Isa::supported()
             .into_iter()
             .filter(|&isa| isa != Isa::Scalar)

@@ -12,8 +12,10 @@ use edgellm_kernels::quant::{
 };
 use edgellm_kernels::Kernels;
 
-/// Row counts from which packing the activations pays off.
-const PACKED_MIN_ROWS: usize = 8;
+/// Row counts from which packing the activations pays off: below, `gemm_few`
+/// (single thread, 16384 × 2048 f16: 8 tokens 37-39 GFLOP/s against 28-34
+/// packed; 12 tokens 32-40 against 49-52).
+const PACKED_MIN_ROWS: usize = 9;
 /// Row counts from which quantized weights take the multi-row integer GEMM
 /// (`Kernels::gemm_q`) instead of one GEMV per row: below, repacking the weight
 /// panels costs more than reading the weights once per row (measured, AVX2, 2

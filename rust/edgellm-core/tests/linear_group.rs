@@ -69,3 +69,44 @@ fn forward_group_equals_separate_forwards() {
         }
     }
 }
+
+/// A few rows of quantized weights (below the integer GEMM's row count: the
+/// block-by-block GEMVs of `Linear::forward`) give exactly the outputs of one
+/// `forward` per row, for every kernel path, row counts that are not multiples
+/// of the row blocks, and thread counts. Float weights (the few-token GEMM) agree
+/// to f32 summation order.
+#[test]
+fn few_rows_equal_row_by_row_forwards() {
+    let cols = 256;
+    for isa in Isa::supported() {
+        let k = Kernels::for_isa(isa).unwrap();
+        for (i, ty) in [Some(GgmlType::Q4_0), Some(GgmlType::Q8_0), Some(GgmlType::Q4K), Some(GgmlType::Q5_1), None, Some(GgmlType::F16)]
+            .into_iter()
+            .enumerate()
+        {
+            let l = layer(300 + i as u64, 1037, cols, ty, i % 2 == 0);
+            let m = l.out_features();
+            for tokens in [2usize, 3, 4, 8] {
+                let x = values(40 + tokens as u64, tokens * cols);
+                let mut want = vec![0f32; tokens * m];
+                for (xr, or) in x.chunks_exact(cols).zip(want.chunks_exact_mut(m)) {
+                    l.forward(k, xr, or);
+                }
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut got = vec![f32::NAN; tokens * m];
+                    pool.install(|| l.forward(k, &x, &mut got));
+                    let quantized = matches!(ty, Some(t) if t != GgmlType::F16);
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let ok = if quantized && (tokens < 5 || !edgellm_kernels::quant::qgemm::has_fast_path(isa, ty.unwrap())) {
+                            g.to_bits() == w.to_bits()
+                        } else {
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs())
+                        };
+                        assert!(ok, "{} {:?} tokens {tokens} threads {threads} at {j}: {g} vs {w}", isa.name(), ty.map(|t| t.name()));
+                    }
+                }
+            }
+        }
+    }
+}

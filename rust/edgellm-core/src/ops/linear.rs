@@ -68,12 +68,10 @@ impl Linear {
             None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
             _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
             Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
-            // One row (or a few of quantized weights): a GEMV per row.
-            _ => {
-                for (xr, or) in x.chunks_exact(kd).zip(out.chunks_exact_mut(m)) {
-                    self.gemv(k, xr, or);
-                }
-            }
+            // A few rows of quantized weights: GEMVs, weight block by block.
+            None if n > 1 => self.gemv_few(k, x, out),
+            // One row: the decode GEMV.
+            _ => self.gemv(k, x, out),
         }
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(m) {
@@ -107,6 +105,25 @@ impl Linear {
             self.gemv_rows(k, x, act.as_deref(), r0, unsafe {
                 shared.slice(r0, r1 - r0)
             });
+        });
+    }
+
+    /// A few rows of quantized weights: for each block of weight rows
+    /// (claimed in order; at most 256 KiB, so that it stays in L2), the GEMV of
+    /// every row of `x` in turn. The weights come from memory once instead of
+    /// once per row; every output is computed exactly as [`Self::gemv`] does.
+    fn gemv_few(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
+        let (m, kd) = (self.out_features(), self.in_features());
+        let acts: Vec<Option<Vec<u8>>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
+        let chunk = gemv_chunk(m).min(((256 << 10) / self.weight.row_bytes().max(1)).max(16));
+        let shared = SharedMut::new(out);
+        for_each_claimed(m.div_ceil(chunk), |c| {
+            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
+            for (t, act) in acts.iter().enumerate() {
+                // SAFETY: chunk c alone writes columns r0..r1 of each output row.
+                let o = unsafe { shared.slice(t * m + r0, r1 - r0) };
+                self.gemv_rows(k, &x[t * kd..(t + 1) * kd], act.as_deref(), r0, o);
+            }
         });
     }
 

@@ -68,9 +68,7 @@ impl Linear {
             None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
             _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
             Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
-            // A few rows of quantized weights: GEMVs, weight block by block.
-            None if n > 1 => self.gemv_few(k, x, out),
-            // One row: the decode GEMV.
+            // One row, or a few of quantized weights.
             _ => self.gemv(k, x, out),
         }
         if let Some(b) = &self.bias {
@@ -93,29 +91,20 @@ impl Linear {
         }
     }
 
-    /// Decode: one activation row; bandwidth-bound, weights read once. Quantized
-    /// weights dot with the activation quantized once to the matching int8 format.
+    /// GEMVs: one activation row (decode; bandwidth-bound) or a few rows of
+    /// quantized weights. For each block of weight rows (claimed in order), the
+    /// GEMV of every row of `x` in turn, each row quantized once to the weights'
+    /// int8 activation format. With several rows a block is at most 256 KiB, so
+    /// that it stays in L2 for the rows after the first: the weights come from
+    /// memory once instead of once per row. Rows are computed independently, so
+    /// the block size never changes a result.
     fn gemv(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
-        let act = self.quantize_input(k, x);
-        let (m, chunk) = (out.len(), gemv_chunk(out.len()));
-        let shared = SharedMut::new(out);
-        for_each_claimed(m.div_ceil(chunk), |c| {
-            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
-            // SAFETY: chunk c alone writes rows r0..r1.
-            self.gemv_rows(k, x, act.as_deref(), r0, unsafe {
-                shared.slice(r0, r1 - r0)
-            });
-        });
-    }
-
-    /// A few rows of quantized weights: for each block of weight rows
-    /// (claimed in order; at most 256 KiB, so that it stays in L2), the GEMV of
-    /// every row of `x` in turn. The weights come from memory once instead of
-    /// once per row; every output is computed exactly as [`Self::gemv`] does.
-    fn gemv_few(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
         let acts: Vec<Option<Vec<u8>>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
-        let chunk = gemv_chunk(m).min(((256 << 10) / self.weight.row_bytes().max(1)).max(16));
+        let mut chunk = gemv_chunk(m);
+        if acts.len() > 1 {
+            chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16));
+        }
         let shared = SharedMut::new(out);
         for_each_claimed(m.div_ceil(chunk), |c| {
             let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));

@@ -84,3 +84,34 @@ fn gemv_q_length_checks() {
         }
     }
 }
+
+/// The VNNI GEMV's integer sums are exact, and its f32 steps are the AVX2
+/// path's: on machines with both, q4_0 and q8_0 agree bit for bit, weights
+/// holding −128 included.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemv_q_vnni_equals_avx2_bitwise() {
+    use edgellm_kernels::{Isa, Kernels};
+    let (Ok(avx2), Ok(vnni)) = (Kernels::for_isa(Isa::Avx2), Kernels::for_isa(Isa::Avx512)) else {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+        return;
+    };
+    let mut r = Rng::new(11);
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for nb in [1usize, 7, 8, 9, 24, 129] {
+            let (k, rows) = (32 * nb, 5);
+            let rb = ty.row_bytes(k).unwrap();
+            let mut w: Vec<u8> = (0..rows).flat_map(|_| r.blocks(ty, nb)).collect();
+            if ty == GgmlType::Q8_0 {
+                w[rb + 2] = 0x80;
+            }
+            let mut act = vec![0u8; act_row_bytes(ty, k).unwrap()];
+            quant::quantize_act(ty, &r.row(k), &mut act);
+            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+            (avx2.gemv_q)(ty, &w, &act, k, &mut a);
+            (vnni.gemv_q)(ty, &w, &act, k, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{} nb={nb}", ty.name());
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The AVX-512 table (F/BW/VL + VNNI, on top of AVX2/FMA/F16C): the AVX2 kernels,
-//! with the quantized prompt GEMM's q4_0 and q8_0 tiles on `vpdpbusd`
-//! ([`super::qgemm_vnni`]). The float kernels stay on 256-bit vectors: on Zen 4
+//! with the q4_0 and q8_0 products of the quantized prompt GEMM
+//! ([`super::qgemm_vnni`]) and decode GEMV ([`super::gemv_vnni`]) on `vpdpbusd`. The float kernels stay on 256-bit vectors: on Zen 4
 //! a 512-bit FMA issues as two 256-bit halves, and the decode GEMVs are bound by
 //! memory bandwidth either way.
 
@@ -10,6 +10,7 @@ use crate::{Isa, Kernels};
 /// feature the AVX2 kernels and the VNNI tiles use (`Kernels::for_isa` does).
 pub static KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
+    gemv_q: super::gemv_vnni::gemv_q,
     gemm_q: super::qgemm_vnni::gemm_q,
     gemm_few: super::few_avx2::gemm_few_avx512,
     ..super::avx2::KERNELS

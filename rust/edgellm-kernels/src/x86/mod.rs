@@ -6,6 +6,7 @@ pub mod avx512;
 pub mod gemm_avx2;
 pub mod few_avx2;
 pub mod gemv_avx2;
+pub mod gemv_vnni;
 pub mod lowbit_avx2;
 pub mod qgemm_avx2;
 pub mod qgemm_vnni;

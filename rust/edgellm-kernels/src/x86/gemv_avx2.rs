@@ -27,7 +27,8 @@ pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f3
         GgmlType::Q8_0 if rb > 0 => unsafe { q8_0(w, rb, act, n / 32, out) },
         _ => {
             for (r, y) in out.iter_mut().enumerate() {
-                *y = super::quant_avx2::vec_dot(ty, &w[r * rb..(r + 1) * rb], act, n);
+                // Sound: `check_gemv` checked every row's length and the act's.
+                *y = unsafe { super::quant_avx2::vec_dot_unchecked(ty, &w[r * rb..(r + 1) * rb], act, n) };
             }
         }
     }

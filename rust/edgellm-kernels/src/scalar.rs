@@ -145,6 +145,41 @@ pub(crate) fn matmul_dims(a: &[f32], b: &[f32], k: usize, c: &[f32], ldc: usize)
     (n, m)
 }
 
+/// A SIMD register tile of `matmul_f32`: `MR` rows of `a` by `NR` rows of `b`.
+pub(crate) trait F32Tile {
+    const MR: usize;
+    const NR: usize;
+    /// Writes the `MR × NR` dot products of length `k` of the rows at `a` and
+    /// `b` (row stride `k`) to `c` (row stride `ldc`).
+    unsafe fn tile(a: *const f32, b: *const f32, k: usize, c: *mut f32, ldc: usize);
+    /// The same instruction set's dot product, for the ragged edges.
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+}
+
+/// `c[i·ldc + j] = a_i · b_j` (shapes checked by [`matmul_dims`]) by register
+/// tiles `T` over the whole `MR × NR` blocks and `T::dot` over the ragged
+/// edges; inlined into each instruction set's `#[target_feature]` entry.
+///
+/// # Safety
+/// The CPU has the features `T`'s kernels are compiled for, and the shapes
+/// passed [`matmul_dims`].
+#[inline(always)]
+pub(crate) unsafe fn matmul_tiled<T: F32Tile>(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, c: &mut [f32], ldc: usize) {
+    let (n_full, m_full) = (n - n % T::MR, m - m % T::NR);
+    let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    for i in (0..n_full).step_by(T::MR) {
+        for j in (0..m_full).step_by(T::NR) {
+            T::tile(ap.add(i * k), bp.add(j * k), k, cp.add(i * ldc + j), ldc);
+        }
+    }
+    for i in 0..n {
+        let j0 = if i < n_full { m_full } else { 0 };
+        for j in j0..m {
+            c[i * ldc + j] = T::dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
+        }
+    }
+}
+
 pub fn matmul_f32(a: &[f32], b: &[f32], k: usize, c: &mut [f32], ldc: usize) {
     let (n, m) = matmul_dims(a, b, k, c, ldc);
     for i in 0..n {

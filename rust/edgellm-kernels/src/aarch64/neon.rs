@@ -229,28 +229,23 @@ mod imp {
         }
     }
 
+    /// The 4 × 4 tile and the NEON dot for [`crate::scalar::matmul_tiled`].
+    struct Tile4x4;
+    impl crate::scalar::F32Tile for Tile4x4 {
+        const MR: usize = MR;
+        const NR: usize = NR;
+        #[inline(always)]
+        unsafe fn tile(a: *const f32, b: *const f32, k: usize, c: *mut f32, ldc: usize) {
+            tile_4x4(a, b, k, c, ldc)
+        }
+        #[inline(always)]
+        unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+            dot_f32(a, b)
+        }
+    }
+
     #[target_feature(enable = "neon")]
-    pub unsafe fn matmul_f32(
-        a: &[f32],
-        b: &[f32],
-        n: usize,
-        m: usize,
-        k: usize,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        let (n_full, m_full) = (n - n % MR, m - m % NR);
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        for i in (0..n_full).step_by(MR) {
-            for j in (0..m_full).step_by(NR) {
-                tile_4x4(ap.add(i * k), bp.add(j * k), k, cp.add(i * ldc + j), ldc);
-            }
-        }
-        for i in 0..n {
-            let j0 = if i < n_full { m_full } else { 0 };
-            for j in j0..m {
-                c[i * ldc + j] = dot_f32(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
-            }
-        }
+    pub unsafe fn matmul_f32(a: &[f32], b: &[f32], n: usize, m: usize, k: usize, c: &mut [f32], ldc: usize) {
+        crate::scalar::matmul_tiled::<Tile4x4>(a, b, n, m, k, c, ldc)
     }
 }

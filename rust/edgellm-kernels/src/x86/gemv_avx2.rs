@@ -50,6 +50,11 @@ pub(super) trait Q4Pair {
     /// lane); `a`: the prepared pair (low-nibble partners, high-nibble
     /// partners). Returns 4 × i32 partial sums per block, block `b` low.
     unsafe fn pair(q: __m256i, a: *const __m256i) -> __m256i;
+    /// The f16 scales of the eight blocks of a group at `w`, in [`PAIR_ORD`].
+    #[inline(always)]
+    unsafe fn scales(w: *const u8) -> __m256 {
+        weight_scales(w, 18, PAIR_ORD)
+    }
 }
 
 /// The partial sums (8 × i32) of one q8_0 block's 32 products `w · a`, plus
@@ -57,6 +62,11 @@ pub(super) trait Q4Pair {
 pub(super) trait Q8Block {
     const OFFSET: bool;
     unsafe fn block(w: *const u8, a: *const u8) -> __m256i;
+    /// The f16 scales of the eight blocks of a group at `w`, in order.
+    #[inline(always)]
+    unsafe fn scales(w: *const u8) -> __m256 {
+        weight_scales(w, 34, NATURAL)
+    }
 }
 
 struct MaddubsQ4;
@@ -99,7 +109,7 @@ unsafe fn ld256(p: *const u8) -> __m256i {
 use crate::x86::simd::{hsum_i32, hsum_ps};
 
 /// The order in which [`reduce_pairs`] leaves the sums of eight blocks.
-const PAIR_ORD: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+pub(super) const PAIR_ORD: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 const NATURAL: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 /// The q8_0 activation row, prepared per group of eight blocks (block order
@@ -244,7 +254,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
                 P::pair(quant_pair(wg.add(108)), a.add(6)),
             ]);
             let isum = _mm256_sub_epi32(sums, *p.offsets.as_ptr().add(g));
-            let d = _mm256_mul_ps(weight_scales(wg, 18, PAIR_ORD), *p.scales.as_ptr().add(g));
+            let d = _mm256_mul_ps(P::scales(wg), *p.scales.as_ptr().add(g));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
         }
         let mut sum = hsum_ps(acc);
@@ -285,7 +295,7 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
             if B::OFFSET {
                 isum = _mm256_sub_epi32(isum, *p.offsets.as_ptr().add(g));
             }
-            let d = _mm256_mul_ps(weight_scales(wg, 34, NATURAL), *p.scales.as_ptr().add(g));
+            let d = _mm256_mul_ps(B::scales(wg), *p.scales.as_ptr().add(g));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
         }
         let mut sum = hsum_ps(acc);

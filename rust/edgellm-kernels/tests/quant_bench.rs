@@ -1,10 +1,12 @@
 //! Single-thread throughput of `vec_dot` per instruction set, in GB/s of weight
 //! bytes: one 4096-element row over and over (hot in L1: the kernel's compute
-//! speed), and a 4096 × 4096 matrix-vector product (weights streamed from memory,
-//! like decoding) as a loop of `vec_dot` and as one `gemv_q` call (the decode
-//! path, which prepares the activation once), plus `gemv_q` over 64 rows that
-//! stay in L2 (the decode kernel's compute speed). Run with
-//! `cargo test --release -p edgellm-kernels --test quant_bench -- --ignored --nocapture`.
+//! speed), and a 4096 × 4096 matrix-vector product (4.5-18 MB: from L3 on a
+//! machine with a large one) as a loop of `vec_dot` and as one `gemv_q` call (the
+//! decode path, which prepares the activation once), plus `gemv_q` over 64 rows
+//! that stay in L2 (the decode kernel's compute speed). `gemv_q_dram` streams
+//! 256 MiB from memory on one and two threads, as decoding does. Run with
+//! `cargo test --release -p edgellm-kernels --test quant_bench -- --ignored --nocapture`
+//! (`EDGELLM_BENCH_TYPES=q4_0,q8_0` picks types).
 
 use edgellm_kernels::quant::{act_row_bytes, quantize_row, GgmlType};
 use edgellm_kernels::{Isa, Kernels};
@@ -30,6 +32,12 @@ fn weight_rows(ty: GgmlType, k: usize, rows: usize, w_f32: &[f32]) -> Vec<u8> {
     w
 }
 
+/// The types of `all` named in `EDGELLM_BENCH_TYPES` (comma-separated), or all.
+fn selected<const N: usize>(all: [GgmlType; N]) -> Vec<GgmlType> {
+    let names = std::env::var("EDGELLM_BENCH_TYPES").ok();
+    all.into_iter().filter(|t| names.as_deref().is_none_or(|v| v.split(',').any(|n| n == t.name()))).collect()
+}
+
 #[test]
 #[ignore]
 fn vec_dot_throughput() {
@@ -37,7 +45,7 @@ fn vec_dot_throughput() {
     let x = row(1, K);
     let w_f32 = row(2, 64 * K);
     println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q | gemv_q on 64 rows in L2)");
-    for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128].into_iter().filter(|t| std::env::var("EDGELLM_BENCH_TYPES").map_or(true, |v| v.split(",").any(|n| n == t.name()))) {
+    for ty in selected([Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128]) {
         let (rb, w) = (ty.row_bytes(K).unwrap(), weight_rows(ty, K, ROWS, &w_f32));
         let mut line = format!("{:7}", ty.name());
         for isa in Isa::supported() {
@@ -166,6 +174,46 @@ fn gemm_q_throughput() {
         let mut line = format!("{:7}", ty.name());
         for ((isa, ..), t) in paths.iter().zip(&best) {
             line += &format!("  {:>6}: {:6.1}", isa.name(), 2.0 * (N * M * KD) as f64 / t / 1e9);
+        }
+        println!("{line}");
+    }
+}
+
+/// Decode GEMV (`gemv_q`) streaming weights from DRAM, as in a decode step
+/// (256 MiB of rows, past any L3), on one and on two threads (each thread a
+/// contiguous half of the rows): GB/s of weight bytes, best of 5.
+#[test]
+#[ignore]
+fn gemv_q_dram() {
+    use GgmlType::*;
+    let x = row(1, K);
+    let w_f32 = row(2, 64 * K);
+    println!("gemv_q, k = {K}, 256 MiB of weights: GB/s (1 thread | 2 threads)");
+    for ty in selected([Q4_0, Q8_0, Q4K, Q6K]) {
+        let rb = ty.row_bytes(K).unwrap();
+        let rows = (256 << 20) / rb / 2 * 2;
+        let w = weight_rows(ty, K, rows, &w_f32);
+        let mut line = format!("{:7}", ty.name());
+        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut act = vec![0u8; act_row_bytes(ty, K).unwrap()];
+            (k.quantize_act)(ty, &x, &mut act);
+            let mut y = vec![0f32; rows];
+            let one = best_of(5, || {
+                (k.gemv_q)(ty, &w, &act, K, &mut y);
+                black_box(&y);
+            });
+            let two = best_of(5, || {
+                let (w0, w1) = w.split_at(rows / 2 * rb);
+                let (y0, y1) = y.split_at_mut(rows / 2);
+                std::thread::scope(|s| {
+                    s.spawn(|| (k.gemv_q)(ty, w0, &act, K, y0));
+                    (k.gemv_q)(ty, w1, &act, K, y1);
+                });
+                black_box(&y);
+            });
+            let gbs = |t: f64| (rb * rows) as f64 / t / 1e9;
+            line += &format!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(one), gbs(two));
         }
         println!("{line}");
     }

@@ -37,11 +37,22 @@ pub(crate) const I8MM: u8 = 2;
 /// `Σ dequant(w)·dequant(act)` over `n` elements (see [`crate::Kernels::vec_dot`]).
 pub(crate) fn vec_dot<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     quant::check_vec_dot(ty, w, act, n);
+    // Sound: lengths checked; the table of level L is only handed out after
+    // NEON (and, for the dotprod and i8mm levels, dotprod) was detected.
+    unsafe { vec_dot_unchecked::<L>(ty, w, act, n) }
+}
+
+/// [`vec_dot`] without the length checks (the GEMV checks its rows once per
+/// call instead of once per row).
+///
+/// # Safety
+/// `quant::check_vec_dot(ty, w, act, n)` would pass, and the CPU has the
+/// features of level `L`.
+#[inline]
+unsafe fn vec_dot_unchecked<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize) -> f32 {
     let nb = n / ty.block_elems();
     let dot = L >= DOTPROD;
     use GgmlType::*;
-    // Sound: the table of level L is only handed out after NEON (and, for the
-    // dotprod and i8mm levels, dotprod) was detected.
     unsafe {
         match (ty, dot) {
             (Q8_0, true) => imp::q8_0_dot(w, act, nb),
@@ -70,7 +81,9 @@ pub(crate) fn vec_dot<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize)
 pub(crate) fn gemv_q<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
     let rb = quant::check_gemv(ty, w, act, n, out.len());
     for (r, y) in out.iter_mut().enumerate() {
-        *y = vec_dot::<L>(ty, &w[r * rb..(r + 1) * rb], act, n);
+        // Sound: `check_gemv` checked every row's length and the act's; the
+        // table of level L is only handed out on CPUs with its features.
+        *y = unsafe { vec_dot_unchecked::<L>(ty, &w[r * rb..(r + 1) * rb], act, n) };
     }
 }
 

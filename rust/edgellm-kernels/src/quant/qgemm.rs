@@ -41,9 +41,9 @@ pub struct QActs {
     pub(crate) da: Vec<f32>,
     /// q4_0: `8 · Σ a` of every (row, block).
     pub(crate) sa: Vec<i32>,
-    /// q8_0: `128 · Σ a` of every (row, block), for kernels that flip the weights'
-    /// sign bits (`w + 128`) to multiply bytes unsigned × signed without
-    /// saturation (`vpdpbusd`).
+    /// q8_0 on x86-64: `128 · Σ a` of every (row, block), for kernels that flip
+    /// the weights' sign bits (`w + 128`) to multiply bytes unsigned × signed
+    /// without saturation (`vpdpbusd`).
     pub(crate) sa128: Vec<i32>,
 }
 
@@ -74,7 +74,8 @@ impl QActs {
         };
         match ty {
             GgmlType::Q4_0 => sa = block_sums(8),
-            GgmlType::Q8_0 => sa128 = block_sums(128),
+            // Only the x86 VNNI tiles read it.
+            GgmlType::Q8_0 if cfg!(target_arch = "x86_64") => sa128 = block_sums(128),
             _ => {}
         }
         QActs {
@@ -132,7 +133,9 @@ pub(crate) struct PanelTile<'a> {
     pub da: &'a [f32],
     /// q4_0: `8 · Σ a` per block from the first row on; empty otherwise.
     pub sa: &'a [i32],
-    /// q8_0: `128 · Σ a` per block from the first row on; empty otherwise.
+    /// q8_0 on x86-64: `128 · Σ a` per block from the first row on; empty
+    /// otherwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub sa128: &'a [i32],
 }
 

@@ -247,6 +247,18 @@ fn gemv_on_odd_shapes() {
     }
 }
 
+/// Rows long enough for the multi-row GEMV (AVX2 three rows per pass, AVX-512
+/// four): row counts with and without a remainder, lengths with 8-wide steps
+/// and scalar tails; still bit-identical to the dot row by row.
+#[test]
+fn gemv_on_long_rows() {
+    for (i, &n) in [5120usize, 5121, 5127, 5160, 5632].iter().enumerate() {
+        for rows in [1usize, 3, 4, 5, 7, 8, 9] {
+            check_gemv(rows, n, 300 + i as u64);
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "weight length mismatch")]
 fn gemv_rejects_a_short_weight() {

@@ -130,6 +130,55 @@ fn float_gemv_throughput() {
     }
 }
 
+/// Float decode GEMV (`gemv_f16`) streaming 256 MiB of rows from memory, per
+/// row length, against one `dot_f16` per row (the GEMV before rows of 4096+
+/// went several at a time), on one and two threads (each a contiguous half):
+/// GB/s, best of rounds that alternate the two.
+#[test]
+#[ignore]
+fn float_gemv_long_rows() {
+    for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+        float_gemv_long_rows_on(Kernels::for_isa(isa).unwrap());
+    }
+}
+
+fn float_gemv_long_rows_on(k: &Kernels) {
+    use edgellm_kernels::f16;
+    println!("{}: gemv_f16 from memory, GB/s: k | dot per row t1 t2 | gemv_f16 t1 t2", k.isa.name());
+    for n in [2048usize, 4096, 5632, 8192] {
+        let rows = (256 << 20) / (2 * n);
+        let x = row(1, n);
+        let w: Vec<f16> = row(2, 64 * n).into_iter().map(f16::from_f32).cycle().take(rows * n).collect();
+        let mut y = vec![0f32; rows];
+        let per_row = |w: &[f16], y: &mut [f32]| {
+            for (r, yr) in y.iter_mut().enumerate() {
+                *yr = (k.dot_f16)(&w[r * n..(r + 1) * n], &x);
+            }
+        };
+        let gemv = |w: &[f16], y: &mut [f32]| (k.gemv_f16)(w, &x, y);
+        let two = |f: &(dyn Fn(&[f16], &mut [f32]) + Sync), y: &mut [f32]| {
+            let (w0, w1) = w.split_at(rows / 2 * n);
+            let (y0, y1) = y.split_at_mut(rows / 2);
+            std::thread::scope(|s| {
+                s.spawn(|| f(w0, y0));
+                f(w1, y1);
+            });
+        };
+        let mut best = [0f64; 4];
+        for _ in 0..4 {
+            let runs: [&dyn Fn(&mut [f32]); 4] =
+                [&|y| per_row(&w, y), &|y| two(&per_row, y), &|y| gemv(&w, y), &|y| two(&gemv, y)];
+            for (b, run) in best.iter_mut().zip(runs) {
+                let t = std::time::Instant::now();
+                run(&mut y);
+                black_box(&y);
+                *b = b.max((2 * rows * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+        }
+        println!("  {n:5} | {:5.1} {:5.1} | {:5.1} {:5.1}", best[0], best[1], best[2], best[3]);
+    }
+}
+
 /// Quantized prompt GEMM (`gemm_q`) of the SIMD paths, single thread, in GOP/s
 /// (2·n·m·k): 128 tokens × 2048 weight rows × k = 2048, the weights L2/L3-
 /// resident. The paths take turns over several rounds (best of each), so that

@@ -1,6 +1,7 @@
 //! AVX2 + FMA + F16C kernels (Haswell, Zen and later).
 
 use crate::scalar::matmul_dims;
+use crate::x86::simd::Elem;
 use crate::{Isa, Kernels};
 use core::arch::x86_64::*;
 use half::{bf16, f16};
@@ -10,11 +11,9 @@ pub static KERNELS: Kernels = Kernels {
     dot_f32,
     dot_f16,
     dot_bf16,
-    // One dot per row: several rows per step (sharing each `x` load) measured
-    // faster from cache but 35-45% slower streaming from memory on Zen 3.
-    gemv_f32: |w, x, out| crate::scalar::gemv_with(dot_f32, w, x, out),
-    gemv_f16: |w, x, out| crate::scalar::gemv_with(dot_f16, w, x, out),
-    gemv_bf16: |w, x, out| crate::scalar::gemv_with(dot_bf16, w, x, out),
+    gemv_f32: |w, x, out| gemv(w, x, out, imp::gemv_rows3),
+    gemv_f16: |w, x, out| gemv(w, x, out, imp::gemv_rows3),
+    gemv_bf16: |w, x, out| gemv(w, x, out, imp::gemv_rows3),
     gemm_few: super::few_avx2::gemm_few,
     axpy,
     f16_to_f32,
@@ -55,16 +54,24 @@ fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "bf16_to_f32: length mismatch");
     unsafe { imp::bf16_to_f32(src, dst) }
 }
+/// The float decode GEMV through `rows` (one of the `imp::gemv_rows*`), after
+/// the shape check. Sound as the table entries above are: `rows` needs at most
+/// the features of the table it is reached through.
+pub(super) fn gemv<E: Elem>(w: &[E], x: &[f32], out: &mut [f32], rows: unsafe fn(&[E], &[f32], &mut [f32])) {
+    assert_eq!(w.len(), x.len() * out.len(), "gemv: weight length mismatch");
+    unsafe { rows(w, x, out) }
+}
+
 fn matmul_f32(a: &[f32], b: &[f32], k: usize, c: &mut [f32], ldc: usize) {
     let (n, m) = matmul_dims(a, b, k, c, ldc);
     unsafe { imp::matmul_f32(a, b, n, m, k, c, ldc) }
 }
 
-mod imp {
+pub(super) mod imp {
     use super::*;
 
     use crate::x86::simd::hsum_ps as hsum;
-    use crate::x86::simd::{load_bf16, load_f16, Elem};
+    use crate::x86::simd::{load_bf16, load_f16};
 
     /// Dot of `n` weight elements at `w` with `x`: four accumulators over 32-wide
     /// steps (hiding FMA latency), an 8-wide step into the first, a scalar tail.
@@ -94,6 +101,78 @@ mod imp {
             s += (*w.add(j)).widen() * *x.add(j);
         }
         s
+    }
+
+    /// The dots of `R` consecutive rows at `w` (`n` apart) with `x`, into
+    /// `out[0..R]`: each row summed exactly as [`dot_row`] sums it (the same
+    /// four accumulators, steps, reduction and tail), so bit-identical to it,
+    /// with each 8-wide piece of `x` loaded once for all `R` rows.
+    #[inline(always)]
+    unsafe fn dot_rows<E: Elem, const R: usize>(w: *const E, x: *const f32, n: usize, out: *mut f32) {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let mut i = 0;
+        while i + 32 <= n {
+            for u in 0..4 {
+                let xv = _mm256_loadu_ps(x.add(i + 8 * u));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    a[u] = _mm256_fmadd_ps(E::load8(w.add(r * n + i + 8 * u)), xv, a[u]);
+                }
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let xv = _mm256_loadu_ps(x.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(E::load8(w.add(r * n + i)), xv, a[0]);
+            }
+            i += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+            for j in i..n {
+                s += (*w.add(r * n + j)).widen() * *x.add(j);
+            }
+            *out.add(r) = s;
+        }
+    }
+
+    /// Rows at least this long go `R` at a time through [`dot_rows`]. Streaming
+    /// from memory one row at a time, the GEMV slows as rows grow (Zen 4, one
+    /// thread, f16: 21-26 GB/s at k = 2048, 14-15 at 5632, 10-12 at 8192)
+    /// because `x`, re-read for every row, no longer stays in L1 beside the
+    /// weight stream (with `x` shrunk, 5632 and 8192 streamed at 23-25). Shared
+    /// `x` loads (`quant_bench float_gemv_long_rows`, one | two threads):
+    /// 5632 14-16 → 15-17 | 21-23 → 23-29, 8192 10-12 → 14-19 | 16-20 → 24-28;
+    /// at 4096 and below one row at a time was as fast or faster.
+    const LONG_ROW: usize = 5120;
+
+    #[inline(always)]
+    unsafe fn gemv_rows<E: Elem, const R: usize>(w: &[E], x: &[f32], out: &mut [f32]) {
+        let (n, rows) = (x.len(), out.len());
+        let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        if n >= LONG_ROW {
+            while r + R <= rows {
+                dot_rows::<E, R>(wp.add(r * n), xp, n, op.add(r));
+                r += R;
+            }
+        }
+        for r in r..rows {
+            *op.add(r) = dot_row(wp.add(r * n), xp, n);
+        }
+    }
+
+    /// Three rows at a time: 12 accumulators, the `x` piece and a weight vector
+    /// fill the 16 ymm registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn gemv_rows3<E: Elem>(w: &[E], x: &[f32], out: &mut [f32]) {
+        gemv_rows::<E, 3>(w, x, out)
+    }
+
+    /// Four rows at a time, in the 32 registers of AVX-512 VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub(in crate::x86) unsafe fn gemv_rows4<E: Elem>(w: &[E], x: &[f32], out: &mut [f32]) {
+        gemv_rows::<E, 4>(w, x, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

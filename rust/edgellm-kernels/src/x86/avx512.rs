@@ -10,6 +10,9 @@ use crate::{Isa, Kernels};
 /// feature the AVX2 kernels and the VNNI tiles use (`Kernels::for_isa` does).
 pub static KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
+    gemv_f32: |w, x, out| super::avx2::gemv(w, x, out, super::avx2::imp::gemv_rows4),
+    gemv_f16: |w, x, out| super::avx2::gemv(w, x, out, super::avx2::imp::gemv_rows4),
+    gemv_bf16: |w, x, out| super::avx2::gemv(w, x, out, super::avx2::imp::gemv_rows4),
     gemv_q: super::gemv_vnni::gemv_q,
     gemm_q: super::qgemm_vnni::gemm_q,
     gemm_few: super::few_avx2::gemm_few_avx512,

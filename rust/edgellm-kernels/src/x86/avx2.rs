@@ -55,8 +55,9 @@ fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
     unsafe { imp::bf16_to_f32(src, dst) }
 }
 /// The float decode GEMV through `rows` (one of the `imp::gemv_rows*`), after
-/// the shape check. Sound as the table entries above are: `rows` needs at most
-/// the features of the table it is reached through.
+/// the shape check. Only the AVX2 and AVX-512 tables call it, each with the
+/// `rows` whose features its `Isa` guarantees (checked before `Kernels::for_isa`
+/// hands the table out), which is what makes the call sound.
 pub(super) fn gemv<E: Elem>(w: &[E], x: &[f32], out: &mut [f32], rows: unsafe fn(&[E], &[f32], &mut [f32])) {
     assert_eq!(w.len(), x.len() * out.len(), "gemv: weight length mismatch");
     unsafe { rows(w, x, out) }
@@ -143,7 +144,9 @@ pub(super) mod imp {
     /// weight stream (with `x` shrunk, 5632 and 8192 streamed at 23-25). Shared
     /// `x` loads (`quant_bench float_gemv_long_rows`, one | two threads):
     /// 5632 14-16 → 15-17 | 21-23 → 23-29, 8192 10-12 → 14-19 | 16-20 → 24-28;
-    /// at 4096 and below one row at a time was as fast or faster.
+    /// at 4096 and below one row at a time was as fast or faster (and on Zen 3
+    /// an earlier try of several rows per step, at the model's 2048-wide rows,
+    /// streamed 35-45% slower).
     const LONG_ROW: usize = 5120;
 
     #[inline(always)]

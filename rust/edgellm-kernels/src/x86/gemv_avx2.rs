@@ -14,6 +14,7 @@
 //! so the AVX-512 VNNI table ([`super::gemv_vnni`]) reuses them with `vpdpbusd`.
 
 use crate::quant::{self, GgmlType};
+use crate::x86::simd::{hsum_i32, hsum_ps};
 use core::arch::x86_64::*;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
@@ -105,8 +106,6 @@ pub(super) unsafe fn nibbles2(v: __m256i) -> (__m256i, __m256i) {
 unsafe fn ld256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
-
-use crate::x86::simd::{hsum_i32, hsum_ps};
 
 /// The order in which [`reduce_pairs`] leaves the sums of eight blocks.
 pub(super) const PAIR_ORD: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];

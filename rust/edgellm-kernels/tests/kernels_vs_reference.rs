@@ -229,6 +229,34 @@ fn gemm_few_on_odd_shapes() {
     }
 }
 
+/// The AVX-512 table runs 5-8 tokens two weight rows per pass, each row summed
+/// as the one-row pass sums it: its results equal the AVX2 table's bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_few_row_pairs_equal_single_rows_bitwise() {
+    use edgellm_kernels::gemm::BRows;
+    let (Ok(avx2), Ok(wide)) = (Kernels::for_isa(Isa::Avx2), Kernels::for_isa(Isa::Avx512)) else {
+        eprintln!("skipped: this CPU lacks AVX-512");
+        return;
+    };
+    for (i, &k) in [8usize, 15, 16, 24, 33, 1000].iter().enumerate() {
+        for rows in [2usize, 3, 6, 7] {
+            for n in 5..=8 {
+                let w = data(40 + i as u64, rows * k);
+                let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let x = data(50 + n as u64, n * k);
+                for b in [BRows::F32(&w), BRows::F16(&h)] {
+                    let (mut a, mut c) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                    (avx2.gemm_few)(b, &x, n, &mut a, rows);
+                    (wide.gemm_few)(b, &x, n, &mut c, rows);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&c), "gemm_few {rows}x{n}x{k}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "output too small")]
 fn gemm_few_rejects_a_short_output() {

@@ -116,21 +116,25 @@ const NATURAL: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 struct Prepared {
     scales: Vec<__m256>,
     offsets: Vec<__m256i>,
+    /// The offsets of the blocks past the last whole group, in order.
+    tail: Vec<i32>,
     /// q4_0 only: per pair of blocks `(2j, 2j+1)`, `[a₂ⱼ[0..16] ++ a₂ⱼ₊₁[0..16]]`
     /// then `[a₂ⱼ[16..32] ++ a₂ⱼ₊₁[16..32]]` (the low and high nibbles' partners).
     pairs: Vec<__m256i>,
 }
 
-/// Scales and `mult · Σa` of the whole groups of eight blocks of `act`, in `ord`.
+/// Scales and `mult · Σa` of the whole groups of eight blocks of `act`, in `ord`,
+/// and `mult · Σa` of the blocks after them.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prepare(act: &[u8], nb: usize, ord: [usize; 8], mult: i32, pairs: bool) -> Prepared {
     let groups = nb / 8;
+    let ap = act.as_ptr();
     let mut p = Prepared {
         scales: Vec::with_capacity(groups),
         offsets: Vec::with_capacity(groups),
+        tail: (8 * groups..nb).map(|b| if mult != 0 { mult * block_sum(ap.add(34 * b + 2)) } else { 0 }).collect(),
         pairs: Vec::with_capacity(if pairs { groups * 8 } else { 0 }),
     };
-    let ap = act.as_ptr();
     for g in 0..groups {
         let mut d = [0u16; 8];
         let mut s = [0i32; 8];
@@ -266,7 +270,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
             let s = _mm256_castsi256_si128(P::pair(v, pair.as_ptr()));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             let isum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)));
-            sum += scaled(wb, ab, isum - 8 * block_sum(ab.add(2)));
+            sum += scaled(wb, ab, isum - p.tail[b - 8 * groups]);
         }
         *y = sum;
     }
@@ -300,10 +304,7 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
         let mut sum = hsum_ps(acc);
         for b in 8 * groups..nb {
             let (wb, ab) = (wr.add(34 * b), ap.add(34 * b));
-            let mut isum = hsum_i32(B::block(wb.add(2), ab.add(2)));
-            if B::OFFSET {
-                isum -= 128 * block_sum(ab.add(2));
-            }
+            let isum = hsum_i32(B::block(wb.add(2), ab.add(2))) - p.tail[b - 8 * groups];
             sum += scaled(wb, ab, isum);
         }
         *y = sum;

@@ -14,7 +14,7 @@
 //! so the AVX-512 VNNI table ([`super::gemv_vnni`]) reuses them with `vpdpbusd`.
 
 use crate::quant::{self, GgmlType};
-use crate::x86::simd::{hsum_i32, hsum_ps};
+use crate::x86::simd::{hsum_i32, hsum_ps, ld256};
 use core::arch::x86_64::*;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
@@ -100,11 +100,6 @@ impl Q8Block for SignMaddubsQ8 {
 pub(super) unsafe fn nibbles2(v: __m256i) -> (__m256i, __m256i) {
     let m = _mm256_set1_epi8(0x0F);
     (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m))
-}
-
-#[inline(always)]
-unsafe fn ld256(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// The order in which [`reduce_pairs`] leaves the sums of eight blocks.

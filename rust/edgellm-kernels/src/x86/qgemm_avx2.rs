@@ -9,6 +9,7 @@
 //! once. Bit-identical to the scalar `vec_dot` (see the module docs of `qgemm`).
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
+use crate::x86::simd::ld256;
 use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
@@ -52,11 +53,6 @@ unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANE
         GgmlType::Q6K => q6_k::<T>(x, res),
         _ => unreachable!("no AVX2 panel kernel for {}", ty.name()),
     }
-}
-
-#[inline(always)]
-pub(super) unsafe fn ld256(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// The 4 bytes at `p` broadcast to every 32-bit lane.

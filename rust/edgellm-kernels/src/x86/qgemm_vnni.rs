@@ -9,7 +9,8 @@
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
 //! q4_K and q6_K keep the AVX2 tiles.
 
-use super::qgemm_avx2::{bcast4, ld256, Avx2Panels};
+use super::qgemm_avx2::{bcast4, Avx2Panels};
+use crate::x86::simd::ld256;
 use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;

@@ -66,6 +66,7 @@ pub(crate) unsafe fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: us
 mod imp {
     use super::*;
     use crate::x86::simd::hsum_ps as hsum;
+    use crate::x86::simd::ld256;
     use crate::quant::blocks::*;
     use crate::quant::q3k_scales;
 
@@ -101,11 +102,6 @@ mod imp {
     #[inline(always)]
     unsafe fn f32_ld(p: *const u8) -> f32 {
         (p as *const f32).read_unaligned()
-    }
-
-    #[inline(always)]
-    unsafe fn ld256(p: *const u8) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
     }
 
     #[inline(always)]

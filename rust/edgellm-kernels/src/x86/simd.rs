@@ -4,6 +4,12 @@
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
+/// 32 bytes from `p` (unaligned).
+#[inline(always)]
+pub(crate) unsafe fn ld256(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
 /// Sum of the eight f32 lanes.
 #[inline(always)]
 pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {

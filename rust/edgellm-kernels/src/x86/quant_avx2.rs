@@ -141,19 +141,30 @@ mod imp {
         _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit)
     }
 
-    /// `vpshufb` masks picking, from 8 × i16 (repeated in both 128-bit lanes),
-    /// word `2s` for the low lane and word `2s + 1` for the high lane.
-    const PAIR_MASKS: [[u8; 32]; 4] = {
-        let mut m = [[0u8; 32]; 4];
-        let mut s = 0;
-        while s < 4 {
-            let mut b = 0;
-            while b < 32 {
-                let word = 2 * s + b / 16;
-                m[s][b] = (2 * word + b % 2) as u8;
-                b += 1;
-            }
-            s += 1;
+    /// A `vpshufb` mask filling the low 128-bit lane with i16 word `lo` of that
+    /// lane and the high lane with word `hi` of its own.
+    const fn word_mask(lo: usize, hi: usize) -> [u8; 32] {
+        let mut m = [0u8; 32];
+        let mut b = 0;
+        while b < 32 {
+            let word = if b < 16 { lo } else { hi };
+            m[b] = (2 * word + b % 2) as u8;
+            b += 1;
+        }
+        m
+    }
+
+    /// Masks picking, from 8 × i16 (repeated in both 128-bit lanes), word `2s`
+    /// for the low lane and word `2s + 1` for the high lane.
+    const PAIR_MASKS: [[u8; 32]; 4] = [word_mask(0, 1), word_mask(2, 3), word_mask(4, 5), word_mask(6, 7)];
+
+    /// Masks broadcasting word `k` of each 128-bit lane.
+    const WORD_MASKS: [[u8; 32]; 8] = {
+        let mut m = [[0u8; 32]; 8];
+        let mut k = 0;
+        while k < 8 {
+            m[k] = word_mask(k, k);
+            k += 1;
         }
         m
     };
@@ -471,21 +482,6 @@ mod imp {
         let top = _mm_and_si128(_mm_srli_epi16::<2>(top), _mm_set1_epi8(0x30));
         _mm_or_si128(low, top)
     }
-
-    /// `vpshufb` masks broadcasting i16 word `k` of each 128-bit lane.
-    const WORD_MASKS: [[u8; 32]; 8] = {
-        let mut m = [[0u8; 32]; 8];
-        let mut k = 0;
-        while k < 8 {
-            let mut b = 0;
-            while b < 32 {
-                m[k][b] = (2 * k + b % 2) as u8;
-                b += 1;
-            }
-            k += 1;
-        }
-        m
-    };
 
     /// The shared body of q4_K and q5_K: per super-block, the mins correction from
     /// the activation's 16-element sums, then four chunks of 64 quants whose low and

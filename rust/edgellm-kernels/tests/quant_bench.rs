@@ -32,6 +32,18 @@ fn weight_rows(ty: GgmlType, k: usize, rows: usize, w_f32: &[f32]) -> Vec<u8> {
     w
 }
 
+/// `f(rows, outputs)` on two threads, each a contiguous half of the outputs and
+/// of the weight rows (`per_row` elements each).
+fn on_two_threads<W: Sync>(w: &[W], per_row: usize, y: &mut [f32], f: &(dyn Fn(&[W], &mut [f32]) + Sync)) {
+    let half = y.len() / 2;
+    let (w0, w1) = w.split_at(half * per_row);
+    let (y0, y1) = y.split_at_mut(half);
+    std::thread::scope(|s| {
+        s.spawn(|| f(w0, y0));
+        f(w1, y1);
+    });
+}
+
 /// The types of `all` named in `EDGELLM_BENCH_TYPES` (comma-separated), or all.
 fn selected<const N: usize>(all: [GgmlType; N]) -> Vec<GgmlType> {
     let names = std::env::var("EDGELLM_BENCH_TYPES").ok();
@@ -156,14 +168,7 @@ fn float_gemv_long_rows_on(k: &Kernels) {
             }
         };
         let gemv = |w: &[f16], y: &mut [f32]| (k.gemv_f16)(w, &x, y);
-        let two = |f: &(dyn Fn(&[f16], &mut [f32]) + Sync), y: &mut [f32]| {
-            let (w0, w1) = w.split_at(rows / 2 * n);
-            let (y0, y1) = y.split_at_mut(rows / 2);
-            std::thread::scope(|s| {
-                s.spawn(|| f(w0, y0));
-                f(w1, y1);
-            });
-        };
+        let two = |f: &(dyn Fn(&[f16], &mut [f32]) + Sync), y: &mut [f32]| on_two_threads(&w, n, y, f);
         let mut best = [0f64; 4];
         for _ in 0..4 {
             let runs: [&dyn Fn(&mut [f32]); 4] =
@@ -253,12 +258,7 @@ fn gemv_q_dram() {
                 black_box(&y);
             });
             let two = best_of(5, || {
-                let (w0, w1) = w.split_at(rows / 2 * rb);
-                let (y0, y1) = y.split_at_mut(rows / 2);
-                std::thread::scope(|s| {
-                    s.spawn(|| (k.gemv_q)(ty, w0, &act, K, y0));
-                    (k.gemv_q)(ty, w1, &act, K, y1);
-                });
+                on_two_threads(&w, rb, &mut y, &|w, y| (k.gemv_q)(ty, w, &act, K, y));
                 black_box(&y);
             });
             let gbs = |t: f64| (rb * rows) as f64 / t / 1e9;

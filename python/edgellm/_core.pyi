@@ -42,6 +42,7 @@ class Model:
         quant: Optional[str] = None,
         progress: Optional[Callable[[int, int], None]] = None,
         kv_cache: Optional[str] = None,
+        repack: Optional[str] = None,
     ) -> "Model": ...
     @property
     def path(self) -> str: ...

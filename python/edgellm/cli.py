@@ -22,6 +22,8 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, avx512, neon, dotprod, i8mm")
     p.add_argument("--quant", default=None,
                    help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ..., nf4, fp8_e4m3, fp8_e5m2")
+    p.add_argument("--repack", default=None, choices=["auto", "all", "off"],
+                   help="repack quantized weights at load into the kernels' panels: auto (mapped q4_0), all (q4_0, q8_0), off")
     k = p.add_argument_group("KV cache (an eviction rule x a storage format)")
     k.add_argument("--kv-cache", default=None, choices=["full", "window", "streaming", "h2o"],
                    help="eviction rule (default: full); or a JSON policy via --kv-json")
@@ -72,6 +74,8 @@ def _load(a: argparse.Namespace) -> Model:
         opts["isa"] = a.isa
     if a.quant is not None:
         opts["quant"] = a.quant
+    if a.repack is not None:
+        opts["repack"] = a.repack
     kv = _kv_policy(a)
     if kv is not None:
         opts["kv_cache"] = kv
@@ -203,6 +207,8 @@ def cmd_info(a: argparse.Namespace) -> int:
     print(f"path                {info['path']}")
     print(f"weights dtype       {info['dtype']}")
     print(f"file size           {_human_bytes(info['file_bytes'])} ({info['file_bytes']} bytes)")
+    if info.get("repacked_bytes"):
+        print(f"repacked at load    {_human_bytes(info['repacked_bytes'])} (kernel panels; the file's pages released)")
     print(f"layers              {info['num_layers']}  hidden {info['hidden_size']}  ffn {info['intermediate_size']}")
     print(f"heads               {info['num_heads']} (kv {info['num_kv_heads']}, head_dim {info['head_dim']})")
     print(f"vocabulary          {info['vocab_size']}")

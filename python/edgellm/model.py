@@ -21,7 +21,7 @@ Prompt = Union[str, Sequence[int], "np.ndarray"]
 Message = Mapping[str, Any]
 
 _DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
-_LOAD_OPTIONS = ("max_context", "isa", "quant", "kv_cache")
+_LOAD_OPTIONS = ("max_context", "isa", "quant", "kv_cache", "repack")
 
 
 def default_model_path() -> str:
@@ -362,6 +362,13 @@ def load(
     "nf4" (QLoRA NormalFloat, f16 absmax per 64 values, 4.25 bits/weight),
     "fp8_e4m3", "fp8_e5m2" (FP8 codes, f16 absmax per 32 values, 8.5 bits/weight),
     run by their own kernels with float32 activations).
+    ``repack``: on x86-64, quantized weight matrices repacked at load into the
+    kernels' interleaved 8-row panels (same size; a file's pages are then
+    released, so memory is not doubled; results identical bit for bit):
+    ``"auto"`` (default: q4_0 weights mapped from the file, measured faster),
+    ``"all"`` (q4_0 and q8_0, also weights quantized at load, whose row copy then
+    stays in memory beside the panels) or ``"off"`` (the file's layout);
+    ``True``/``False`` mean auto/off.
 
     ``kv_cache``: the KV-cache policy of every generation and evaluation, an
     eviction rule composed with a storage format (default: everything, f32):
@@ -404,6 +411,8 @@ def load(
             raise InvalidArgumentError(f"kv_cache is not JSON-serialisable: {e}") from None
     if options.get("quant") is not None:
         options["progress"] = _progress_callback(progress, f"quantizing to {options['quant']}")
+    if isinstance(options.get("repack"), bool):
+        options["repack"] = "auto" if options["repack"] else "off"
     imported = None
     if os.path.isdir(p):
         from .calibrate.hf_import import cached_import, quant_method

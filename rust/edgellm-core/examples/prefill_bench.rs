@@ -54,7 +54,7 @@ fn main() {
         let (mut layer_old, mut layer_new, mut best_old, mut best_new) = (0f64, 0f64, 0f64, 0f64);
         for (si, &(m, kd, uses)) in shapes.iter().enumerate() {
             let w = Tensor::from_f32(&rand_vec(si as u64 + 1, m * kd), vec![m, kd]).unwrap();
-            let lin = pool.install(|| Linear { weight: w, bias: None }.quantized(ty).unwrap());
+            let lin = pool.install(|| Linear::new(w, None).quantized(ty).unwrap());
             let x = rand_vec(100 + si as u64, n * kd);
             let mut y_old = vec![0f32; n * m];
             let mut y_new = vec![0f32; n * m];

@@ -42,6 +42,17 @@ pub fn param_counts(m: &Model) -> ParamCounts {
     p
 }
 
+/// Bytes of weight matrices repacked at load into resident panels.
+pub fn repacked_bytes(m: &Model) -> usize {
+    let w = &m.weights;
+    let mut ls: Vec<&Linear> = vec![&w.lm_head];
+    for l in &w.layers {
+        ls.extend([&l.q, &l.k, &l.v, &l.o, &l.up, &l.down]);
+        ls.extend(l.gate.as_ref());
+    }
+    ls.iter().filter_map(|l| l.resident.as_ref()).map(|r| r.bytes().len()).sum()
+}
+
 /// Bytes of KV cache per token of context (keys + values, every layer).
 pub fn kv_bytes_per_token(m: &Model) -> usize {
     let c = &m.config;

@@ -200,6 +200,25 @@ impl Tensor {
         self.bytes.as_slice()
     }
 
+    /// Whether the bytes are a view of a memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, Bytes::Mapped { .. })
+    }
+
+    /// Drops this process's copies of a mapped tensor's pages (the page cache
+    /// keeps the file): for weights a repacked copy now serves, so that they are
+    /// not resident twice. A later read faults them back in from the file.
+    /// Owned tensors are left as they are.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Bytes::Mapped { map, start, len } = &self.bytes {
+            // SAFETY: the mapping is read-only and never written through, so
+            // dropping its pages loses nothing: they are read again from the file.
+            // A failure only means the pages stay.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len) };
+        }
+    }
+
     /// Bytes of one row of a 2-D tensor.
     pub fn row_bytes(&self) -> usize {
         self.dtype.bytes_for(*self.shape.last().unwrap_or(&1)).unwrap_or(0)

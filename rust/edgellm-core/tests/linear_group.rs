@@ -17,7 +17,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 
 fn layer(seed: u64, rows: usize, cols: usize, ty: Option<GgmlType>, bias: bool) -> Linear {
     let w = Tensor::from_f32(&values(seed, rows * cols), vec![rows, cols]).unwrap();
-    let l = Linear { weight: w, bias: bias.then(|| values(seed + 1, rows)) };
+    let l = Linear::new(w, bias.then(|| values(seed + 1, rows)));
     match ty {
         Some(t) => l.quantized(t).unwrap(),
         None => l,
@@ -107,6 +107,64 @@ fn few_rows_equal_row_by_row_forwards() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Weights repacked into resident panels (`Linear::make_resident`) give, for any
+/// token count, kernel path and thread count, the scalar table's outputs on the
+/// file layout bit for bit (every (row, token) is the scalar `vec_dot`), alone
+/// and fused in a group; row counts that are not whole panels stay as filed.
+#[test]
+fn resident_weights_equal_the_scalar_file_layout_bitwise() {
+    let scalar = Kernels::for_isa(Isa::Scalar).unwrap();
+    for (i, (ty, rows, cols, bias)) in [
+        (GgmlType::Q4_0, 1040, 256, true),
+        (GgmlType::Q8_0, 24, 96, false),
+        (GgmlType::Q4_0, 37, 64, false),
+        (GgmlType::Q8_0, 8, 2048, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let plain = layer(500 + i as u64, rows, cols, Some(ty), bias);
+        for isa in Isa::supported() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut res = plain.clone();
+            let packed = res.make_resident(k);
+            assert_eq!(packed, k.gemm_q_resident.is_some() && rows % 8 == 0, "{} {} rows {rows}", isa.name(), ty.name());
+            assert_eq!(res.resident.is_some(), packed);
+            for tokens in [1usize, 2, 5, 9, 33] {
+                let x = values(60 + tokens as u64, tokens * cols);
+                let mut want = vec![0f32; tokens * rows];
+                for (xr, or) in x.chunks_exact(cols).zip(want.chunks_exact_mut(rows)) {
+                    plain.forward(scalar, xr, or);
+                }
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut got = vec![f32::NAN; tokens * rows];
+                    pool.install(|| res.forward(k, &x, &mut got));
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same || !packed, "{} {} rows {rows} tokens {tokens} threads {threads}: resident differs from scalar", isa.name(), ty.name());
+                    if tokens == 1 && threads == 2 {
+                        // Fused after a layer of the other q8_0-activation type
+                        // (whose per-block tables differ) in one pass.
+                        let twin = if ty == GgmlType::Q4_0 { GgmlType::Q8_0 } else { GgmlType::Q4_0 };
+                        let mut other = layer(900, 16, cols, Some(twin), false);
+                        other.make_resident(k);
+                        let mut o2 = vec![0f32; 16];
+                        let mut g1 = vec![f32::NAN; rows];
+                        pool.install(|| Linear::forward_group(k, &x, &mut [(&other, &mut o2[..]), (&res, &mut g1[..])]));
+                        assert!(g1.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}: forward_group differs", isa.name(), ty.name());
+                    }
+                }
+            }
+            // The scalar table cannot read the panels: the row layout serves it.
+            let x = values(3, cols);
+            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+            res.forward(scalar, &x, &mut a);
+            plain.forward(scalar, &x, &mut b);
+            assert_eq!(a, b);
         }
     }
 }

@@ -81,6 +81,11 @@ pub struct Kernels {
     /// ([`quant::qgemm::QActs`]: rows from `quantize_act(ty, ..)`). Buffers are
     /// reused through the scratch. Panics on a length mismatch.
     pub gemm_q: quant::qgemm::GemmQFn,
+    /// [`Self::gemm_q`] on weights repacked at load into resident panels
+    /// ([`quant::resident`]), for decode (one token) and prefill alike, without
+    /// per-call packing; bit-identical to the scalar `vec_dot`. `None` where the
+    /// table has no such kernel (weights then stay in the file's layout).
+    pub gemm_q_resident: Option<quant::resident::GemmResidentFn>,
     /// Dequantizes a row of `ty` (`src` whole blocks, `dst` its elements) to f32,
     /// bit-identical to [`quant::dequantize_row`]: the prefill path of weight
     /// types without an integer GEMM (dequantized panels into the f32 GEMM).

@@ -23,6 +23,7 @@ pub static KERNELS: Kernels = Kernels {
     vec_dot: crate::quant::vec_dot,
     gemv_q: crate::quant::gemv_q,
     gemm_q: crate::quant::qgemm::gemm_q,
+    gemm_q_resident: None,
     dequantize_row,
 };
 

@@ -8,7 +8,8 @@
 //! `cargo test --release -p edgellm-kernels --test quant_bench -- --ignored --nocapture`
 //! (`EDGELLM_BENCH_TYPES=q4_0,q8_0` picks types).
 
-use edgellm_kernels::quant::{act_row_bytes, quantize_row, GgmlType};
+use edgellm_kernels::quant::qgemm::QActs;
+use edgellm_kernels::quant::{act_row_bytes, quantize_row, resident, GgmlType};
 use edgellm_kernels::{Isa, Kernels};
 use std::hint::black_box;
 
@@ -245,7 +246,7 @@ fn gemv_q_dram() {
     println!("gemv_q, k = {K}, 256 MiB of weights: GB/s (1 thread | 2 threads)");
     for ty in selected([Q4_0, Q8_0, Q4K, Q6K]) {
         let rb = ty.row_bytes(K).unwrap();
-        let rows = (256 << 20) / rb / 2 * 2;
+        let rows = (256 << 20) / rb / 16 * 16;
         let w = weight_rows(ty, K, rows, &w_f32);
         let mut line = format!("{:7}", ty.name());
         for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
@@ -263,6 +264,42 @@ fn gemv_q_dram() {
             });
             let gbs = |t: f64| (rb * rows) as f64 / t / 1e9;
             line += &format!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(one), gbs(two));
+            // The same rows repacked at load (`gemm_q_resident`), one token.
+            if let (Some(gemm), true) = (k.gemm_q_resident, resident::has_layout(ty)) {
+                let mut packed = vec![0u8; w.len()];
+                resident::pack(ty, &w, K, &mut packed);
+                let qa = QActs::new(ty, K, act.clone());
+                let one = best_of(5, || {
+                    gemm(&packed, &qa, &mut y, rows);
+                    black_box(&y);
+                });
+                let two = best_of(5, || {
+                    on_two_threads(&packed, rb, &mut y, &|w, y| gemm(w, &qa, y, y.len()));
+                    black_box(&y);
+                });
+                // Two threads claiming 1 MiB pieces in order (as the model's pool does).
+                let piece = (1 << 20) / (8 * rb) * 8;
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let ys = y.as_mut_ptr() as usize;
+                let claimed = best_of(5, || {
+                    next.store(0, std::sync::atomic::Ordering::Relaxed);
+                    let work = || loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let r0 = i * piece;
+                        if r0 >= rows {
+                            break;
+                        }
+                        let r1 = (r0 + piece).min(rows);
+                        let out = unsafe { std::slice::from_raw_parts_mut((ys as *mut f32).add(r0), r1 - r0) };
+                        gemm(&packed[r0 * rb..r1 * rb], &qa, out, r1 - r0);
+                    };
+                    std::thread::scope(|s| {
+                        s.spawn(work);
+                        work();
+                    });
+                });
+                line += &format!(" (resident {:6.1} | {:6.1} | claimed {:6.1})", gbs(one), gbs(two), gbs(claimed));
+            }
         }
         println!("{line}");
     }

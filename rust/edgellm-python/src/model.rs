@@ -4,7 +4,7 @@ use crate::error::{to_py, IntoPy};
 use crate::generator::PyGenerator;
 use edgellm_core::info;
 use edgellm_core::kv_cache::KvConfig;
-use edgellm_core::model::{parse_isa, parse_quant, LoadOptions};
+use edgellm_core::model::{parse_isa, parse_quant, LoadOptions, Repack};
 use edgellm_core::{Error, GenerationOptions, Generator, Model};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
@@ -36,7 +36,7 @@ impl PyModel {
     /// `progress`, if given, is called as `progress(done, total)` (with the GIL)
     /// while the weights are quantized.
     /// `kv_cache` is the KV policy as JSON (see `edgellm.load`).
-    #[pyo3(signature = (path, threads=None, max_context=None, isa=None, quant=None, progress=None, kv_cache=None))]
+    #[pyo3(signature = (path, threads=None, max_context=None, isa=None, quant=None, progress=None, kv_cache=None, repack=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -47,6 +47,7 @@ impl PyModel {
         quant: Option<String>,
         progress: Option<Py<PyAny>>,
         kv_cache: Option<String>,
+        repack: Option<String>,
     ) -> PyResult<Self> {
         let progress: Option<edgellm_core::model::Progress> = progress.map(|cb| {
             let f = move |done: usize, total: usize| {
@@ -69,6 +70,7 @@ impl PyModel {
                 Some(json) => KvConfig::from_json(&json).py_err()?,
                 None => KvConfig::default(),
             },
+            repack: repack.as_deref().map(Repack::parse).transpose().py_err()?.unwrap_or_default(),
         };
         let model = py.detach(|| Model::load(&path, &opts)).py_err()?;
         Ok(PyModel { inner: Arc::new(model) })
@@ -259,6 +261,7 @@ impl PyModel {
         d.set_item("path", m.path.to_string_lossy().to_string())?;
         d.set_item("dtype", m.weight_dtype().name())?;
         d.set_item("file_bytes", m.file_bytes())?;
+        d.set_item("repacked_bytes", info::repacked_bytes(m))?;
         d.set_item("files", m.files().iter().map(|f| f.to_string_lossy().to_string()).collect::<Vec<_>>())?;
         let p = info::param_counts(m);
         let params = PyDict::new(py);

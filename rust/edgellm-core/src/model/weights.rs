@@ -45,10 +45,10 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.store.require(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias { Some(self.vector(&format!("{prefix}.bias"), out)?) } else { None },
-        })
+        Ok(Linear::new(
+            self.store.require(&format!("{prefix}.weight"), &[out, inp])?,
+            if bias { Some(self.vector(&format!("{prefix}.bias"), out)?) } else { None },
+        ))
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -76,7 +76,7 @@ impl Loader<'_> {
             .map(|&h| {
                 let part = w.rows(at, at + h)?;
                 at += h;
-                Ok(Linear { weight: part, bias: None })
+                Ok(Linear::new(part, None))
             })
             .collect()
     }
@@ -175,7 +175,7 @@ impl Weights {
         // Tied models use the embedding as the head, as transformers' tie_weights does,
         // even when a checkpoint also stores a (redundant) lm_head.weight.
         let lm_head = if c.tie_word_embeddings {
-            Linear { weight: embed.clone(), bias: None }
+            Linear::new(embed.clone(), None)
         } else {
             l.linear("lm_head", c.vocab_size, h, c.lm_head_bias)?
         };
@@ -232,10 +232,32 @@ impl Weights {
             self.embed = self.lm_head.weight.clone();
         } else {
             quant(&mut self.lm_head)?;
-            let mut e = Linear { weight: self.embed.clone(), bias: None };
+            let mut e = Linear::new(self.embed.clone(), None);
             quant(&mut e)?;
             self.embed = e.weight;
         }
         Ok(fallbacks)
+    }
+
+    /// Repacks every weight matrix `which` accepts that the kernels have a
+    /// resident layout for (see [`Linear::make_resident`]); returns the bytes
+    /// repacked.
+    pub fn make_resident(&mut self, k: &edgellm_kernels::Kernels, which: impl Fn(&crate::tensor::Tensor) -> bool) -> usize {
+        let mut bytes = 0;
+        let mut pack = |l: &mut Linear| {
+            if which(&l.weight) && l.make_resident(k) {
+                bytes += l.weight.as_bytes().len();
+            }
+        };
+        for layer in &mut self.layers {
+            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.up, &mut layer.down] {
+                pack(l);
+            }
+            if let Some(g) = &mut layer.gate {
+                pack(g);
+            }
+        }
+        pack(&mut self.lm_head);
+        bytes
     }
 }

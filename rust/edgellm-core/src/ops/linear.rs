@@ -9,7 +9,9 @@ use edgellm_kernels::gemm::BRows;
 use edgellm_kernels::quant::{
     self,
     qgemm::{QActs, QGemmScratch},
+    resident,
 };
+use std::sync::Arc;
 use edgellm_kernels::Kernels;
 
 /// Row counts from which packing the activations pays off: below, `gemm_few`
@@ -30,8 +32,9 @@ use rayon::prelude::*;
 /// Output rows per parallel GEMV work item: about eight per thread, so a slow
 /// thread does not hold the others up (which thread computes a row never
 /// changes its value).
+/// A multiple of 8, so that items are whole resident panels.
 fn gemv_chunk(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024)
+    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024).next_multiple_of(resident::ROWS)
 }
 
 #[derive(Clone, Debug)]
@@ -39,16 +42,62 @@ pub struct Linear {
     /// `[out_features × in_features]`, row-major.
     pub weight: Tensor,
     pub bias: Option<Vec<f32>>,
+    /// The weight repacked at load into the kernels' resident panels
+    /// ([`Self::make_resident`]); decode and prefill then read these instead.
+    pub resident: Option<Resident>,
+}
+
+/// Weight rows in the resident panel layout of [`quant::resident`], in an
+/// anonymous mapping (transparent huge pages asked for on Linux: fewer TLB
+/// misses on a stream of hundreds of megabytes).
+#[derive(Clone)]
+pub struct Resident(Arc<memmap2::MmapMut>);
+
+impl std::fmt::Debug for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resident({} bytes)", self.0.len())
+    }
+}
+
+impl Resident {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Vec<f32>>) -> Linear {
+        Linear { weight, bias, resident: None }
+    }
+
     /// This layer with its weight quantized to `ty` (bias kept in f32). Rows must
     /// be whole blocks of `ty`.
     pub fn quantized(&self, ty: quant::GgmlType) -> crate::Result<Linear> {
-        Ok(Linear {
-            weight: quantize_tensor(&self.weight, ty)?,
-            bias: self.bias.clone(),
-        })
+        Ok(Linear::new(quantize_tensor(&self.weight, ty)?, self.bias.clone()))
+    }
+
+    /// Repacks the weight into resident panels when `k` has a kernel for them
+    /// (q4_0 and q8_0 on x86-64, rows a multiple of 8), in parallel on the
+    /// current pool. A memory-mapped weight's pages are then released, so the
+    /// weight is not held twice. Returns whether it was repacked; the row layout
+    /// stays readable (paths without a resident kernel, `forward_dequantized`).
+    pub fn make_resident(&mut self, k: &Kernels) -> bool {
+        let DType::Quant(ty) = self.weight.dtype() else { return false };
+        let (m, kd) = (self.out_features(), self.in_features());
+        let Some(pb) = resident::panel_bytes(ty, kd) else { return false };
+        if k.gemm_q_resident.is_none() || m == 0 || m % resident::ROWS != 0 || self.resident.is_some() {
+            return false;
+        }
+        let src = self.weight.as_bytes();
+        let Ok(mut buf) = memmap2::MmapMut::map_anon(src.len()) else { return false };
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
+        buf.par_chunks_mut(pb)
+            .zip(src.par_chunks(pb))
+            .for_each(|(dst, src)| resident::pack(ty, src, kd, dst));
+        self.weight.release_pages();
+        self.resident = Some(Resident(Arc::new(buf)));
+        true
     }
 
     pub fn out_features(&self) -> usize {
@@ -65,6 +114,7 @@ impl Linear {
         debug_assert_eq!(x.len(), n * kd);
         debug_assert_eq!(out.len(), n * m);
         match self.float_rows() {
+            None if self.resident_for(k).is_some() => self.gemm_resident(k, x, n, out),
             None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
             _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
             Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
@@ -100,7 +150,7 @@ impl Linear {
     /// the block size never changes a result.
     fn gemv(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
-        let acts: Vec<Option<Vec<u8>>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
+        let acts: Vec<Option<QActs>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
         let mut chunk = gemv_chunk(m);
         if acts.len() > 1 {
             chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16));
@@ -111,27 +161,73 @@ impl Linear {
             for (t, act) in acts.iter().enumerate() {
                 // SAFETY: chunk c alone writes columns r0..r1 of each output row.
                 let o = unsafe { shared.slice(t * m + r0, r1 - r0) };
-                self.gemv_rows(k, &x[t * kd..(t + 1) * kd], act.as_deref(), r0, o);
+                self.gemv_rows(k, &x[t * kd..(t + 1) * kd], act.as_ref(), r0, o);
             }
         });
     }
 
-    /// The input row quantized to this layer's activation format (`None` for float
-    /// weights, which dot with `x` itself).
-    fn quantize_input(&self, k: &Kernels, x: &[f32]) -> Option<Vec<u8>> {
-        let DType::Quant(q) = self.weight.dtype() else {
+    /// The input rows (`x`, whole rows of `in_features`) quantized to this
+    /// layer's activation format (`None` for float weights, which dot with `x`
+    /// itself), in parallel when there are many.
+    fn quantize_input(&self, k: &Kernels, x: &[f32]) -> Option<QActs> {
+        let DType::Quant(ty) = self.weight.dtype() else {
             return None;
         };
-        let ty = q;
-        let mut act =
-            vec![0u8; quant::act_row_bytes(ty, x.len()).expect("row length checked at load")];
-        (k.quantize_act)(ty, x, &mut act);
-        Some(act)
+        let kd = self.in_features();
+        let ab = quant::act_row_bytes(ty, kd).expect("row length checked at load");
+        let mut acts = vec![0u8; x.len() / kd * ab];
+        if x.len() > kd {
+            acts.par_chunks_mut(ab)
+                .zip(x.par_chunks(kd))
+                .for_each(|(a, xr)| (k.quantize_act)(ty, xr, a));
+        } else {
+            (k.quantize_act)(ty, x, &mut acts);
+        }
+        Some(QActs::new(ty, kd, acts))
+    }
+
+    /// The resident panels and the kernel that reads them, when this layer has
+    /// both under `k`.
+    fn resident_for(&self, k: &Kernels) -> Option<(&[u8], quant::resident::GemmResidentFn)> {
+        Some((self.resident.as_ref()?.bytes(), k.gemm_q_resident?))
+    }
+
+    /// `out = x Wᵀ` (no bias) on the resident panels, for any number of rows of
+    /// `x`: the activations quantized once, then blocks of panels claimed in
+    /// order (one front through the weights); each output is the scalar
+    /// `vec_dot` bit for bit, whatever the block size or thread count.
+    fn gemm_resident(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
+        let (panels, gemm) = self.resident_for(k).expect("called for resident layers");
+        let m = self.out_features();
+        let qa = self.quantize_input(k, x).expect("resident weights are quantized");
+        let pb = panels.len() / (m / resident::ROWS);
+        // Decode: GEMV-sized items straight into `out`; prompts: a few panels per
+        // item (they stay in L1/L2 while every token passes), through a tile.
+        let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
+        let shared = SharedMut::new(out);
+        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
+            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+            let w = &panels[r0 / resident::ROWS * pb..r1 / resident::ROWS * pb];
+            let width = r1 - r0;
+            if n == 1 {
+                // SAFETY: item b alone writes outputs r0..r1.
+                gemm(w, &qa, unsafe { shared.slice(r0, width) }, width);
+                return;
+            }
+            tile.resize(n * width, 0.0);
+            gemm(w, &qa, tile, width);
+            for t in 0..n {
+                // SAFETY: item b alone writes columns r0..r1 of each row.
+                let dst = unsafe { shared.slice(t * m + r0, width) };
+                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
+            }
+        });
     }
 
     /// Rows `r0..r0 + out.len()` of the GEMV `x Wᵀ` (no bias): `act` is
-    /// [`Self::quantize_input`]`(x)`.
-    fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&[u8]>, r0: usize, out: &mut [f32]) {
+    /// [`Self::quantize_input`]`(x)`; for resident weights, `r0` and the row
+    /// count are whole panels.
+    fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&QActs>, r0: usize, out: &mut [f32]) {
         let n = x.len();
         match (self.float_rows(), act) {
             (Some(rows), _) => {
@@ -143,7 +239,15 @@ impl Linear {
                     BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                 }
             }
+            (None, Some(qa)) if self.resident_for(k).is_some() => {
+                let (panels, gemm) = self.resident_for(k).unwrap();
+                let pb = panels.len() / (self.out_features() / resident::ROWS);
+                let (p0, p1) = (r0 / resident::ROWS, (r0 + out.len()) / resident::ROWS);
+                debug_assert!(r0 % resident::ROWS == 0 && out.len() % resident::ROWS == 0);
+                gemm(&panels[p0 * pb..p1 * pb], qa, out, out.len());
+            }
             (None, Some(act)) => {
+                let act = act.bytes();
                 let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
                 (k.gemv_q)(
                     self.weight.dtype().ggml(),
@@ -173,12 +277,14 @@ impl Linear {
             }
             return;
         }
-        // One quantized input per activation format (q4_K and q6_K share q8_K).
-        let mut acts: Vec<(quant::GgmlType, Option<Vec<u8>>)> = Vec::new();
+        // One quantized input per activation format (q4_K and q6_K share q8_K);
+        // q4_0 and q8_0 keep their own, whose per-block tables differ.
+        let mut acts: Vec<(quant::GgmlType, Option<QActs>)> = Vec::new();
         let act_of: Vec<usize> = group
             .iter()
             .map(|(l, _)| {
                 let at = match l.weight.dtype() {
+                    DType::Quant(q) if resident::has_layout(q) => q,
                     DType::Quant(q) => quant::vec_dot_type(q),
                     _ => quant::GgmlType::F32,
                 };
@@ -205,7 +311,7 @@ impl Linear {
             let o = unsafe { outs[i].slice(r0, r1 - r0) };
             group[i]
                 .0
-                .gemv_rows(k, x, acts[act_of[i]].1.as_deref(), r0, o);
+                .gemv_rows(k, x, acts[act_of[i]].1.as_ref(), r0, o);
         });
         for (l, o) in group.iter_mut() {
             if let Some(b) = &l.bias {

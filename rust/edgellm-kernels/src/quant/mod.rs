@@ -54,6 +54,7 @@ pub mod lowbit;
 pub(crate) mod nf4_fp8;
 mod quantize;
 pub mod qgemm;
+pub mod resident;
 
 pub use dot::{act_row_bytes, gemv_q, quantize_act, vec_dot, vec_dot_type};
 pub(crate) use dot::check_gemv;

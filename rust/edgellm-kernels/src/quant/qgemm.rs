@@ -191,7 +191,6 @@ pub(crate) fn gemm_q_panels(
         return;
     }
     let rb = ty.row_bytes(k).unwrap();
-    let ab = vec_dot_type(ty).row_bytes(k).unwrap();
     let nb = k / l.elems;
     let (panels, pb) = (rows.div_ceil(PANEL), nb * l.stride);
     s.w.resize(panels * pb, 0);
@@ -206,6 +205,60 @@ pub(crate) fn gemm_q_panels(
             &mut s.w[p * pb..(p + 1) * pb],
         );
     }
+    let panel = |p: usize| s.w[p * pb..(p + 1) * pb].as_ptr();
+    // Sound: every panel was packed above for `nb` blocks of `ty`.
+    unsafe { tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res)) }
+}
+
+/// The instruction-set specific half of [`gemm_q_resident_panels`].
+pub(crate) trait ResidentKernels {
+    /// As [`PanelKernels::tile`], on a resident panel ([`super::resident`]).
+    ///
+    /// # Safety
+    /// As [`PanelKernels::tile`]; the panel is a resident one of `nb` blocks.
+    unsafe fn resident_tile(&self, ty: GgmlType, tile: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+}
+
+/// `gemm_q` on resident panels (see [`crate::Kernels::gemm_q_resident`]): the
+/// token and panel loops of [`gemm_q_panels`], without the packing.
+pub(crate) fn gemm_q_resident_panels(kern: &impl ResidentKernels, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    let (panels, n) = super::resident::check(w, qa, out, ldo);
+    if panels == 0 || n == 0 {
+        return;
+    }
+    let ty = qa.ty;
+    let pb = w.len() / panels;
+    let l = panel_layout(ty).expect("types with a resident layout have a panel layout");
+    let panel = |p: usize| w[p * pb..].as_ptr();
+    // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`.
+    unsafe {
+        tiles_over_panels(panels, panels * PANEL, qa.k / l.elems, l, qa, out, ldo, panel, |x, c, res| {
+            kern.resident_tile(ty, x, c, res)
+        })
+    }
+}
+
+/// For blocks of tokens whose activations (~96 KiB) stay in L2, each panel
+/// `panel(p)` against tiles of up to [`TILE_TOKENS`] tokens through `tile`, the
+/// results written to rows `8p..` (of `rows`) of `out`.
+///
+/// # Safety
+/// `panel(p)` for `p < panels` points at a panel `tile` can read (`nb` blocks of
+/// `qa`'s type), and `qa`, `out` and `ldo` passed the `gemm_q` checks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_over_panels(
+    panels: usize,
+    rows: usize,
+    nb: usize,
+    l: PanelLayout,
+    qa: &QActs,
+    out: &mut [f32],
+    ldo: usize,
+    panel: impl Fn(usize) -> *const u8,
+    tile: impl Fn(&PanelTile, usize, &mut [[f32; PANEL]; TILE_TOKENS]),
+) {
+    let n = qa.n;
+    let ab = vec_dot_type(qa.ty).row_bytes(qa.k).unwrap();
     let per_row = |v: usize, t: usize| if v == 0 { 0 } else { t * nb };
     assert!([qa.da.len(), qa.sa.len(), qa.sa128.len()].into_iter().all(|v| v == per_row(v, n)));
     let nt = ((96 * 1024) / ab).clamp(TILE_TOKENS, 1024) / TILE_TOKENS * TILE_TOKENS;
@@ -217,8 +270,8 @@ pub(crate) fn gemm_q_panels(
             let mut t = t0;
             while t < t1 {
                 let c = TILE_TOKENS.min(t1 - t);
-                let tile = PanelTile {
-                    panel: s.w[p * pb..(p + 1) * pb].as_ptr(),
+                let x = PanelTile {
+                    panel: panel(p),
                     nb,
                     l,
                     acts: qa.bytes[t * ab..].as_ptr(),
@@ -227,9 +280,7 @@ pub(crate) fn gemm_q_panels(
                     sa: &qa.sa[per_row(qa.sa.len(), t)..],
                     sa128: &qa.sa128[per_row(qa.sa128.len(), t)..],
                 };
-                // Sound: the panel was packed above for `nb` blocks of `ty`; tokens
-                // t..t + c are whole rows of `qa` with their per-block tables.
-                unsafe { kern.tile(ty, &tile, c, &mut res) };
+                tile(&x, c, &mut res);
                 for (i, rr) in res.iter().enumerate().take(c) {
                     out[(t + i) * ldo + r0..][..nr].copy_from_slice(&rr[..nr]);
                 }
@@ -251,16 +302,23 @@ pub fn check_gemm_q(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, 
         w.len(),
         ty.name()
     );
-    let (rows, n) = (w.len() / rb, acts.n);
+    let rows = w.len() / rb;
+    check_gemm_q_rows(rows, acts, out, ldo);
+    (rows, acts.n)
+}
+
+/// Checks that `out` (row stride `ldo`) holds `rows` outputs for every token of
+/// `acts`. Panics otherwise.
+pub(crate) fn check_gemm_q_rows(rows: usize, acts: &QActs, out: &[f32], ldo: usize) {
+    let n = acts.n;
     assert!(
         ldo >= rows,
         "gemm_q: ldo {ldo} smaller than the {rows} weight rows"
     );
     assert!(
-        n == 0 || out.len() >= (n - 1) * ldo + rows,
+        n == 0 || (n - 1).checked_mul(ldo).and_then(|v| v.checked_add(rows)).is_some_and(|need| out.len() >= need),
         "gemm_q: output too small"
     );
-    (rows, n)
 }
 
 /// Reference: `out[t * ldo + r] = vec_dot(ty, w_r, act_t, k)` for every weight

@@ -25,6 +25,7 @@ pub static KERNELS: Kernels = Kernels {
     vec_dot: super::quant_avx2::vec_dot,
     gemv_q: super::gemv_avx2::gemv_q,
     gemm_q: super::qgemm_avx2::gemm_q,
+    gemm_q_resident: Some(super::qgemm_avx2::gemm_q_resident),
     dequantize_row: super::nf4_fp8_avx2::dequantize_row,
 };
 

@@ -17,6 +17,7 @@ pub static KERNELS: Kernels = Kernels {
     gemv_bf16: |w, x, out| super::avx2::gemv(w, x, out, super::avx2::imp::gemv_rows4),
     gemv_q: super::gemv_vnni::gemv_q,
     gemm_q: super::qgemm_vnni::gemm_q,
+    gemm_q_resident: Some(super::qgemm_vnni::gemm_q_resident),
     gemm_few: super::few_avx2::gemm_few_avx512,
     ..super::avx2::KERNELS
 };

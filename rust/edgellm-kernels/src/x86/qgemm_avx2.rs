@@ -10,8 +10,8 @@
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::simd::ld256;
-use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
-use crate::quant::GgmlType;
+use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
+use crate::quant::{resident, GgmlType};
 use core::arch::x86_64::*;
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
@@ -20,6 +20,28 @@ pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut 
         return qgemm::gemm_q_with(super::quant_avx2::vec_dot, w, qa, out, ldo);
     }
     qgemm::gemm_q_panels(&Avx2Panels(()), w, qa, out, ldo, s)
+}
+
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
+/// [`crate::Kernels::gemm_q_resident`]).
+pub(crate) fn gemm_q_resident(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&Avx2Panels(()), w, qa, out, ldo)
+}
+
+impl ResidentKernels for Avx2Panels {
+    unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        match (ty, tokens) {
+            (GgmlType::Q4_0, 4) => q4_0::<ResidentQ4, 4>(x, res),
+            (GgmlType::Q4_0, 3) => q4_0::<ResidentQ4, 3>(x, res),
+            (GgmlType::Q4_0, 2) => q4_0::<ResidentQ4, 2>(x, res),
+            (GgmlType::Q4_0, _) => q4_0::<ResidentQ4, 1>(x, res),
+            (GgmlType::Q8_0, 4) => q8_0::<ResidentQ8, 4>(x, res),
+            (GgmlType::Q8_0, 3) => q8_0::<ResidentQ8, 3>(x, res),
+            (GgmlType::Q8_0, 2) => q8_0::<ResidentQ8, 2>(x, res),
+            (GgmlType::Q8_0, _) => q8_0::<ResidentQ8, 1>(x, res),
+            _ => unreachable!("no resident layout for {}", ty.name()),
+        }
+    }
 }
 
 /// The AVX2 tile kernels and panel packer. Only built by [`gemm_q`] and the
@@ -47,8 +69,8 @@ impl PanelKernels for Avx2Panels {
 
 unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     match ty {
-        GgmlType::Q4_0 => q4_0::<T>(x, res),
-        GgmlType::Q8_0 => q8_0::<T>(x, res),
+        GgmlType::Q4_0 => q4_0::<PerCall, T>(x, res),
+        GgmlType::Q8_0 => q8_0::<PerCall, T>(x, res),
         GgmlType::Q4K => q4_k::<T>(x, res),
         GgmlType::Q6K => q6_k::<T>(x, res),
         _ => unreachable!("no AVX2 panel kernel for {}", ty.name()),
@@ -61,25 +83,130 @@ pub(super) unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 
+/// Where a q4_0/q8_0 tile reads block `b` of its panel: the per-call panels
+/// ([`pack_panel`]: a byte per quant, f32 scales) or resident ones
+/// ([`crate::quant::resident`]: the file's nibbles and f16 scales, moved).
+pub(super) trait Src {
+    /// Groups `c` and `c + 4` (`c < 4`) of block `b`: per row, quants `4c..4c+4`
+    /// and `16 + 4c..`, one byte each (q4_0: the unsigned nibble).
+    unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> (__m256i, __m256i);
+    /// The eight rows' scales of block `b`, as f32.
+    unsafe fn scales(x: &PanelTile, b: usize) -> __m256;
+    /// Asks the cache for what follows block `b` (resident panels stream from
+    /// memory when decoding; per-call panels are in cache).
+    #[inline(always)]
+    unsafe fn prefetch(_x: &PanelTile, _b: usize) {}
+}
+
+/// Groups of four blocks ahead of the one being read that a resident tile
+/// prefetches.
+const PREFETCH_GROUPS: usize = 2;
+
+/// Prefetches the `bytes` at `p`, a cache line at a time.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        off += 64;
+    }
+}
+
+/// The per-call panels of [`pack_panel`].
+pub(super) struct PerCall;
+impl Src for PerCall {
+    #[inline(always)]
+    unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> (__m256i, __m256i) {
+        let wb = x.panel.add(b * x.l.stride);
+        (ld256(wb.add(32 * c)), ld256(wb.add(32 * c + 128)))
+    }
+    #[inline(always)]
+    unsafe fn scales(x: &PanelTile, b: usize) -> __m256 {
+        _mm256_loadu_ps(x.panel.add(b * x.l.stride + x.l.d) as *const f32)
+    }
+}
+
+/// Resident q4_0 panels: one 32-byte load holds both groups' nibbles.
+pub(super) struct ResidentQ4;
+impl Src for ResidentQ4 {
+    #[inline(always)]
+    unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> (__m256i, __m256i) {
+        let v = ld256(resident_block::<128>(x, b).1.add(32 * c));
+        let m = _mm256_set1_epi8(0x0F);
+        (_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m))
+    }
+    #[inline(always)]
+    unsafe fn scales(x: &PanelTile, b: usize) -> __m256 {
+        resident_scales::<128>(x, b)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(x: &PanelTile, b: usize) {
+        resident_prefetch::<128>(x, b)
+    }
+}
+
+/// Resident q8_0 panels.
+pub(super) struct ResidentQ8;
+impl Src for ResidentQ8 {
+    #[inline(always)]
+    unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> (__m256i, __m256i) {
+        let q = resident_block::<256>(x, b).1.add(32 * c);
+        (ld256(q), ld256(q.add(128)))
+    }
+    #[inline(always)]
+    unsafe fn scales(x: &PanelTile, b: usize) -> __m256 {
+        resident_scales::<256>(x, b)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(x: &PanelTile, b: usize) {
+        resident_prefetch::<256>(x, b)
+    }
+}
+
+/// Block `b`'s scales and quants in a resident panel of `QB` quant bytes per block.
+#[inline(always)]
+unsafe fn resident_block<const QB: usize>(x: &PanelTile, b: usize) -> (*const u8, *const u8) {
+    let (s, q) = resident::block_offsets(x.nb, QB, b);
+    (x.panel.add(s), x.panel.add(q))
+}
+
+/// The f16 scales of block `b` of a resident panel, widened (exactly).
+#[inline(always)]
+unsafe fn resident_scales<const QB: usize>(x: &PanelTile, b: usize) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(resident_block::<QB>(x, b).0 as *const __m128i))
+}
+
+/// At each group of four blocks, the group [`PREFETCH_GROUPS`] ahead (the
+/// panel's next bytes, or the next panel's).
+#[inline(always)]
+unsafe fn resident_prefetch<const QB: usize>(x: &PanelTile, b: usize) {
+    if b % resident::GROUP == 0 {
+        let group = resident::GROUP * (16 + QB);
+        prefetch(resident_block::<QB>(x, b).0.wrapping_add(PREFETCH_GROUPS * group), group);
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, stride) = (x.nb, x.l.stride);
+pub(super) unsafe fn q4_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let nb = x.nb;
     assert!(x.da.len() >= T * nb && x.sa.len() >= T * nb);
     let ones = _mm256_set1_epi16(1);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
-        let wb = x.panel.add(b * stride);
+        S::prefetch(x, b);
         let mut s16 = [_mm256_setzero_si256(); T];
-        for g in 0..8 {
-            let w = ld256(wb.add(32 * g));
-            for t in 0..T {
-                let y = bcast4(a[t].add(34 * b + 2 + 4 * g));
-                // nibble (≤ 15) × i8: 8 groups of pair sums stay below 2^15.
-                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, y));
+        for c in 0..4 {
+            let (w0, w1) = S::groups(x, b, c);
+            for (g, w) in [(c, w0), (c + 4, w1)] {
+                for t in 0..T {
+                    let y = bcast4(a[t].add(34 * b + 2 + 4 * g));
+                    // nibble (≤ 15) × i8: 8 groups of pair sums stay below 2^15.
+                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, y));
+                }
             }
         }
-        let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
+        let dw = S::scales(x, b);
         for t in 0..T {
             let isum = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(x.sa[t * nb + b]));
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
@@ -92,25 +219,27 @@ unsafe fn q4_0<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, stride) = (x.nb, x.l.stride);
+pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let nb = x.nb;
     assert!(x.da.len() >= T * nb);
     let ones = _mm256_set1_epi16(1);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
-        let wb = x.panel.add(b * stride);
+        S::prefetch(x, b);
         let mut s32 = [_mm256_setzero_si256(); T];
-        for g in 0..8 {
-            let w = ld256(wb.add(32 * g));
-            let wa = _mm256_abs_epi8(w);
-            for t in 0..T {
-                // |w| · (±y): pair sums ≤ 2 · 128 · 127 (activations are never -128).
-                let y = _mm256_sign_epi8(bcast4(a[t].add(34 * b + 2 + 4 * g)), w);
-                s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, y), ones));
+        for c in 0..4 {
+            let (w0, w1) = S::groups(x, b, c);
+            for (g, w) in [(c, w0), (c + 4, w1)] {
+                let wa = _mm256_abs_epi8(w);
+                for t in 0..T {
+                    // |w| · (±y): pair sums ≤ 2 · 128 · 127 (activations are never -128).
+                    let y = _mm256_sign_epi8(bcast4(a[t].add(34 * b + 2 + 4 * g)), w);
+                    s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, y), ones));
+                }
             }
         }
-        let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
+        let dw = S::scales(x, b);
         for t in 0..T {
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
             acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(s32[t])));

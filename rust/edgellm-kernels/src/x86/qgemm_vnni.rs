@@ -9,9 +9,8 @@
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
 //! q4_K and q6_K keep the AVX2 tiles.
 
-use super::qgemm_avx2::{bcast4, Avx2Panels};
-use crate::x86::simd::ld256;
-use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, PANEL, TILE_TOKENS};
+use super::qgemm_avx2::{bcast4, Avx2Panels, PerCall, ResidentQ4, ResidentQ8, Src};
+use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
@@ -33,52 +32,71 @@ impl PanelKernels for VnniPanels {
     }
 
     unsafe fn tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-        let (offsets, flip) = match ty {
-            GgmlType::Q4_0 => (x.sa, false),
-            GgmlType::Q8_0 => (x.sa128, true),
-            _ => return Avx2Panels(()).tile(ty, x, tokens, res),
-        };
-        match (tokens, flip) {
-            (4, false) => tile::<4, false>(x, offsets, res),
-            (3, false) => tile::<3, false>(x, offsets, res),
-            (2, false) => tile::<2, false>(x, offsets, res),
-            (_, false) => tile::<1, false>(x, offsets, res),
-            (4, true) => tile::<4, true>(x, offsets, res),
-            (3, true) => tile::<3, true>(x, offsets, res),
-            (2, true) => tile::<2, true>(x, offsets, res),
-            (_, true) => tile::<1, true>(x, offsets, res),
+        match ty {
+            GgmlType::Q4_0 => tiles::<PerCall, false>(x, x.sa, tokens, res),
+            GgmlType::Q8_0 => tiles::<PerCall, true>(x, x.sa128, tokens, res),
+            _ => Avx2Panels(()).tile(ty, x, tokens, res),
         }
+    }
+}
+
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
+/// [`crate::Kernels::gemm_q_resident`]).
+pub(crate) fn gemm_q_resident(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&VnniPanels(()), w, qa, out, ldo)
+}
+
+impl ResidentKernels for VnniPanels {
+    unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        match ty {
+            GgmlType::Q4_0 => tiles::<ResidentQ4, false>(x, x.sa, tokens, res),
+            GgmlType::Q8_0 => tiles::<ResidentQ8, true>(x, x.sa128, tokens, res),
+            _ => unreachable!("no resident layout for {}", ty.name()),
+        }
+    }
+}
+
+/// [`tile`] for 1 ..= [`TILE_TOKENS`] tokens.
+#[inline(always)]
+unsafe fn tiles<S: Src, const FLIP: bool>(x: &PanelTile, offsets: &[i32], tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    match tokens {
+        4 => tile::<S, 4, FLIP>(x, offsets, res),
+        3 => tile::<S, 3, FLIP>(x, offsets, res),
+        2 => tile::<S, 2, FLIP>(x, offsets, res),
+        _ => tile::<S, 1, FLIP>(x, offsets, res),
     }
 }
 
 /// q4_0 (nibbles, `FLIP = false`) or q8_0 (signed bytes, `FLIP = true`) panel
 /// times `T` tokens: `res[t][r] = Σ_b (d_w · d_a) · (dot_b - offsets[t, b])`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile<const T: usize, const FLIP: bool>(
+unsafe fn tile<S: Src, const T: usize, const FLIP: bool>(
     x: &PanelTile,
     offsets: &[i32],
     res: &mut [[f32; PANEL]; TILE_TOKENS],
 ) {
-    let (nb, stride) = (x.nb, x.l.stride);
+    let nb = x.nb;
     assert!(x.da.len() >= T * nb && offsets.len() >= T * nb);
     let sign = _mm256_set1_epi8(i8::MIN);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
-        let wb = x.panel.add(b * stride);
-        // Two chains per token (even and odd groups): one chain of eight
+        S::prefetch(x, b);
+        // Two chains per token (groups c and c + 4): one chain of eight
         // dependent `vpdpbusd` per block made the tile latency-bound.
         let mut s32 = [[_mm256_setzero_si256(); 2]; T];
-        for g in 0..8 {
-            let mut w = ld256(wb.add(32 * g));
-            if FLIP {
-                w = _mm256_xor_si256(w, sign);
-            }
-            for t in 0..T {
-                s32[t][g % 2] = _mm256_dpbusd_epi32(s32[t][g % 2], w, bcast4(a[t].add(34 * b + 2 + 4 * g)));
+        for c in 0..4 {
+            let (w0, w1) = S::groups(x, b, c);
+            for (h, (g, mut w)) in [(c, w0), (c + 4, w1)].into_iter().enumerate() {
+                if FLIP {
+                    w = _mm256_xor_si256(w, sign);
+                }
+                for t in 0..T {
+                    s32[t][h] = _mm256_dpbusd_epi32(s32[t][h], w, bcast4(a[t].add(34 * b + 2 + 4 * g)));
+                }
             }
         }
-        let dw = _mm256_loadu_ps(wb.add(x.l.d) as *const f32);
+        let dw = S::scales(x, b);
         for t in 0..T {
             let dot = _mm256_add_epi32(s32[t][0], s32[t][1]);
             let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(offsets[t * nb + b]));

@@ -1,0 +1,107 @@
+//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0 weights
+//! repacked at load) of every instruction set this machine has one on, on random
+//! shapes (1..10 tokens, 1..5 panels, odd block counts; weights quantized from
+//! random floats or random bytes, q8_0's −128 included), bit for bit against the
+//! scalar `vec_dot` of the rows the panels were packed from, and against the
+//! reference `resident::gemm_q_resident`. Outputs past the rows must stay
+//! untouched.
+
+use edgellm_kernels::quant::qgemm::QActs;
+use edgellm_kernels::quant::{self, act_row_bytes, quantize_row, resident, GgmlType};
+use proptest::prelude::*;
+
+mod common;
+use common::{paths, Rng};
+
+fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool) {
+    let k = nb * 32;
+    let rows = 8 * panels;
+    let mut r = Rng::new(seed);
+    let rb = ty.row_bytes(k).unwrap();
+    let mut w = vec![0u8; rows * rb];
+    for row in w.chunks_exact_mut(rb) {
+        if raw {
+            row.copy_from_slice(&r.blocks(ty, nb));
+        } else {
+            quantize_row(ty, &r.row(k), row).unwrap();
+        }
+    }
+    let ab = act_row_bytes(ty, k).unwrap();
+    let mut acts = vec![0u8; n * ab];
+    for a in acts.chunks_exact_mut(ab) {
+        quant::quantize_act(ty, &r.row(k), a);
+    }
+    let mut packed = vec![0u8; w.len()];
+    resident::pack(ty, &w, k, &mut packed);
+    let qa = QActs::new(ty, k, acts.clone());
+    let ldo = rows + 3;
+    const FILL: f32 = -7.25;
+    let mut reference = vec![FILL; (n - 1) * ldo + rows + 3];
+    resident::gemm_q_resident(&packed, &qa, &mut reference, ldo);
+    let mut tested = 0;
+    for kern in paths() {
+        let Some(gemm) = kern.gemm_q_resident else { continue };
+        tested += 1;
+        let mut out = vec![FILL; reference.len()];
+        gemm(&packed, &qa, &mut out, ldo);
+        for t in 0..n {
+            for j in 0..ldo.min(out.len() - t * ldo) {
+                let (o, rf) = (out[t * ldo + j], reference[t * ldo + j]);
+                let what = format!("{} {} panels={panels} n={n} nb={nb} raw={raw} (row {j}, token {t})", kern.isa.name(), ty.name());
+                if j >= rows {
+                    assert_eq!(o, FILL, "{what}: wrote past the rows");
+                    assert_eq!(rf, FILL, "{what}: the reference wrote past the rows");
+                    continue;
+                }
+                let dot = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
+                assert_eq!(rf.to_bits(), dot.to_bits(), "{what}: reference {rf} vs vec_dot {dot}");
+                assert_eq!(o.to_bits(), dot.to_bits(), "{what}: resident {o} vs vec_dot {dot}");
+            }
+        }
+    }
+    // x86-64 machines here have AVX2: the SIMD kernels must have run.
+    if cfg!(target_arch = "x86_64") && edgellm_kernels::Isa::Avx2.is_supported() {
+        assert!(tested > 0, "no table with a resident kernel was tested");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24, 24)))]
+
+    #[test]
+    fn resident_gemm_equals_vec_dot_bitwise(
+        seed in any::<u64>(),
+        panels in 1usize..5,
+        n in 1usize..10,
+        nb in prop::sample::select(vec![1usize, 2, 3, 7, 65]),
+        raw in any::<bool>(),
+    ) {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            check(ty, panels, n, nb, seed, raw);
+        }
+    }
+}
+
+/// Many tokens (several passes of the token loop) over long rows.
+#[test]
+fn resident_gemm_many_tokens() {
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        check(ty, 3, 150, 64, 3, false);
+    }
+}
+
+#[test]
+fn resident_gemm_checks_its_operands() {
+    let ty = GgmlType::Q4_0;
+    let mut calls: Vec<quant::resident::GemmResidentFn> = vec![resident::gemm_q_resident];
+    calls.extend(paths().into_iter().filter_map(|k| k.gemm_q_resident));
+    for gemm in calls {
+        // No tokens: nothing to do.
+        gemm(&[0u8; 144], &QActs::new(ty, 32, vec![]), &mut [], 8);
+        // Not whole panels (7 rows), an output too short, a type without a layout.
+        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 126], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 8], 8)).is_err());
+        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 144], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 7], 8)).is_err());
+        let q4k = QActs::new(GgmlType::Q4K, 256, vec![0u8; act_row_bytes(GgmlType::Q4K, 256).unwrap()]);
+        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 8 * 144], &q4k, &mut [0f32; 8], 8)).is_err());
+    }
+}

@@ -4,9 +4,11 @@
 //! dequantized to f32, packed f32 GEMM). Median of repeated runs, and the
 //! matmul-only prompt tokens/s of a 22-layer model (q, k, v, o, gate, up, down).
 //! On a shared machine, prefer the best time (also printed) or count cycles with
-//! `perf stat` and the `old` / `new` mode, which runs one path only.
+//! `perf stat` and the `old` / `new` mode, which runs one path only. Mode
+//! `resident` compares the weights in the file's layout (old: `gemm_q`, packing
+//! panels per call) with the same weights repacked at load (new).
 //!
-//! `cargo run --release -p edgellm-core --example prefill_bench -- [threads] [tokens] [reps] [types] [both|old|new]`
+//! `cargo run --release -p edgellm-core --example prefill_bench -- [threads] [tokens] [reps] [types] [both|old|new|resident]`
 //! (defaults: 2 threads, 512 tokens, 5 repetitions, `q4_0,q8_0,q4_K,q6_K`, both).
 use edgellm_core::ops::Linear;
 use edgellm_core::tensor::Tensor;
@@ -45,6 +47,7 @@ fn main() {
         .collect();
     let mode = args.get(5).map(|s| s.as_str()).unwrap_or("both");
     let (run_old, run_new) = (mode != "new", mode != "old");
+    let resident = mode == "resident";
     let k = edgellm_kernels::kernels().unwrap();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     // (rows, cols, uses per layer)
@@ -55,6 +58,10 @@ fn main() {
         for (si, &(m, kd, uses)) in shapes.iter().enumerate() {
             let w = Tensor::from_f32(&rand_vec(si as u64 + 1, m * kd), vec![m, kd]).unwrap();
             let lin = pool.install(|| Linear::new(w, None).quantized(ty).unwrap());
+            let mut packed = lin.clone();
+            if resident {
+                assert!(pool.install(|| packed.make_resident(k)), "{} has no resident kernel here", ty.name());
+            }
             let x = rand_vec(100 + si as u64, n * kd);
             let mut y_old = vec![0f32; n * m];
             let mut y_new = vec![0f32; n * m];
@@ -69,8 +76,11 @@ fn main() {
                     t.elapsed().as_secs_f64()
                 }).collect())
             };
-            let (t_old, b_old) = time(run_old, &mut || pool.install(|| lin.forward_dequantized(k, &x, &mut y_old)));
-            let (t_new, b_new) = time(run_new, &mut || pool.install(|| lin.forward(k, &x, &mut y_new)));
+            let (t_old, b_old) = match resident {
+                true => time(run_old, &mut || pool.install(|| lin.forward(k, &x, &mut y_old))),
+                false => time(run_old, &mut || pool.install(|| lin.forward_dequantized(k, &x, &mut y_old))),
+            };
+            let (t_new, b_new) = time(run_new, &mut || pool.install(|| packed.forward(k, &x, &mut y_new)));
             let scale = y_old.iter().fold(0f32, |a, v| a.max(v.abs()));
             let diff = y_old.iter().zip(&y_new).fold(0f32, |a, (p, q)| a.max((p - q).abs()));
             let gops = 2.0 * (n * m * kd) as f64 / 1e9;

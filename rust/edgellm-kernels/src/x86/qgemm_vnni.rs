@@ -77,6 +77,8 @@ unsafe fn tile<S: Src, const T: usize, const FLIP: bool>(
 ) {
     let nb = x.nb;
     assert!(x.da.len() >= T * nb && offsets.len() >= T * nb);
+    // Indexed below without bounds checks (two per token and block otherwise).
+    let (da, off) = (x.da.as_ptr(), offsets.as_ptr());
     let sign = _mm256_set1_epi8(i8::MIN);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
@@ -99,8 +101,8 @@ unsafe fn tile<S: Src, const T: usize, const FLIP: bool>(
         let dw = S::scales(x, b);
         for t in 0..T {
             let dot = _mm256_add_epi32(s32[t][0], s32[t][1]);
-            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(offsets[t * nb + b]));
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
+            let isum = _mm256_sub_epi32(dot, _mm256_set1_epi32(*off.add(t * nb + b)));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da.add(t * nb + b)));
             acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(isum)));
         }
     }

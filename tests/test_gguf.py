@@ -1018,11 +1018,12 @@ def test_random_header_corruption_never_crashes(tmp_path, python):
     assert r.stdout.strip().endswith("done 0"), r.stdout[-2000:]
 
 
-@pytest.mark.parametrize("name", ["llama-q4_0", "llama-q8_0"])
+@pytest.mark.parametrize("name", ["llama-q4_0", "llama-q8_0", "llama-f32"])
 def test_repacked_weights_compute_what_the_file_layout_does(name):
     """q4_0/q8_0 weights repacked at load into the kernels' panels give the same
     logits and greedy tokens, bit for bit, as the file's row layout, prompt and
-    decode; `repack` picks which weights, `info()` counts the bytes."""
+    decode; `repack` picks which weights (never float ones), `info()` counts the
+    bytes."""
     ids = reference("llama")["input_ids"].tolist()
     path = GGUF_DIR / f"{name}.gguf"
     off = edgellm.load(path, threads=2, repack="off")
@@ -1030,7 +1031,8 @@ def test_repacked_weights_compute_what_the_file_layout_does(name):
     want = off.logits(ids)
     greedy = off.generate(ids, max_new_tokens=8, temperature=0, ignore_eos=True)
     simd = edgellm.active_isa() in ("avx2", "avx512")
-    for repack, packs in [("all", simd), (True, simd and name.endswith("q4_0")), (None, simd and name.endswith("q4_0"))]:
+    quant = not name.endswith("f32")
+    for repack, packs in [("all", simd and quant), (True, simd and name.endswith("q4_0")), (None, simd and name.endswith("q4_0"))]:
         m = edgellm.load(path, threads=2, **({} if repack is None else {"repack": repack}))
         assert (m.info()["repacked_bytes"] > 0) == packs, repack
         assert np.array_equal(m.logits(ids), want), repack

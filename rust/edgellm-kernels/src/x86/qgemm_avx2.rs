@@ -100,7 +100,7 @@ pub(super) trait Src {
 
 /// Groups of four blocks ahead of the one being read that a resident tile
 /// prefetches.
-const PREFETCH_GROUPS: usize = 2;
+const PREFETCH_GROUPS: usize = 4;
 
 /// Prefetches the `bytes` at `p`, a cache line at a time.
 #[inline(always)]

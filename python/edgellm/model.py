@@ -362,12 +362,13 @@ def load(
     "nf4" (QLoRA NormalFloat, f16 absmax per 64 values, 4.25 bits/weight),
     "fp8_e4m3", "fp8_e5m2" (FP8 codes, f16 absmax per 32 values, 8.5 bits/weight),
     run by their own kernels with float32 activations).
-    ``repack``: on x86-64, quantized weight matrices repacked at load into the
+    ``repack``: quantized weight matrices repacked at load into the
     kernels' interleaved 8-row panels (same size; a file's pages are then
     released, so memory is not doubled; results identical bit for bit):
     ``"auto"`` (default: q4_0 weights mapped from the file, measured faster),
     ``"all"`` (q4_0 and q8_0, also weights quantized at load, whose row copy then
-    stays in memory beside the panels) or ``"off"`` (the file's layout);
+    stays in memory beside the panels; on aarch64, where the NEON panels are not
+    yet timed on hardware, the only way in) or ``"off"`` (the file's layout);
     ``True``/``False`` mean auto/off.
 
     ``kv_cache``: the KV-cache policy of every generation and evaluation, an

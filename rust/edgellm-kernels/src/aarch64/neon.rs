@@ -14,7 +14,7 @@ pub static KERNELS_DOTPROD: Kernels = Kernels {
     vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::DOTPROD }>,
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::DOTPROD }>,
     gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::DOTPROD }>,
-    gemm_q_resident: None,
+    gemm_q_resident: Some(super::quant_neon::gemm_q_resident::<{ super::quant_neon::DOTPROD }>),
     ..NEON
 };
 
@@ -24,7 +24,7 @@ pub static KERNELS_I8MM: Kernels = Kernels {
     vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::I8MM }>,
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::I8MM }>,
     gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::I8MM }>,
-    gemm_q_resident: None,
+    gemm_q_resident: Some(super::quant_neon::gemm_q_resident::<{ super::quant_neon::I8MM }>),
     ..NEON
 };
 
@@ -47,7 +47,7 @@ const NEON: Kernels = Kernels {
     vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::PLAIN }>,
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::PLAIN }>,
     gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::PLAIN }>,
-    gemm_q_resident: None,
+    gemm_q_resident: Some(super::quant_neon::gemm_q_resident::<{ super::quant_neon::PLAIN }>),
     dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };
 

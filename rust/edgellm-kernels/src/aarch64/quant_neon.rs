@@ -111,9 +111,39 @@ pub(crate) fn gemm_q<const L: u8>(
     }
 }
 
-/// The NEON tile kernels (q4_0, q8_0) of level `L`. Only built by [`gemm_q`],
-/// which only the table of that level reaches.
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
+/// [`crate::Kernels::gemm_q_resident`]): the `sdot` tile (i8mm CPUs have
+/// dotprod; the resident layout is not `smmla`'s) or the plain one.
+pub(crate) fn gemm_q_resident<const L: u8>(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize) {
+    quant::qgemm::gemm_q_resident_panels(&NeonPanels::<L>, w, qa, out, ldo)
+}
+
+/// The NEON tile kernels (q4_0, q8_0) of level `L`. Only built by [`gemm_q`]
+/// and [`gemm_q_resident`], which only the table of that level reaches.
 struct NeonPanels<const L: u8>;
+
+impl<const L: u8> quant::qgemm::ResidentKernels for NeonPanels<L> {
+    unsafe fn resident_tile(&self, ty: GgmlType, x: &quant::qgemm::PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
+        match (L, ty, tokens) {
+            (PLAIN, GgmlType::Q4_0, 4) => imp::resident_tile_neon::<imp::ResidentQ4, 4>(x, res),
+            (PLAIN, GgmlType::Q4_0, 3) => imp::resident_tile_neon::<imp::ResidentQ4, 3>(x, res),
+            (PLAIN, GgmlType::Q4_0, 2) => imp::resident_tile_neon::<imp::ResidentQ4, 2>(x, res),
+            (PLAIN, GgmlType::Q4_0, _) => imp::resident_tile_neon::<imp::ResidentQ4, 1>(x, res),
+            (PLAIN, _, 4) => imp::resident_tile_neon::<imp::ResidentQ8, 4>(x, res),
+            (PLAIN, _, 3) => imp::resident_tile_neon::<imp::ResidentQ8, 3>(x, res),
+            (PLAIN, _, 2) => imp::resident_tile_neon::<imp::ResidentQ8, 2>(x, res),
+            (PLAIN, _, _) => imp::resident_tile_neon::<imp::ResidentQ8, 1>(x, res),
+            (_, GgmlType::Q4_0, 4) => imp::resident_tile_dot::<imp::ResidentQ4, 4>(x, res),
+            (_, GgmlType::Q4_0, 3) => imp::resident_tile_dot::<imp::ResidentQ4, 3>(x, res),
+            (_, GgmlType::Q4_0, 2) => imp::resident_tile_dot::<imp::ResidentQ4, 2>(x, res),
+            (_, GgmlType::Q4_0, _) => imp::resident_tile_dot::<imp::ResidentQ4, 1>(x, res),
+            (_, _, 4) => imp::resident_tile_dot::<imp::ResidentQ8, 4>(x, res),
+            (_, _, 3) => imp::resident_tile_dot::<imp::ResidentQ8, 3>(x, res),
+            (_, _, 2) => imp::resident_tile_dot::<imp::ResidentQ8, 2>(x, res),
+            (_, _, _) => imp::resident_tile_dot::<imp::ResidentQ8, 1>(x, res),
+        }
+    }
+}
 
 impl<const L: u8> quant::qgemm::PanelKernels for NeonPanels<L> {
     fn pack(
@@ -577,27 +607,95 @@ pub(super) mod imp {
         }
     }
 
+    /// Where a q4_0/q8_0 tile reads block `b` of its panel (see the x86
+    /// `qgemm_avx2::Src`): per row-half (rows 0-3, 4-7), groups `c` and `c + 4`
+    /// as one byte per quant, and the eight rows' scales.
+    pub(super) trait Src {
+        unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> [[int8x16_t; 2]; 2];
+        unsafe fn scales(x: &PanelTile, b: usize) -> [float32x4_t; 2];
+    }
+
+    /// The per-call panels of `pack_panel`.
+    pub(super) struct PerCall;
+    impl Src for PerCall {
+        #[inline(always)]
+        unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> [[int8x16_t; 2]; 2] {
+            let wb = x.panel.add(b * x.l.stride);
+            let g = |g: usize| [ld_s8(wb.add(32 * g)), ld_s8(wb.add(32 * g + 16))];
+            [g(c), g(c + 4)]
+        }
+        #[inline(always)]
+        unsafe fn scales(x: &PanelTile, b: usize) -> [float32x4_t; 2] {
+            let d = x.panel.add(b * x.l.stride + x.l.d);
+            [vld1q_f32(d as *const f32), vld1q_f32(d.add(16) as *const f32)]
+        }
+    }
+
+    /// Resident q4_0 panels: one load holds both groups' nibbles.
+    pub(super) struct ResidentQ4;
+    impl Src for ResidentQ4 {
+        #[inline(always)]
+        unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> [[int8x16_t; 2]; 2] {
+            let q = x.panel.add(quant::resident::block_offsets(x.nb, 128, b).1 + 32 * c);
+            let (v0, v1) = (ld_u8(q), ld_u8(q.add(16)));
+            let m = vdupq_n_u8(0x0F);
+            let lo = |v: uint8x16_t| vreinterpretq_s8_u8(vandq_u8(v, m));
+            let hi = |v: uint8x16_t| vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+            [[lo(v0), lo(v1)], [hi(v0), hi(v1)]]
+        }
+        #[inline(always)]
+        unsafe fn scales(x: &PanelTile, b: usize) -> [float32x4_t; 2] {
+            resident_scales(x.panel.add(quant::resident::block_offsets(x.nb, 128, b).0))
+        }
+    }
+
+    /// Resident q8_0 panels.
+    pub(super) struct ResidentQ8;
+    impl Src for ResidentQ8 {
+        #[inline(always)]
+        unsafe fn groups(x: &PanelTile, b: usize, c: usize) -> [[int8x16_t; 2]; 2] {
+            let q = x.panel.add(quant::resident::block_offsets(x.nb, 256, b).1 + 32 * c);
+            [[ld_s8(q), ld_s8(q.add(16))], [ld_s8(q.add(128)), ld_s8(q.add(144))]]
+        }
+        #[inline(always)]
+        unsafe fn scales(x: &PanelTile, b: usize) -> [float32x4_t; 2] {
+            resident_scales(x.panel.add(quant::resident::block_offsets(x.nb, 256, b).0))
+        }
+    }
+
+    /// Eight f16 scales at `p` widened (exactly) with the base-ARMv8 `fcvtl`.
     #[inline(always)]
-    unsafe fn panel_tile<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+    unsafe fn resident_scales(p: *const u8) -> [float32x4_t; 2] {
+        let h = vld1q_u16(p as *const u16);
+        let (lo, hi): (float32x4_t, float32x4_t);
+        asm!(
+            "fcvtl {lo:v}.4s, {h:v}.4h",
+            "fcvtl2 {hi:v}.4s, {h:v}.8h",
+            lo = out(vreg) lo,
+            hi = out(vreg) hi,
+            h = in(vreg) h,
+            options(pure, nomem, nostack)
+        );
+        [lo, hi]
+    }
+
+    #[inline(always)]
+    unsafe fn panel_tile<S: Src, const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
         let mut acc = [[vdupq_n_f32(0.0); 2]; T];
         for b in 0..x.nb {
-            let wb = x.panel.add(b * x.l.stride);
             let mut s32 = [[vdupq_n_s32(0); 2]; T];
-            for g in 0..8 {
-                let w0 = ld_s8(wb.add(32 * g));
-                let w1 = ld_s8(wb.add(32 * g + 16));
-                for (t, st) in s32.iter_mut().enumerate() {
-                    let y = vreinterpretq_s8_s32(vld1q_dup_s32(
-                        x.row(t).add(34 * b + 2 + 4 * g) as *const i32
-                    ));
-                    st[0] = dot4::<DOT>(st[0], w0, y);
-                    st[1] = dot4::<DOT>(st[1], w1, y);
+            for c in 0..4 {
+                for (g, w) in [c, c + 4].into_iter().zip(S::groups(x, b, c)) {
+                    for (t, st) in s32.iter_mut().enumerate() {
+                        let y = vreinterpretq_s8_s32(vld1q_dup_s32(
+                            x.row(t).add(34 * b + 2 + 4 * g) as *const i32
+                        ));
+                        st[0] = dot4::<DOT>(st[0], w[0], y);
+                        st[1] = dot4::<DOT>(st[1], w[1], y);
+                    }
                 }
             }
-            let dw = [
-                vld1q_f32(wb.add(x.l.d) as *const f32),
-                vld1q_f32(wb.add(x.l.d + 16) as *const f32),
-            ];
+            let dw = S::scales(x, b);
             for t in 0..T {
                 let da = vdupq_n_f32(*x.da.as_ptr().add(t * x.nb + b));
                 let off = if x.sa.is_empty() {
@@ -620,12 +718,22 @@ pub(super) mod imp {
 
     #[target_feature(enable = "neon,dotprod")]
     pub(super) unsafe fn panel_tile_dot<const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
-        panel_tile::<true, T>(x, res)
+        panel_tile::<PerCall, true, T>(x, res)
     }
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn panel_tile_neon<const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
-        panel_tile::<false, T>(x, res)
+        panel_tile::<PerCall, false, T>(x, res)
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn resident_tile_dot<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+        panel_tile::<S, true, T>(x, res)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn resident_tile_neon<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+        panel_tile::<S, false, T>(x, res)
     }
 
     /// `acc += a · bᵀ` for `a`, `b` two 2 × 8 signed-byte matrices (rows of 8

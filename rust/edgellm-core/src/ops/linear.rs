@@ -11,8 +11,8 @@ use edgellm_kernels::quant::{
     qgemm::{QActs, QGemmScratch},
     resident,
 };
-use std::sync::Arc;
 use edgellm_kernels::Kernels;
+use std::sync::Arc;
 
 /// Row counts from which packing the activations pays off: below, `gemm_few`
 /// (single thread, 16384 × 2048 f16: 8 tokens 37-39 GFLOP/s against 28-34
@@ -77,7 +77,7 @@ impl Linear {
     }
 
     /// Repacks the weight into resident panels when `k` has a kernel for them
-    /// (q4_0 and q8_0 on x86-64, rows a multiple of 8), in parallel on the
+    /// (q4_0 and q8_0, rows a multiple of 8; x86 and NEON tables), in parallel on the
     /// current pool. A memory-mapped weight's pages are then released, so the
     /// weight is not held twice. Returns whether it was repacked; the row layout
     /// stays readable (paths without a resident kernel, `forward_dequantized`).
@@ -361,14 +361,8 @@ impl Linear {
     /// `vec_dot` decode computes (bit-identical to the scalar one on the paths with
     /// interleaved kernels), whatever the thread count.
     fn gemm_q(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
-        let (m, kd) = (self.out_features(), self.in_features());
-        let ty = self.weight.dtype().ggml();
-        let ab = quant::act_row_bytes(ty, kd).expect("row length checked at load");
-        let mut acts = vec![0u8; n * ab];
-        acts.par_chunks_mut(ab)
-            .zip(x.par_chunks(kd))
-            .for_each(|(a, xr)| (k.quantize_act)(ty, xr, a));
-        let acts = QActs::new(ty, kd, acts);
+        let m = self.out_features();
+        let acts = self.quantize_input(k, x).expect("quantized weights");
         let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
         let shared = SharedMut::new(out);
         (0..m.div_ceil(QGEMM_BLOCK)).into_par_iter().for_each_init(

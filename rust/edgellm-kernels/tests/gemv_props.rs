@@ -5,7 +5,7 @@
 //! tails (1, 3, 7, 9, 17 ...) and long rows; weights are quantized from random
 //! floats or random bytes with sane scales.
 
-use edgellm_kernels::quant::{self, act_row_bytes, quantize_row, GgmlType};
+use edgellm_kernels::quant::{self, act_row_bytes, GgmlType};
 use proptest::prelude::*;
 
 mod common;
@@ -15,14 +15,7 @@ fn check(ty: GgmlType, rows: usize, nb: usize, seed: u64, raw: bool) {
     let mut r = Rng::new(seed);
     let k = nb * ty.block_elems();
     let rb = ty.row_bytes(k).unwrap();
-    let mut w = vec![0u8; rows * rb];
-    for row in w.chunks_exact_mut(rb) {
-        if raw {
-            row.copy_from_slice(&r.blocks(ty, nb));
-        } else {
-            quantize_row(ty, &r.row(k), row).unwrap();
-        }
-    }
+    let w = r.weight_rows(ty, rows, nb, raw);
     let mut act = vec![0u8; act_row_bytes(ty, k).unwrap()];
     quant::quantize_act(ty, &r.row(k), &mut act);
     for kern in paths() {

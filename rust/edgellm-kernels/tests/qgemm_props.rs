@@ -10,7 +10,7 @@
 //! Outputs outside the weight rows (`ldo > rows`) must stay untouched.
 
 use edgellm_kernels::quant::qgemm::{self, QActs, QGemmScratch};
-use edgellm_kernels::quant::{self, act_row_bytes, quantize_row, GgmlType};
+use edgellm_kernels::quant::{self, act_row_bytes, GgmlType};
 use proptest::prelude::*;
 
 mod common;
@@ -36,15 +36,7 @@ const TYPES: [GgmlType; 13] = [
 /// sane f16 scales when `raw`), and `n` quantized activation rows.
 fn operands(ty: GgmlType, rows: usize, n: usize, k: usize, seed: u64, raw: bool) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
     let mut r = Rng::new(seed);
-    let rb = ty.row_bytes(k).unwrap();
-    let mut w = vec![0u8; rows * rb];
-    for row in w.chunks_exact_mut(rb) {
-        if raw {
-            row.copy_from_slice(&r.blocks(ty, k / ty.block_elems()));
-        } else {
-            quantize_row(ty, &r.row(k), row).unwrap();
-        }
-    }
+    let w = r.weight_rows(ty, rows, k / ty.block_elems(), raw);
     let x: Vec<f32> = (0..n).flat_map(|_| r.row(k)).collect();
     let ab = act_row_bytes(ty, k).unwrap();
     let mut acts = vec![0u8; n * ab];

@@ -7,7 +7,7 @@
 //! untouched.
 
 use edgellm_kernels::quant::qgemm::QActs;
-use edgellm_kernels::quant::{self, act_row_bytes, quantize_row, resident, GgmlType};
+use edgellm_kernels::quant::{self, act_row_bytes, resident, GgmlType};
 use proptest::prelude::*;
 
 mod common;
@@ -18,14 +18,7 @@ fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool)
     let rows = 8 * panels;
     let mut r = Rng::new(seed);
     let rb = ty.row_bytes(k).unwrap();
-    let mut w = vec![0u8; rows * rb];
-    for row in w.chunks_exact_mut(rb) {
-        if raw {
-            row.copy_from_slice(&r.blocks(ty, nb));
-        } else {
-            quantize_row(ty, &r.row(k), row).unwrap();
-        }
-    }
+    let w = r.weight_rows(ty, rows, nb, raw);
     let ab = act_row_bytes(ty, k).unwrap();
     let mut acts = vec![0u8; n * ab];
     for a in acts.chunks_exact_mut(ab) {

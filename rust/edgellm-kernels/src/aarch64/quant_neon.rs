@@ -124,23 +124,9 @@ struct NeonPanels<const L: u8>;
 
 impl<const L: u8> quant::qgemm::ResidentKernels for NeonPanels<L> {
     unsafe fn resident_tile(&self, ty: GgmlType, x: &quant::qgemm::PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
-        match (L, ty, tokens) {
-            (PLAIN, GgmlType::Q4_0, 4) => imp::resident_tile_neon::<imp::ResidentQ4, 4>(x, res),
-            (PLAIN, GgmlType::Q4_0, 3) => imp::resident_tile_neon::<imp::ResidentQ4, 3>(x, res),
-            (PLAIN, GgmlType::Q4_0, 2) => imp::resident_tile_neon::<imp::ResidentQ4, 2>(x, res),
-            (PLAIN, GgmlType::Q4_0, _) => imp::resident_tile_neon::<imp::ResidentQ4, 1>(x, res),
-            (PLAIN, _, 4) => imp::resident_tile_neon::<imp::ResidentQ8, 4>(x, res),
-            (PLAIN, _, 3) => imp::resident_tile_neon::<imp::ResidentQ8, 3>(x, res),
-            (PLAIN, _, 2) => imp::resident_tile_neon::<imp::ResidentQ8, 2>(x, res),
-            (PLAIN, _, _) => imp::resident_tile_neon::<imp::ResidentQ8, 1>(x, res),
-            (_, GgmlType::Q4_0, 4) => imp::resident_tile_dot::<imp::ResidentQ4, 4>(x, res),
-            (_, GgmlType::Q4_0, 3) => imp::resident_tile_dot::<imp::ResidentQ4, 3>(x, res),
-            (_, GgmlType::Q4_0, 2) => imp::resident_tile_dot::<imp::ResidentQ4, 2>(x, res),
-            (_, GgmlType::Q4_0, _) => imp::resident_tile_dot::<imp::ResidentQ4, 1>(x, res),
-            (_, _, 4) => imp::resident_tile_dot::<imp::ResidentQ8, 4>(x, res),
-            (_, _, 3) => imp::resident_tile_dot::<imp::ResidentQ8, 3>(x, res),
-            (_, _, 2) => imp::resident_tile_dot::<imp::ResidentQ8, 2>(x, res),
-            (_, _, _) => imp::resident_tile_dot::<imp::ResidentQ8, 1>(x, res),
+        match ty {
+            GgmlType::Q4_0 => imp::resident_tiles::<imp::ResidentQ4>(L != PLAIN, x, tokens, res),
+            _ => imp::resident_tiles::<imp::ResidentQ8>(L != PLAIN, x, tokens, res),
         }
     }
 }
@@ -726,13 +712,28 @@ pub(super) mod imp {
         panel_tile::<PerCall, false, T>(x, res)
     }
 
+    /// A resident tile of 1..=4 tokens, with `sdot` (`dot`) or without.
+    #[inline(always)]
+    pub(super) unsafe fn resident_tiles<S: Src>(dot: bool, x: &PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
+        match (dot, tokens) {
+            (true, 4) => resident_tile_dot::<S, 4>(x, res),
+            (true, 3) => resident_tile_dot::<S, 3>(x, res),
+            (true, 2) => resident_tile_dot::<S, 2>(x, res),
+            (true, _) => resident_tile_dot::<S, 1>(x, res),
+            (false, 4) => resident_tile_neon::<S, 4>(x, res),
+            (false, 3) => resident_tile_neon::<S, 3>(x, res),
+            (false, 2) => resident_tile_neon::<S, 2>(x, res),
+            (false, _) => resident_tile_neon::<S, 1>(x, res),
+        }
+    }
+
     #[target_feature(enable = "neon,dotprod")]
-    pub(super) unsafe fn resident_tile_dot<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+    unsafe fn resident_tile_dot<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
         panel_tile::<S, true, T>(x, res)
     }
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn resident_tile_neon<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
+    unsafe fn resident_tile_neon<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; 8]; 4]) {
         panel_tile::<S, false, T>(x, res)
     }
 

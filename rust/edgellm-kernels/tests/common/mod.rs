@@ -110,6 +110,22 @@ impl Rng {
         }
         w
     }
+
+    /// `rows` weight rows of `ty`, `nb` blocks each: quantized from random
+    /// floats, or random bytes with sane scales ([`Rng::blocks`]) when `raw`.
+    pub fn weight_rows(&mut self, ty: GgmlType, rows: usize, nb: usize, raw: bool) -> Vec<u8> {
+        let k = nb * ty.block_elems();
+        let rb = ty.row_bytes(k).unwrap();
+        let mut w = vec![0u8; rows * rb];
+        for row in w.chunks_exact_mut(rb) {
+            if raw {
+                row.copy_from_slice(&self.blocks(ty, nb));
+            } else {
+                edgellm_kernels::quant::quantize_row(ty, &self.row(k), row).unwrap();
+            }
+        }
+        w
+    }
 }
 
 /// The f64 dot product of a weight row (`w`, `k` elements of `ty`) with an

@@ -365,10 +365,10 @@ def load(
     ``repack``: quantized weight matrices repacked at load into the
     kernels' interleaved 8-row panels (same size; a file's pages are then
     released, so memory is not doubled; results identical bit for bit):
-    ``"auto"`` (default: q4_0 weights mapped from the file, measured faster),
-    ``"all"`` (q4_0 and q8_0, also weights quantized at load, whose row copy then
-    stays in memory beside the panels; on aarch64, where the NEON panels are not
-    yet timed on hardware, the only way in) or ``"off"`` (the file's layout);
+    ``"auto"`` (default: q4_0 and q8_0 weights mapped from the file, on x86-64),
+    ``"all"`` (also weights quantized at load, whose row copy then stays in
+    memory beside the panels; on aarch64, where the NEON panels are not yet timed
+    on hardware, the only way in) or ``"off"`` (the file's layout);
     ``True``/``False`` mean auto/off.
 
     ``kv_cache``: the KV-cache policy of every generation and evaluation, an

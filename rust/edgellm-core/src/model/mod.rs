@@ -52,15 +52,15 @@ pub struct LoadOptions {
 /// ~1 s, the kernel compacting memory for the huge pages.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Repack {
-    /// The types measured faster, where it costs no memory: q4_0 weights
-    /// mapped from the file (2-core Zen 4, TinyLlama decode, two models
-    /// alternating in one process: +10% with AVX2, +6% with AVX-512). q8_0
-    /// measured 7% slower from memory there; weights quantized at load are held
-    /// in memory, where a repacked copy would double them.
+    /// Where it costs no memory: q4_0 and q8_0 weights mapped from the file
+    /// (2-core Zen 4, TinyLlama decode, two models alternating in one process,
+    /// median tok/s: q4_0 +14% AVX-512, +5% AVX2; q8_0 +10%, +9%). Weights
+    /// quantized at load are held in memory, where a repacked copy would double
+    /// them.
     #[default]
     Auto,
     /// Every weight with a resident layout (q4_0 and q8_0), mapped or not; on
-    /// aarch64 (NEON tiles, not measured on hardware) the only way in.
+    /// aarch64 (NEON tiles, not timed on hardware) the only way in.
     All,
     /// None: the file's row layout throughout.
     Off,
@@ -83,7 +83,11 @@ impl Repack {
         match self {
             // Measured on x86-64 only: the NEON tiles are tested under qemu, whose
             // speed says nothing, so there they are opt-in (`All`).
-            Repack::Auto => cfg!(target_arch = "x86_64") && t.dtype() == DType::Quant(GgmlType::Q4_0) && t.is_mapped(),
+            Repack::Auto => {
+                cfg!(target_arch = "x86_64")
+                    && matches!(t.dtype(), DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0))
+                    && t.is_mapped()
+            }
             Repack::All => true,
             Repack::Off => false,
         }

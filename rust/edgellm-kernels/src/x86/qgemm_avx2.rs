@@ -176,14 +176,13 @@ unsafe fn resident_scales<const QB: usize>(x: &PanelTile, b: usize) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(resident_block::<QB>(x, b).0 as *const __m128i))
 }
 
-/// At each group of four blocks, the group [`PREFETCH_GROUPS`] ahead (the
-/// panel's next bytes, or the next panel's).
+/// At each block, a block's worth of bytes [`PREFETCH_GROUPS`] groups ahead
+/// of its quants (the panel's next bytes, or the next panel's): spread over the
+/// blocks, not a whole group's lines at once.
 #[inline(always)]
 unsafe fn resident_prefetch<const QB: usize>(x: &PanelTile, b: usize) {
-    if b % resident::GROUP == 0 {
-        let group = resident::GROUP * (16 + QB);
-        prefetch(resident_block::<QB>(x, b).0.wrapping_add(PREFETCH_GROUPS * group), group);
-    }
+    let group = resident::GROUP * (16 + QB);
+    prefetch(resident_block::<QB>(x, b).1.wrapping_add(PREFETCH_GROUPS * group), 16 + QB);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -45,6 +45,21 @@ fn on_two_threads<W: Sync>(w: &[W], per_row: usize, y: &mut [f32], f: &(dyn Fn(&
     });
 }
 
+/// [`on_two_threads`] with the outputs taken `piece` at a time, each thread
+/// claiming the next piece (and its weight rows) in order.
+fn on_two_threads_claimed<W: Sync>(w: &[W], per_row: usize, piece: usize, y: &mut [f32], f: &(dyn Fn(&[W], &mut [f32]) + Sync)) {
+    let pieces = std::sync::Mutex::new(w.chunks(piece * per_row).zip(y.chunks_mut(piece)));
+    let work = || loop {
+        let next = pieces.lock().unwrap().next();
+        let Some((w, y)) = next else { break };
+        f(w, y);
+    };
+    std::thread::scope(|s| {
+        s.spawn(work);
+        work();
+    });
+}
+
 /// The types of `all` named in `EDGELLM_BENCH_TYPES` (comma-separated), or all.
 fn selected<const N: usize>(all: [GgmlType; N]) -> Vec<GgmlType> {
     let names = std::env::var("EDGELLM_BENCH_TYPES").ok();
@@ -278,25 +293,9 @@ fn gemv_q_dram() {
                     black_box(&y);
                 });
                 // Two threads claiming 1 MiB pieces in order (as the model's pool does).
-                let piece = (1 << 20) / (8 * rb) * 8;
-                let next = std::sync::atomic::AtomicUsize::new(0);
-                let ys = y.as_mut_ptr() as usize;
                 let claimed = best_of(5, || {
-                    next.store(0, std::sync::atomic::Ordering::Relaxed);
-                    let work = || loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let r0 = i * piece;
-                        if r0 >= rows {
-                            break;
-                        }
-                        let r1 = (r0 + piece).min(rows);
-                        let out = unsafe { std::slice::from_raw_parts_mut((ys as *mut f32).add(r0), r1 - r0) };
-                        gemm(&packed[r0 * rb..r1 * rb], &qa, out, r1 - r0);
-                    };
-                    std::thread::scope(|s| {
-                        s.spawn(work);
-                        work();
-                    });
+                    on_two_threads_claimed(&packed, rb, (1 << 20) / (8 * rb) * 8, &mut y, &|w, y| gemm(w, &qa, y, y.len()));
+                    black_box(&y);
                 });
                 line += &format!(" (resident {:6.1} | {:6.1} | claimed {:6.1})", gbs(one), gbs(two), gbs(claimed));
             }

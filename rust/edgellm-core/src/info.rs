@@ -44,13 +44,7 @@ pub fn param_counts(m: &Model) -> ParamCounts {
 
 /// Bytes of weight matrices repacked at load into resident panels.
 pub fn repacked_bytes(m: &Model) -> usize {
-    let w = &m.weights;
-    let mut ls: Vec<&Linear> = vec![&w.lm_head];
-    for l in &w.layers {
-        ls.extend([&l.q, &l.k, &l.v, &l.o, &l.up, &l.down]);
-        ls.extend(l.gate.as_ref());
-    }
-    ls.iter().filter_map(|l| l.resident.as_ref()).map(|r| r.bytes().len()).sum()
+    m.weights.matrices().iter().filter_map(|l| l.resident.as_ref()).map(|r| r.bytes().len()).sum()
 }
 
 /// Bytes of KV cache per token of context (keys + values, every layer).
@@ -76,13 +70,9 @@ pub fn weight_bytes_by_dtype(m: &Model) -> std::collections::BTreeMap<&'static s
     let mut out = std::collections::BTreeMap::new();
     let mut add = |t: &crate::tensor::Tensor| *out.entry(t.dtype().name()).or_insert(0) += t.nbytes();
     add(&w.embed);
-    let mut linears: Vec<&Linear> = Vec::new();
-    for l in &w.layers {
-        linears.extend([&l.q, &l.k, &l.v, &l.o, &l.up, &l.down]);
-        linears.extend(l.gate.as_ref());
-    }
-    if !m.config.tie_word_embeddings {
-        linears.push(&w.lm_head);
+    let mut linears = w.matrices();
+    if m.config.tie_word_embeddings {
+        linears.pop(); // the head is the embedding, counted above
     }
     for l in &linears {
         add(&l.weight);

@@ -207,7 +207,8 @@ impl Weights {
                 None
             }
         };
-        let total = self.layers.iter().map(|l| 6 + usize::from(l.gate.is_some())).sum::<usize>() + 2 - usize::from(tied);
+        // Every matrix, and the embedding when it is not the head.
+        let total = self.matrices().len() + usize::from(!tied);
         let mut done = 0;
         let mut quant = |l: &mut Linear| -> Result<()> {
             if let Some(t) = pick(l.in_features()) {
@@ -219,19 +220,12 @@ impl Weights {
             }
             Ok(())
         };
-        for layer in &mut self.layers {
-            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.up, &mut layer.down] {
-                quant(l)?;
-            }
-            if let Some(g) = &mut layer.gate {
-                quant(g)?;
-            }
+        for l in self.matrices_mut() {
+            quant(l)?;
         }
         if tied {
-            quant(&mut self.lm_head)?;
             self.embed = self.lm_head.weight.clone();
         } else {
-            quant(&mut self.lm_head)?;
             let mut e = Linear::new(self.embed.clone(), None);
             quant(&mut e)?;
             self.embed = e.weight;
@@ -240,24 +234,35 @@ impl Weights {
     }
 
     /// Repacks every weight matrix `which` accepts that the kernels have a
-    /// resident layout for (see [`Linear::make_resident`]); returns the bytes
-    /// repacked.
-    pub fn make_resident(&mut self, k: &edgellm_kernels::Kernels, which: impl Fn(&crate::tensor::Tensor) -> bool) -> usize {
-        let mut bytes = 0;
-        let mut pack = |l: &mut Linear| {
-            if which(&l.weight) && l.make_resident(k) {
-                bytes += l.weight.as_bytes().len();
-            }
-        };
-        for layer in &mut self.layers {
-            for l in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.up, &mut layer.down] {
-                pack(l);
-            }
-            if let Some(g) = &mut layer.gate {
-                pack(g);
+    /// resident layout for (see [`Linear::make_resident`]).
+    pub fn make_resident(&mut self, k: &edgellm_kernels::Kernels, which: impl Fn(&crate::tensor::Tensor) -> bool) {
+        for l in self.matrices_mut() {
+            if which(&l.weight) {
+                l.make_resident(k);
             }
         }
-        pack(&mut self.lm_head);
-        bytes
+    }
+
+    /// Every weight matrix: each layer's projections (q, k, v, o, up, down,
+    /// gate), then the head.
+    pub fn matrices(&self) -> Vec<&Linear> {
+        let mut all = Vec::new();
+        for l in &self.layers {
+            all.extend([&l.q, &l.k, &l.v, &l.o, &l.up, &l.down]);
+            all.extend(l.gate.as_ref());
+        }
+        all.push(&self.lm_head);
+        all
+    }
+
+    /// [`Self::matrices`], mutable.
+    pub fn matrices_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = Vec::new();
+        for l in &mut self.layers {
+            all.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.up, &mut l.down]);
+            all.extend(l.gate.as_mut());
+        }
+        all.push(&mut self.lm_head);
+        all
     }
 }

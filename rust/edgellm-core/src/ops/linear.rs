@@ -114,7 +114,7 @@ impl Linear {
         debug_assert_eq!(x.len(), n * kd);
         debug_assert_eq!(out.len(), n * m);
         match self.float_rows() {
-            None if self.resident_for(k).is_some() => self.gemm_resident(k, x, n, out),
+            None if self.is_resident_for(k) => self.gemm_resident(k, x, n, out),
             None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
             _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
             Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
@@ -186,10 +186,18 @@ impl Linear {
         Some(QActs::new(ty, kd, acts))
     }
 
-    /// The resident panels and the kernel that reads them, when this layer has
-    /// both under `k`.
-    fn resident_for(&self, k: &Kernels) -> Option<(&[u8], quant::resident::GemmResidentFn)> {
-        Some((self.resident.as_ref()?.bytes(), k.gemm_q_resident?))
+    /// The resident panels of rows `r0..r1` (whole panels) and the kernel that
+    /// reads them, when this layer has both under `k`.
+    fn resident_rows(&self, k: &Kernels, r0: usize, r1: usize) -> Option<(&[u8], quant::resident::GemmResidentFn)> {
+        let (panels, gemm) = (self.resident.as_ref()?.bytes(), k.gemm_q_resident?);
+        debug_assert!(r0 % resident::ROWS == 0 && r1 % resident::ROWS == 0);
+        let pb = panels.len() / (self.out_features() / resident::ROWS);
+        Some((&panels[r0 / resident::ROWS * pb..r1 / resident::ROWS * pb], gemm))
+    }
+
+    /// Whether this layer runs on resident panels under `k`.
+    fn is_resident_for(&self, k: &Kernels) -> bool {
+        self.resident.is_some() && k.gemm_q_resident.is_some()
     }
 
     /// `out = x Wᵀ` (no bias) on the resident panels, for any number of rows of
@@ -197,17 +205,15 @@ impl Linear {
     /// order (one front through the weights); each output is the scalar
     /// `vec_dot` bit for bit, whatever the block size or thread count.
     fn gemm_resident(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
-        let (panels, gemm) = self.resident_for(k).expect("called for resident layers");
         let m = self.out_features();
         let qa = self.quantize_input(k, x).expect("resident weights are quantized");
-        let pb = panels.len() / (m / resident::ROWS);
         // Decode: GEMV-sized items straight into `out`; prompts: a few panels per
         // item (they stay in L1/L2 while every token passes), through a tile.
         let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
         let shared = SharedMut::new(out);
         for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
             let (r0, r1) = (b * block, ((b + 1) * block).min(m));
-            let w = &panels[r0 / resident::ROWS * pb..r1 / resident::ROWS * pb];
+            let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
             let width = r1 - r0;
             if n == 1 {
                 // SAFETY: item b alone writes outputs r0..r1.
@@ -239,12 +245,9 @@ impl Linear {
                     BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                 }
             }
-            (None, Some(qa)) if self.resident_for(k).is_some() => {
-                let (panels, gemm) = self.resident_for(k).unwrap();
-                let pb = panels.len() / (self.out_features() / resident::ROWS);
-                let (p0, p1) = (r0 / resident::ROWS, (r0 + out.len()) / resident::ROWS);
-                debug_assert!(r0 % resident::ROWS == 0 && out.len() % resident::ROWS == 0);
-                gemm(&panels[p0 * pb..p1 * pb], qa, out, out.len());
+            (None, Some(qa)) if self.is_resident_for(k) => {
+                let (w, gemm) = self.resident_rows(k, r0, r0 + out.len()).unwrap();
+                gemm(w, qa, out, out.len());
             }
             (None, Some(act)) => {
                 let act = act.bytes();

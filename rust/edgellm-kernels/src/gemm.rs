@@ -7,6 +7,7 @@
 //! over `KC` steps of k and adds them to C in place. The micro-kernel and the B
 //! packer are per-ISA ([`Kernels::gemm_micro`], [`Kernels::gemm_pack_b`]).
 
+use crate::panels::Panels;
 use crate::Kernels;
 use half::{bf16, f16};
 
@@ -26,8 +27,12 @@ pub const KC: usize = 256;
 /// `ap` holds `kc · MR` values, `bp` `kc · NR`, `c` points at `MR` rows of `NR`
 /// writable values `ldc` apart, and the CPU runs the kernel's instructions (the
 /// tables guarantee the last).
-pub type MicroKernel =
-    unsafe fn(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, add: bool);
+pub type MicroKernel = MicroKernelOf<f32>;
+
+/// [`MicroKernel`] with B panels of element type `E`, widened as they are loaded:
+/// the f16/bf16 kernels read resident panels ([`crate::panels`]) in place.
+pub type MicroKernelOf<E> =
+    unsafe fn(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, ldc: usize, add: bool);
 
 /// Packs rows `j0..j1` of B, k-range `k0..k0 + kc`, into `NR`-wide panels:
 /// `out[p · kc · NR + kk · NR + c] = B[j0 + p · NR + c][k0 + kk]` (zero past
@@ -262,47 +267,100 @@ pub unsafe fn gemm_packed_raw(
         }
         return;
     }
-    let mut edge = [0f32; MR * NR];
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);
-        for (kb, k0) in (0..k).step_by(KC).enumerate() {
+        for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             scratch.b.resize((jb1 - jb0).div_ceil(NR) * kc * NR, 0.0);
             (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, &mut scratch.b);
-            for pc in (0..a.panels()).step_by(MC_PANELS) {
-                let chunk = MC_PANELS.min(a.panels() - pc);
-                let calls = scratch.b.len() / (kc * NR) * chunk;
-                let mut ahead = NextChunk::after(&a.data, a.block(kb, pc).as_ptr().add(chunk * kc * MR), calls);
-                for (q, bp) in scratch.b.chunks_exact(kc * NR).enumerate() {
-                    let col0 = jb0 - j0 + q * NR;
-                    let cols = NR.min(jb1 - jb0 - q * NR);
-                    for p in pc..(pc + MC_PANELS).min(a.panels()) {
-                        ahead.step();
-                        let ap = a.block(kb, p);
-                        let rows = MR.min(n - p * MR);
-                        let dst = c.add(p * MR * ldc + col0);
-                        if rows == MR && cols == NR {
-                            (kern.gemm_micro)(kc, ap.as_ptr(), bp.as_ptr(), dst, ldc, kb > 0);
-                            continue;
-                        }
-                        // An edge tile: through a full-size buffer, then its valid part.
-                        (kern.gemm_micro)(
-                            kc,
-                            ap.as_ptr(),
-                            bp.as_ptr(),
-                            edge.as_mut_ptr(),
-                            NR,
-                            false,
-                        );
-                        for r in 0..rows {
-                            let d = std::slice::from_raw_parts_mut(dst.add(r * ldc), cols);
-                            let s = &edge[r * NR..r * NR + cols];
-                            if kb == 0 {
-                                d.copy_from_slice(s);
-                            } else {
-                                d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                            }
-                        }
+            block_times_a(a, k0, scratch.b.as_ptr(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc, kern.gemm_micro);
+        }
+    }
+}
+
+/// [`gemm_packed_raw`] with B already in panels over the whole of k
+/// ([`crate::panels`]): rows `0..m` of `b`, read in place by the micro-kernel
+/// of their element type. Panics where the table has no such kernel.
+///
+/// # Safety
+/// As [`gemm_packed_raw`], for columns `0..m`.
+pub unsafe fn gemm_panels_raw(kern: &Kernels, a: &PackedA, b: Panels<'_>, m: usize, c: *mut f32, ldc: usize) {
+    let (n, k) = (a.n, a.k);
+    assert!(Some(b.len()) == crate::panels::panels_len(m, k), "gemm_panels: B is not {m} rows of {k}");
+    if k == 0 {
+        for i in 0..n {
+            std::slice::from_raw_parts_mut(c.add(i * ldc), m).fill(0.0);
+        }
+        return;
+    }
+    // Column blocks of JB rows, as the packing path: the block's A chunk and B
+    // panels stay in cache across the k loop.
+    for jb0 in (0..m).step_by(JB) {
+        let cols = JB.min(m - jb0);
+        let first = jb0 / NR * k * NR;
+        for k0 in (0..k).step_by(KC) {
+            let at = first + k0 * NR;
+            let dst = c.add(jb0);
+            match b {
+                Panels::F32(w) => block_times_a(a, k0, w[at..].as_ptr(), k * NR, cols, dst, ldc, kern.gemm_micro),
+                Panels::F16(w) => {
+                    let micro = kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel");
+                    block_times_a(a, k0, w[at..].as_ptr(), k * NR, cols, dst, ldc, micro)
+                }
+                Panels::Bf16(w) => {
+                    let micro = kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel");
+                    block_times_a(a, k0, w[at..].as_ptr(), k * NR, cols, dst, ldc, micro)
+                }
+            }
+        }
+    }
+}
+
+/// One k-block (from `k0`) of a column block: every A panel times the `cols`
+/// columns' B panels (the first at `bp`, the next `stride` elements on, each `kc
+/// × NR` from there), added to `c` (stored for the first k-block).
+///
+/// # Safety
+/// `bp` holds the panels; `c` as in [`gemm_packed_raw`] for `cols` columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_times_a<E>(
+    a: &PackedA,
+    k0: usize,
+    bp: *const E,
+    stride: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    micro: MicroKernelOf<E>,
+) {
+    let (n, kb) = (a.n, k0 / KC);
+    let kc = KC.min(a.k - k0);
+    let mut edge = [0f32; MR * NR];
+    let panels_b = cols.div_ceil(NR);
+    for pc in (0..a.panels()).step_by(MC_PANELS) {
+        let chunk = MC_PANELS.min(a.panels() - pc);
+        let mut ahead = NextChunk::after(&a.data, a.block(kb, pc).as_ptr().add(chunk * kc * MR), panels_b * chunk);
+        for q in 0..panels_b {
+            let bq = bp.add(q * stride);
+            let w = NR.min(cols - q * NR);
+            for p in pc..pc + chunk {
+                ahead.step();
+                let ap = a.block(kb, p);
+                let rows = MR.min(n - p * MR);
+                let dst = c.add(p * MR * ldc + q * NR);
+                if rows == MR && w == NR {
+                    micro(kc, ap.as_ptr(), bq, dst, ldc, kb > 0);
+                    continue;
+                }
+                // An edge tile: through a full-size buffer, then its valid part.
+                micro(kc, ap.as_ptr(), bq, edge.as_mut_ptr(), NR, false);
+                for r in 0..rows {
+                    let d = std::slice::from_raw_parts_mut(dst.add(r * ldc), w);
+                    let s = &edge[r * NR..r * NR + w];
+                    if kb == 0 {
+                        d.copy_from_slice(s);
+                    } else {
+                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
                     }
                 }
             }

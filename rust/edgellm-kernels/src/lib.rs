@@ -9,6 +9,7 @@
 mod aarch64;
 pub mod gemm;
 pub mod isa;
+pub mod panels;
 pub mod quant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -58,6 +59,17 @@ pub struct Kernels {
     /// Register-tile micro-kernel of the packed GEMM ([`gemm::gemm_packed`]), the
     /// prefill work-horse of float weights.
     pub gemm_micro: gemm::MicroKernel,
+    /// [`Self::gemm_micro`] reading f16 B panels in place (resident float
+    /// weights, [`panels`]), bit-identical to it on the widened panels. `None`
+    /// where the table has no such kernel.
+    pub gemm_micro_f16: Option<gemm::MicroKernelOf<f16>>,
+    /// [`Self::gemm_micro_f16`] for bf16 panels.
+    pub gemm_micro_bf16: Option<gemm::MicroKernelOf<bf16>>,
+    /// Decode and short prompts on float weights repacked at load into panels
+    /// ([`panels`]), summed in the micro-kernel's order (so bit-identical to the
+    /// packed GEMM on the same panels, and to [`panels::gemm_panels_ref`]).
+    /// `None` where the table has no such kernel (weights then stay in rows).
+    pub gemm_panels: Option<panels::PanelsFn>,
     /// Packs (and widens) weight rows into the micro-kernel's B panels,
     /// bit-identical to [`gemm::pack_b`].
     pub gemm_pack_b: gemm::PackBFn,

@@ -24,6 +24,9 @@ pub static KERNELS: Kernels = Kernels {
     gemv_q: crate::quant::gemv_q,
     gemm_q: crate::quant::qgemm::gemm_q,
     gemm_q_resident: None,
+    gemm_micro_f16: None,
+    gemm_micro_bf16: None,
+    gemm_panels: None,
     dequantize_row,
 };
 

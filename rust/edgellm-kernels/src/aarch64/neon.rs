@@ -48,6 +48,9 @@ const NEON: Kernels = Kernels {
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::PLAIN }>,
     gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::PLAIN }>,
     gemm_q_resident: Some(super::quant_neon::gemm_q_resident::<{ super::quant_neon::PLAIN }>),
+    gemm_micro_f16: None,
+    gemm_micro_bf16: None,
+    gemm_panels: None,
     dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };
 

@@ -19,5 +19,6 @@ pub static KERNELS: Kernels = Kernels {
     gemm_q: super::qgemm_vnni::gemm_q,
     gemm_q_resident: Some(super::qgemm_vnni::gemm_q_resident),
     gemm_few: super::few_avx2::gemm_few_avx512,
+    gemm_panels: Some(super::panels_avx2::gemm_panels_avx512),
     ..super::avx2::KERNELS
 };

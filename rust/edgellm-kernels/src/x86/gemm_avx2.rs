@@ -6,17 +6,30 @@
 use crate::gemm::{check_pack_b, BRows, MR, NR};
 use crate::x86::simd::Elem;
 use core::arch::x86_64::*;
+use half::{bf16, f16};
 
 /// See [`crate::gemm::MicroKernel`]; only reachable through the AVX2 table.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn micro_kernel(
-    kc: usize,
-    ap: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+pub unsafe fn micro_kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
+    micro(kc, ap, bp, c, ldc, add)
+}
+
+/// [`micro_kernel`] on f16 B panels (resident weights), widened per load (F16C).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn micro_kernel_f16(kc: usize, ap: *const f32, bp: *const f16, c: *mut f32, ldc: usize, add: bool) {
+    micro(kc, ap, bp, c, ldc, add)
+}
+
+/// [`micro_kernel`] on bf16 B panels (resident weights), widened per load.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn micro_kernel_bf16(kc: usize, ap: *const f32, bp: *const bf16, c: *mut f32, ldc: usize, add: bool) {
+    micro(kc, ap, bp, c, ldc, add)
+}
+
+/// The 6×16 tile over B panels of `E`: the same FMAs in the same order whatever
+/// `E`, so the widened types give what the f32 kernel gives on widened panels.
+#[inline(always)]
+unsafe fn micro<E: Elem>(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, ldc: usize, add: bool) {
     // The C tile is read (or written) only after the k loop, far beyond the
     // out-of-order window: fetch its lines now (for large outputs they come from
     // L3 or memory, and the exposed misses cost up to a quarter of the time).
@@ -26,8 +39,8 @@ pub unsafe fn micro_kernel(
     }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for kk in 0..kc {
-        let b0 = _mm256_loadu_ps(bp.add(kk * NR));
-        let b1 = _mm256_loadu_ps(bp.add(kk * NR + 8));
+        let b0 = E::load8(bp.add(kk * NR));
+        let b1 = E::load8(bp.add(kk * NR + 8));
         let a = ap.add(kk * MR);
         for (r, cr) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r));

@@ -8,6 +8,7 @@ pub mod few_avx2;
 pub mod gemv_avx2;
 pub mod gemv_vnni;
 pub mod lowbit_avx2;
+pub mod panels_avx2;
 pub mod qgemm_avx2;
 pub mod qgemm_vnni;
 pub mod quant_avx2;

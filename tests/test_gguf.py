@@ -1018,24 +1018,39 @@ def test_random_header_corruption_never_crashes(tmp_path, python):
     assert r.stdout.strip().endswith("done 0"), r.stdout[-2000:]
 
 
-@pytest.mark.parametrize("name", ["llama-q4_0", "llama-q8_0", "llama-f32"])
+@pytest.mark.parametrize("name", ["llama-q4_0", "llama-q8_0", "llama-f32", "gemma-f16"])
 def test_repacked_weights_compute_what_the_file_layout_does(name):
-    """q4_0/q8_0 weights repacked at load into the kernels' panels give the same
-    logits and greedy tokens, bit for bit, as the file's row layout, prompt and
-    decode; `repack` picks which weights (never float ones), `info()` counts the
-    bytes."""
-    ids = reference("llama")["input_ids"].tolist()
+    """Weights repacked at load into the kernels' panels (`repack`, on by default
+    on x86-64; `info()` counts the bytes) give what the file's row layout gives.
+    q4_0/q8_0: the same logits and greedy tokens, bit for bit. Float weights: the
+    prompt's logits bit for bit too (from 9 tokens the row layout takes the packed
+    GEMM, which sums in the panels' order), decode up to summation order, the
+    same greedy tokens; and with panels every token's logits are the same bits
+    whether the prompt is read at once or a token at a time."""
+    ids = reference(name.split("-")[0])["input_ids"].tolist()
+    assert len(ids) >= 9
     path = GGUF_DIR / f"{name}.gguf"
     off = edgellm.load(path, threads=2, repack="off")
     assert off.info()["repacked_bytes"] == 0
     want = off.logits(ids)
     greedy = off.generate(ids, max_new_tokens=8, temperature=0, ignore_eos=True)
-    simd = edgellm.active_isa() in ("avx2", "avx512")
-    quant = not name.endswith("f32")
-    for repack, packs in [("all", simd and quant), (True, simd and quant), (None, simd and quant)]:
+    packs = edgellm.active_isa() in ("avx2", "avx512")
+    for repack in ["all", True, None]:
         m = edgellm.load(path, threads=2, **({} if repack is None else {"repack": repack}))
         assert (m.info()["repacked_bytes"] > 0) == packs, repack
         assert np.array_equal(m.logits(ids), want), repack
         assert m.generate(ids, max_new_tokens=8, temperature=0, ignore_eos=True) == greedy
+    if name.startswith("llama-q"):
+        return
+    # Every prefix read at once (1-8 tokens take `gemm_panels` rather than the
+    # GEMM): each position's logits within summation order of the full prompt's.
+    m = edgellm.load(path, threads=2)
+    prefixes = np.stack([m.logits(ids[: i + 1])[-1] for i in range(len(ids))])
+    np.testing.assert_allclose(prefixes, want, rtol=1e-4, atol=1e-4)
+    if packs:
+        # The first token alone, with one more, and in the whole prompt (read by
+        # the row layout's packed GEMM): the same bits.
+        assert np.array_equal(m.logits(ids[:1])[-1], want[0])
+        assert np.array_equal(m.logits(ids[:2])[0], want[0])
     with pytest.raises(edgellm.InvalidArgumentError, match="auto, all or off"):
         edgellm.load(path, repack="sometimes")

@@ -362,10 +362,13 @@ def load(
     "nf4" (QLoRA NormalFloat, f16 absmax per 64 values, 4.25 bits/weight),
     "fp8_e4m3", "fp8_e5m2" (FP8 codes, f16 absmax per 32 values, 8.5 bits/weight),
     run by their own kernels with float32 activations).
-    ``repack``: quantized weight matrices repacked at load into the
-    kernels' interleaved 8-row panels (same size; a file's pages are then
-    released, so memory is not doubled; results identical bit for bit):
-    ``"auto"`` (default: q4_0 and q8_0 weights mapped from the file, on x86-64),
+    ``repack``: weight matrices repacked at load into the kernels' panels
+    (same size; a file's pages are then released, so memory is not doubled):
+    q4_0/q8_0 into interleaved 8-row panels (results identical bit for bit),
+    f32/f16/bf16 into the float GEMM's 16-row panels (summed in the GEMM's order
+    at every prompt length: a token's logits do not depend on the batch).
+    ``"auto"`` (default: q4_0, q8_0 and float weights mapped from the file, on
+    x86-64),
     ``"all"`` (also weights quantized at load, whose row copy then stays in
     memory beside the panels; on aarch64, where the NEON panels are not yet timed
     on hardware, the only way in) or ``"off"`` (the file's layout);

@@ -168,3 +168,63 @@ fn resident_weights_equal_the_scalar_file_layout_bitwise() {
         }
     }
 }
+
+/// Float weights repacked into panels (`Linear::make_resident`): a token's
+/// outputs are the same bits whether it comes alone (decode), with a few others
+/// (`gemm_panels`) or in a long prompt (the packed GEMM on the panels), for any
+/// thread count and in a fused group; they agree with the row layout up to
+/// summation order; the scalar table, which has no panel kernels, reads the rows.
+#[test]
+fn float_panels_give_each_token_the_same_bits_at_every_length() {
+    let scalar = Kernels::for_isa(Isa::Scalar).unwrap();
+    for (i, (ty, rows, cols, bias)) in [
+        (None, 1040, 256, true),
+        (Some(GgmlType::F16), 37, 96, false),
+        (Some(GgmlType::BF16), 48, 544, true),
+        (Some(GgmlType::F16), 16, 2048, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let plain = layer(700 + i as u64, rows, cols, ty, bias);
+        for isa in Isa::supported() {
+            let k = Kernels::for_isa(isa).unwrap();
+            let mut res = plain.clone();
+            let packed = res.make_resident(k);
+            let what = format!("{} {ty:?} {rows}x{cols}", isa.name());
+            assert_eq!(packed, k.gemm_panels.is_some(), "{what}");
+            for tokens in [1usize, 2, 5, 9, 33, 64, 70] {
+                let x = values(80 + tokens as u64, tokens * cols);
+                let mut alone = vec![0f32; tokens * rows];
+                let mut rows_layout = vec![0f32; tokens * rows];
+                for ((xr, a), p) in x.chunks_exact(cols).zip(alone.chunks_exact_mut(rows)).zip(rows_layout.chunks_exact_mut(rows)) {
+                    res.forward(k, xr, a);
+                    plain.forward(k, xr, p);
+                }
+                for (a, p) in alone.iter().zip(&rows_layout) {
+                    assert!((a - p).abs() <= 1e-4 * (1.0 + p.abs()), "{what}: panels {a} vs rows {p}");
+                }
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut got = vec![f32::NAN; tokens * rows];
+                    pool.install(|| res.forward(k, &x, &mut got));
+                    let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same || !packed, "{what} tokens {tokens} threads {threads}: differs from one token at a time");
+                    if tokens == 1 && threads == 2 {
+                        let mut other = layer(901, 16, cols, Some(GgmlType::Q8_0), false);
+                        other.make_resident(k);
+                        let mut o2 = vec![0f32; 16];
+                        let mut g1 = vec![f32::NAN; rows];
+                        pool.install(|| Linear::forward_group(k, &x, &mut [(&other, &mut o2[..]), (&res, &mut g1[..])]));
+                        assert!(g1.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: forward_group differs");
+                    }
+                }
+            }
+            let x = values(3, cols);
+            let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+            res.forward(scalar, &x, &mut a);
+            plain.forward(scalar, &x, &mut b);
+            assert_eq!(a, b, "{what}: the scalar table reads the rows");
+        }
+    }
+}

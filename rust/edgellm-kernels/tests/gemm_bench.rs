@@ -103,3 +103,54 @@ fn gemm_few_throughput() {
         println!("{line}");
     }
 }
+
+/// Float weights in resident panels, single thread, 16384 × 2048 f16 (64 MiB,
+/// from memory), GFLOP/s: the row layout's path (`gemm_few` below 9 tokens, the
+/// packing GEMM from 9) | `Kernels::gemm_panels` | the packed GEMM reading the
+/// panels in place (from 9 tokens).
+#[test]
+#[ignore]
+fn gemm_panels_throughput() {
+    use edgellm_kernels::gemm::gemm_panels_raw;
+    use edgellm_kernels::panels::{self, Panels, WIDTH};
+    let (m, k) = (16384usize, 2048usize);
+    let w: Vec<f16> = data(7, m * k).into_iter().map(f16::from_f32).collect();
+    let mut p = vec![f16::ZERO; panels::panels_len(m, k).unwrap()];
+    for (i, out) in p.chunks_exact_mut(k * WIDTH).enumerate() {
+        panels::pack_panel(&w, m, k, i, out);
+    }
+    for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Scalar) {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let Some(run) = kern.gemm_panels else { continue };
+        println!("{:>7}, GFLOP/s: rows | gemm_panels | GEMM on panels", isa.name());
+        for n in [1usize, 2, 4, 8, 16, 32, 64, 128] {
+            let x = data(9, n * k);
+            let mut out = vec![0f32; n * m];
+            let a = pack_a(&x, n, k);
+            let mut scratch = GemmScratch::default();
+            let gf = |t: f64| (2 * m * k * n) as f64 / t / 1e9;
+            let rows = gf(best_of(3, || {
+                if n < 9 {
+                    (kern.gemm_few)(BRows::F16(&w), &x, n, &mut out, m);
+                } else {
+                    gemm_packed(kern, &a, BRows::F16(&w), 0, m, &mut out, m, &mut scratch);
+                }
+                black_box(&out);
+            }));
+            let few = gf(best_of(3, || {
+                run(Panels::F16(&p), m, &x, n, &mut out, m);
+                black_box(&out);
+            }));
+            let mut line = format!("  n={n:3} {rows:5.1} | {few:5.1}");
+            if n >= 9 {
+                let gemm = gf(best_of(3, || {
+                    // SAFETY: `out` holds n rows of m.
+                    unsafe { gemm_panels_raw(kern, &a, Panels::F16(&p), m, out.as_mut_ptr(), m) };
+                    black_box(&out);
+                }));
+                line += &format!(" | {gemm:5.1}");
+            }
+            println!("{line}");
+        }
+    }
+}

@@ -136,13 +136,17 @@ proptest! {
 }
 
 /// The shapes of a small model's layers, every token count the engine sends to
-/// `gemm_panels` and a prompt's worth for the GEMM.
+/// `gemm_panels` and short prompts for the GEMM; then prompts long enough (over
+/// 16 A panels) for the GEMM's column-block order, with a partial last block.
 #[test]
 fn panels_model_shapes() {
     for (m, k) in [(64, 2048), (48, 5632)] {
         for n in [1, 2, 5, 8, 9, 20] {
             check(Ty::F16, m, k, n, (m * k + n) as u64);
         }
+    }
+    for ty in [Ty::F32, Ty::F16, Ty::Bf16] {
+        check(ty, 300, 520, 101, 7);
     }
 }
 

@@ -228,7 +228,7 @@ impl Calibrator {
             (Some(_), None) => return Err(Error::arg(format!("{name} has no bias"))),
             (None, _) => {}
         }
-        l.weight = Tensor::from_f32(weight, shape)?;
+        l.set_weight(Tensor::from_f32(weight, shape)?);
         Ok(())
     }
 

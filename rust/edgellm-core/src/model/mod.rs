@@ -40,27 +40,30 @@ pub struct LoadOptions {
     pub progress: Option<Progress>,
     /// The KV-cache policy of every generation and evaluation (default: full f32).
     pub kv_cache: KvConfig,
-    /// Which weights to repack at load into the kernels' resident panels
-    /// (the results are the same bit for bit).
+    /// Which weights to repack at load into the kernels' resident panels.
     pub repack: Repack,
 }
 
-/// Which quantized weights [`Model::load`] repacks into resident panels
-/// (`edgellm_kernels::quant::resident`), where the kernel table has them. (Moving
-/// the other mapped matrices into huge-page memory was tried: TinyLlama F16
-/// decode +4% median, Q4_K_M unchanged, but a 2.2 GB load took 4-6 s instead of
-/// ~1 s, the kernel compacting memory for the huge pages.)
+/// Which weights [`Model::load`] repacks into resident panels, where the kernel
+/// table has them: q4_0/q8_0 into `edgellm_kernels::quant::resident` (results
+/// the same bit for bit), f32/f16/bf16 into `edgellm_kernels::panels` (summed
+/// in the packed GEMM's order at every prompt length, so a token's outputs do
+/// not depend on the batch; decode differs from the row layout's by summation
+/// order). Measured on a 2-core Zen 4, TinyLlama, two models alternating in one
+/// process, median tok/s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Repack {
-    /// Where it costs no memory: q4_0 and q8_0 weights mapped from the file
-    /// (2-core Zen 4, TinyLlama decode, two models alternating in one process,
-    /// median tok/s: q4_0 +14% AVX-512, +5% AVX2; q8_0 +10%, +9%). Weights
-    /// quantized at load are held in memory, where a repacked copy would double
-    /// them.
+    /// Where it costs no memory: q4_0, q8_0 and float weights mapped from the
+    /// file. q4_0 decode +14% AVX-512, +5% AVX2; q8_0 +10%, +9%; F16 decode
+    /// +10%, 4-token prompts +50%, 16-token +70%, 512-token +2%. Loading copies
+    /// the weights once into fresh memory (2.2 GB of F16: 0.7-3 s on this VM,
+    /// most of it the kernel zeroing new pages). Weights quantized at load are
+    /// held in memory, where a repacked copy would double them.
     #[default]
     Auto,
-    /// Every weight with a resident layout (q4_0 and q8_0), mapped or not; on
-    /// aarch64 (NEON tiles, not timed on hardware) the only way in.
+    /// Every weight with a resident layout, mapped or not; on aarch64 (NEON
+    /// q4_0/q8_0 tiles, not timed on hardware; float panels have no NEON kernel
+    /// yet, so they stay in rows) the only way in.
     All,
     /// None: the file's row layout throughout.
     Off,
@@ -85,7 +88,10 @@ impl Repack {
             // speed says nothing, so there they are opt-in (`All`).
             Repack::Auto => {
                 cfg!(target_arch = "x86_64")
-                    && matches!(t.dtype(), DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0))
+                    && matches!(
+                        t.dtype(),
+                        DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0) | DType::F32 | DType::F16 | DType::BF16
+                    )
                     && t.is_mapped()
             }
             Repack::All => true,

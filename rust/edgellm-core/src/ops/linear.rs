@@ -6,6 +6,7 @@ use super::matmul::{par_gemm, par_pack_a, BSource};
 use super::par::{for_each_claimed, for_each_claimed_with, SharedMut};
 use crate::tensor::{DType, Tensor};
 use edgellm_kernels::gemm::BRows;
+use edgellm_kernels::panels::{self, Panels};
 use edgellm_kernels::quant::{
     self,
     qgemm::{QActs, QGemmScratch},
@@ -18,6 +19,11 @@ use std::sync::Arc;
 /// (single thread, 16384 × 2048 f16: 8 tokens 37-39 GFLOP/s against 28-34
 /// packed; 12 tokens 32-40 against 49-52).
 const PACKED_MIN_ROWS: usize = 9;
+/// Row counts from which float panels go through the packed GEMM (which reads
+/// them in place) instead of `Kernels::gemm_panels`: single thread, 16384 × 2048
+/// f16 panels, GFLOP/s gemm_panels | GEMM: 16 tokens 70 | 50-58, 32 tokens 81-84
+/// | 65-68, 64 tokens 82-84 | 79, 128 tokens 67-86 | 82-91 (AVX2 | AVX-512).
+const PANELS_GEMM_MIN_ROWS: usize = 64;
 /// Row counts from which quantized weights take the multi-row integer GEMM
 /// (`Kernels::gemm_q`) instead of one GEMV per row: below, repacking the weight
 /// panels costs more than reading the weights once per row (measured, AVX2, 2
@@ -32,14 +38,16 @@ use rayon::prelude::*;
 /// Output rows per parallel GEMV work item: about eight per thread, so a slow
 /// thread does not hold the others up (which thread computes a row never
 /// changes its value).
-/// A multiple of 8, so that items are whole resident panels.
+/// A multiple of 16, so that items are whole resident panels (8 rows for
+/// q4_0/q8_0, 16 for float weights).
 fn gemv_chunk(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024).next_multiple_of(resident::ROWS)
+    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `[out_features × in_features]`, row-major.
+    /// `[out_features × in_features]`, row-major. Replace it through
+    /// [`Self::set_weight`], which drops a resident copy of the old weight.
     pub weight: Tensor,
     pub bias: Option<Vec<f32>>,
     /// The weight repacked at load into the kernels' resident panels
@@ -47,8 +55,8 @@ pub struct Linear {
     pub resident: Option<Resident>,
 }
 
-/// Weight rows in the resident panel layout of [`quant::resident`], in an
-/// anonymous mapping (transparent huge pages asked for on Linux: fewer TLB
+/// Weight rows in a resident panel layout ([`quant::resident`] for q4_0/q8_0,
+/// [`panels`] for float weights), in an anonymous mapping (transparent huge pages asked for on Linux: fewer TLB
 /// misses on a stream of hundreds of megabytes).
 #[derive(Clone)]
 pub struct Resident(Arc<memmap2::MmapMut>);
@@ -63,11 +71,51 @@ impl Resident {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The float panels held, as elements of `dtype`.
+    fn panels(&self, dtype: DType) -> Option<Panels<'_>> {
+        let b = self.bytes();
+        // SAFETY: the mapping is page-aligned and was filled with `dtype`
+        // elements (`make_resident_float`); f32/f16/bf16 accept every bit pattern.
+        unsafe {
+            Some(match dtype {
+                DType::F32 => Panels::F32(std::slice::from_raw_parts(b.as_ptr().cast(), b.len() / 4)),
+                DType::F16 => Panels::F16(std::slice::from_raw_parts(b.as_ptr().cast(), b.len() / 2)),
+                DType::BF16 => Panels::Bf16(std::slice::from_raw_parts(b.as_ptr().cast(), b.len() / 2)),
+                DType::Quant(_) => return None,
+            })
+        }
+    }
+}
+
+/// An anonymous mapping of `len` bytes for resident panels, huge pages asked for.
+fn anon_panels(len: usize) -> Option<memmap2::MmapMut> {
+    let buf = memmap2::MmapMut::map_anon(len).ok()?;
+    #[cfg(target_os = "linux")]
+    let _ = buf.advise(memmap2::Advice::HugePage);
+    Some(buf)
+}
+
+/// Packs row-major `w` (`m × k`) into float panels in `buf`, in parallel.
+fn pack_float_panels<E: Copy + Default + Send + Sync>(w: &[E], m: usize, k: usize, buf: &mut [u8]) {
+    assert!(buf.len() % std::mem::size_of::<E>() == 0 && buf.as_ptr().align_offset(std::mem::align_of::<E>()) == 0);
+    // SAFETY: aligned (checked) and exactly covering `buf`; every bit pattern of
+    // the float types is valid, and `buf` is not used otherwise meanwhile.
+    let out: &mut [E] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), buf.len() / std::mem::size_of::<E>()) };
+    out.par_chunks_mut(k * panels::WIDTH)
+        .enumerate()
+        .for_each(|(p, panel)| panels::pack_panel(w, m, k, p, panel));
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Vec<f32>>) -> Linear {
         Linear { weight, bias, resident: None }
+    }
+
+    /// Replaces the weight (same shape), dropping a resident copy of the old one.
+    pub fn set_weight(&mut self, weight: Tensor) {
+        self.weight = weight;
+        self.resident = None;
     }
 
     /// This layer with its weight quantized to `ty` (bias kept in f32). Rows must
@@ -82,22 +130,98 @@ impl Linear {
     /// weight is not held twice. Returns whether it was repacked; the row layout
     /// stays readable (paths without a resident kernel, `forward_dequantized`).
     pub fn make_resident(&mut self, k: &Kernels) -> bool {
-        let DType::Quant(ty) = self.weight.dtype() else { return false };
+        if self.resident.is_some() {
+            return false;
+        }
+        let DType::Quant(ty) = self.weight.dtype() else { return self.make_resident_float(k) };
         let (m, kd) = (self.out_features(), self.in_features());
         let Some(pb) = resident::panel_bytes(ty, kd) else { return false };
-        if k.gemm_q_resident.is_none() || m == 0 || m % resident::ROWS != 0 || self.resident.is_some() {
+        if k.gemm_q_resident.is_none() || m == 0 || m % resident::ROWS != 0 {
             return false;
         }
         let src = self.weight.as_bytes();
-        let Ok(mut buf) = memmap2::MmapMut::map_anon(src.len()) else { return false };
-        #[cfg(target_os = "linux")]
-        let _ = buf.advise(memmap2::Advice::HugePage);
+        let Some(mut buf) = anon_panels(src.len()) else { return false };
         buf.par_chunks_mut(pb)
             .zip(src.par_chunks(pb))
             .for_each(|(dst, src)| resident::pack(ty, src, kd, dst));
         self.weight.release_pages();
         self.resident = Some(Resident(Arc::new(buf)));
         true
+    }
+
+    /// [`Self::make_resident`] for f32/f16/bf16 weights: into [`panels`], at the
+    /// weight's size (rows padded to a whole panel), when `k` has the kernels.
+    fn make_resident_float(&mut self, k: &Kernels) -> bool {
+        let (m, kd, dt) = (self.out_features(), self.in_features(), self.weight.dtype());
+        let size = match dt {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Quant(_) => return false,
+        };
+        let Some(bytes) = panels::panels_len(m, kd).and_then(|n| n.checked_mul(size)) else { return false };
+        if !Self::has_float_kernels(k, dt) || bytes == 0 {
+            return false;
+        }
+        let Some(mut buf) = anon_panels(bytes) else { return false };
+        match dt {
+            DType::F32 => pack_float_panels(self.weight.as_f32(), m, kd, &mut buf),
+            DType::F16 => pack_float_panels(self.weight.as_f16(), m, kd, &mut buf),
+            _ => pack_float_panels(self.weight.as_bf16(), m, kd, &mut buf),
+        }
+        self.weight.release_pages();
+        self.resident = Some(Resident(Arc::new(buf)));
+        true
+    }
+
+    /// Whether `k` runs float panels of `dt`: the decode/short-prompt kernel and
+    /// a micro-kernel that reads `dt` panels in place.
+    fn has_float_kernels(k: &Kernels, dt: DType) -> bool {
+        k.gemm_panels.is_some()
+            && match dt {
+                DType::F32 => true,
+                DType::F16 => k.gemm_micro_f16.is_some(),
+                DType::BF16 => k.gemm_micro_bf16.is_some(),
+                DType::Quant(_) => false,
+            }
+    }
+
+    /// The float panels this layer runs on under `k`, if any.
+    fn float_panels(&self, k: &Kernels) -> Option<Panels<'_>> {
+        let dt = self.weight.dtype();
+        if !Self::has_float_kernels(k, dt) {
+            return None;
+        }
+        self.resident.as_ref()?.panels(dt)
+    }
+
+    /// `out = x Wᵀ` (no bias) on float panels: up to `PANELS_GEMM_MIN_ROWS` rows
+    /// through `Kernels::gemm_panels` on blocks of panels claimed in order (one
+    /// front through the weights), longer prompts through the packed GEMM reading
+    /// the panels in place. Both sum in the same order: a token's outputs are the same bits
+    /// however many tokens come with it.
+    fn forward_panels(&self, k: &Kernels, p: Panels<'_>, x: &[f32], n: usize, out: &mut [f32]) {
+        let (m, kd) = (self.out_features(), self.in_features());
+        if n >= PANELS_GEMM_MIN_ROWS {
+            return par_gemm(k, &par_pack_a(x, n, kd), BSource::Panels(p), m, out);
+        }
+        let run = k.gemm_panels.expect("float panels need gemm_panels");
+        let block = gemv_chunk(m);
+        let shared = SharedMut::new(out);
+        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
+            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+            let (w, width) = (p.slice(kd, r0 / panels::WIDTH, r1.div_ceil(panels::WIDTH)), r1 - r0);
+            if n == 1 {
+                // SAFETY: item b alone writes outputs r0..r1.
+                return run(w, width, x, 1, unsafe { shared.slice(r0, width) }, width);
+            }
+            tile.resize(n * width, 0.0);
+            run(w, width, x, n, tile, width);
+            for t in 0..n {
+                // SAFETY: item b alone writes columns r0..r1 of each row.
+                let dst = unsafe { shared.slice(t * m + r0, width) };
+                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
+            }
+        });
     }
 
     pub fn out_features(&self) -> usize {
@@ -113,13 +237,10 @@ impl Linear {
         let n = x.len() / kd;
         debug_assert_eq!(x.len(), n * kd);
         debug_assert_eq!(out.len(), n * m);
-        match self.float_rows() {
-            None if self.is_resident_for(k) => self.gemm_resident(k, x, n, out),
-            None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
-            _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
-            Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
-            // One row, or a few of quantized weights.
-            _ => self.gemv(k, x, out),
+        if let Some(p) = self.float_panels(k) {
+            self.forward_panels(k, p, x, n, out);
+        } else {
+            self.forward_rows(k, x, n, out);
         }
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(m) {
@@ -127,6 +248,18 @@ impl Linear {
                     *o += b;
                 }
             }
+        }
+    }
+
+    /// [`Self::forward`] without the bias, on anything but float panels.
+    fn forward_rows(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
+        match self.float_rows() {
+            None if self.is_resident_for(k) => self.gemm_resident(k, x, n, out),
+            None if n >= QGEMM_MIN_ROWS && self.uses_gemm_q(k) => self.gemm_q(k, x, n, out),
+            _ if n >= PACKED_MIN_ROWS => self.gemm_packed(k, x, n, out),
+            Some(rows) if n > 1 => self.gemm_few(k, rows, x, n, out),
+            // One row, or a few of quantized weights.
+            _ => self.gemv(k, x, out),
         }
     }
 
@@ -153,7 +286,7 @@ impl Linear {
         let acts: Vec<Option<QActs>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
         let mut chunk = gemv_chunk(m);
         if acts.len() > 1 {
-            chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16));
+            chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16) / 16 * 16);
         }
         let shared = SharedMut::new(out);
         for_each_claimed(m.div_ceil(chunk), |c| {
@@ -235,6 +368,11 @@ impl Linear {
     /// count are whole panels.
     fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&QActs>, r0: usize, out: &mut [f32]) {
         let n = x.len();
+        if let Some(p) = self.float_panels(k) {
+            let (rows, p0) = (out.len(), r0 / panels::WIDTH);
+            let run = k.gemm_panels.expect("float panels need gemm_panels");
+            return run(p.slice(n, p0, (r0 + rows).div_ceil(panels::WIDTH)), rows, x, 1, out, rows);
+        }
         match (self.float_rows(), act) {
             (Some(rows), _) => {
                 let range = r0 * n..(r0 + out.len()) * n;

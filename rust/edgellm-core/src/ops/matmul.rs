@@ -5,7 +5,8 @@
 
 use super::par::SharedMut;
 use crate::{Error, Result};
-use edgellm_kernels::gemm::{gemm_packed_raw, pack_a_block, BRows, GemmScratch, PackedA};
+use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, BRows, GemmScratch, PackedA};
+use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub(crate) enum BSource<'a> {
     Rows(BRows<'a>),
     Dequant(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+    /// Float weights repacked at load into the micro-kernel's panels, read in place.
+    Panels(Panels<'a>),
 }
 
 /// Packs row-major `a` (`n × k`) for [`par_gemm`]: its (k-block, panel) blocks in
@@ -46,6 +49,12 @@ pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: 
             let (j0, j1) = (blk * block, ((blk + 1) * block).min(m));
             let w = j1 - j0;
             let (rows, r0, r1) = match &b {
+                BSource::Panels(p) => {
+                    let p = p.slice(kd, j0 / WIDTH, j1.div_ceil(WIDTH));
+                    // SAFETY: as below; `block` is a multiple of the panel width.
+                    unsafe { gemm_panels_raw(k, a, p, w, shared.ptr().add(j0), m) };
+                    return;
+                }
                 BSource::Rows(rows) => (*rows, j0, j1),
                 BSource::Dequant(row) => {
                     deq.resize(w * kd, 0.0);

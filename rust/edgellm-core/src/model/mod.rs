@@ -61,9 +61,9 @@ pub enum Repack {
     /// held in memory, where a repacked copy would double them.
     #[default]
     Auto,
-    /// Every weight with a resident layout, mapped or not; on aarch64 (NEON
-    /// q4_0/q8_0 tiles, not timed on hardware; float panels have no NEON kernel
-    /// yet, so they stay in rows) the only way in.
+    /// Every weight with a resident layout, mapped or not; on aarch64 (the NEON
+    /// kernels on both layouts are tested under qemu, not timed on hardware)
+    /// the only way in.
     All,
     /// None: the file's row layout throughout.
     Off,

@@ -42,6 +42,20 @@ fn gemm_f32_throughput() {
         });
         let micro = 2.0 * (reps * 8 * KC * MR * NR) as f64 / t / 1e9;
         let mut line = format!("{:>7}  micro {micro:6.1}", isa.name());
+        // The same on f16 B panels (resident float weights), widened per load.
+        if let Some(micro16) = k.gemm_micro_f16 {
+            let bp16: Vec<f16> = bp.iter().map(|&v| f16::from_f32(v)).collect();
+            let t = best_of(5, || {
+                for _ in 0..reps {
+                    for q in 0..8 {
+                        // SAFETY: as above.
+                        unsafe { micro16(KC, ap.as_ptr(), bp16[q * KC * NR..].as_ptr(), acc.as_mut_ptr(), NR, false) };
+                    }
+                    black_box(&acc);
+                }
+            });
+            line += &format!(" f16 {:6.1}", 2.0 * (reps * 8 * KC * MR * NR) as f64 / t / 1e9);
+        }
         for n in [512usize, 1024, 2048] {
             let (a, b) = (data(3, n * n), data(4, n * n));
             let mut c = vec![0f32; n * n];

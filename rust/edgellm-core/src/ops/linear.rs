@@ -56,8 +56,9 @@ pub struct Linear {
 }
 
 /// Weight rows in a resident panel layout ([`quant::resident`] for q4_0/q8_0,
-/// [`panels`] for float weights), in an anonymous mapping (transparent huge pages asked for on Linux: fewer TLB
-/// misses on a stream of hundreds of megabytes).
+/// [`panels`] for float weights), in an anonymous mapping (transparent huge
+/// pages asked for on Linux: fewer TLB misses on a stream of hundreds of
+/// megabytes).
 #[derive(Clone)]
 pub struct Resident(Arc<memmap2::MmapMut>);
 
@@ -124,11 +125,12 @@ impl Linear {
         Ok(Linear::new(quantize_tensor(&self.weight, ty)?, self.bias.clone()))
     }
 
-    /// Repacks the weight into resident panels when `k` has a kernel for them
-    /// (q4_0 and q8_0, rows a multiple of 8; x86 and NEON tables), in parallel on the
-    /// current pool. A memory-mapped weight's pages are then released, so the
-    /// weight is not held twice. Returns whether it was repacked; the row layout
-    /// stays readable (paths without a resident kernel, `forward_dequantized`).
+    /// Repacks the weight into resident panels when `k` has kernels for them
+    /// (q4_0 and q8_0 with rows a multiple of 8: x86 and NEON tables; f32, f16
+    /// and bf16: see [`Self::make_resident_float`]), in parallel on the current
+    /// pool. A memory-mapped weight's pages are then released, so the weight is
+    /// not held twice. Returns whether it was repacked; the row layout stays
+    /// readable (paths without a resident kernel, `forward_dequantized`).
     pub fn make_resident(&mut self, k: &Kernels) -> bool {
         if self.resident.is_some() {
             return false;

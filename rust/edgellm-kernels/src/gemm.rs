@@ -306,8 +306,8 @@ unsafe fn panels_times_a<E>(a: &PackedA, w: &[E], m: usize, c: *mut f32, ldc: us
     let panel = k * NR;
     if a.panels() <= MC_PANELS {
         // A short prompt, whose packed A stays in cache: each weight panel is read
-        // once, front to back, as one stream. (Block by block, the 16 panels of a
-        // column block made 16 streams: F16 pp16 ran at the speed of pp8.)
+        // once, front to back, as one stream (block by block, the 16 panels of a
+        // column block would be 16 interleaved streams from memory).
         for q in 0..m.div_ceil(NR) {
             for k0 in (0..k).step_by(KC) {
                 let bp = w[q * panel + k0 * NR..].as_ptr();

@@ -366,11 +366,12 @@ impl Linear {
     }
 
     /// Rows `r0..r0 + out.len()` of the GEMV `x Wᵀ` (no bias): `act` is
-    /// [`Self::quantize_input`]`(x)`; for resident weights, `r0` and the row
-    /// count are whole panels.
+    /// [`Self::quantize_input`]`(x)`; for resident weights, `r0` starts a panel
+    /// and the rows end at a panel's end or at the last row.
     fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&QActs>, r0: usize, out: &mut [f32]) {
         let n = x.len();
         if let Some(p) = self.float_panels(k) {
+            debug_assert!(r0 % panels::WIDTH == 0, "rows from a whole panel");
             let (rows, p0) = (out.len(), r0 / panels::WIDTH);
             let run = k.gemm_panels.expect("float panels need gemm_panels");
             return run(p.slice(n, p0, (r0 + rows).div_ceil(panels::WIDTH)), rows, x, 1, out, rows);

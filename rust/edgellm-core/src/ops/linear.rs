@@ -44,6 +44,29 @@ fn gemv_chunk(rows: usize) -> usize {
     (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
+/// Blocks of `block` output columns of `out` (`n` rows of `m`), claimed in
+/// order: `f(r0, r1, tile)` fills `tile`, the `n × (r1 - r0)` outputs of columns
+/// `r0..r1` (row-major), which are then copied into place; one row is written
+/// straight into `out`.
+fn for_each_column_block(m: usize, block: usize, n: usize, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let shared = SharedMut::new(out);
+    for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
+        let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+        let width = r1 - r0;
+        if n == 1 {
+            // SAFETY: item b alone writes outputs r0..r1.
+            return f(r0, r1, unsafe { shared.slice(r0, width) });
+        }
+        tile.resize(n * width, 0.0);
+        f(r0, r1, tile);
+        for t in 0..n {
+            // SAFETY: item b alone writes columns r0..r1 of each row.
+            let dst = unsafe { shared.slice(t * m + r0, width) };
+            dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
+        }
+    });
+}
+
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `[out_features × in_features]`, row-major. Replace it through
@@ -146,6 +169,11 @@ impl Linear {
         buf.par_chunks_mut(pb)
             .zip(src.par_chunks(pb))
             .for_each(|(dst, src)| resident::pack(ty, src, kd, dst));
+        self.keep_resident(buf)
+    }
+
+    /// Serves the weight from `buf` from now on, releasing a mapped weight's pages.
+    fn keep_resident(&mut self, buf: memmap2::MmapMut) -> bool {
         self.weight.release_pages();
         self.resident = Some(Resident(Arc::new(buf)));
         true
@@ -170,9 +198,7 @@ impl Linear {
             DType::F16 => pack_float_panels(self.weight.as_f16(), m, kd, &mut buf),
             _ => pack_float_panels(self.weight.as_bf16(), m, kd, &mut buf),
         }
-        self.weight.release_pages();
-        self.resident = Some(Resident(Arc::new(buf)));
-        true
+        self.keep_resident(buf)
     }
 
     /// Whether `k` runs float panels of `dt`: the decode/short-prompt kernel and
@@ -207,22 +233,9 @@ impl Linear {
             return par_gemm(k, &par_pack_a(x, n, kd), BSource::Panels(p), m, out);
         }
         let run = k.gemm_panels.expect("float panels need gemm_panels");
-        let block = gemv_chunk(m);
-        let shared = SharedMut::new(out);
-        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
-            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
-            let (w, width) = (p.slice(kd, r0 / panels::WIDTH, r1.div_ceil(panels::WIDTH)), r1 - r0);
-            if n == 1 {
-                // SAFETY: item b alone writes outputs r0..r1.
-                return run(w, width, x, 1, unsafe { shared.slice(r0, width) }, width);
-            }
-            tile.resize(n * width, 0.0);
-            run(w, width, x, n, tile, width);
-            for t in 0..n {
-                // SAFETY: item b alone writes columns r0..r1 of each row.
-                let dst = unsafe { shared.slice(t * m + r0, width) };
-                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
-            }
+        for_each_column_block(m, gemv_chunk(m), n, out, |r0, r1, tile| {
+            let w = p.slice(kd, r0 / panels::WIDTH, r1.div_ceil(panels::WIDTH));
+            run(w, r1 - r0, x, n, tile, r1 - r0)
         });
     }
 
@@ -345,23 +358,9 @@ impl Linear {
         // Decode: GEMV-sized items straight into `out`; prompts: a few panels per
         // item (they stay in L1/L2 while every token passes), through a tile.
         let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
-        let shared = SharedMut::new(out);
-        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
-            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+        for_each_column_block(m, block, n, out, |r0, r1, tile| {
             let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
-            let width = r1 - r0;
-            if n == 1 {
-                // SAFETY: item b alone writes outputs r0..r1.
-                gemm(w, &qa, unsafe { shared.slice(r0, width) }, width);
-                return;
-            }
-            tile.resize(n * width, 0.0);
-            gemm(w, &qa, tile, width);
-            for t in 0..n {
-                // SAFETY: item b alone writes columns r0..r1 of each row.
-                let dst = unsafe { shared.slice(t * m + r0, width) };
-                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
-            }
+            gemm(w, &qa, tile, r1 - r0)
         });
     }
 
@@ -547,10 +546,7 @@ impl Linear {
     /// the decode GEMV), each block's outputs through a small tile.
     fn gemm_few(&self, k: &Kernels, rows: BRows<'_>, x: &[f32], n: usize, out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
-        let block = gemv_chunk(m);
-        let shared = SharedMut::new(out);
-        for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
-            let (r0, r1) = (b * block, ((b + 1) * block).min(m));
+        for_each_column_block(m, gemv_chunk(m), n, out, |r0, r1, tile| {
             let range = r0 * kd..r1 * kd;
             let w = match rows {
                 BRows::F32(w) => BRows::F32(&w[range]),
@@ -558,14 +554,7 @@ impl Linear {
                 BRows::Bf16(w) => BRows::Bf16(&w[range]),
                 BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
             };
-            let width = r1 - r0;
-            tile.resize(n * width, 0.0);
-            (k.gemm_few)(w, x, n, tile, width);
-            for t in 0..n {
-                // SAFETY: block b alone writes columns r0..r1 of each row.
-                let dst = unsafe { shared.slice(t * m + r0, width) };
-                dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
-            }
+            (k.gemm_few)(w, x, n, tile, r1 - r0)
         });
     }
 }

@@ -262,10 +262,7 @@ pub unsafe fn gemm_packed_raw(
     let (n, k) = (a.n, a.k);
     assert!(j1 >= j0, "gemm_packed: j1 < j0");
     if k == 0 {
-        for i in 0..n {
-            std::slice::from_raw_parts_mut(c.add(i * ldc), j1 - j0).fill(0.0);
-        }
-        return;
+        return zero_columns(c, n, ldc, j1 - j0);
     }
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);
@@ -288,15 +285,22 @@ pub unsafe fn gemm_panels_raw(kern: &Kernels, a: &PackedA, b: Panels<'_>, m: usi
     let (n, k) = (a.n, a.k);
     assert!(Some(b.len()) == crate::panels::panels_len(m, k), "gemm_panels: B is not {m} rows of {k}");
     if k == 0 {
-        for i in 0..n {
-            std::slice::from_raw_parts_mut(c.add(i * ldc), m).fill(0.0);
-        }
-        return;
+        return zero_columns(c, n, ldc, m);
     }
     match b {
         Panels::F32(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro),
         Panels::F16(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel")),
         Panels::Bf16(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel")),
+    }
+}
+
+/// The product of an empty k: the first `cols` outputs of each of `n` rows zero.
+///
+/// # Safety
+/// As [`gemm_packed_raw`]'s output.
+unsafe fn zero_columns(c: *mut f32, n: usize, ldc: usize, cols: usize) {
+    for i in 0..n {
+        std::slice::from_raw_parts_mut(c.add(i * ldc), cols).fill(0.0);
     }
 }
 

@@ -106,6 +106,65 @@ pub fn unpack<E: Copy>(panels: &[E], m: usize, k: usize, out: &mut [E]) {
 /// panels for long prompts. Panics on a shape mismatch.
 pub type PanelsFn = fn(w: Panels<'_>, m: usize, x: &[f32], n: usize, out: &mut [f32], ldo: usize);
 
+/// A register tile of a [`PanelsFn`] kernel: panels `p0..p0 + P` of `w` (`m`
+/// rows of `k`) against `T` tokens (`x` their first, `out` its output row, `ldo`
+/// apart), over every `KC` block.
+pub(crate) trait PanelTile {
+    type Elem;
+    /// # Safety
+    /// In bounds as [`sweep`] calls it, on a CPU with the tile's features.
+    unsafe fn tile<const P: usize, const T: usize>(
+        w: *const Self::Elem,
+        m: usize,
+        k: usize,
+        p0: usize,
+        x: *const f32,
+        out: *mut f32,
+        ldo: usize,
+    );
+}
+
+/// Every panel of `w` against `n` tokens with `G`'s tiles: `P` panels at a time
+/// (then one at a time), each group against groups of up to `T` (at most 4)
+/// tokens while its panels are in cache. The SIMD kernels' common driver.
+///
+/// # Safety
+/// The operands passed [`check`]; the CPU runs `G`'s instructions.
+#[inline(always)]
+pub(crate) unsafe fn sweep<G: PanelTile, const P: usize, const T: usize>(
+    w: *const G::Elem,
+    m: usize,
+    k: usize,
+    x: *const f32,
+    n: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    const { assert!(T >= 1 && T <= 4) };
+    let count = m.div_ceil(WIDTH);
+    let mut p = 0;
+    while p < count {
+        let full = p + P <= count;
+        let mut t0 = 0;
+        while t0 < n {
+            let (x, out) = (x.add(t0 * k), out.add(t0 * ldo));
+            let t = (n - t0).min(T);
+            match (full, t) {
+                (true, 1) => G::tile::<P, 1>(w, m, k, p, x, out, ldo),
+                (true, 2) => G::tile::<P, 2>(w, m, k, p, x, out, ldo),
+                (true, 3) => G::tile::<P, 3>(w, m, k, p, x, out, ldo),
+                (true, _) => G::tile::<P, T>(w, m, k, p, x, out, ldo),
+                (false, 1) => G::tile::<1, 1>(w, m, k, p, x, out, ldo),
+                (false, 2) => G::tile::<1, 2>(w, m, k, p, x, out, ldo),
+                (false, 3) => G::tile::<1, 3>(w, m, k, p, x, out, ldo),
+                (false, _) => G::tile::<1, T>(w, m, k, p, x, out, ldo),
+            }
+            t0 += t;
+        }
+        p += if full { P } else { 1 };
+    }
+}
+
 /// Checks the operands of a [`PanelsFn`] and returns `k`. Panics on a mismatch.
 pub fn check(w: Panels<'_>, m: usize, x: &[f32], n: usize, out: &[f32], ldo: usize) -> usize {
     assert!(n > 0 && x.len() % n == 0, "panels: x is not n rows");

@@ -52,26 +52,11 @@ pub(crate) fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 
 mod imp {
     use super::*;
+    use crate::aarch64::gemm_neon::f16x8;
 
     #[inline(always)]
     unsafe fn f16_ld(p: *const u8) -> f32 {
         half::f16::from_bits((p as *const u16).read_unaligned()).to_f32()
-    }
-
-    /// 8 f16 values (bits) widened to f32: lanes 0..4 and 4..8.
-    #[inline(always)]
-    unsafe fn f16x8(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
-        let lo: float32x4_t;
-        let hi: float32x4_t;
-        core::arch::asm!(
-            "fcvtl {lo:v}.4s, {h:v}.4h",
-            "fcvtl2 {hi:v}.4s, {h:v}.8h",
-            h = in(vreg) h,
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        (lo, hi)
     }
 
     /// 8 E4M3 codes in the high bytes of u16 lanes → f16 bits of `value / 256`.

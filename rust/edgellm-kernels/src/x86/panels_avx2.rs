@@ -13,7 +13,7 @@
 //! no longer stayed in L1 beside the weight stream.
 
 use crate::gemm::KC;
-use crate::panels::{self, Panels, WIDTH};
+use crate::panels::{self, PanelTile, Panels, WIDTH};
 use crate::x86::simd::Elem;
 use core::arch::x86_64::*;
 
@@ -48,53 +48,36 @@ fn run(w: Panels<'_>, m: usize, x: &[f32], n: usize, out: &mut [f32], ldo: usize
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2<E: Elem>(w: *const E, m: usize, k: usize, x: *const f32, n: usize, out: *mut f32, ldo: usize) {
     match n {
-        1 => sweep::<E, 4, 1>(w, m, k, x, n, out, ldo),
-        2 => sweep::<E, 2, 2>(w, m, k, x, n, out, ldo),
-        _ => sweep::<E, 1, 4>(w, m, k, x, n, out, ldo),
+        1 => panels::sweep::<AvxTiles<E>, 4, 1>(w, m, k, x, n, out, ldo),
+        2 => panels::sweep::<AvxTiles<E>, 2, 2>(w, m, k, x, n, out, ldo),
+        _ => panels::sweep::<AvxTiles<E>, 1, 4>(w, m, k, x, n, out, ldo),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
 unsafe fn avx512<E: Elem>(w: *const E, m: usize, k: usize, x: *const f32, n: usize, out: *mut f32, ldo: usize) {
     match n {
-        1 | 2 => sweep::<E, 4, 2>(w, m, k, x, n, out, ldo),
-        _ => sweep::<E, 2, 4>(w, m, k, x, n, out, ldo),
+        1 | 2 => panels::sweep::<AvxTiles<E>, 4, 2>(w, m, k, x, n, out, ldo),
+        _ => panels::sweep::<AvxTiles<E>, 2, 4>(w, m, k, x, n, out, ldo),
     }
 }
 
-/// Every panel against every token: `P` panels at a time (then one at a time),
-/// each group against groups of up to `T` tokens while its panels are in L2.
-#[inline(always)]
-unsafe fn sweep<E: Elem, const P: usize, const T: usize>(
-    w: *const E,
-    m: usize,
-    k: usize,
-    x: *const f32,
-    n: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let count = m.div_ceil(WIDTH);
-    let mut p = 0;
-    while p < count {
-        let full = p + P <= count;
-        let mut t0 = 0;
-        while t0 < n {
-            let (x, out) = (x.add(t0 * k), out.add(t0 * ldo));
-            let t = (n - t0).min(T);
-            match (full, t) {
-                (true, 1) => group::<E, P, 1>(w, m, k, p, x, out, ldo),
-                (true, 2) => group::<E, P, 2>(w, m, k, p, x, out, ldo),
-                (true, 3) => group::<E, P, 3>(w, m, k, p, x, out, ldo),
-                (true, _) => group::<E, P, T>(w, m, k, p, x, out, ldo),
-                (false, 1) => group::<E, 1, 1>(w, m, k, p, x, out, ldo),
-                (false, 2) => group::<E, 1, 2>(w, m, k, p, x, out, ldo),
-                (false, 3) => group::<E, 1, 3>(w, m, k, p, x, out, ldo),
-                (false, _) => group::<E, 1, T>(w, m, k, p, x, out, ldo),
-            }
-            t0 += t;
-        }
-        p += if full { P } else { 1 };
+/// The tiles of [`group`], for [`panels::sweep`].
+struct AvxTiles<E>(core::marker::PhantomData<E>);
+
+impl<E: Elem> PanelTile for AvxTiles<E> {
+    type Elem = E;
+    #[inline(always)]
+    unsafe fn tile<const P: usize, const T: usize>(
+        w: *const E,
+        m: usize,
+        k: usize,
+        p0: usize,
+        x: *const f32,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        group::<E, P, T>(w, m, k, p0, x, out, ldo)
     }
 }
 

@@ -4,6 +4,7 @@ statistics, context limits, concurrency, Ctrl-C, and perplexity."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -402,6 +403,33 @@ def test_concurrent_generations_match_sequential(llama, qwen):
     assert not errors
     for i, want in enumerate(sequential):
         assert results[i] == [want] * 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_after_generating_still_generates(models):
+    """The worker threads are the parent's: a forked child (multiprocessing's
+    default on Linux) runs every parallel loop on its own thread, and must not
+    wait for workers it does not have."""
+    m = models("llama", threads=2)
+    want = m.generate(PROMPT, max_new_tokens=12, temperature=0, ignore_eos=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(w, m.generate(PROMPT, max_new_tokens=12, temperature=0, ignore_eos=True).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 20
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    got = os.read(r, 1 << 16).decode()
+    os.close(r)
+    assert got == want
 
 
 def test_interleaved_streams_on_one_model(llama):

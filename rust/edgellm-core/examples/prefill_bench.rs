@@ -49,7 +49,7 @@ fn main() {
     let (run_old, run_new) = (mode != "new", mode != "old");
     let resident = mode == "resident";
     let k = edgellm_kernels::kernels().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = edgellm_core::pool::Pool::new(threads).unwrap();
     // (rows, cols, uses per layer)
     let shapes = [(2048usize, 2048usize, 2usize), (256, 2048, 2), (5632, 2048, 2), (2048, 5632, 1)];
     println!("isa {}, {threads} threads, {n} tokens, median of {reps}", k.isa.name());

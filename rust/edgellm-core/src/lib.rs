@@ -9,6 +9,7 @@ pub mod info;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
+pub mod pool;
 pub mod rng;
 pub mod sampling;
 pub mod tensor;

@@ -75,11 +75,11 @@ fn flash_vs_attend_timing() {
         let mut out = vec![0f32; q.len()];
         let mut mass = vec![0f32; len];
         for pool in pools() {
-            let cpu = pool.current_num_threads() == 1;
+            let cpu = pool.threads() == 1;
             let tf = pool.install(|| best_ms(reps, cpu, || flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, None)));
             let tm = pool
                 .install(|| best_ms(reps, cpu, || flash_attend(k, &p, &cache, 0, pos0, &q, &mut out, Some(&mut mass))));
-            println!("{name:<34} {:>8} {tf:>10.3} {tm:>14.3}", pool.current_num_threads());
+            println!("{name:<34} {:>8} {tf:>10.3} {tm:>14.3}", pool.threads());
         }
     }
 }

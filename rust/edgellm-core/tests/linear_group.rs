@@ -53,7 +53,7 @@ fn forward_group_equals_separate_forwards() {
                     })
                     .collect();
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let pool = edgellm_core::pool::Pool::new(threads).unwrap();
                     let mut got: Vec<Vec<f32>> = layers.iter().map(|l| vec![f32::NAN; tokens * l.out_features()]).collect();
                     pool.install(|| {
                         let mut group: Vec<(&Linear, &mut [f32])> =
@@ -93,7 +93,7 @@ fn few_rows_equal_row_by_row_forwards() {
                     l.forward(k, xr, or);
                 }
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let pool = edgellm_core::pool::Pool::new(threads).unwrap();
                     let mut got = vec![f32::NAN; tokens * m];
                     pool.install(|| l.forward(k, &x, &mut got));
                     let quantized = matches!(ty, Some(t) if t != GgmlType::F16);
@@ -141,7 +141,7 @@ fn resident_weights_equal_the_scalar_file_layout_bitwise() {
                     plain.forward(scalar, xr, or);
                 }
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let pool = edgellm_core::pool::Pool::new(threads).unwrap();
                     let mut got = vec![f32::NAN; tokens * rows];
                     pool.install(|| res.forward(k, &x, &mut got));
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -205,7 +205,7 @@ fn float_panels_give_each_token_the_same_bits_at_every_length() {
                     assert!((a - p).abs() <= 1e-4 * (1.0 + p.abs()), "{what}: panels {a} vs rows {p}");
                 }
                 for threads in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let pool = edgellm_core::pool::Pool::new(threads).unwrap();
                     let mut got = vec![f32::NAN; tokens * rows];
                     pool.install(|| res.forward(k, &x, &mut got));
                     let same = got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());

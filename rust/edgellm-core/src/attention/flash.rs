@@ -14,7 +14,7 @@
 //! - Causal mask, sliding window (query at `p` sees keys `p − window < j ≤ p`) and
 //!   soft-capping (`cap · tanh(s / cap)`, applied to the scaled score before the
 //!   mask) as in [`super::AttentionParams`].
-//! - Tasks are `(kv head, query block, key chunk)`, run with rayon. A few query
+//! - Tasks are `(kv head, query block, key chunk)`, run on the current pool. A few query
 //!   tokens over a long context (decoding: at most [`SPLIT_MAX_TOKENS`] queries,
 //!   more than [`SPLIT_MIN_KEYS`] keys) split the keys into chunks of
 //!   [`CHUNK_BLOCKS`] blocks whose partial `(m, l, acc)` are merged in chunk
@@ -26,9 +26,8 @@
 
 use super::AttentionParams;
 use crate::kv_cache::KvCache;
-use crate::ops::par::SharedMut;
+use crate::ops::par::{self, SharedMut};
 use edgellm_kernels::Kernels;
-use rayon::prelude::*;
 
 /// Keys per block of the online softmax.
 pub const KEY_BLOCK: usize = 64;
@@ -486,7 +485,7 @@ pub(crate) fn run<M: Mask>(
     let qb_tokens = (ROWS_PER_TASK / group).max(1);
     let vt = (qb_tokens.min(n) * group >= VT_MIN_ROWS).then(|| {
         let mut vt = vec![0f32; nkv * kv.len * hd];
-        vt.par_chunks_mut((kv.len * hd).max(1)).enumerate().for_each(|(h, dst)| {
+        par::for_each_chunk_mut(&mut vt, (kv.len * hd).max(1), |h, dst| {
             let mut buf = Vec::new();
             for b in &blocks {
                 let src = kv.parts[b.part].block(h, b.j0, b.j1, hd, true, &mut buf);
@@ -537,7 +536,7 @@ pub(crate) fn run<M: Mask>(
     };
 
     if nchunks == 1 {
-        (0..nkv * nqb).into_par_iter().for_each_init(Scratch::default, |sc, ti| {
+        par::for_each_claimed_with(nkv * nqb, Scratch::default, |sc, ti| {
             let (kvh, qb) = (ti / nqb, ti % nqb);
             let (t0, t1) = plan.tokens(qb);
             plan.task(kvh, t0, t1, &plan.blocks, sc);
@@ -550,22 +549,22 @@ pub(crate) fn run<M: Mask>(
         let ntasks = nkv * nqb * nchunks;
         let (mut pm, mut pl, mut pacc) =
             (vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax * hd]);
-        pm.par_chunks_mut(rmax)
-            .zip(pl.par_chunks_mut(rmax))
-            .zip(pacc.par_chunks_mut(rmax * hd))
-            .enumerate()
-            .for_each_init(Scratch::default, |sc, (ti, ((pm, pl), pacc))| {
-                let (g, c) = (ti / nchunks, ti % nchunks);
-                let (kvh, qb) = (g / nqb, g % nqb);
-                let (t0, t1) = plan.tokens(qb);
-                let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
-                plan.task(kvh, t0, t1, blocks, sc);
-                let rows = sc.m.len();
-                pm[..rows].copy_from_slice(&sc.m);
-                pl[..rows].copy_from_slice(&sc.l);
-                pacc[..rows * hd].copy_from_slice(&sc.acc);
-            });
-        (0..nkv * nqb).into_par_iter().for_each_init(Scratch::default, |sc, g| {
+        let (spm, spl, spacc) = (SharedMut::new(&mut pm), SharedMut::new(&mut pl), SharedMut::new(&mut pacc));
+        par::for_each_claimed_with(ntasks, Scratch::default, |sc, ti| {
+            // SAFETY: task ti alone writes its rows of the partial states.
+            let (pm, pl, pacc) =
+                unsafe { (spm.slice(ti * rmax, rmax), spl.slice(ti * rmax, rmax), spacc.slice(ti * rmax * hd, rmax * hd)) };
+            let (g, c) = (ti / nchunks, ti % nchunks);
+            let (kvh, qb) = (g / nqb, g % nqb);
+            let (t0, t1) = plan.tokens(qb);
+            let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
+            plan.task(kvh, t0, t1, blocks, sc);
+            let rows = sc.m.len();
+            pm[..rows].copy_from_slice(&sc.m);
+            pl[..rows].copy_from_slice(&sc.l);
+            pacc[..rows * hd].copy_from_slice(&sc.acc);
+        });
+        par::for_each_claimed_with(nkv * nqb, Scratch::default, |sc, g| {
             let (kvh, qb) = (g / nqb, g % nqb);
             let (t0, t1) = plan.tokens(qb);
             let rows = (t1 - t0) * group;
@@ -597,39 +596,36 @@ pub(crate) fn run<M: Mask>(
         // every row's final maximum and sum: weight = exp(s − m) / l.
         let (stat_m, stat_l) = (&stat_m, &stat_l);
         let nmc = nb.div_ceil(CHUNK_BLOCKS);
-        let local: Vec<Vec<f32>> = (0..nmc)
-            .into_par_iter()
-            .map_init(Scratch::default, |sc, c| {
-                let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
-                let c0 = blocks[0].j0;
-                let mut acc = vec![0f32; blocks[blocks.len() - 1].j1 - c0];
-                for kvh in 0..nkv {
-                    for qb in 0..nqb {
-                        let (t0, t1) = plan.tokens(qb);
-                        for &b in blocks {
-                            if kv.skips(kvh, b) {
+        let local: Vec<Vec<f32>> = par::map_with(nmc, Scratch::default, |sc, c| {
+            let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
+            let c0 = blocks[0].j0;
+            let mut acc = vec![0f32; blocks[blocks.len() - 1].j1 - c0];
+            for kvh in 0..nkv {
+                for qb in 0..nqb {
+                    let (t0, t1) = plan.tokens(qb);
+                    for &b in blocks {
+                        if kv.skips(kvh, b) {
+                            continue;
+                        }
+                        let Some((ta, tb)) = plan.scores(kvh, t0, t1, b, sc) else { continue };
+                        let bk = b.j1 - b.j0;
+                        let dst = &mut acc[b.j0 - c0..b.j1 - c0];
+                        for (r, srow) in sc.s[..(tb - ta) * group * bk].chunks_exact(bk).enumerate() {
+                            let (t, hh) = (ta + r / group, r % group);
+                            let i = t * nh + kvh * group + hh;
+                            if stat_l[i] <= 0.0 {
                                 continue;
                             }
-                            let Some((ta, tb)) = plan.scores(kvh, t0, t1, b, sc) else { continue };
-                            let bk = b.j1 - b.j0;
-                            let dst = &mut acc[b.j0 - c0..b.j1 - c0];
-                            for (r, srow) in sc.s[..(tb - ta) * group * bk].chunks_exact(bk).enumerate() {
-                                let (t, hh) = (ta + r / group, r % group);
-                                let i = t * nh + kvh * group + hh;
-                                if stat_l[i] <= 0.0 {
-                                    continue;
-                                }
-                                let (mr, inv) = (stat_m[i], 1.0 / stat_l[i]);
-                                for (d, s) in dst.iter_mut().zip(srow) {
-                                    *d += exp_neg(s - mr) * inv;
-                                }
+                            let (mr, inv) = (stat_m[i], 1.0 / stat_l[i]);
+                            for (d, s) in dst.iter_mut().zip(srow) {
+                                *d += exp_neg(s - mr) * inv;
                             }
                         }
                     }
                 }
-                acc
-            })
-            .collect();
+            }
+            acc
+        });
         let mut j = 0;
         for chunk in local {
             for v in chunk {

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::formats::hf_config::{self, GenerationDefaults};
 use crate::formats::TensorStore;
 use crate::kv_cache::{KvCache, KvConfig};
+use crate::pool::Pool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
@@ -19,6 +20,7 @@ use config::ModelConfig;
 use edgellm_kernels::{Isa, Kernels};
 use rope::Rope;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use transformer::Transformer;
 use weights::Weights;
 
@@ -143,7 +145,7 @@ pub struct Model {
     last_kv_bytes: AtomicUsize,
     ropes: Vec<Rope>,
     kernels: &'static Kernels,
-    pool: rayon::ThreadPool,
+    pool: Arc<Pool>,
 }
 
 impl Model {
@@ -220,7 +222,7 @@ impl Model {
             Some(isa) => Kernels::for_isa(isa)?,
             None => edgellm_kernels::kernels()?,
         };
-        let pool = build_pool(opts.threads)?;
+        let pool = Pool::shared(opts.threads)?;
         if let Some(ty) = opts.quant {
             let tied = config.tie_word_embeddings;
             pool.install(|| weights.quantize(ty, tied, opts.progress.as_deref()))?;
@@ -271,7 +273,7 @@ impl Model {
         self.max_context
     }
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
     pub fn isa(&self) -> Isa {
         self.kernels.isa
@@ -319,8 +321,8 @@ impl Model {
         (!self.kv_config.unbounded()).then_some(self.max_context)
     }
 
-    /// Runs `f` on this model's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs `f` with this model's thread pool current (see [`crate::pool`]).
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
         self.pool.install(f)
     }
 
@@ -422,20 +424,6 @@ impl Model {
         }
         Ok((total, count))
     }
-}
-
-/// The worker pool for `threads` (default: the machine's available parallelism).
-pub(crate) fn build_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let threads = match threads {
-        Some(0) => return Err(Error::arg("threads must be at least 1")),
-        Some(t) => t,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("edgellm-{i}"))
-        .build()
-        .map_err(|e| Error::arg(format!("cannot start {threads} threads: {e}")))
 }
 
 /// The context a model runs by default: its trained length, extended by the

@@ -23,7 +23,7 @@ pub fn read_bandwidth(mib: usize, reps: usize, threads: Option<usize>) -> Result
     let mut buf: Vec<u64> = Vec::new();
     buf.try_reserve_exact(words).map_err(|_| Error::arg(format!("bandwidth probe: cannot allocate {mib} MiB")))?;
     buf.extend((0..words as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-    let pool = super::matmul::pool(threads)?;
+    let pool = crate::pool::Pool::shared(threads)?;
     let per_block = BLOCK / 8;
     let sink = AtomicU64::new(0);
     let mut best = 0f64;

@@ -3,7 +3,7 @@
 //! depend on the number of threads.
 
 use super::matmul::{par_gemm, par_pack_a, BSource};
-use super::par::{for_each_claimed, for_each_claimed_with, SharedMut};
+use super::par::{self, for_each_claimed, for_each_claimed_with, SharedMut};
 use crate::tensor::{DType, Tensor};
 use edgellm_kernels::gemm::BRows;
 use edgellm_kernels::panels::{self, Panels};
@@ -33,7 +33,6 @@ const QGEMM_MIN_ROWS: usize = 5;
 /// Weight rows per parallel work item of `gemm_q` (a multiple of the kernels'
 /// 8-row panels; fixed, so the split never depends on the thread count).
 const QGEMM_BLOCK: usize = 32;
-use rayon::prelude::*;
 
 /// Output rows per parallel GEMV work item: about eight per thread, so a slow
 /// thread does not hold the others up (which thread computes a row never
@@ -41,7 +40,7 @@ use rayon::prelude::*;
 /// A multiple of 16, so that items are whole resident panels (8 rows for
 /// q4_0/q8_0, 16 for float weights).
 fn gemv_chunk(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
+    (rows / (par::threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
 /// Blocks of `block` output columns of `out` (`n` rows of `m`), claimed in
@@ -126,9 +125,7 @@ fn pack_float_panels<E: Copy + Default + Send + Sync>(w: &[E], m: usize, k: usiz
     // SAFETY: aligned (checked) and exactly covering `buf`; every bit pattern of
     // the float types is valid, and `buf` is not used otherwise meanwhile.
     let out: &mut [E] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), buf.len() / std::mem::size_of::<E>()) };
-    out.par_chunks_mut(k * panels::WIDTH)
-        .enumerate()
-        .for_each(|(p, panel)| panels::pack_panel(w, m, k, p, panel));
+    par::for_each_chunk_mut(out, k * panels::WIDTH, |p, panel| panels::pack_panel(w, m, k, p, panel));
 }
 
 impl Linear {
@@ -166,9 +163,7 @@ impl Linear {
         }
         let src = self.weight.as_bytes();
         let Some(mut buf) = anon_panels(src.len()) else { return false };
-        buf.par_chunks_mut(pb)
-            .zip(src.par_chunks(pb))
-            .for_each(|(dst, src)| resident::pack(ty, src, kd, dst));
+        par::for_each_chunk_mut(&mut buf, pb, |p, dst| resident::pack(ty, &src[p * pb..(p + 1) * pb], kd, dst));
         self.keep_resident(buf)
     }
 
@@ -325,9 +320,7 @@ impl Linear {
         let ab = quant::act_row_bytes(ty, kd).expect("row length checked at load");
         let mut acts = vec![0u8; x.len() / kd * ab];
         if x.len() > kd {
-            acts.par_chunks_mut(ab)
-                .zip(x.par_chunks(kd))
-                .for_each(|(a, xr)| (k.quantize_act)(ty, xr, a));
+            par::for_each_chunk_mut(&mut acts, ab, |t, a| (k.quantize_act)(ty, &x[t * kd..(t + 1) * kd], a));
         } else {
             (k.quantize_act)(ty, x, &mut acts);
         }
@@ -508,7 +501,8 @@ impl Linear {
         let acts = self.quantize_input(k, x).expect("quantized weights");
         let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
         let shared = SharedMut::new(out);
-        (0..m.div_ceil(QGEMM_BLOCK)).into_par_iter().for_each_init(
+        par::for_each_claimed_with(
+            m.div_ceil(QGEMM_BLOCK),
             || (QGemmScratch::default(), Vec::<f32>::new()),
             |(scratch, tile), b| {
                 let (j0, j1) = (b * QGEMM_BLOCK, ((b + 1) * QGEMM_BLOCK).min(m));
@@ -574,9 +568,12 @@ pub fn quantize_tensor(
         ))
     })?;
     let mut bytes = vec![0u8; rows * rb];
-    bytes.par_chunks_mut(rb).enumerate().try_for_each_init(
+    let mut rows_out: Vec<&mut [u8]> = bytes.chunks_mut(rb.max(1)).collect();
+    par::try_for_each_mut_with(
+        &mut rows_out,
+        1,
         || vec![0f32; cols],
-        |row, (r, dst)| {
+        |row, r, dst| {
             t.row_to_f32(r, row);
             quant::quantize_row(ty, row, dst).map_err(|e| crate::Error::arg(e.to_string()))
         },

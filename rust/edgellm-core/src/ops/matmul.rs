@@ -3,14 +3,12 @@
 //! loop runs the prefill products of float (and dequantized) weights in
 //! [`super::Linear`].
 
-use super::par::SharedMut;
+use super::par::{self, SharedMut};
 use crate::{Error, Result};
 use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, BRows, GemmScratch, PackedA};
 use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
-use rayon::prelude::*;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use crate::pool::Pool;
 
 /// Where the packed GEMM reads B from: rows it can pack directly, or quantized
 /// rows widened to f32 by `row(r, out)` one block at a time.
@@ -25,10 +23,8 @@ pub(crate) enum BSource<'a> {
 /// parallel on the current pool, at least 8 per task.
 pub(crate) fn par_pack_a(a: &[f32], n: usize, k: usize) -> PackedA {
     let mut pa = PackedA::zeroed(n, k);
-    pa.blocks_mut()
-        .into_par_iter()
-        .with_min_len(8)
-        .for_each(|(k0, p, dst)| pack_a_block(a, n, k, k0, p, dst));
+    let mut blocks = pa.blocks_mut();
+    par::for_each_mut_with(&mut blocks, 8, || (), |_, _, (k0, p, dst)| pack_a_block(a, n, k, *k0, *p, dst));
     pa
 }
 
@@ -39,11 +35,12 @@ pub(crate) fn par_gemm(k: &Kernels, a: &PackedA, b: BSource<'_>, m: usize, out: 
     let (n, kd) = (a.n(), a.k());
     assert!(out.len() >= n * m, "par_gemm: output too small");
     // A multiple of the micro-tile width, about four blocks per thread.
-    let block = (m / (rayon::current_num_threads() * 4))
+    let block = (m / (par::threads() * 4))
         .clamp(16, 256)
         .next_multiple_of(16);
     let shared = SharedMut::new(out);
-    (0..m.div_ceil(block)).into_par_iter().for_each_init(
+    par::for_each_claimed_with(
+        m.div_ceil(block),
         || (GemmScratch::default(), Vec::<f32>::new()),
         |(scratch, deq), blk| {
             let (j0, j1) = (blk * block, ((blk + 1) * block).min(m));
@@ -105,7 +102,7 @@ pub fn matmul_f32(
     if k == 0 {
         return Ok(out);
     }
-    pool(threads)?.install(|| {
+    Pool::shared(threads)?.install(|| {
         let pa = par_pack_a(a, n, k);
         par_gemm(
             kern,
@@ -116,20 +113,4 @@ pub fn matmul_f32(
         );
     });
     Ok(out)
-}
-
-/// One pool per thread count, kept for the process: starting threads per call
-/// would cost more than a 512³ product's split saves.
-pub(crate) fn pool(threads: Option<usize>) -> Result<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<Option<usize>, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pools.get(&threads) {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(crate::model::build_pool(threads)?);
-    pools.insert(threads, p.clone());
-    Ok(p)
 }

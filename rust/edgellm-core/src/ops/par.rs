@@ -1,27 +1,42 @@
-//! Disjoint parallel writes into one output buffer.
+//! Parallel loops on the current [`crate::pool`]: items claimed in order, and
+//! disjoint parallel writes into one output buffer.
+
+use crate::pool;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// A raw pointer that may cross threads. Users guarantee that concurrent
 /// accesses touch disjoint ranges.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(*mut f32, usize);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+pub(crate) struct SharedMut<T = f32>(*mut T, usize);
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 
-impl SharedMut {
-    pub(crate) fn new(s: &mut [f32]) -> Self {
+impl<T> SharedMut<T> {
+    pub(crate) fn new(s: &mut [T]) -> Self {
         SharedMut(s.as_mut_ptr(), s.len())
     }
     /// The start of the buffer, for kernels that write disjoint parts in place.
-    pub(crate) fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut T {
         self.0
     }
     /// # Safety
     /// No other live reference may overlap `start..start+len`.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.1, "SharedMut: range out of bounds");
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+}
+
+/// Threads of the current pool (1 inside a parallel loop's item).
+pub(crate) fn threads() -> usize {
+    pool::current_threads()
 }
 
 /// Runs `f(i)` for every `i < items` on the current pool, each pool thread
@@ -37,11 +52,8 @@ pub(crate) fn for_each_claimed(items: usize, f: impl Fn(usize) + Sync) {
 /// [`for_each_claimed`] with a state per pool thread (`init()`, e.g. a scratch
 /// buffer), handed to every item that thread runs.
 pub(crate) fn for_each_claimed_with<S>(items: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) + Sync) {
-    use rayon::prelude::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
-    let workers = rayon::current_num_threads().min(items);
-    (0..workers).into_par_iter().for_each(|_| {
+    pool::broadcast(threads().min(items), |_| {
         let mut state = init();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -51,4 +63,85 @@ pub(crate) fn for_each_claimed_with<S>(items: usize, init: impl Fn() -> S + Sync
             f(&mut state, i);
         }
     });
+}
+
+/// `f(state, i, &mut items[i])` for every item, claimed `per` at a time in order.
+pub(crate) fn for_each_mut_with<T: Send, S>(
+    items: &mut [T],
+    per: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut T) + Sync,
+) {
+    let (n, per) = (items.len(), per.max(1));
+    let shared = SharedMut::new(items);
+    for_each_claimed_with(n.div_ceil(per), init, |s, c| {
+        for i in c * per..((c + 1) * per).min(n) {
+            // SAFETY: every index is claimed by exactly one item.
+            f(s, i, unsafe { &mut shared.slice(i, 1)[0] })
+        }
+    });
+}
+
+/// `f(i, chunk)` for every `chunk`-long piece of `buf` (the last may be shorter).
+pub(crate) fn for_each_chunk_mut<T: Send>(buf: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let mut chunks: Vec<&mut [T]> = buf.chunks_mut(chunk.max(1)).collect();
+    for_each_mut_with(&mut chunks, 1, || (), |_, i, c| f(i, c));
+}
+
+/// `[f(state, i) for i in 0..items]`, a state per pool thread.
+pub(crate) fn map_with<S, R: Send>(items: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<Option<R>> = (0..items).map(|_| None).collect();
+    for_each_mut_with(&mut out, 1, init, |s, i, o| *o = Some(f(s, i)));
+    out.into_iter().map(|o| o.expect("every item ran")).collect()
+}
+
+/// [`for_each_mut_with`] for fallible items: the first error (in claim order of
+/// the thread that met it) is returned; items after it may or may not run.
+pub(crate) fn try_for_each_mut_with<T: Send, S, E: Send>(
+    items: &mut [T],
+    per: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut T) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let err = Mutex::new(None);
+    for_each_mut_with(items, per, init, |s, i, t| {
+        if let Err(e) = f(s, i, t) {
+            err.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+        }
+    });
+    match err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_visit_every_item_once_at_every_thread_count() {
+        for threads in [1, 2, 3] {
+            let p = pool::Pool::new(threads).unwrap();
+            p.install(|| {
+                for items in [0usize, 1, 2, 7, 100] {
+                    let hits: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                    for_each_claimed(items, |i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    let mut v = vec![0usize; items];
+                    for_each_mut_with(&mut v, 3, || (), |_, i, x| *x = 2 * i);
+                    assert_eq!(v, (0..items).map(|i| 2 * i).collect::<Vec<_>>());
+                    let mut buf = vec![0usize; items];
+                    for_each_chunk_mut(&mut buf, 4, |c, s| s.iter_mut().for_each(|x| *x = c));
+                    assert_eq!(buf, (0..items).map(|i| i / 4).collect::<Vec<_>>());
+                    assert_eq!(map_with(items, || (), |_, i| i * i), (0..items).map(|i| i * i).collect::<Vec<_>>());
+                    let mut w = vec![0u8; items];
+                    let r = try_for_each_mut_with(&mut w, 2, || (), |_, i, _| if i == 5 { Err(i) } else { Ok(()) });
+                    assert_eq!(r, if items > 5 { Err(5) } else { Ok(()) });
+                }
+            });
+        }
+    }
 }

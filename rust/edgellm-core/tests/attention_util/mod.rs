@@ -4,7 +4,7 @@
 use edgellm_core::attention::AttentionParams;
 use edgellm_core::kv_cache::KvCache;
 use edgellm_kernels::{Isa, Kernels};
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use edgellm_core::pool::Pool;
 use std::sync::OnceLock;
 
 /// SplitMix64: reproducible data from a proptest seed.
@@ -30,9 +30,9 @@ impl Rng {
 }
 
 /// Pools of 1 and 2 threads.
-pub fn pools() -> &'static [ThreadPool; 2] {
-    static POOLS: OnceLock<[ThreadPool; 2]> = OnceLock::new();
-    POOLS.get_or_init(|| [1, 2].map(|n| ThreadPoolBuilder::new().num_threads(n).build().unwrap()))
+pub fn pools() -> &'static [Pool; 2] {
+    static POOLS: OnceLock<[Pool; 2]> = OnceLock::new();
+    POOLS.get_or_init(|| [1, 2].map(|n| Pool::new(n).unwrap()))
 }
 
 /// The kernel table of every instruction set this machine runs.

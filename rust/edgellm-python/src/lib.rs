@@ -9,6 +9,13 @@ mod ops;
 
 use pyo3::prelude::*;
 
+/// The engine's own allocations (activations, packed operands, per-call
+/// scratch) go through mimalloc, which keeps freed pages for reuse. With
+/// glibc's malloc, the calling thread's heap was trimmed and grown again on
+/// every call: 740 fresh pages (page faults) per 512³ `matmul`, half its time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;

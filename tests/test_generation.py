@@ -432,6 +432,37 @@ def test_a_child_forked_after_generating_still_generates(models):
     assert got == want
 
 
+def _worker_cpu_ticks() -> tuple:
+    """(worker threads, their user + system clock ticks) of this process."""
+    count = total = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if not f.read().startswith("edgellm-"):
+                    continue
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # pragma: no cover - a thread that just ended
+            continue
+        count += 1
+        total += int(fields[11]) + int(fields[12])
+    return count, total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_idle_workers_park_instead_of_spinning(models):
+    """Workers spin between the ops of a step, but must not burn CPU once the
+    process is idle: a second of idleness costs (nearly) no worker CPU time."""
+    m = models("llama", threads=3)
+    m.generate(PROMPT, max_new_tokens=4, temperature=0, ignore_eos=True)
+    time.sleep(0.1)  # past the spin window
+    workers, before = _worker_cpu_ticks()
+    assert workers >= 2  # this model's pool: the caller and two workers
+    time.sleep(1.0)
+    # One spinning worker would add ~100 ticks; allow a few for wake-ups.
+    assert _worker_cpu_ticks()[1] - before <= 5
+
+
 def test_interleaved_streams_on_one_model(llama):
     a = llama.stream(PROMPT, max_new_tokens=10, temperature=0, ignore_eos=True)
     b = llama.stream(prompt_ids(), max_new_tokens=10, temperature=0, ignore_eos=True)

@@ -35,11 +35,13 @@ unsafe fn run<E: Wide>(w: *const E, m: usize, k: usize, x: *const f32, n: usize,
     }
 }
 
-/// The tiles of [`group`], for [`panels::sweep`].
+/// The register tiles of this kernel, for [`panels::sweep`].
 struct NeonTiles<E>(core::marker::PhantomData<E>);
 
 impl<E: Wide> PanelTile for NeonTiles<E> {
     type Elem = E;
+    /// Panels `p0..p0 + P` against `T` tokens, k-block by k-block: each block's
+    /// chains start from zero and are stored (first block) or added to the outputs.
     #[inline(always)]
     unsafe fn tile<const P: usize, const T: usize>(
         w: *const E,
@@ -50,44 +52,29 @@ impl<E: Wide> PanelTile for NeonTiles<E> {
         out: *mut f32,
         ldo: usize,
     ) {
-        group::<E, P, T>(w, m, k, p0, x, out, ldo)
-    }
-}
-
-/// Panels `p0..p0 + P` against `T` tokens, k-block by k-block: each block's
-/// chains start from zero and are stored (first block) or added to the outputs.
-#[inline(always)]
-unsafe fn group<E: Wide, const P: usize, const T: usize>(
-    w: *const E,
-    m: usize,
-    k: usize,
-    p0: usize,
-    x: *const f32,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let base = w.add(p0 * k * WIDTH);
-    for k0 in (0..k).step_by(KC) {
-        let k1 = (k0 + KC).min(k);
-        let mut acc = [[[vdupq_n_f32(0.0); 4]; T]; P];
-        for kk in k0..k1 {
-            let mut wv = [[vdupq_n_f32(0.0); 4]; P];
-            for (q, v) in wv.iter_mut().enumerate() {
-                *v = E::load16(base.add(q * k * WIDTH + kk * WIDTH));
-            }
-            for t in 0..T {
-                let xv = *x.add(t * k + kk);
-                for q in 0..P {
-                    for (a, wq) in acc[q][t].iter_mut().zip(&wv[q]) {
-                        *a = vfmaq_n_f32(*a, *wq, xv);
+        let base = w.add(p0 * k * WIDTH);
+        for k0 in (0..k).step_by(KC) {
+            let k1 = (k0 + KC).min(k);
+            let mut acc = [[[vdupq_n_f32(0.0); 4]; T]; P];
+            for kk in k0..k1 {
+                let mut wv = [[vdupq_n_f32(0.0); 4]; P];
+                for (q, v) in wv.iter_mut().enumerate() {
+                    *v = E::load16(base.add(q * k * WIDTH + kk * WIDTH));
+                }
+                for t in 0..T {
+                    let xv = *x.add(t * k + kk);
+                    for q in 0..P {
+                        for (a, wq) in acc[q][t].iter_mut().zip(&wv[q]) {
+                            *a = vfmaq_n_f32(*a, *wq, xv);
+                        }
                     }
                 }
             }
-        }
-        for (q, aq) in acc.iter().enumerate() {
-            let j = (p0 + q) * WIDTH;
-            for (t, v) in aq.iter().enumerate() {
-                put(out.add(t * ldo + j), WIDTH.min(m - j), v, k0 > 0);
+            for (q, aq) in acc.iter().enumerate() {
+                let j = (p0 + q) * WIDTH;
+                for (t, v) in aq.iter().enumerate() {
+                    put(out.add(t * ldo + j), WIDTH.min(m - j), v, k0 > 0);
+                }
             }
         }
     }

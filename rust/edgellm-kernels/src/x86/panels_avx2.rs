@@ -62,11 +62,13 @@ unsafe fn avx512<E: Elem>(w: *const E, m: usize, k: usize, x: *const f32, n: usi
     }
 }
 
-/// The tiles of [`group`], for [`panels::sweep`].
+/// The register tiles of this kernel, for [`panels::sweep`].
 struct AvxTiles<E>(core::marker::PhantomData<E>);
 
 impl<E: Elem> PanelTile for AvxTiles<E> {
     type Elem = E;
+    /// Panels `p0..p0 + P` against `T` tokens, k-block by k-block: each block's
+    /// chains start from zero and are stored (first block) or added to the outputs.
     #[inline(always)]
     unsafe fn tile<const P: usize, const T: usize>(
         w: *const E,
@@ -77,44 +79,29 @@ impl<E: Elem> PanelTile for AvxTiles<E> {
         out: *mut f32,
         ldo: usize,
     ) {
-        group::<E, P, T>(w, m, k, p0, x, out, ldo)
-    }
-}
-
-/// Panels `p0..p0 + P` against `T` tokens, k-block by k-block: each block's
-/// chains start from zero and are stored (first block) or added to the outputs.
-#[inline(always)]
-unsafe fn group<E: Elem, const P: usize, const T: usize>(
-    w: *const E,
-    m: usize,
-    k: usize,
-    p0: usize,
-    x: *const f32,
-    out: *mut f32,
-    ldo: usize,
-) {
-    let base = w.add(p0 * k * WIDTH);
-    for k0 in (0..k).step_by(KC) {
-        let k1 = (k0 + KC).min(k);
-        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; P];
-        for kk in k0..k1 {
-            let mut wv = [[_mm256_setzero_ps(); 2]; P];
-            for (q, v) in wv.iter_mut().enumerate() {
-                let at = base.add(q * k * WIDTH + kk * WIDTH);
-                *v = [E::load8(at), E::load8(at.add(8))];
-            }
-            for t in 0..T {
-                let xb = _mm256_broadcast_ss(&*x.add(t * k + kk));
-                for q in 0..P {
-                    acc[q][t][0] = _mm256_fmadd_ps(xb, wv[q][0], acc[q][t][0]);
-                    acc[q][t][1] = _mm256_fmadd_ps(xb, wv[q][1], acc[q][t][1]);
+        let base = w.add(p0 * k * WIDTH);
+        for k0 in (0..k).step_by(KC) {
+            let k1 = (k0 + KC).min(k);
+            let mut acc = [[[_mm256_setzero_ps(); 2]; T]; P];
+            for kk in k0..k1 {
+                let mut wv = [[_mm256_setzero_ps(); 2]; P];
+                for (q, v) in wv.iter_mut().enumerate() {
+                    let at = base.add(q * k * WIDTH + kk * WIDTH);
+                    *v = [E::load8(at), E::load8(at.add(8))];
+                }
+                for t in 0..T {
+                    let xb = _mm256_broadcast_ss(&*x.add(t * k + kk));
+                    for q in 0..P {
+                        acc[q][t][0] = _mm256_fmadd_ps(xb, wv[q][0], acc[q][t][0]);
+                        acc[q][t][1] = _mm256_fmadd_ps(xb, wv[q][1], acc[q][t][1]);
+                    }
                 }
             }
-        }
-        for (q, aq) in acc.iter().enumerate() {
-            let j = (p0 + q) * WIDTH;
-            for (t, v) in aq.iter().enumerate() {
-                put(out.add(t * ldo + j), WIDTH.min(m - j), *v, k0 > 0);
+            for (q, aq) in acc.iter().enumerate() {
+                let j = (p0 + q) * WIDTH;
+                for (t, v) in aq.iter().enumerate() {
+                    put(out.add(t * ldo + j), WIDTH.min(m - j), *v, k0 > 0);
+                }
             }
         }
     }

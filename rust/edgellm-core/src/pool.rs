@@ -82,15 +82,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The thread count `threads` resolves to (default: the machine's parallelism).
-pub fn resolve_threads(threads: Option<usize>) -> Result<usize> {
-    match threads {
-        Some(0) => Err(Error::arg("threads must be at least 1")),
-        Some(t) => Ok(t),
-        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-    }
-}
-
 impl Pool {
     /// A pool of `threads` threads in all: the caller of a job and
     /// `threads - 1` workers.
@@ -128,7 +119,8 @@ impl Pool {
     /// same thread count share it.
     pub fn shared(threads: Option<usize>) -> Result<Arc<Pool>> {
         static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
-        let threads = resolve_threads(threads)?;
+        // Zero is refused by `Pool::new`.
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut pools = lock(POOLS.get_or_init(Default::default));
         if let Some(p) = pools.get(&threads) {
             return Ok(p.clone());
@@ -272,22 +264,24 @@ impl Shared {
     }
 }
 
-/// Threads of the current pool ([`Pool::install`]; otherwise the process-wide
-/// default one); 1 inside a job, whose parallel calls run serially.
+/// `f` of the current pool ([`Pool::install`]; otherwise the process-wide
+/// default one, `None` if it cannot start).
+fn with_current<R>(f: impl FnOnce(Option<&Shared>) -> R) -> R {
+    let cur = CURRENT.with(|c| c.get());
+    if cur.is_null() {
+        return f(Pool::shared(None).ok().as_deref().map(|p| &*p.shared));
+    }
+    // SAFETY: `install` keeps the pool alive while it is current.
+    f(Some(unsafe { &*cur }))
+}
+
+/// Threads of the current pool; 1 inside a job, whose parallel calls run
+/// serially.
 pub fn current_threads() -> usize {
     if IN_JOB.with(|c| c.get()) {
         return 1;
     }
-    let cur = CURRENT.with(|c| c.get());
-    if cur.is_null() {
-        return default_pool().map_or(1, |p| p.threads());
-    }
-    // SAFETY: `install` keeps the pool alive while it is current.
-    unsafe { (*cur).threads }
-}
-
-fn default_pool() -> Option<Arc<Pool>> {
-    Pool::shared(None).ok()
+    with_current(|s| s.map_or(1, |s| s.threads))
 }
 
 /// Runs `f(i)` on `width` threads `i = 0..width` of the current pool (at most
@@ -301,31 +295,18 @@ pub fn broadcast(width: usize, f: impl Fn(usize) + Sync) {
     if width == 1 || IN_JOB.with(|c| c.get()) {
         return f(0);
     }
-    let cur = CURRENT.with(|c| c.get());
-    let run = |s: &Shared| {
-        if s.threads == 1 {
-            return f(0);
-        }
-        if s.pid != std::process::id() {
-            // In a child forked after the workers started (Python's
-            // multiprocessing): run every thread's part here, in order.
-            return (0..width.min(s.threads)).for_each(&f);
-        }
-        s.run(&|i| {
+    with_current(|s| match s {
+        None => f(0),
+        Some(s) if s.threads == 1 => f(0),
+        // In a child forked after the workers started (Python's
+        // multiprocessing): run every thread's part here, in order.
+        Some(s) if s.pid != std::process::id() => (0..width.min(s.threads)).for_each(&f),
+        Some(s) => s.run(&|i| {
             if i < width {
                 f(i)
             }
-        })
-    };
-    if cur.is_null() {
-        match default_pool() {
-            Some(p) => run(&p.shared),
-            None => f(0),
-        }
-    } else {
-        // SAFETY: `install` keeps the pool alive while it is current.
-        run(unsafe { &*cur })
-    }
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -84,8 +84,10 @@ pub(crate) fn for_each_mut_with<T: Send, S>(
 
 /// `f(i, chunk)` for every `chunk`-long piece of `buf` (the last may be shorter).
 pub(crate) fn for_each_chunk_mut<T: Send>(buf: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let mut chunks: Vec<&mut [T]> = buf.chunks_mut(chunk.max(1)).collect();
-    for_each_mut_with(&mut chunks, 1, || (), |_, i, c| f(i, c));
+    let (n, chunk) = (buf.len(), chunk.max(1));
+    let shared = SharedMut::new(buf);
+    // SAFETY: every piece is claimed by exactly one item.
+    for_each_claimed(n.div_ceil(chunk), |i| f(i, unsafe { shared.slice(i * chunk, chunk.min(n - i * chunk)) }));
 }
 
 /// `[f(state, i) for i in 0..items]`, a state per pool thread.

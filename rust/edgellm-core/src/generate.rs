@@ -147,6 +147,8 @@ pub struct Generator {
     held: String,
     /// A sampled token not yet fed through the model.
     unfed: Option<u32>,
+    /// The logits of the latest step, its buffer reused by the next.
+    logits: Vec<f32>,
     finished: Option<FinishReason>,
     /// Text after a matched stop string is dropped, not flushed.
     stop_string_hit: bool,
@@ -219,6 +221,7 @@ impl Generator {
             stop: opts.stop.clone(),
             held: String::new(),
             unfed: None,
+            logits: Vec::new(),
             finished: None,
             stop_string_hit: false,
             flushed: false,
@@ -293,23 +296,21 @@ impl Generator {
             return self.flush();
         }
         let started = *self.started.get_or_insert_with(Instant::now);
-        let mut logits = match self.unfed.take() {
+        match self.unfed.take() {
             None => {
                 // Prefill in chunks; between chunks the step returns (no token) so
                 // the caller can honour Ctrl-C during long prompts too.
                 let t = Instant::now();
                 let done = self.cache.seen();
                 let end = (done + PREFILL_CHUNK).min(self.prompt_len);
-                let chunk = self.tokens[done..end].to_vec();
                 let last = end == self.prompt_len;
                 let rows = if last {
                     LogitsRows::Last
                 } else {
                     LogitsRows::None
                 };
-                let l = self
-                    .model
-                    .forward_part(&chunk, &mut self.cache, rows, self.prompt_len)?;
+                self.model
+                    .forward_part_into(&self.tokens[done..end], &mut self.cache, rows, self.prompt_len, &mut self.logits)?;
                 self.stats.prefill_seconds += t.elapsed().as_secs_f64();
                 if !last {
                     return Ok(Some(Step {
@@ -317,7 +318,6 @@ impl Generator {
                         text: String::new(),
                     }));
                 }
-                l
             }
             Some(tok) => {
                 if self.cache.max_len().is_some_and(|m| self.cache.seen() >= m) {
@@ -330,14 +330,14 @@ impl Generator {
                     self.cache.clear();
                     let all = self.tokens.clone();
                     self.model
-                        .forward(&all, &mut self.cache, LogitsRows::Last)?
+                        .forward_into(&all, &mut self.cache, LogitsRows::Last, &mut self.logits)?
                 } else {
                     self.model
-                        .forward(&[tok], &mut self.cache, LogitsRows::Last)?
+                        .forward_into(&[tok], &mut self.cache, LogitsRows::Last, &mut self.logits)?
                 }
             }
-        };
-        let tok = self.sampler.sample(&mut logits, &self.tokens);
+        }
+        let tok = self.sampler.sample(&mut self.logits, &self.tokens);
         if self.first_token_at.is_none() {
             let now = Instant::now();
             self.stats.time_to_first_token = (now - started).as_secs_f64();

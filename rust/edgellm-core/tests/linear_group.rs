@@ -228,3 +228,74 @@ fn float_panels_give_each_token_the_same_bits_at_every_length() {
         }
     }
 }
+
+/// `Linear::forward_group_normed` (the decode step's norm fused into the input
+/// quantization) gives the bits of normalising the row, then `forward_group`,
+/// for every kernel path, norm kind (RMS, Gemma's `1 + w`, LayerNorm with a
+/// bias), activation format (q8_0 for q4_0/q8_0, q8_K shared by q4_K and q6_K),
+/// resident panels or the row layout, rows that are not whole 256-element
+/// pieces, and groups it cannot fuse (float weights, mixed formats, several rows).
+#[test]
+fn normed_group_equals_norm_then_group_bitwise() {
+    use edgellm_core::model::config::NormKind;
+    use edgellm_core::ops::Norm;
+    let sets: [(&[(usize, Option<GgmlType>)], usize); 6] = [
+        (&[(64, Some(GgmlType::Q4_0)), (16, Some(GgmlType::Q4_0)), (16, Some(GgmlType::Q4_0))], 288),
+        (&[(40, Some(GgmlType::Q8_0)), (24, Some(GgmlType::Q8_0))], 96),
+        (&[(48, Some(GgmlType::Q4K)), (32, Some(GgmlType::Q6K))], 768),
+        (&[(24, Some(GgmlType::Q5_0)), (8, Some(GgmlType::Q8_0))], 544),
+        // Not fused: float weights; q4_0 beside q8_0 (their tables differ).
+        (&[(24, None), (8, Some(GgmlType::Q8_0))], 64),
+        (&[(16, Some(GgmlType::Q4_0)), (8, Some(GgmlType::Q8_0))], 64),
+    ];
+    for isa in Isa::supported() {
+        let k = Kernels::for_isa(isa).unwrap();
+        for (si, &(set, cols)) in sets.iter().enumerate() {
+            for resident in [false, true] {
+                let layers: Vec<Linear> = set
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(r, t))| {
+                        let mut l = layer(700 + 10 * si as u64 + i as u64, r, cols, t, i == 1);
+                        if resident {
+                            l.make_resident(k);
+                        }
+                        l
+                    })
+                    .collect();
+                for (ni, kind) in [NormKind::Rms, NormKind::RmsOffset, NormKind::Layer].into_iter().enumerate() {
+                    let norm = Norm {
+                        kind,
+                        weight: values(40 + ni as u64, cols),
+                        bias: (kind == NormKind::Layer).then(|| values(50, cols)),
+                        eps: 1e-5,
+                    };
+                    for tokens in [1usize, 2] {
+                        // Large values: the q8 scales are not 1.
+                        let x: Vec<f32> = values(80 + tokens as u64, tokens * cols).iter().map(|v| 9.0 * v).collect();
+                        let mut xn = x.clone();
+                        norm.apply(&mut xn);
+                        let mut want: Vec<Vec<f32>> = layers.iter().map(|l| vec![0f32; tokens * l.out_features()]).collect();
+                        let mut group: Vec<(&Linear, &mut [f32])> = layers.iter().zip(want.iter_mut()).map(|(l, o)| (l, &mut o[..])).collect();
+                        Linear::forward_group(k, &xn, &mut group);
+                        let mut got: Vec<Vec<f32>> = layers.iter().map(|l| vec![f32::NAN; tokens * l.out_features()]).collect();
+                        let mut scratch = vec![0f32; x.len()];
+                        let pool = edgellm_core::pool::Pool::new(2).unwrap();
+                        pool.install(|| {
+                            let mut group: Vec<(&Linear, &mut [f32])> =
+                                layers.iter().zip(got.iter_mut()).map(|(l, o)| (l, &mut o[..])).collect();
+                            Linear::forward_group_normed(k, &norm, &x, &mut scratch, &mut group);
+                        });
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!(
+                                g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{} set {si} resident {resident} {kind:?} tokens {tokens}: fused norm differs",
+                                isa.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

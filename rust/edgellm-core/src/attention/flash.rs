@@ -27,6 +27,8 @@
 use super::AttentionParams;
 use crate::kv_cache::KvCache;
 use crate::ops::par::{self, SharedMut};
+use crate::ops::reuse::Reused;
+use std::cell::RefCell;
 use edgellm_kernels::Kernels;
 
 /// Keys per block of the online softmax.
@@ -92,16 +94,16 @@ pub fn flash_attend_slices(
     for (kh, vh) in keys.iter().zip(values) {
         assert!(kh.len() >= kv_len * hd && vh.len() >= kv_len * hd, "fewer cached positions than pos0 + n");
     }
-    let kv = KvParts {
-        parts: vec![KvPart::slices(
+    let kv = KvParts::new(
+        [KvPart::slices(
             0,
             kv_len,
             keys.iter().map(|s| &s[..kv_len * hd]).collect(),
             values.iter().map(|s| &s[..kv_len * hd]).collect(),
         )],
-        len: kv_len,
-        select: None,
-    };
+        kv_len,
+        None,
+    );
     run(k, p, &kv, &Causal { pos0, window: p.window }, q, out, mass);
 }
 
@@ -111,10 +113,14 @@ pub(crate) fn check_params(p: &AttentionParams) {
     assert!(p.head_dim > 0, "head_dim must be positive");
 }
 
+/// Parts one attention call reads at most: sinks and window; a prefix and a
+/// tree's nodes.
+const MAX_PARTS: usize = 2;
+
 /// The keys and values attended to, as consecutive parts (global key indices
 /// `start..start+len`), each contiguous per KV head (`[position][head_dim]`).
 pub(crate) struct KvParts<'a> {
-    pub parts: Vec<KvPart<'a>>,
+    parts: [Option<KvPart<'a>>; MAX_PARTS],
     /// Total number of keys (the parts cover `0..len` in order).
     pub len: usize,
     /// Query-aware selection: `select[kv_head][j0 / KEY_BLOCK]` says whether the
@@ -122,7 +128,21 @@ pub(crate) struct KvParts<'a> {
     pub select: Option<Vec<Vec<bool>>>,
 }
 
-impl KvParts<'_> {
+impl<'a> KvParts<'a> {
+    /// Panics past [`MAX_PARTS`] parts.
+    pub fn new(parts: impl IntoIterator<Item = KvPart<'a>>, len: usize, select: Option<Vec<Vec<bool>>>) -> Self {
+        let mut slots = [None, None];
+        for (i, part) in parts.into_iter().enumerate() {
+            assert!(i < MAX_PARTS, "attention reads at most {MAX_PARTS} KV parts");
+            slots[i] = Some(part);
+        }
+        KvParts { parts: slots, len, select }
+    }
+
+    fn part(&self, i: usize) -> &KvPart<'a> {
+        self.parts[i].as_ref().expect("blocks name existing parts")
+    }
+
     fn skips(&self, kvh: usize, b: Block) -> bool {
         self.select.as_ref().is_some_and(|s| !s[kvh][b.j0 / KEY_BLOCK])
     }
@@ -138,6 +158,10 @@ pub(crate) struct KvPart<'a> {
 pub(crate) enum KvData<'a> {
     /// f32 rows per KV head (`[position][head_dim]`), read in place.
     Slices { keys: Vec<&'a [f32]>, values: Vec<&'a [f32]> },
+    /// f32 rows of every KV head in one buffer, head `h` from `h · stride`
+    /// (`[position][head_dim]`), read in place: a cache's own storage, with no
+    /// list of per-head slices to build on every call.
+    Strided { keys: &'a [f32], values: &'a [f32], stride: usize },
     /// A packed (f16, int8, KIVI...) cache, decoded one key block at a time into a
     /// task's scratch, so the whole cache is never expanded.
     Tiles(&'a dyn KvTiles),
@@ -161,6 +185,9 @@ impl<'a> KvPart<'a> {
         let (r0, r1) = (j0 - self.start, j1 - self.start);
         match &self.data {
             KvData::Slices { keys, values: vals } => &(if values { vals } else { keys })[h][r0 * hd..r1 * hd],
+            KvData::Strided { keys, values: vals, stride } => {
+                &(if values { vals } else { keys })[h * stride + r0 * hd..h * stride + r1 * hd]
+            }
             KvData::Tiles(t) => {
                 buf.resize((r1 - r0) * hd, 0.0);
                 if values {
@@ -290,7 +317,7 @@ impl<M: Mask> Plan<'_, M> {
         let ta = t0 + sc.vis.iter().position(|v| *v != Vis::None)?;
         let tb = t0 + sc.vis.iter().rposition(|v| *v != Vis::None)? + 1;
         let bk = b.j1 - b.j0;
-        let kb = self.kv.parts[b.part].block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
+        let kb = self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
         let rows = (tb - ta) * g;
         if sc.s.len() < rows * bk {
             sc.s.resize(rows * bk, 0.0);
@@ -337,7 +364,7 @@ impl<M: Mask> Plan<'_, M> {
             let bk = b.j1 - b.j0;
             let Scratch { s, m, l, acc, pv, live, vtile, .. } = sc;
             let vb: &[f32] = if self.vt.is_none() {
-                self.kv.parts[b.part].block(kvh, b.j0, b.j1, hd, true, vtile)
+                self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, true, vtile)
             } else {
                 &[]
             };
@@ -465,7 +492,10 @@ pub(crate) fn run<M: Mask>(
 
     // [token][kv head][head in group][hd] → [kv head][token][head in group][hd]
     let gw = group * hd;
-    let mut qp = vec![0f32; q.len()];
+    let mut bufs = Reused::take(&RUN_BUFFERS);
+    let mut qp = std::mem::take(&mut bufs.qp);
+    qp.clear();
+    qp.resize(q.len(), 0.0);
     for t in 0..n {
         for kvh in 0..nkv {
             for (d, s) in qp[(kvh * n + t) * gw..][..gw].iter_mut().zip(&q[(t * nkv + kvh) * gw..][..gw]) {
@@ -473,8 +503,9 @@ pub(crate) fn run<M: Mask>(
             }
         }
     }
-    let mut blocks = Vec::new();
-    for (pi, part) in kv.parts.iter().enumerate() {
+    let mut blocks = std::mem::take(&mut bufs.blocks);
+    blocks.clear();
+    for (pi, part) in kv.parts.iter().flatten().enumerate() {
         let mut j0 = part.start;
         while j0 < part.start + part.len {
             let j1 = (j0 + KEY_BLOCK).min(part.start + part.len);
@@ -488,7 +519,7 @@ pub(crate) fn run<M: Mask>(
         par::for_each_chunk_mut(&mut vt, (kv.len * hd).max(1), |h, dst| {
             let mut buf = Vec::new();
             for b in &blocks {
-                let src = kv.parts[b.part].block(h, b.j0, b.j1, hd, true, &mut buf);
+                let src = kv.part(b.part).block(h, b.j0, b.j1, hd, true, &mut buf);
                 let bk = b.j1 - b.j0;
                 let d = &mut dst[b.j0 * hd..b.j1 * hd];
                 for (jj, row) in src.chunks_exact(hd).enumerate() {
@@ -536,7 +567,7 @@ pub(crate) fn run<M: Mask>(
     };
 
     if nchunks == 1 {
-        par::for_each_claimed_with(nkv * nqb, Scratch::default, |sc, ti| {
+        par::for_each_claimed_with(nkv * nqb, task_scratch, |sc, ti| {
             let (kvh, qb) = (ti / nqb, ti % nqb);
             let (t0, t1) = plan.tokens(qb);
             plan.task(kvh, t0, t1, &plan.blocks, sc);
@@ -547,10 +578,13 @@ pub(crate) fn run<M: Mask>(
         // rows per task), merged in chunk order.
         let rmax = plan.qb_tokens.min(n) * group;
         let ntasks = nkv * nqb * nchunks;
-        let (mut pm, mut pl, mut pacc) =
-            (vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax], vec![0f32; ntasks * rmax * hd]);
-        let (spm, spl, spacc) = (SharedMut::new(&mut pm), SharedMut::new(&mut pl), SharedMut::new(&mut pacc));
-        par::for_each_claimed_with(ntasks, Scratch::default, |sc, ti| {
+        let (pm, pl, pacc) = &mut bufs.partial;
+        for (v, len) in [(&mut *pm, ntasks * rmax), (&mut *pl, ntasks * rmax), (&mut *pacc, ntasks * rmax * hd)] {
+            v.clear();
+            v.resize(len, 0.0);
+        }
+        let (spm, spl, spacc) = (SharedMut::new(pm), SharedMut::new(pl), SharedMut::new(pacc));
+        par::for_each_claimed_with(ntasks, task_scratch, |sc, ti| {
             // SAFETY: task ti alone writes its rows of the partial states.
             let (pm, pl, pacc) =
                 unsafe { (spm.slice(ti * rmax, rmax), spl.slice(ti * rmax, rmax), spacc.slice(ti * rmax * hd, rmax * hd)) };
@@ -564,12 +598,13 @@ pub(crate) fn run<M: Mask>(
             pl[..rows].copy_from_slice(&sc.l);
             pacc[..rows * hd].copy_from_slice(&sc.acc);
         });
-        par::for_each_claimed_with(nkv * nqb, Scratch::default, |sc, g| {
+        let (pm, pl, pacc) = (&*pm, &*pl, &*pacc);
+        par::for_each_claimed_with(nkv * nqb, task_scratch, |sc, g| {
             let (kvh, qb) = (g / nqb, g % nqb);
             let (t0, t1) = plan.tokens(qb);
             let rows = (t1 - t0) * group;
             let tasks = g * nchunks..(g + 1) * nchunks;
-            let Scratch { m, l, acc, .. } = sc;
+            let Scratch { m, l, acc, .. } = &mut **sc;
             m.clear();
             m.extend((0..rows).map(|r| tasks.clone().map(|ti| pm[ti * rmax + r]).fold(f32::NEG_INFINITY, f32::max)));
             l.clear();
@@ -596,7 +631,7 @@ pub(crate) fn run<M: Mask>(
         // every row's final maximum and sum: weight = exp(s − m) / l.
         let (stat_m, stat_l) = (&stat_m, &stat_l);
         let nmc = nb.div_ceil(CHUNK_BLOCKS);
-        let local: Vec<Vec<f32>> = par::map_with(nmc, Scratch::default, |sc, c| {
+        let local: Vec<Vec<f32>> = par::map_with(nmc, task_scratch, |sc, c| {
             let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
             let c0 = blocks[0].j0;
             let mut acc = vec![0f32; blocks[blocks.len() - 1].j1 - c0];
@@ -634,6 +669,33 @@ pub(crate) fn run<M: Mask>(
             }
         }
     }
+    // Decode-sized buffers serve the next call (a prompt's are dropped).
+    let Plan { qp, blocks, .. } = plan;
+    (bufs.qp, bufs.blocks) = (qp, blocks);
+    bufs.keep_if(n <= KEEP_TOKENS);
+}
+
+/// Calls of up to this many query tokens keep their buffers for the next call.
+const KEEP_TOKENS: usize = 16;
+
+/// The calling thread's buffers of [`run`], reused from call to call.
+#[derive(Default)]
+struct RunBuffers {
+    qp: Vec<f32>,
+    blocks: Vec<Block>,
+    /// Flash-decoding's partial (m, l, acc) per (task, row).
+    partial: (Vec<f32>, Vec<f32>, Vec<f32>),
+}
+
+thread_local! {
+    static RUN_BUFFERS: RefCell<RunBuffers> = RefCell::default();
+    /// Every pool thread's task scratch, reused from call to call (its size is
+    /// bounded by the task shape, not the prompt).
+    static TASK_SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+fn task_scratch() -> Reused<Scratch> {
+    Reused::take(&TASK_SCRATCH)
 }
 
 #[cfg(test)]

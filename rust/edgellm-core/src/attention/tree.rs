@@ -263,8 +263,8 @@ pub fn tree_attend_slices(
         (0..nkv).map(|h| (0..n).flat_map(|t| &x[(t * nkv + h) * hd..][..hd]).copied().collect()).collect()
     };
     let (nk, nv) = (per_head(new_k), per_head(new_v));
-    let kv = KvParts {
-        parts: vec![
+    let kv = KvParts::new(
+        [
             KvPart::slices(
                 0,
                 prefix_len,
@@ -273,9 +273,9 @@ pub fn tree_attend_slices(
             ),
             KvPart::slices(prefix_len, n, nk.iter().map(Vec::as_slice).collect(), nv.iter().map(Vec::as_slice).collect()),
         ],
-        len: prefix_len + n,
-        select: None,
-    };
+        prefix_len + n,
+        None,
+    );
     let mask = TreeMask { tree, prefix: prefix_len, window: p.window };
     flash::run(k, p, &kv, &mask, q, out, mass);
     Ok(())

@@ -403,7 +403,7 @@ impl Store for KiviStore {
             + 2 * (self.kparams.capacity() + self.vparams.capacity() + self.tail_k.capacity() + self.tail_v.capacity())
     }
 
-    fn slices(&self) -> Option<(Vec<&[f32]>, Vec<&[f32]>)> {
+    fn strided(&self) -> Option<(&[f32], &[f32], usize)> {
         None
     }
 }

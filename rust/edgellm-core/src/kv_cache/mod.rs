@@ -233,31 +233,27 @@ impl KvCache {
             }
             _ => None,
         };
-        let mut parts = Vec::with_capacity(2);
-        if l.nsinks > 0 {
+        let sinks_part = (l.nsinks > 0).then(|| {
             let Eviction::Streaming { sinks, .. } = self.cfg.eviction else { unreachable!("only streaming has sinks") };
             let keys = sinks_rotated.as_deref().unwrap_or(&l.sink_k);
-            fn per(buf: &[f32], heads: usize, stride: usize, len: usize) -> Vec<&[f32]> {
-                (0..heads).map(|h| &buf[h * stride..][..len]).collect()
-            }
-            let (heads, stride, len) = (self.kv_heads, sinks * hd, l.nsinks * hd);
-            parts.push(KvPart::slices(0, l.nsinks, per(keys, heads, stride, len), per(&l.sink_v, heads, stride, len)));
-        }
+            let data = KvData::Strided { keys, values: &l.sink_v, stride: sinks * hd };
+            KvPart { start: 0, len: l.nsinks, data }
+        });
         let main_len = l.main.len();
-        if main_len > 0 {
-            let data = match l.main.slices() {
-                Some((keys, values)) => KvData::Slices { keys, values },
+        let main_part = (main_len > 0).then(|| {
+            let data = match l.main.strided() {
+                Some((keys, values, stride)) => KvData::Strided { keys, values, stride },
                 None => KvData::Tiles(&*l.main as &dyn flash::KvTiles),
             };
-            parts.push(KvPart { start: l.nsinks, len: main_len, data });
-        }
+            KvPart { start: l.nsinks, len: main_len, data }
+        });
         let select = match self.cfg.select_blocks {
             Some(keep) if n <= SPLIT_MAX_TOKENS && total.div_ceil(KEY_BLOCK) > keep => {
                 Some(select_blocks(&l.bounds, q, p, pos0, total, keep))
             }
             _ => None,
         };
-        let kv = KvParts { parts, len: total, select };
+        let kv = KvParts::new(sinks_part.into_iter().chain(main_part), total, select);
         let mut mass = if h2o { vec![0f32; total] } else { Vec::new() };
         let mass_arg = h2o.then_some(mass.as_mut_slice());
         // The tokens of one step see what they would see one at a time: a window
@@ -344,9 +340,9 @@ impl KvCache {
     pub fn head(&self, layer: usize, head: usize, upto: usize) -> (&[f32], &[f32]) {
         let l = &self.layers[layer];
         assert_eq!(l.nsinks, 0, "KvCache::head on a cache with sinks");
-        let (k, v) = l.main.slices().expect("KvCache::head needs an f32 cache");
+        let (k, v, stride) = l.main.strided().expect("KvCache::head needs an f32 cache");
         let hd = self.head_dim;
-        (&k[head][..upto * hd], &v[head][..upto * hd])
+        (&k[head * stride..][..upto * hd], &v[head * stride..][..upto * hd])
     }
 }
 

@@ -25,8 +25,9 @@ pub(crate) trait Store: KvTiles + Send {
     fn clear(&mut self);
     /// Bytes allocated.
     fn bytes(&self) -> usize;
-    /// f32 keys and values per KV head, if stored that way.
-    fn slices(&self) -> Option<(Vec<&[f32]>, Vec<&[f32]>)>;
+    /// f32 keys and values, if stored that way: one buffer each, KV head `h`'s
+    /// rows from `h · stride` (the third value).
+    fn strided(&self) -> Option<(&[f32], &[f32], usize)>;
 }
 
 /// A per-row encoding of `head_dim` floats.
@@ -270,15 +271,11 @@ impl<C: Codec> Store for RowStore<C> {
             + (self.kscale.capacity() + self.vscale.capacity()) * 4
     }
 
-    fn slices(&self) -> Option<(Vec<&[f32]>, Vec<&[f32]>)> {
-        let range = |h: usize| (h * self.cap + self.start) * self.hd..(h * self.cap + self.start + self.len) * self.hd;
-        let mut keys = Vec::with_capacity(self.heads);
-        let mut values = Vec::with_capacity(self.heads);
-        for h in 0..self.heads {
-            keys.push(C::as_f32(&self.keys[range(h)])?);
-            values.push(C::as_f32(&self.values[range(h)])?);
-        }
-        Some((keys, values))
+    fn strided(&self) -> Option<(&[f32], &[f32], usize)> {
+        let (hd, cap, start) = (self.hd, self.cap, self.start);
+        // From head 0's first row to the last head's last.
+        let range = start * hd..((self.heads.max(1) - 1) * cap + start + self.len) * hd;
+        Some((C::as_f32(&self.keys[range.clone()])?, C::as_f32(&self.values[range])?, cap * hd))
     }
 }
 
@@ -357,15 +354,20 @@ mod tests {
     }
 
     #[test]
-    fn f32_slices_are_the_rows() {
+    fn f32_strided_rows_are_the_rows() {
         let mut s = RowStore::<F32Codec>::new(kernels(), 2, 4, 100);
         s.append(&rows(0, 5, 2, 4), &rows(0, 5, 2, 4));
         s.drop_front(2);
-        let (k, _) = s.slices().unwrap();
-        assert_eq!(k[1], expected(&[2, 3, 4], 2, 4)[1].as_slice());
+        let (k, v, stride) = s.strided().unwrap();
+        let want = expected(&[2, 3, 4], 2, 4);
+        for h in 0..2 {
+            assert_eq!(&k[h * stride..][..3 * 4], want[h].as_slice());
+            assert_eq!(&v[h * stride..][..3 * 4], want[h].as_slice());
+        }
+        assert_eq!(k.len(), stride + 3 * 4, "the view ends at the last head's last row");
         let mut q = RowStore::<Int8Codec>::new(kernels(), 2, 4, 100);
         q.append(&rows(0, 5, 2, 4), &rows(0, 5, 2, 4));
-        assert!(q.slices().is_none());
+        assert!(q.strided().is_none());
     }
 
     #[test]

@@ -20,8 +20,11 @@ use config::ModelConfig;
 use edgellm_kernels::{Isa, Kernels};
 use rope::Rope;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use transformer::Transformer;
+use std::sync::{Arc, Mutex};
+use transformer::{Transformer, Workspace};
+
+/// Passes of up to this many tokens hand their buffers to the next pass.
+const KEEP_WORKSPACE_TOKENS: usize = 16;
 use weights::Weights;
 
 /// Called as `(done, total)` while a long load step (quantization) advances.
@@ -146,6 +149,9 @@ pub struct Model {
     ropes: Vec<Rope>,
     kernels: &'static Kernels,
     pool: Arc<Pool>,
+    /// Buffers of finished short passes, taken by the next ones (one per pass
+    /// running at the same time), so that decode steps do not allocate.
+    workspaces: Mutex<Vec<Workspace>>,
 }
 
 impl Model {
@@ -266,6 +272,7 @@ impl Model {
             last_kv_bytes: AtomicUsize::new(0),
             kernels,
             pool,
+            workspaces: Mutex::new(Vec::new()),
         })
     }
 
@@ -338,14 +345,37 @@ impl Model {
     /// (`[rows × vocab]`). Fails before any work if an id is out of range or the
     /// cache would pass the context length.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_into(tokens, cache, rows, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`forward`](Self::forward) into `logits` (its contents replaced): a decode
+    /// step that reuses its caller's logits buffer allocates nothing once warm
+    /// (unless the KV cache grows its storage, a block of positions at a time).
+    pub fn forward_into(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, logits: &mut Vec<f32>) -> Result<()> {
         let rope_len = cache.seen() + tokens.len();
-        self.forward_part(tokens, cache, rows, rope_len)
+        self.forward_part_into(tokens, cache, rows, rope_len, logits)
     }
 
     /// [`forward`](Self::forward) for one chunk of a longer logical pass of
     /// `rope_len` positions: length-dependent rotary scaling (dynamic NTK, longrope)
     /// is chosen for the whole pass, as if it ran at once.
     pub fn forward_part(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, rope_len: usize) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_part_into(tokens, cache, rows, rope_len, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`forward_part`](Self::forward_part) into `logits` (contents replaced).
+    pub fn forward_part_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: LogitsRows,
+        rope_len: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::arg("forward needs at least one token"));
         }
@@ -353,9 +383,15 @@ impl Model {
         cache.reserve(tokens.len())?;
         let rope_len = cache.rope_len(tokens.len(), rope_len);
         let t = Transformer { cfg: &self.config, w: &self.weights, ropes: &self.ropes, k: self.kernels };
-        let logits = self.install(|| t.forward(tokens, cache, rows, rope_len));
+        let mut ws = self.workspaces.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        self.install(|| t.forward(tokens, cache, rows, rope_len, &mut ws, logits));
+        // Prompt-sized buffers are not kept: only short passes (decode,
+        // speculative verification) come back for more of the same size.
+        if tokens.len() <= KEEP_WORKSPACE_TOKENS {
+            self.workspaces.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
+        }
         self.note_kv_bytes(cache);
-        Ok(logits)
+        Ok(())
     }
 
     /// Whether growing a cached sequence from `from` to `to` positions crosses a

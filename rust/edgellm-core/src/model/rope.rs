@@ -128,10 +128,19 @@ impl Rope {
 
     /// cos/sin tables for `positions`, each `[positions.len() × dim/2]`.
     pub fn tables(&self, positions: std::ops::Range<usize>, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut t = (Vec::new(), Vec::new());
+        self.tables_into(positions, seq_len, &mut t);
+        t
+    }
+
+    /// [`Self::tables`] into `out`'s buffers (replacing their contents; no
+    /// allocation once they are large enough, dynamic NTK past its original
+    /// context excepted).
+    pub fn tables_into(&self, positions: std::ops::Range<usize>, seq_len: usize, out: &mut (Vec<f32>, Vec<f32>)) {
         let inv = self.inv_freq(seq_len);
-        let half = self.dim / 2;
-        let n = positions.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        let (cos, sin) = out;
+        cos.clear();
+        sin.clear();
         for p in positions {
             for &f in inv.iter() {
                 let angle = (p as f32 * f) as f64;
@@ -139,7 +148,6 @@ impl Rope {
                 sin.push(angle.sin() as f32 * self.attention_scaling);
             }
         }
-        (cos, sin)
     }
 
     /// Rotates the first `dim` values of every head in `x` (`[n × heads × head_dim]`)

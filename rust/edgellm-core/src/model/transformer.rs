@@ -7,7 +7,7 @@ use super::rope::Rope;
 use super::weights::{LayerWeights, Weights};
 use crate::attention::AttentionParams;
 use crate::kv_cache::KvCache;
-use crate::ops::{activation, Linear};
+use crate::ops::{activation, Linear, Norm};
 use edgellm_kernels::Kernels;
 
 /// Which rows of logits a forward pass returns.
@@ -26,6 +26,7 @@ pub(crate) struct Transformer<'a> {
 }
 
 /// Activation buffers of one forward pass.
+#[derive(Default)]
 struct Scratch {
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -38,17 +39,44 @@ struct Scratch {
     up: Vec<f32>,
 }
 
+/// The buffers of forward passes, kept by the model between passes so that a
+/// decode step reuses the ones of the step before (no allocation once warm).
+#[derive(Default)]
+pub(crate) struct Workspace {
+    x: Vec<f32>,
+    /// cos/sin tables of every rotary embedding, for the pass's positions.
+    tables: Vec<(Vec<f32>, Vec<f32>)>,
+    s: Scratch,
+    hidden: Vec<f32>,
+}
+
+/// Sets `v` to `len` zeros, reusing its storage.
+fn zeroed(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
 impl Transformer<'_> {
     /// Embeds `tokens` at positions `cache.seen()..`, runs every layer (appending to
-    /// the cache, which then evicts what its policy drops) and returns the
-    /// requested logits rows, `[rows × vocab]`. `rope_len` is the sequence length
-    /// length-dependent rotary scaling assumes. Token ids must have been checked
-    /// and the step reserved (`cache.reserve(tokens.len())`) by the caller.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitsRows, rope_len: usize) -> Vec<f32> {
+    /// the cache, which then evicts what its policy drops) and writes the
+    /// requested logits rows, `[rows × vocab]`, into `logits` (replacing its
+    /// contents). `rope_len` is the sequence length length-dependent rotary
+    /// scaling assumes. Token ids must have been checked and the step reserved
+    /// (`cache.reserve(tokens.len())`) by the caller.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: LogitsRows,
+        rope_len: usize,
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) {
         let c = self.cfg;
         let (n, h) = (tokens.len(), c.hidden_size);
         let pos0 = cache.seen();
-        let mut x = vec![0f32; n * h];
+        let x = zeroed(&mut ws.x, n * h);
         for (t, &id) in tokens.iter().enumerate() {
             let row = &mut x[t * h..(t + 1) * h];
             self.w.embed.row_to_f32(id as usize, row);
@@ -56,42 +84,43 @@ impl Transformer<'_> {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);
             }
         }
-        let tables: Vec<(Vec<f32>, Vec<f32>)> =
-            self.ropes.iter().map(|r| r.tables(pos0..pos0 + n, rope_len)).collect();
-        let inter = n * c.intermediate_size;
-        let mut s = Scratch {
-            xn: vec![0f32; n * h],
-            q: vec![0f32; n * c.q_dim()],
-            k: vec![0f32; n * c.kv_dim()],
-            v: vec![0f32; n * c.kv_dim()],
-            att: vec![0f32; n * c.q_dim()],
-            proj: vec![0f32; n * h],
-            mlp_out: vec![0f32; n * h],
-            gate: vec![0f32; if c.mlp_kind == super::config::MlpKind::Gated { inter } else { 0 }],
-            up: vec![0f32; inter],
-        };
+        ws.tables.resize_with(self.ropes.len(), Default::default);
+        for (r, t) in self.ropes.iter().zip(&mut ws.tables) {
+            r.tables_into(pos0..pos0 + n, rope_len, t);
+        }
+        let (inter, s) = (n * c.intermediate_size, &mut ws.s);
+        zeroed(&mut s.xn, n * h);
+        zeroed(&mut s.q, n * c.q_dim());
+        zeroed(&mut s.k, n * c.kv_dim());
+        zeroed(&mut s.v, n * c.kv_dim());
+        zeroed(&mut s.att, n * c.q_dim());
+        zeroed(&mut s.proj, n * h);
+        zeroed(&mut s.mlp_out, n * h);
+        zeroed(&mut s.gate, if c.mlp_kind == super::config::MlpKind::Gated { inter } else { 0 });
+        zeroed(&mut s.up, inter);
         for (li, lw) in self.w.layers.iter().enumerate() {
-            let rope = c.layer_rope[li].map(|r| (&self.ropes[r], &tables[r]));
-            self.layer(li, lw, rope, cache, rope_len, &mut x, &mut s);
+            let rope = c.layer_rope[li].map(|r| (&self.ropes[r], &ws.tables[r]));
+            self.layer(li, lw, rope, cache, rope_len, x, s);
         }
         cache.advance(n);
 
         let first = match rows {
-            LogitsRows::None => return Vec::new(),
+            LogitsRows::None => return logits.clear(),
             LogitsRows::All => 0,
             LogitsRows::Last => n - 1,
         };
-        let mut hidden = x[first * h..].to_vec();
-        self.w.final_norm.apply(&mut hidden);
+        let hidden = &mut ws.hidden;
+        hidden.clear();
+        hidden.extend_from_slice(&x[first * h..]);
+        self.w.final_norm.apply(hidden);
         if c.logits_scale != 1.0 {
             hidden.iter_mut().for_each(|v| *v *= c.logits_scale);
         }
-        let mut logits = vec![0f32; (n - first) * c.vocab_size];
-        self.w.lm_head.forward(self.k, &hidden, &mut logits);
+        let logits = zeroed(logits, (n - first) * c.vocab_size);
+        self.w.lm_head.forward(self.k, hidden, logits);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
         }
-        logits
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -106,8 +135,14 @@ impl Transformer<'_> {
         s: &mut Scratch,
     ) {
         let (c, k) = (self.cfg, self.k);
-        lw.attn_norm.apply_into(x, &mut s.xn);
-        Linear::forward_group(k, &s.xn, &mut [(&lw.q, &mut s.q[..]), (&lw.k, &mut s.k[..]), (&lw.v, &mut s.v[..])]);
+        let qkv = &mut [(&lw.q, &mut s.q[..]), (&lw.k, &mut s.k[..]), (&lw.v, &mut s.v[..])];
+        if c.block == BlockKind::Parallel {
+            // The MLP reads the same normalised row.
+            lw.attn_norm.apply_into(x, &mut s.xn);
+            Linear::forward_group(k, &s.xn, qkv);
+        } else {
+            Linear::forward_group_normed(k, &lw.attn_norm, x, &mut s.xn, qkv);
+        }
         if let Some(qn) = &lw.q_norm {
             qn.apply(&mut s.q, c.num_heads);
         }
@@ -141,7 +176,7 @@ impl Transformer<'_> {
         match c.block {
             BlockKind::Parallel => {
                 // Both branches read the same normalised input.
-                self.mlp(lw, s);
+                self.mlp(lw, None, s);
                 for ((xv, a), m) in x.iter_mut().zip(&s.proj).zip(&s.mlp_out) {
                     *xv += c.residual_scale * (a + m);
                 }
@@ -149,8 +184,7 @@ impl Transformer<'_> {
             BlockKind::Sequential | BlockKind::Sandwich => {
                 add_scaled(x, &s.proj, c.residual_scale);
                 let mn = lw.mlp_norm.as_ref().expect("sequential blocks have an MLP norm");
-                mn.apply_into(x, &mut s.xn);
-                self.mlp(lw, s);
+                self.mlp(lw, Some((mn, x)), s);
                 if let Some(pn) = &lw.post_mlp_norm {
                     pn.apply(&mut s.mlp_out);
                 }
@@ -159,16 +193,24 @@ impl Transformer<'_> {
         }
     }
 
-    /// `s.mlp_out = mlp(s.xn)`.
-    fn mlp(&self, lw: &LayerWeights, s: &mut Scratch) {
+    /// `s.mlp_out = mlp(norm(x))` for `normed = Some((norm, x))` (the norm fused
+    /// into the input quantization where the layers allow), else `mlp(s.xn)`.
+    fn mlp(&self, lw: &LayerWeights, normed: Option<(&Norm, &[f32])>, s: &mut Scratch) {
         let (c, k) = (self.cfg, self.k);
         match &lw.gate {
             Some(g) => {
-                Linear::forward_group(k, &s.xn, &mut [(&lw.up, &mut s.up[..]), (g, &mut s.gate[..])]);
+                let up_gate = &mut [(&lw.up, &mut s.up[..]), (g, &mut s.gate[..])];
+                match normed {
+                    Some((norm, x)) => Linear::forward_group_normed(k, norm, x, &mut s.xn, up_gate),
+                    None => Linear::forward_group(k, &s.xn, up_gate),
+                }
                 activation::gated(c.activation, &mut s.gate, &s.up);
                 lw.down.forward(k, &s.gate, &mut s.mlp_out);
             }
             None => {
+                if let Some((norm, x)) = normed {
+                    norm.apply_into(x, &mut s.xn);
+                }
                 lw.up.forward(k, &s.xn, &mut s.up);
                 activation::apply(c.activation, &mut s.up);
                 lw.down.forward(k, &s.up, &mut s.mlp_out);

@@ -4,6 +4,8 @@
 
 use super::matmul::{par_gemm, par_pack_a, BSource};
 use super::par::{self, for_each_claimed, for_each_claimed_with, SharedMut};
+use super::reuse::Reused;
+use super::norm::Norm;
 use crate::tensor::{DType, Tensor};
 use edgellm_kernels::gemm::BRows;
 use edgellm_kernels::panels::{self, Panels};
@@ -13,6 +15,7 @@ use edgellm_kernels::quant::{
     resident,
 };
 use edgellm_kernels::Kernels;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Row counts from which packing the activations pays off: below, `gemm_few`
@@ -33,6 +36,27 @@ const QGEMM_MIN_ROWS: usize = 5;
 /// Weight rows per parallel work item of `gemm_q` (a multiple of the kernels'
 /// 8-row panels; fixed, so the split never depends on the thread count).
 const QGEMM_BLOCK: usize = 32;
+
+/// Quantized activations up to this size (decode rows, a few tokens) are kept
+/// by the calling thread for its next call; a prompt's are dropped.
+const KEEP_ACT_BYTES: usize = 256 << 10;
+/// Layers one [`Linear::forward_group`] pass runs at most (q, k, v; gate, up).
+const MAX_GROUP: usize = 4;
+
+thread_local! {
+    /// The calling thread's quantized activations, reused from call to call.
+    static ACTS: RefCell<[QActs; MAX_GROUP]> = RefCell::default();
+}
+
+/// Runs `f` with the calling thread's quantized-activation buffers, kept for
+/// its next call when decode-sized: a decode step then allocates none.
+fn with_acts<R>(f: impl FnOnce(&mut [QActs; MAX_GROUP]) -> R) -> R {
+    let mut bufs = Reused::take(&ACTS);
+    let r = f(&mut bufs);
+    let small = bufs.iter().all(|b| b.bytes().len() <= KEEP_ACT_BYTES);
+    bufs.keep_if(small);
+    r
+}
 
 /// Output rows per parallel GEMV work item: about eight per thread, so a slow
 /// thread does not hold the others up (which thread computes a row never
@@ -64,6 +88,16 @@ fn for_each_column_block(m: usize, block: usize, n: usize, out: &mut [f32], f: i
             dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
         }
     });
+}
+
+/// A quantized input as layers read it: q4_0 and q8_0 with the per-block
+/// tables of their own type (the resident kernels check it; q5_0 also reads
+/// q8_0 blocks but must not share them), other types just the int8 blocks of
+/// their `vec_dot` format (q4_K and q6_K share q8_K).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ActFormat {
+    Tables(quant::GgmlType),
+    Plain(quant::GgmlType),
 }
 
 #[derive(Clone, Debug)]
@@ -293,38 +327,43 @@ impl Linear {
     /// the block size never changes a result.
     fn gemv(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
-        let acts: Vec<Option<QActs>> = x.chunks_exact(kd).map(|xr| self.quantize_input(k, xr)).collect();
-        let mut chunk = gemv_chunk(m);
-        if acts.len() > 1 {
-            chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16) / 16 * 16);
-        }
-        let shared = SharedMut::new(out);
-        for_each_claimed(m.div_ceil(chunk), |c| {
-            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
-            for (t, act) in acts.iter().enumerate() {
-                // SAFETY: chunk c alone writes columns r0..r1 of each output row.
-                let o = unsafe { shared.slice(t * m + r0, r1 - r0) };
-                self.gemv_rows(k, &x[t * kd..(t + 1) * kd], act.as_ref(), r0, o);
+        let n = x.len() / kd;
+        with_acts(|bufs| {
+            let act = self.quantize_input(k, x, &mut bufs[0]).then_some(&bufs[0]);
+            let mut chunk = gemv_chunk(m);
+            if n > 1 {
+                chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16) / 16 * 16);
             }
-        });
+            let shared = SharedMut::new(out);
+            for_each_claimed(m.div_ceil(chunk), |c| {
+                let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
+                for t in 0..n {
+                    // SAFETY: chunk c alone writes columns r0..r1 of each output row.
+                    let o = unsafe { shared.slice(t * m + r0, r1 - r0) };
+                    self.gemv_rows(k, &x[t * kd..(t + 1) * kd], act.map(|a| (a, t)), r0, o);
+                }
+            });
+        })
     }
 
-    /// The input rows (`x`, whole rows of `in_features`) quantized to this
-    /// layer's activation format (`None` for float weights, which dot with `x`
-    /// itself), in parallel when there are many.
-    fn quantize_input(&self, k: &Kernels, x: &[f32]) -> Option<QActs> {
+    /// Quantizes the input rows (`x`, whole rows of `in_features`) into `acts`,
+    /// in this layer's activation format, in parallel when there are many;
+    /// `false` (and `acts` untouched) for float weights, which dot with `x`.
+    fn quantize_input(&self, k: &Kernels, x: &[f32], acts: &mut QActs) -> bool {
         let DType::Quant(ty) = self.weight.dtype() else {
-            return None;
+            return false;
         };
         let kd = self.in_features();
-        let ab = quant::act_row_bytes(ty, kd).expect("row length checked at load");
-        let mut acts = vec![0u8; x.len() / kd * ab];
-        if x.len() > kd {
-            par::for_each_chunk_mut(&mut acts, ab, |t, a| (k.quantize_act)(ty, &x[t * kd..(t + 1) * kd], a));
-        } else {
-            (k.quantize_act)(ty, x, &mut acts);
-        }
-        Some(QActs::new(ty, kd, acts))
+        let rows = x.len() / kd;
+        acts.refill(ty, kd, rows, |bytes| {
+            if rows > 1 {
+                let ab = bytes.len() / rows;
+                par::for_each_chunk_mut(bytes, ab, |t, a| (k.quantize_act)(ty, &x[t * kd..(t + 1) * kd], a));
+            } else {
+                (k.quantize_act)(ty, x, bytes);
+            }
+        });
+        true
     }
 
     /// The resident panels of rows `r0..r1` (whole panels) and the kernel that
@@ -347,20 +386,24 @@ impl Linear {
     /// `vec_dot` bit for bit, whatever the block size or thread count.
     fn gemm_resident(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
         let m = self.out_features();
-        let qa = self.quantize_input(k, x).expect("resident weights are quantized");
-        // Decode: GEMV-sized items straight into `out`; prompts: a few panels per
-        // item (they stay in L1/L2 while every token passes), through a tile.
-        let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
-        for_each_column_block(m, block, n, out, |r0, r1, tile| {
-            let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
-            gemm(w, &qa, tile, r1 - r0)
-        });
+        with_acts(|bufs| {
+            assert!(self.quantize_input(k, x, &mut bufs[0]), "resident weights are quantized");
+            let qa = &bufs[0];
+            // Decode: GEMV-sized items straight into `out`; prompts: a few panels
+            // per item (they stay in L1/L2 while every token passes), through a tile.
+            let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
+            for_each_column_block(m, block, n, out, |r0, r1, tile| {
+                let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
+                gemm(w, qa, tile, r1 - r0)
+            });
+        })
     }
 
-    /// Rows `r0..r0 + out.len()` of the GEMV `x Wᵀ` (no bias): `act` is
-    /// [`Self::quantize_input`]`(x)`; for resident weights, `r0` starts a panel
-    /// and the rows end at a panel's end or at the last row.
-    fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<&QActs>, r0: usize, out: &mut [f32]) {
+    /// Rows `r0..r0 + out.len()` of the GEMV `x Wᵀ` (no bias): `act` is row `t`
+    /// of [`Self::quantize_input`]'s rows, `x` among them; for resident weights
+    /// (one-row activations), `r0` starts a panel and the rows end at a panel's
+    /// end or at the last row.
+    fn gemv_rows(&self, k: &Kernels, x: &[f32], act: Option<(&QActs, usize)>, r0: usize, out: &mut [f32]) {
         let n = x.len();
         if let Some(p) = self.float_panels(k) {
             debug_assert!(r0 % panels::WIDTH == 0, "rows from a whole panel");
@@ -378,12 +421,14 @@ impl Linear {
                     BRows::F32Cols { .. } => unreachable!("layer weights are row-major"),
                 }
             }
-            (None, Some(qa)) if self.is_resident_for(k) => {
+            (None, Some((qa, _))) if self.is_resident_for(k) => {
+                debug_assert_eq!(qa.rows(), 1, "resident GEMVs take one activation row");
                 let (w, gemm) = self.resident_rows(k, r0, r0 + out.len()).unwrap();
                 gemm(w, qa, out, out.len());
             }
-            (None, Some(act)) => {
-                let act = act.bytes();
+            (None, Some((qa, t))) => {
+                let ab = qa.bytes().len() / qa.rows();
+                let act = &qa.bytes()[t * ab..(t + 1) * ab];
                 let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
                 (k.gemv_q)(
                     self.weight.dtype().ggml(),
@@ -404,50 +449,103 @@ impl Linear {
     /// balanced against the large ones. Each output row is computed exactly as
     /// [`Self::forward`] computes it. Several rows take each layer's `forward`.
     pub fn forward_group(k: &Kernels, x: &[f32], group: &mut [(&Linear, &mut [f32])]) {
-        let single = group
-            .iter()
-            .all(|(l, o)| l.in_features() == x.len() && o.len() == l.out_features());
-        if !single || group.len() < 2 {
+        if !Self::is_one_row_group(x.len(), group) {
             for (l, o) in group.iter_mut() {
                 l.forward(k, x, o);
             }
             return;
         }
-        // One quantized input per activation format (q4_K and q6_K share q8_K);
-        // q4_0 and q8_0 keep their own, whose per-block tables differ.
-        let mut acts: Vec<(quant::GgmlType, Option<QActs>)> = Vec::new();
-        let act_of: Vec<usize> = group
-            .iter()
-            .map(|(l, _)| {
-                let at = match l.weight.dtype() {
-                    DType::Quant(q) if resident::has_layout(q) => q,
-                    DType::Quant(q) => quant::vec_dot_type(q),
-                    _ => quant::GgmlType::F32,
-                };
-                acts.iter().position(|(t, _)| *t == at).unwrap_or_else(|| {
-                    acts.push((at, l.quantize_input(k, x)));
-                    acts.len() - 1
-                })
-            })
-            .collect();
+        with_acts(|bufs| {
+            // One quantized input per activation format (q4_K and q6_K share
+            // q8_K); q4_0 and q8_0 keep their own, whose per-block tables differ.
+            // `act_of[i]`: layer i's buffer in `bufs` (none for float weights).
+            let (mut formats, mut act_of) = ([None; MAX_GROUP], [None; MAX_GROUP]);
+            for (i, (l, _)) in group.iter().enumerate() {
+                let Some(at) = l.act_format() else { continue };
+                let j = formats.iter().position(|f| *f == Some(at)).unwrap_or_else(|| {
+                    let j = formats.iter().position(Option::is_none).expect("a buffer per layer");
+                    formats[j] = Some(at);
+                    l.quantize_input(k, x, &mut bufs[j]);
+                    j
+                });
+                act_of[i] = Some(j);
+            }
+            Self::group_pass(k, x, group, bufs, act_of);
+        });
+    }
+
+    /// [`Self::forward_group`] of `norm(x)` (one row or several): `xn` receives
+    /// the normalised rows, except for one row into quantized layers of one
+    /// activation format; there the norm writes the quantized input directly
+    /// ([`Norm::apply_quantized`], no normalised row in memory) and `xn` is
+    /// left as it was. The outputs are those of `norm.apply_into(x, xn)` then
+    /// `forward_group(xn)`, bit for bit.
+    pub fn forward_group_normed(k: &Kernels, norm: &Norm, x: &[f32], xn: &mut [f32], group: &mut [(&Linear, &mut [f32])]) {
+        let first = group.first().and_then(|(l, _)| l.act_format());
+        let fused = norm.dim() == x.len()
+            && Self::is_one_row_group(x.len(), group)
+            && first.is_some()
+            && group.iter().all(|(l, _)| l.act_format() == first);
+        if !fused {
+            norm.apply_into(x, xn);
+            return Self::forward_group(k, xn, group);
+        }
+        let DType::Quant(ty) = group[0].0.weight.dtype() else { unreachable!("quantized layers") };
+        with_acts(|bufs| {
+            bufs[0].refill(ty, x.len(), 1, |bytes| norm.apply_quantized(k, ty, x, bytes));
+            // `x` stands in for the normalised row: quantized layers read only
+            // its length.
+            Self::group_pass(k, x, group, bufs, [Some(0); MAX_GROUP]);
+        });
+    }
+
+    /// Whether `group` runs as one fused pass over a row of `n` inputs.
+    fn is_one_row_group(n: usize, group: &[(&Linear, &mut [f32])]) -> bool {
+        (2..=MAX_GROUP).contains(&group.len())
+            && group.iter().all(|(l, o)| l.in_features() == n && o.len() == l.out_features())
+    }
+
+    /// The quantized input this layer's GEMV reads (`None`: float weights);
+    /// layers of one format share it.
+    fn act_format(&self) -> Option<ActFormat> {
+        match self.weight.dtype() {
+            DType::Quant(q) if resident::has_layout(q) => Some(ActFormat::Tables(q)),
+            DType::Quant(q) => Some(ActFormat::Plain(quant::vec_dot_type(q))),
+            _ => None,
+        }
+    }
+
+    /// The fused GEMV pass of [`Self::forward_group`] over one row `x`, layer `i`
+    /// reading the quantized input `bufs[act_of[i]]`; then the biases.
+    fn group_pass(
+        k: &Kernels,
+        x: &[f32],
+        group: &mut [(&Linear, &mut [f32])],
+        bufs: &[QActs; MAX_GROUP],
+        act_of: [Option<usize>; MAX_GROUP],
+    ) {
+        // Work items: each layer's rows in chunks, layer after layer;
+        // `ends[i]`: the items of layers 0..=i.
         let total: usize = group.iter().map(|(l, _)| l.out_features()).sum();
         let chunk = gemv_chunk(total);
-        let tasks: Vec<(usize, usize, usize)> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (l, _))| {
-                let m = l.out_features();
-                (0..m.div_ceil(chunk)).map(move |c| (i, c * chunk, ((c + 1) * chunk).min(m)))
-            })
-            .collect();
-        let outs: Vec<SharedMut> = group.iter_mut().map(|(_, o)| SharedMut::new(o)).collect();
-        for_each_claimed(tasks.len(), |t| {
-            let (i, r0, r1) = tasks[t];
-            // SAFETY: tasks cover disjoint row ranges of each output.
+        let mut ends = [0usize; MAX_GROUP];
+        let mut items = 0;
+        for (e, (l, _)) in ends.iter_mut().zip(group.iter()) {
+            items += l.out_features().div_ceil(chunk);
+            *e = items;
+        }
+        let mut outs = [SharedMut::new(&mut []); MAX_GROUP];
+        for (s, (_, o)) in outs.iter_mut().zip(group.iter_mut()) {
+            *s = SharedMut::new(o);
+        }
+        let layers = &*group;
+        for_each_claimed(items, |t| {
+            let i = ends.iter().position(|&e| t < e).expect("item in range");
+            let (l, c) = (layers[i].0, t - if i == 0 { 0 } else { ends[i - 1] });
+            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(l.out_features()));
+            // SAFETY: items cover disjoint row ranges of each output.
             let o = unsafe { outs[i].slice(r0, r1 - r0) };
-            group[i]
-                .0
-                .gemv_rows(k, x, acts[act_of[i]].1.as_ref(), r0, o);
+            l.gemv_rows(k, x, act_of[i].map(|j| (&bufs[j], 0)), r0, o);
         });
         for (l, o) in group.iter_mut() {
             if let Some(b) = &l.bias {
@@ -498,24 +596,27 @@ impl Linear {
     /// interleaved kernels), whatever the thread count.
     fn gemm_q(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
         let m = self.out_features();
-        let acts = self.quantize_input(k, x).expect("quantized weights");
         let (w, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
-        let shared = SharedMut::new(out);
-        par::for_each_claimed_with(
-            m.div_ceil(QGEMM_BLOCK),
-            || (QGemmScratch::default(), Vec::<f32>::new()),
-            |(scratch, tile), b| {
-                let (j0, j1) = (b * QGEMM_BLOCK, ((b + 1) * QGEMM_BLOCK).min(m));
-                let width = j1 - j0;
-                tile.resize(n * width, 0.0);
-                (k.gemm_q)(&w[j0 * rb..j1 * rb], &acts, tile, width, scratch);
-                for t in 0..n {
-                    // SAFETY: block b alone writes columns j0..j1 of each row.
-                    let dst = unsafe { shared.slice(t * m + j0, width) };
-                    dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
-                }
-            },
-        );
+        with_acts(|bufs| {
+            assert!(self.quantize_input(k, x, &mut bufs[0]), "quantized weights");
+            let acts = &bufs[0];
+            let shared = SharedMut::new(out);
+            par::for_each_claimed_with(
+                m.div_ceil(QGEMM_BLOCK),
+                || (QGemmScratch::default(), Vec::<f32>::new()),
+                |(scratch, tile), b| {
+                    let (j0, j1) = (b * QGEMM_BLOCK, ((b + 1) * QGEMM_BLOCK).min(m));
+                    let width = j1 - j0;
+                    tile.resize(n * width, 0.0);
+                    (k.gemm_q)(&w[j0 * rb..j1 * rb], acts, tile, width, scratch);
+                    for t in 0..n {
+                        // SAFETY: block b alone writes columns j0..j1 of each row.
+                        let dst = unsafe { shared.slice(t * m + j0, width) };
+                        dst.copy_from_slice(&tile[t * width..(t + 1) * width]);
+                    }
+                },
+            );
+        })
     }
 
     /// Prefill: activations packed once, then blocks of output features in

@@ -6,6 +6,7 @@ pub mod norm;
 pub mod activation;
 pub mod bandwidth;
 pub(crate) mod par;
+pub(crate) mod reuse;
 
 pub use linear::Linear;
 pub use norm::{HeadNorm, Norm};

@@ -2,6 +2,12 @@
 //! LayerNorm, all accumulated in f32 as transformers computes them.
 
 use crate::model::config::NormKind;
+use edgellm_kernels::quant::{self, GgmlType};
+use edgellm_kernels::Kernels;
+
+/// Elements normalised at a time by [`Norm::apply_quantized`]: whole blocks of
+/// every activation format (32 for q8_0, 256 for q8_K), and 1 KiB of stack.
+const NORM_PIECE: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct Norm {
@@ -21,10 +27,10 @@ impl Norm {
         self.weight.len() + self.bias.as_ref().map_or(0, |b| b.len())
     }
 
-    /// Normalises one row in place.
-    pub fn apply_row(&self, row: &mut [f32]) {
+    /// `(center, scale)` of one row: `y = ((x − center) · scale) · gain + bias`.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
         let d = row.len() as f32;
-        let (center, scale) = match self.kind {
+        match self.kind {
             NormKind::Rms | NormKind::RmsOffset => {
                 let ms = row.iter().map(|v| v * v).sum::<f32>() / d;
                 (0.0, 1.0 / (ms + self.eps).sqrt())
@@ -34,16 +40,59 @@ impl Norm {
                 let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
                 (mean, 1.0 / (var + self.eps).sqrt())
             }
-        };
-        let offset = if self.kind == NormKind::RmsOffset { 1.0 } else { 0.0 };
-        for (i, v) in row.iter_mut().enumerate() {
-            *v = ((*v - center) * scale) * (self.weight[i] + offset);
+        }
+    }
+
+    /// The gain's offset: Gemma's RMSNorm scales by `1 + w`.
+    fn gain_offset(&self) -> f32 {
+        if self.kind == NormKind::RmsOffset {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Normalises one row in place.
+    pub fn apply_row(&self, row: &mut [f32]) {
+        let (center, scale) = self.stats(row);
+        let offset = self.gain_offset();
+        for (v, w) in row.iter_mut().zip(&self.weight) {
+            *v = ((*v - center) * scale) * (w + offset);
         }
         if let Some(b) = &self.bias {
             for (v, b) in row.iter_mut().zip(b) {
                 *v += b;
             }
         }
+    }
+
+    /// The normalised `row` quantized to the int8 activation format of weights of
+    /// type `ty` (`Kernels::quantize_act`), into `dst`, without writing the
+    /// normalised row out: pieces of a few blocks are normalised on the stack,
+    /// then quantized. The bytes are those of [`Self::apply_row`], then
+    /// quantizing the whole row: the same f32 values, and every format
+    /// quantizes each block on its own.
+    pub fn apply_quantized(&self, k: &Kernels, ty: GgmlType, row: &[f32], dst: &mut [u8]) {
+        let (center, scale) = self.stats(row);
+        let offset = self.gain_offset();
+        let mut piece = [0f32; NORM_PIECE];
+        let mut out = 0;
+        for (i, src) in row.chunks(NORM_PIECE).enumerate() {
+            let i0 = i * NORM_PIECE;
+            let p = &mut piece[..src.len()];
+            for ((d, v), w) in p.iter_mut().zip(src).zip(&self.weight[i0..]) {
+                *d = ((*v - center) * scale) * (w + offset);
+            }
+            if let Some(b) = &self.bias {
+                for (d, b) in p.iter_mut().zip(&b[i0..]) {
+                    *d += b;
+                }
+            }
+            let ab = quant::act_row_bytes(ty, src.len()).expect("rows are whole activation blocks");
+            (k.quantize_act)(ty, p, &mut dst[out..out + ab]);
+            out += ab;
+        }
+        debug_assert_eq!(out, dst.len());
     }
 
     /// Normalises every `dim()`-wide row of `x` in place.

@@ -47,47 +47,65 @@ pub struct QActs {
     pub(crate) sa128: Vec<i32>,
 }
 
+impl Default for QActs {
+    /// No rows, to [`refill`](QActs::refill).
+    fn default() -> Self {
+        QActs { ty: GgmlType::Q8_0, k: 0, n: 0, bytes: Vec::new(), da: Vec::new(), sa: Vec::new(), sa128: Vec::new() }
+    }
+}
+
 impl QActs {
     /// Wraps `bytes`, whole rows of `k` elements from `quantize_act(ty, ..)`, for
     /// products with weights of type `ty`. Panics on a length mismatch.
     pub fn new(ty: GgmlType, k: usize, bytes: Vec<u8>) -> QActs {
+        let mut a = QActs { ty, k, bytes, ..QActs::default() };
+        a.index();
+        a
+    }
+
+    /// Replaces the rows with `rows` rows of `k` elements for weights of type
+    /// `ty`, written by `quantize` into `rows × act_row_bytes(ty, k)` bytes:
+    /// the buffers are reused, so once they are large enough nothing is
+    /// allocated. Panics if `k` is not whole blocks of `ty`.
+    pub fn refill(&mut self, ty: GgmlType, k: usize, rows: usize, quantize: impl FnOnce(&mut [u8])) {
         let ab = super::act_row_bytes(ty, k)
             .unwrap_or_else(|| panic!("QActs: {k} elements are not whole {} blocks", ty.name()));
+        (self.ty, self.k) = (ty, k);
+        self.bytes.clear();
+        self.bytes.resize(rows * ab, 0);
+        quantize(&mut self.bytes);
+        self.index();
+    }
+
+    /// Counts the rows and computes the per-block tables of `bytes`.
+    fn index(&mut self) {
+        let (ty, k) = (self.ty, self.k);
+        let ab = super::act_row_bytes(ty, k)
+            .unwrap_or_else(|| panic!("QActs: {k} elements are not whole {} blocks", ty.name()));
+        let bytes = &self.bytes;
         assert!(
             ab > 0 && bytes.len() % ab == 0,
             "QActs: {} bytes are not whole activation rows of {k}",
             bytes.len()
         );
-        let n = bytes.len() / ab;
-        let (mut da, mut sa, mut sa128) = (Vec::new(), Vec::new(), Vec::new());
+        self.n = bytes.len() / ab;
+        self.da.clear();
+        self.sa.clear();
+        self.sa128.clear();
         if matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
-            da.reserve(bytes.len() / 34);
-            for blk in bytes.chunks_exact(34) {
-                da.push(f16_at(blk, 0));
-            }
+            self.da.extend(bytes.chunks_exact(34).map(|blk| f16_at(blk, 0)));
         }
-        let block_sums = |scale: i32| -> Vec<i32> {
-            bytes
-                .chunks_exact(34)
-                .map(|blk| scale * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>())
-                .collect()
+        let block_sums = |scale: i32, out: &mut Vec<i32>| {
+            out.extend(bytes.chunks_exact(34).map(|blk| scale * blk[2..34].iter().map(|&v| v as i8 as i32).sum::<i32>()))
         };
         match ty {
-            GgmlType::Q4_0 => sa = block_sums(8),
+            GgmlType::Q4_0 => block_sums(8, &mut self.sa),
             // Only the x86 VNNI tiles read it.
-            GgmlType::Q8_0 if cfg!(target_arch = "x86_64") => sa128 = block_sums(128),
+            GgmlType::Q8_0 if cfg!(target_arch = "x86_64") => block_sums(128, &mut self.sa128),
             _ => {}
         }
-        QActs {
-            ty,
-            k,
-            n,
-            bytes,
-            da,
-            sa,
-            sa128,
-        }
     }
+
     /// The weight type these activations are quantized for.
     pub fn ty(&self) -> GgmlType {
         self.ty

@@ -108,6 +108,7 @@ const NATURAL: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 
 /// The q8_0 activation row, prepared per group of eight blocks (block order
 /// `ord`): scales as f32, and the integer offset each block's sum carries.
+#[derive(Default)]
 struct Prepared {
     scales: Vec<__m256>,
     offsets: Vec<__m256i>,
@@ -118,18 +119,23 @@ struct Prepared {
     pairs: Vec<__m256i>,
 }
 
+thread_local! {
+    /// The buffers of [`prepare`], reused across calls on one thread (a decode
+    /// step makes hundreds of GEMV calls).
+    static PREPARED: core::cell::RefCell<Prepared> = core::cell::RefCell::default();
+}
+
 /// Scales and `mult · Σa` of the whole groups of eight blocks of `act`, in `ord`,
-/// and `mult · Σa` of the blocks after them.
+/// and `mult · Σa` of the blocks after them, into `p` (contents replaced).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prepare(act: &[u8], nb: usize, ord: [usize; 8], mult: i32, pairs: bool) -> Prepared {
+unsafe fn prepare(act: &[u8], nb: usize, ord: [usize; 8], mult: i32, pairs: bool, p: &mut Prepared) {
     let groups = nb / 8;
     let ap = act.as_ptr();
-    let mut p = Prepared {
-        scales: Vec::with_capacity(groups),
-        offsets: Vec::with_capacity(groups),
-        tail: (8 * groups..nb).map(|b| if mult != 0 { mult * block_sum(ap.add(34 * b + 2)) } else { 0 }).collect(),
-        pairs: Vec::with_capacity(if pairs { groups * 8 } else { 0 }),
-    };
+    p.scales.clear();
+    p.offsets.clear();
+    p.pairs.clear();
+    p.tail.clear();
+    p.tail.extend((8 * groups..nb).map(|b| if mult != 0 { mult * block_sum(ap.add(34 * b + 2)) } else { 0 }));
     for g in 0..groups {
         let mut d = [0u16; 8];
         let mut s = [0i32; 8];
@@ -150,7 +156,6 @@ unsafe fn prepare(act: &[u8], nb: usize, ord: [usize; 8], mult: i32, pairs: bool
             }
         }
     }
-    p
 }
 
 /// Σ of the 32 signed quants at `q` (via `maddubs` with ones: |Σ| ≤ 32·128,
@@ -236,7 +241,10 @@ unsafe fn quant_pair(w: *const u8) -> __m256i {
 /// `#[target_feature]` wrapper.
 #[inline(always)]
 pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
-    let p = prepare(act, nb, PAIR_ORD, 8, true);
+    // Out of the thread-local and back: the loops must not run in a closure,
+    // which would not inherit the caller's `#[target_feature]`.
+    let mut p = PREPARED.with_borrow_mut(core::mem::take);
+    prepare(act, nb, PAIR_ORD, 8, true, &mut p);
     let groups = nb / 8;
     for (r, y) in out.iter_mut().enumerate() {
         let wr = w.as_ptr().add(r * rb);
@@ -268,7 +276,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
             sum += scaled(wb, ab, isum - p.tail[b - 8 * groups]);
         }
         *y = sum;
-    }
+    }    PREPARED.with_borrow_mut(|s| *s = p);
 }
 
 /// The q8_0 GEMV with block product `B`; inlined into each table's
@@ -276,7 +284,8 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
 #[inline(always)]
 pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
     let mult = if B::OFFSET { 128 } else { 0 };
-    let p = prepare(act, nb, NATURAL, mult, false);
+    let mut p = PREPARED.with_borrow_mut(core::mem::take);
+    prepare(act, nb, NATURAL, mult, false, &mut p);
     let groups = nb / 8;
     let ap = act.as_ptr();
     for (r, y) in out.iter_mut().enumerate() {
@@ -303,5 +312,5 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
             sum += scaled(wb, ab, isum);
         }
         *y = sum;
-    }
+    }    PREPARED.with_borrow_mut(|s| *s = p);
 }

@@ -1,0 +1,125 @@
+//! A decode step allocates nothing once warm: the forward pass of one token
+//! (embedding, every layer's fused GEMVs, RoPE, attention, the logits) reuses
+//! the buffers of the steps before it. Counted by a global allocator that
+//! counts every allocation on every thread (the pool's workers included) while
+//! a step runs; steps in which the KV cache grew its storage (a block at a
+//! time) are the only ones allowed to allocate.
+//!
+//! Every kernel path the machine has, float and quantized weights, in the row
+//! layout and repacked into resident panels, on one and two threads.
+//!
+//! One test in this file, so no other test allocates while counting.
+//! `EDGELLM_ALLOC_TRACE=1` prints a backtrace of the first counted allocation
+//! (build with debug line tables to read it: `CARGO_PROFILE_RELEASE_DEBUG=1`).
+
+use edgellm_core::kv_cache::KvCache;
+use edgellm_core::model::{LoadOptions, LogitsRows, Model, Repack};
+use edgellm_kernels::quant::GgmlType;
+use edgellm_kernels::Isa;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+static TRACE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note() {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
+    if COUNT.fetch_add(1, Ordering::Relaxed) == 0 && TRACE.swap(false, Ordering::Relaxed) {
+        // The backtrace allocates: not counted, not traced again.
+        let _ = IN_TRACE.try_with(|t| {
+            if !t.replace(true) {
+                COUNTING.store(false, Ordering::SeqCst);
+                eprintln!("first allocation in a decode step:\n{}", std::backtrace::Backtrace::force_capture());
+                COUNTING.store(true, Ordering::SeqCst);
+                t.set(false);
+            }
+        });
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note();
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        note();
+        System.alloc_zeroed(l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, size: usize) -> *mut u8 {
+        note();
+        System.realloc(p, l, size)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn default_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/edgellm/models/default")
+}
+
+/// Allocations made by one decode step of `tok`, with the logits into `logits`.
+fn counted_step(m: &Model, cache: &mut KvCache, tok: u32, logits: &mut Vec<f32>) -> usize {
+    COUNT.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    m.forward_into(&[tok], cache, LogitsRows::Last, logits).unwrap();
+    COUNTING.store(false, Ordering::SeqCst);
+    COUNT.load(Ordering::SeqCst)
+}
+
+/// Decodes 40 tokens after a `prompt`-token prompt, checking the steps in
+/// which the cache kept its storage.
+fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt: usize) {
+    let opts = LoadOptions { threads: Some(threads), isa: Some(isa), quant: ty, repack, ..Default::default() };
+    let m = Model::load(&default_model(), &opts).unwrap();
+    let vocab = m.config.vocab_size as u32;
+    let what = format!("{} {} {repack:?}, {threads} threads, {prompt}-token prompt", isa.name(), ty.map_or("f32", |t| t.name()));
+    let mut cache = m.new_cache();
+    let mut logits = Vec::new();
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    m.forward_into(&ids, &mut cache, LogitsRows::Last, &mut logits).unwrap();
+    let mut steps = 0;
+    for i in 0..40u32 {
+        let bytes = cache.bytes();
+        let n = counted_step(&m, &mut cache, (i * 37 + 11) % vocab, &mut logits);
+        assert!(logits.iter().all(|v| v.is_finite()), "{what}: non-finite logits");
+        // The first steps size the buffers; a grown cache allocates.
+        if i < 2 || cache.bytes() != bytes {
+            continue;
+        }
+        assert_eq!(n, 0, "{what}: decode step {i} made {n} allocations");
+        steps += 1;
+    }
+    assert!(steps >= 30, "{what}: too few steps without cache growth ({steps})");
+}
+
+#[test]
+fn a_warm_decode_step_allocates_nothing() {
+    TRACE.store(std::env::var_os("EDGELLM_ALLOC_TRACE").is_some(), Ordering::SeqCst);
+    let types: [Option<GgmlType>; 4] = [None, Some(GgmlType::Q4_0), Some(GgmlType::Q8_0), Some(GgmlType::Q4K)];
+    for isa in Isa::supported() {
+        for ty in types {
+            for (threads, repack) in [(1, Repack::Auto), (2, Repack::Auto), (2, Repack::All), (2, Repack::Off)] {
+                check(isa, ty, threads, repack, 7);
+            }
+        }
+        // Past 512 keys attention splits them into chunks (flash-decoding).
+        check(isa, Some(GgmlType::Q4_0), 2, Repack::All, 600);
+    }
+}

@@ -106,10 +106,10 @@ class LlamaCpp:
 class Edgellm:
     """edgellm on the same file, measured like `edgellm bench` (one repetition per call)."""
 
-    def __init__(self, path: Path, threads: int, pp: int, tg: int):
+    def __init__(self, path: Path, threads: int, pp: int, tg: int, isa: str | None = None):
         import edgellm
 
-        self.model = edgellm.load(path, threads=threads)
+        self.model = edgellm.load(path, threads=threads, **({"isa": isa} if isa else {}))
         self.pp, self.tg, self.seed = pp, tg, 0
 
     def rep(self) -> tuple:
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--formats", nargs="*", default=["f16", "q8_0", "q4_0", "q4_K_M"])
+    ap.add_argument("--isa", help="edgellm's kernel path (e.g. avx2: what a Zen 3 runs; llama.cpp keeps its native build)")
     a = ap.parse_args()
     from edgellm.bench import bandwidth_probe
 
@@ -139,14 +140,15 @@ def main() -> None:
     rows, probes = [], []
     for fmt in a.formats:
         path = files[fmt]
-        engines = {"llama.cpp": LlamaCpp(path, a.threads, a.p, a.n, vocab), "edgellm": Edgellm(path, a.threads, a.p, a.n)}
+        engines = {"llama.cpp": LlamaCpp(path, a.threads, a.p, a.n, vocab), "edgellm": Edgellm(path, a.threads, a.p, a.n, a.isa)}
         # This machine's bandwidth drifts by up to 2x over minutes (shared host):
         # the engines alternate repetition by repetition and the bound is probed
         # around them, so every ratio compares the same minutes.
         meas = {name: {"pp": [], "tg": []} for name in engines}
         bw = [bandwidth_probe(threads=a.threads)]
-        for _ in range(a.reps):
-            for name, eng in engines.items():
+        for r in range(a.reps):
+            # Who goes first alternates too (a drifting minute favours neither).
+            for name, eng in (list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]):
                 pp, tg = eng.rep()
                 meas[name]["pp"].append(pp)
                 meas[name]["tg"].append(tg)
@@ -169,6 +171,9 @@ def main() -> None:
         row["median"] = med
         row["median_ratio_pp"] = med["edgellm"]["pp"] / med["llama.cpp"]["pp"]
         row["median_ratio_tg"] = med["edgellm"]["tg"] / med["llama.cpp"]["tg"]
+        # Ratios within each repetition (the same minutes), then their median.
+        for k in ("pp", "tg"):
+            row[f"paired_ratio_{k}"] = statistics.median(e / l for e, l in zip(meas["edgellm"][k], meas["llama.cpp"][k]))
         bound = bw_fmt * 1e9 / size
         row["tg_bandwidth_fraction"] = {"edgellm": row["edgellm"]["tg"] / bound, "llama.cpp": row["llama.cpp"]["tg"] / bound}
         rows.append(row)
@@ -177,10 +182,12 @@ def main() -> None:
               f"{row['llama.cpp']['tg']:6.1f} ({row['ratio_tg']:.2f}x) | read bandwidth {bw_fmt:.1f} GB/s, "
               f"bound {bound:.1f} tok/s: edgellm {100 * row['tg_bandwidth_fraction']['edgellm']:.0f}%, "
               f"llama.cpp {100 * row['tg_bandwidth_fraction']['llama.cpp']:.0f}% | median ratios pp "
-              f"{row['median_ratio_pp']:.2f}x tg {row['median_ratio_tg']:.2f}x", flush=True)
+              f"{row['median_ratio_pp']:.2f}x tg {row['median_ratio_tg']:.2f}x, paired pp "
+              f"{row['paired_ratio_pp']:.2f}x tg {row['paired_ratio_tg']:.2f}x", flush=True)
     out = ROOT / "benches" / "out"
     out.mkdir(exist_ok=True)
-    report = {"threads": a.threads, "pp": a.p, "tg": a.n, "reps": a.reps, "bandwidth_gb_s": max(probes), "rows": rows}
+    report = {"threads": a.threads, "pp": a.p, "tg": a.n, "reps": a.reps, "edgellm_isa": a.isa or "best",
+              "bandwidth_gb_s": max(probes), "rows": rows}
     (out / "compare_llamacpp.json").write_text(json.dumps(report, indent=2))
     print(f"report in {out / 'compare_llamacpp.json'}")
 

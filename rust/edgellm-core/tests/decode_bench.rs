@@ -3,7 +3,9 @@
 //! GB/s of weights read per op kind and over a whole step. Each repetition first
 //! reads as many plain bytes in the same op sequence (16 claimed items per op,
 //! on the same pool): the step's bound on this machine at this minute, which
-//! the bandwidth probe (one large read) overstates. A benchmark, not a test:
+//! the bandwidth probe (one large read) overstates. It then reads them in a
+//! single op, which shows what splitting a step into ops costs. A benchmark,
+//! not a test:
 //! `EDGELLM_BENCH_TYPE=q4_0 cargo test --release -p edgellm-core --test decode_bench -- --ignored --nocapture`
 //! (type: q4_0, q8_0, q4_K, f16, f32; `EDGELLM_BENCH_THREADS`, default 2).
 
@@ -90,34 +92,38 @@ fn decode_linears_throughput() {
     let bufs: Vec<Vec<Vec<u64>>> = (0..LAYERS)
         .map(|_| [b_qkv, b_o, b_gu, b_down].iter().map(|&b| vec![1u64; b as usize / 8]).collect())
         .collect();
-    let stream = |rep: usize| {
-        let t = Instant::now();
-        let sink = std::sync::atomic::AtomicU64::new(0);
-        pool.install(|| {
-            for l in &bufs {
-                for b in l {
-                    let chunk = b.len().div_ceil(16);
-                    let next = std::sync::atomic::AtomicUsize::new(0);
-                    edgellm_core::pool::broadcast(threads, |_| loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= 16 {
-                            break;
-                        }
-                        let c = &b[(i * chunk).min(b.len())..((i + 1) * chunk).min(b.len())];
-                        let mut acc = [0u64; 8];
-                        for w in c.chunks_exact(8) {
-                            for (a, v) in acc.iter_mut().zip(w) {
-                                *a = a.wrapping_add(*v);
-                            }
-                        }
-                        sink.fetch_add(acc.iter().sum::<u64>(), std::sync::atomic::Ordering::Relaxed);
-                    });
+    // The same bytes again, in one op of as many items: what the op structure
+    // (a pool dispatch and a join per op, each op's streams starting cold) costs.
+    let whole: Vec<u64> = vec![1u64; bufs.iter().flatten().map(Vec::len).sum()];
+    let sink = std::sync::atomic::AtomicU64::new(0);
+    // Sums `b` in `items` claimed pieces on the pool.
+    let read = |b: &[u64], items: usize| {
+        let chunk = b.len().div_ceil(items);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        edgellm_core::pool::broadcast(threads, |_| loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            let c = &b[(i * chunk).min(b.len())..((i + 1) * chunk).min(b.len())];
+            let mut acc = [0u64; 8];
+            for w in c.chunks_exact(8) {
+                for (a, v) in acc.iter_mut().zip(w) {
+                    *a = a.wrapping_add(*v);
                 }
             }
+            sink.fetch_add(acc.iter().sum::<u64>(), std::sync::atomic::Ordering::Relaxed);
         });
-        let dt = t.elapsed().as_secs_f64();
+    };
+    let stream = |rep: usize| {
         let all = LAYERS as f64 * (b_qkv + b_o + b_gu + b_down);
-        println!("stream rep {rep}: {:.2} ms {:.1} GB/s", dt * 1e3, all / dt / 1e9);
+        let t = Instant::now();
+        pool.install(|| bufs.iter().flatten().for_each(|b| read(b, 16)));
+        let ops = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        pool.install(|| read(&whole, 16 * 4 * LAYERS));
+        let one = t.elapsed().as_secs_f64();
+        println!("stream rep {rep}: {} ops {:.2} ms {:.1} GB/s | one op {:.2} ms {:.1} GB/s", 4 * LAYERS, ops * 1e3, all / ops / 1e9, one * 1e3, all / one / 1e9);
     };
     println!("{} threads, {}, isa {}", threads, ty.name(), k.isa.name());
     for rep in 0..8 {

@@ -22,10 +22,10 @@ use rope::Rope;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use transformer::{Transformer, Workspace};
+use weights::Weights;
 
 /// Passes of up to this many tokens hand their buffers to the next pass.
 const KEEP_WORKSPACE_TOKENS: usize = 16;
-use weights::Weights;
 
 /// Called as `(done, total)` while a long load step (quantization) advances.
 pub type Progress = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;

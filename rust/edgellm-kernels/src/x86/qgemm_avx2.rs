@@ -189,6 +189,9 @@ unsafe fn resident_prefetch<const QB: usize>(x: &PanelTile, b: usize) {
 pub(super) unsafe fn q4_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let nb = x.nb;
     assert!(x.da.len() >= T * nb && x.sa.len() >= T * nb);
+    // Indexed below without bounds checks (two per token and block otherwise,
+    // and the registers they hold made the loop spill an accumulator).
+    let (da, sa) = (x.da.as_ptr(), x.sa.as_ptr());
     let ones = _mm256_set1_epi16(1);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
@@ -207,8 +210,8 @@ pub(super) unsafe fn q4_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
         }
         let dw = S::scales(x, b);
         for t in 0..T {
-            let isum = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(x.sa[t * nb + b]));
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
+            let isum = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), _mm256_set1_epi32(*sa.add(t * nb + b)));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da.add(t * nb + b)));
             acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(isum)));
         }
     }
@@ -221,6 +224,7 @@ pub(super) unsafe fn q4_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
 pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let nb = x.nb;
     assert!(x.da.len() >= T * nb);
+    let da = x.da.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
@@ -240,7 +244,7 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
         }
         let dw = S::scales(x, b);
         for t in 0..T {
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.da[t * nb + b]));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da.add(t * nb + b)));
             acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(s32[t])));
         }
     }

@@ -9,10 +9,11 @@
 //! layout and repacked into resident panels, on one and two threads.
 //!
 //! One test in this file, so no other test allocates while counting.
-//! `EDGELLM_ALLOC_TRACE=1` prints a backtrace of the first counted allocation
-//! (build with debug line tables to read it: `CARGO_PROFILE_RELEASE_DEBUG=1`).
+//! `EDGELLM_ALLOC_TRACE=1` adds the backtrace of a failing step's first
+//! allocation to the message (build with debug line tables to read it:
+//! `CARGO_PROFILE_RELEASE_DEBUG=1`).
 
-use edgellm_core::kv_cache::KvCache;
+use edgellm_core::kv_cache::{Eviction, KvCache, KvConfig, KvQuant};
 use edgellm_core::model::{LoadOptions, LogitsRows, Model, Repack};
 use edgellm_kernels::quant::GgmlType;
 use edgellm_kernels::Isa;
@@ -25,7 +26,9 @@ struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Keep the backtrace of the step's first allocation, for the failure message.
 static TRACE: AtomicBool = AtomicBool::new(false);
+static FIRST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 thread_local! {
     static IN_TRACE: Cell<bool> = const { Cell::new(false) };
@@ -35,12 +38,13 @@ fn note() {
     if !COUNTING.load(Ordering::Relaxed) {
         return;
     }
-    if COUNT.fetch_add(1, Ordering::Relaxed) == 0 && TRACE.swap(false, Ordering::Relaxed) {
+    if COUNT.fetch_add(1, Ordering::Relaxed) == 0 && TRACE.load(Ordering::Relaxed) {
         // The backtrace allocates: not counted, not traced again.
         let _ = IN_TRACE.try_with(|t| {
             if !t.replace(true) {
                 COUNTING.store(false, Ordering::SeqCst);
-                eprintln!("first allocation in a decode step:\n{}", std::backtrace::Backtrace::force_capture());
+                let trace = std::backtrace::Backtrace::force_capture().to_string();
+                *FIRST.lock().unwrap() = trace;
                 COUNTING.store(true, Ordering::SeqCst);
                 t.set(false);
             }
@@ -74,8 +78,11 @@ fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/edgellm/models/default")
 }
 
-/// Allocations made by one decode step of `tok`, with the logits into `logits`.
-fn counted_step(m: &Model, cache: &mut KvCache, tok: u32, logits: &mut Vec<f32>) -> usize {
+/// Allocations made by one decode step of `tok`, with the logits into `logits`;
+/// `trace`: a step that must not allocate.
+fn counted_step(m: &Model, cache: &mut KvCache, tok: u32, logits: &mut Vec<f32>, trace: bool) -> usize {
+    TRACE.store(trace && std::env::var_os("EDGELLM_ALLOC_TRACE").is_some(), Ordering::SeqCst);
+    FIRST.lock().unwrap().clear();
     COUNT.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     m.forward_into(&[tok], cache, LogitsRows::Last, logits).unwrap();
@@ -85,11 +92,11 @@ fn counted_step(m: &Model, cache: &mut KvCache, tok: u32, logits: &mut Vec<f32>)
 
 /// Decodes 40 tokens after a `prompt`-token prompt, checking the steps in
 /// which the cache kept its storage.
-fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt: usize) {
-    let opts = LoadOptions { threads: Some(threads), isa: Some(isa), quant: ty, repack, ..Default::default() };
+fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt: usize, kv_cache: KvConfig) {
+    let opts = LoadOptions { threads: Some(threads), isa: Some(isa), quant: ty, repack, kv_cache: kv_cache.clone(), ..Default::default() };
     let m = Model::load(&default_model(), &opts).unwrap();
     let vocab = m.config.vocab_size as u32;
-    let what = format!("{} {} {repack:?}, {threads} threads, {prompt}-token prompt", isa.name(), ty.map_or("f32", |t| t.name()));
+    let what = format!("{} {} {repack:?}, {threads} threads, {prompt}-token prompt, {kv_cache:?}", isa.name(), ty.map_or("f32", |t| t.name()));
     let mut cache = m.new_cache();
     let mut logits = Vec::new();
     let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -97,13 +104,14 @@ fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt:
     let mut steps = 0;
     for i in 0..40u32 {
         let bytes = cache.bytes();
-        let n = counted_step(&m, &mut cache, (i * 37 + 11) % vocab, &mut logits);
+        // The first steps size the buffers.
+        let n = counted_step(&m, &mut cache, (i * 37 + 11) % vocab, &mut logits, i >= 2);
         assert!(logits.iter().all(|v| v.is_finite()), "{what}: non-finite logits");
-        // The first steps size the buffers; a grown cache allocates.
+        // A grown cache allocates.
         if i < 2 || cache.bytes() != bytes {
             continue;
         }
-        assert_eq!(n, 0, "{what}: decode step {i} made {n} allocations");
+        assert_eq!(n, 0, "{what}: decode step {i} made {n} allocations; the first:\n{}", FIRST.lock().unwrap());
         steps += 1;
     }
     assert!(steps >= 30, "{what}: too few steps without cache growth ({steps})");
@@ -111,15 +119,27 @@ fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt:
 
 #[test]
 fn a_warm_decode_step_allocates_nothing() {
-    TRACE.store(std::env::var_os("EDGELLM_ALLOC_TRACE").is_some(), Ordering::SeqCst);
     let types: [Option<GgmlType>; 4] = [None, Some(GgmlType::Q4_0), Some(GgmlType::Q8_0), Some(GgmlType::Q4K)];
     for isa in Isa::supported() {
         for ty in types {
             for (threads, repack) in [(1, Repack::Auto), (2, Repack::Auto), (2, Repack::All), (2, Repack::Off)] {
-                check(isa, ty, threads, repack, 7);
+                check(isa, ty, threads, repack, 7, KvConfig::default());
             }
         }
         // Past 512 keys attention splits them into chunks (flash-decoding).
-        check(isa, Some(GgmlType::Q4_0), 2, Repack::All, 600);
+        check(isa, Some(GgmlType::Q4_0), 2, Repack::All, 600, KvConfig::default());
+        // Packed KV stores (decoded a block at a time into the task scratch),
+        // a sliding window (the store reuses its ring) and StreamingLLM.
+        for (eviction, quant) in [
+            (Eviction::Full, KvQuant::F16),
+            (Eviction::Full, KvQuant::Int8),
+            (Eviction::Full, KvQuant::Kivi { bits: 2, group_size: 32, residual: 32 }),
+            (Eviction::Window { size: 24 }, KvQuant::F32),
+        ] {
+            check(isa, Some(GgmlType::Q4_0), 2, Repack::Auto, 7, KvConfig { eviction, quant, select_blocks: None });
+        }
+        // StreamingLLM past its window (sinks rotated at every step).
+        let streaming = KvConfig { eviction: Eviction::Streaming { sinks: 4, window: 20 }, quant: KvQuant::F32, select_blocks: None };
+        check(isa, Some(GgmlType::Q4_0), 2, Repack::Auto, 30, streaming);
     }
 }

@@ -27,7 +27,7 @@
 use super::AttentionParams;
 use crate::kv_cache::KvCache;
 use crate::ops::par::{self, SharedMut};
-use crate::ops::reuse::Reused;
+use crate::ops::reuse::{Reused, Slot};
 use std::cell::RefCell;
 use edgellm_kernels::Kernels;
 
@@ -189,13 +189,18 @@ impl<'a> KvPart<'a> {
                 &(if values { vals } else { keys })[h * stride + r0 * hd..h * stride + r1 * hd]
             }
             KvData::Tiles(t) => {
-                buf.resize((r1 - r0) * hd, 0.0);
-                if values {
-                    t.values(h, r0, r1, buf);
-                } else {
-                    t.keys(h, r0, r1, buf);
+                // Room for a whole block: the last one grows by a key per decode
+                // step, and a reused buffer then never has to grow.
+                if buf.len() < KEY_BLOCK.max(r1 - r0) * hd {
+                    buf.resize(KEY_BLOCK.max(r1 - r0) * hd, 0.0);
                 }
-                buf
+                let out = &mut buf[..(r1 - r0) * hd];
+                if values {
+                    t.values(h, r0, r1, out);
+                } else {
+                    t.keys(h, r0, r1, out);
+                }
+                out
             }
         }
     }
@@ -320,7 +325,8 @@ impl<M: Mask> Plan<'_, M> {
         let kb = self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
         let rows = (tb - ta) * g;
         if sc.s.len() < rows * bk {
-            sc.s.resize(rows * bk, 0.0);
+            // A whole block's worth (see `KvPart::block`).
+            sc.s.resize(rows * KEY_BLOCK.max(bk), 0.0);
         }
         let s = &mut sc.s[..rows * bk];
         (self.k.matmul_f32)(self.qrows(kvh, ta, tb), kb, hd, s, bk);
@@ -688,10 +694,10 @@ struct RunBuffers {
 }
 
 thread_local! {
-    static RUN_BUFFERS: RefCell<RunBuffers> = RefCell::default();
+    static RUN_BUFFERS: Slot<RunBuffers> = const { RefCell::new(None) };
     /// Every pool thread's task scratch, reused from call to call (its size is
     /// bounded by the task shape, not the prompt).
-    static TASK_SCRATCH: RefCell<Scratch> = RefCell::default();
+    static TASK_SCRATCH: Slot<Scratch> = const { RefCell::new(None) };
 }
 
 fn task_scratch() -> Reused<Scratch> {

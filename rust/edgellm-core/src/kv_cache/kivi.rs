@@ -18,6 +18,7 @@
 
 use super::store::Store;
 use crate::attention::flash::KvTiles;
+use crate::ops::reuse::{Reused, Slot};
 use half::f16;
 
 pub(crate) struct KiviStore {
@@ -189,8 +190,11 @@ impl KiviStore {
         let vrb = self.vrow_bytes();
         let qlen = self.qlen();
         let mut r = r0;
-        // Per-channel key scales and minimums of the current group, as f32.
-        let (mut ks, mut km) = (Vec::new(), Vec::new());
+        // Per-channel key scales and minimums of the current group, as f32 (this
+        // thread's buffers, kept from call to call: a decode step decodes
+        // blocks of every layer and head).
+        let mut params = Reused::take(&KEY_PARAMS);
+        let (ks, km) = &mut *params;
         while r < r1.min(qlen) {
             let idx = self.skip + r;
             let (gi, t0) = (self.g0 + idx / g, idx % g);
@@ -205,7 +209,7 @@ impl KiviStore {
                 km.extend(p.chunks_exact(2).map(|sm| sm[1].to_f32()));
                 for (t, orow) in (t0..t1).zip(o.chunks_exact_mut(hd)) {
                     let codes = &self.kcodes[(rows + t) * vrb..][..vrb];
-                    unpack_affine::<BITS>(codes, &ks, &km, orow);
+                    unpack_affine::<BITS>(codes, ks, km, orow);
                 }
             } else {
                 let nvg = self.nvg();
@@ -232,6 +236,10 @@ impl KiviStore {
             }
         }
     }
+}
+
+thread_local! {
+    static KEY_PARAMS: Slot<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new(None) };
 }
 
 /// The codes of every byte as floats: `CODES2[b] = [b & 3, (b >> 2) & 3, ...]`

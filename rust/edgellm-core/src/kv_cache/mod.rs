@@ -59,6 +59,9 @@ pub struct KvCache {
     /// Tokens of the step in progress (written, not yet advanced).
     pending: usize,
     max_len: usize,
+    /// StreamingLLM: the sink keys rotated for the current step, a buffer kept
+    /// from layer to layer and step to step.
+    rotated_sinks: Vec<f32>,
 }
 
 impl KvCache {
@@ -97,7 +100,7 @@ impl KvCache {
                 bounds: Vec::new(),
             })
             .collect();
-        KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len }
+        KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len, rotated_sinks: Vec::new() }
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -222,20 +225,21 @@ impl KvCache {
         let hd = self.head_dim;
         let n = self.pending;
         let h2o = matches!(self.cfg.eviction, Eviction::H2o { .. });
-        let l = &mut self.layers[layer];
+        let (l, rotated) = (&mut self.layers[layer], &mut self.rotated_sinks);
         let total = l.nsinks + l.main.len();
         let pos0 = total - n;
-        let sinks_rotated: Option<Vec<f32>> = match (l.nsinks, self.cfg.eviction, shift_sinks) {
+        let sinks_rotated: Option<&[f32]> = match (l.nsinks, self.cfg.eviction, shift_sinks) {
             (ns, Eviction::Streaming { sinks, .. }, Some(f)) if ns > 0 => {
-                let mut keys = l.sink_k.clone();
-                f(&mut keys, sinks);
-                Some(keys)
+                rotated.clear();
+                rotated.extend_from_slice(&l.sink_k);
+                f(rotated, sinks);
+                Some(rotated)
             }
             _ => None,
         };
         let sinks_part = (l.nsinks > 0).then(|| {
             let Eviction::Streaming { sinks, .. } = self.cfg.eviction else { unreachable!("only streaming has sinks") };
-            let keys = sinks_rotated.as_deref().unwrap_or(&l.sink_k);
+            let keys = sinks_rotated.unwrap_or(&l.sink_k);
             let data = KvData::Strided { keys, values: &l.sink_v, stride: sinks * hd };
             KvPart { start: 0, len: l.nsinks, data }
         });

@@ -5,6 +5,7 @@
 //! positions round the same way, and cos/sin are then taken in f64.
 
 use super::config::{RopeConfig, RopeScaling};
+use crate::ops::reuse::{Reused, Slot};
 use std::borrow::Cow;
 use std::f64::consts::PI;
 
@@ -167,17 +168,25 @@ impl Rope {
     /// scaling, so a key rotated at `p` becomes one rotated at `p + delta`.
     pub fn shift(&self, x: &mut [f32], head_dim: usize, delta: usize, seq_len: usize) {
         let inv = self.inv_freq(seq_len);
-        let (c, s): (Vec<f32>, Vec<f32>) = inv
-            .iter()
-            .map(|&f| {
-                let angle = (delta as f32 * f) as f64;
-                (angle.cos() as f32, angle.sin() as f32)
-            })
-            .unzip();
+        // This thread's buffers, kept from call to call (StreamingLLM shifts the
+        // sinks of every layer at every step).
+        let mut tables = Reused::take(&SHIFT_TABLES);
+        let (c, s) = &mut *tables;
+        c.clear();
+        s.clear();
+        for &f in inv.iter() {
+            let angle = (delta as f32 * f) as f64;
+            c.push(angle.cos() as f32);
+            s.push(angle.sin() as f32);
+        }
         for head in x.chunks_exact_mut(head_dim) {
-            rotate(head, &c, &s, self.interleaved);
+            rotate(head, c, s, self.interleaved);
         }
     }
+}
+
+thread_local! {
+    static SHIFT_TABLES: Slot<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new(None) };
 }
 
 /// Rotates pairs `(i, i + half)` (or `(2i, 2i+1)`) of one head by the angles of

@@ -4,7 +4,7 @@
 
 use super::matmul::{par_gemm, par_pack_a, BSource};
 use super::par::{self, for_each_claimed, for_each_claimed_with, SharedMut};
-use super::reuse::Reused;
+use super::reuse::{Reused, Slot};
 use super::norm::Norm;
 use crate::tensor::{DType, Tensor};
 use edgellm_kernels::gemm::BRows;
@@ -45,7 +45,7 @@ const MAX_GROUP: usize = 4;
 
 thread_local! {
     /// The calling thread's quantized activations, reused from call to call.
-    static ACTS: RefCell<[QActs; MAX_GROUP]> = RefCell::default();
+    static ACTS: Slot<[QActs; MAX_GROUP]> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with the calling thread's quantized-activation buffers, kept for

@@ -121,8 +121,9 @@ struct Prepared {
 
 thread_local! {
     /// The buffers of [`prepare`], reused across calls on one thread (a decode
-    /// step makes hundreds of GEMV calls).
-    static PREPARED: core::cell::RefCell<Prepared> = core::cell::RefCell::default();
+    /// step makes hundreds of GEMV calls); boxed, so that the thread-local
+    /// block (static TLS, shared with libraries loaded later) holds a pointer.
+    static PREPARED: core::cell::RefCell<Option<Box<Prepared>>> = const { core::cell::RefCell::new(None) };
 }
 
 /// Scales and `mult · Σa` of the whole groups of eight blocks of `act`, in `ord`,
@@ -243,7 +244,7 @@ unsafe fn quant_pair(w: *const u8) -> __m256i {
 pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
     // Out of the thread-local and back: the loops must not run in a closure,
     // which would not inherit the caller's `#[target_feature]`.
-    let mut p = PREPARED.with_borrow_mut(core::mem::take);
+    let mut p = PREPARED.with_borrow_mut(Option::take).unwrap_or_default();
     prepare(act, nb, PAIR_ORD, 8, true, &mut p);
     let groups = nb / 8;
     for (r, y) in out.iter_mut().enumerate() {
@@ -276,7 +277,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
             sum += scaled(wb, ab, isum - p.tail[b - 8 * groups]);
         }
         *y = sum;
-    }    PREPARED.with_borrow_mut(|s| *s = p);
+    }    PREPARED.with_borrow_mut(|s| *s = Some(p));
 }
 
 /// The q8_0 GEMV with block product `B`; inlined into each table's
@@ -284,7 +285,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
 #[inline(always)]
 pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
     let mult = if B::OFFSET { 128 } else { 0 };
-    let mut p = PREPARED.with_borrow_mut(core::mem::take);
+    let mut p = PREPARED.with_borrow_mut(Option::take).unwrap_or_default();
     prepare(act, nb, NATURAL, mult, false, &mut p);
     let groups = nb / 8;
     let ap = act.as_ptr();
@@ -312,5 +313,5 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
             sum += scaled(wb, ab, isum);
         }
         *y = sum;
-    }    PREPARED.with_borrow_mut(|s| *s = p);
+    }    PREPARED.with_borrow_mut(|s| *s = Some(p));
 }

@@ -5,8 +5,9 @@
 //! a step runs; steps in which the KV cache grew its storage (a block at a
 //! time) are the only ones allowed to allocate.
 //!
-//! Every kernel path the machine has, float and quantized weights, in the row
-//! layout and repacked into resident panels, on one and two threads.
+//! Every kernel path the machine has; the file's f16 weights and weights
+//! quantized at load, in the row layout and repacked into resident panels; one
+//! and two threads; long contexts; packed KV stores, windows and StreamingLLM.
 //!
 //! One test in this file, so no other test allocates while counting.
 //! `EDGELLM_ALLOC_TRACE=1` adds the backtrace of a failing step's first
@@ -96,7 +97,7 @@ fn check(isa: Isa, ty: Option<GgmlType>, threads: usize, repack: Repack, prompt:
     let opts = LoadOptions { threads: Some(threads), isa: Some(isa), quant: ty, repack, kv_cache: kv_cache.clone(), ..Default::default() };
     let m = Model::load(&default_model(), &opts).unwrap();
     let vocab = m.config.vocab_size as u32;
-    let what = format!("{} {} {repack:?}, {threads} threads, {prompt}-token prompt, {kv_cache:?}", isa.name(), ty.map_or("f32", |t| t.name()));
+    let what = format!("{} {} {repack:?}, {threads} threads, {prompt}-token prompt, {kv_cache:?}", isa.name(), ty.map_or("file weights", |t| t.name()));
     let mut cache = m.new_cache();
     let mut logits = Vec::new();
     let ids: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();

@@ -43,27 +43,24 @@ impl Norm {
         }
     }
 
-    /// The gain's offset: Gemma's RMSNorm scales by `1 + w`.
-    fn gain_offset(&self) -> f32 {
-        if self.kind == NormKind::RmsOffset {
-            1.0
-        } else {
-            0.0
+    /// Elements `i0..i0 + v.len()` of a row with `(center, scale)`, normalised
+    /// in place: `((v − center) · scale) · gain (+ bias)`, Gemma's RMSNorm
+    /// scaling by `1 + w`.
+    fn normalise(&self, (center, scale): (f32, f32), i0: usize, v: &mut [f32]) {
+        let offset = if self.kind == NormKind::RmsOffset { 1.0 } else { 0.0 };
+        for (x, w) in v.iter_mut().zip(&self.weight[i0..]) {
+            *x = ((*x - center) * scale) * (w + offset);
+        }
+        if let Some(b) = &self.bias {
+            for (x, b) in v.iter_mut().zip(&b[i0..]) {
+                *x += b;
+            }
         }
     }
 
     /// Normalises one row in place.
     pub fn apply_row(&self, row: &mut [f32]) {
-        let (center, scale) = self.stats(row);
-        let offset = self.gain_offset();
-        for (v, w) in row.iter_mut().zip(&self.weight) {
-            *v = ((*v - center) * scale) * (w + offset);
-        }
-        if let Some(b) = &self.bias {
-            for (v, b) in row.iter_mut().zip(b) {
-                *v += b;
-            }
-        }
+        self.normalise(self.stats(row), 0, row);
     }
 
     /// The normalised `row` quantized to the int8 activation format of weights of
@@ -73,21 +70,13 @@ impl Norm {
     /// quantizing the whole row: the same f32 values, and every format
     /// quantizes each block on its own.
     pub fn apply_quantized(&self, k: &Kernels, ty: GgmlType, row: &[f32], dst: &mut [u8]) {
-        let (center, scale) = self.stats(row);
-        let offset = self.gain_offset();
+        let stats = self.stats(row);
         let mut piece = [0f32; NORM_PIECE];
         let mut out = 0;
         for (i, src) in row.chunks(NORM_PIECE).enumerate() {
-            let i0 = i * NORM_PIECE;
             let p = &mut piece[..src.len()];
-            for ((d, v), w) in p.iter_mut().zip(src).zip(&self.weight[i0..]) {
-                *d = ((*v - center) * scale) * (w + offset);
-            }
-            if let Some(b) = &self.bias {
-                for (d, b) in p.iter_mut().zip(&b[i0..]) {
-                    *d += b;
-                }
-            }
+            p.copy_from_slice(src);
+            self.normalise(stats, i * NORM_PIECE, p);
             let ab = quant::act_row_bytes(ty, src.len()).expect("rows are whole activation blocks");
             (k.quantize_act)(ty, p, &mut dst[out..out + ab]);
             out += ab;

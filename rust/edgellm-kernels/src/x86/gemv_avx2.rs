@@ -277,7 +277,8 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
             sum += scaled(wb, ab, isum - p.tail[b - 8 * groups]);
         }
         *y = sum;
-    }    PREPARED.with_borrow_mut(|s| *s = Some(p));
+    }
+    PREPARED.with_borrow_mut(|s| *s = Some(p));
 }
 
 /// The q8_0 GEMV with block product `B`; inlined into each table's
@@ -313,5 +314,6 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
             sum += scaled(wb, ab, isum);
         }
         *y = sum;
-    }    PREPARED.with_borrow_mut(|s| *s = Some(p));
+    }
+    PREPARED.with_borrow_mut(|s| *s = Some(p));
 }

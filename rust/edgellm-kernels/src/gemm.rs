@@ -100,10 +100,23 @@ impl PackedA {
         out
     }
     fn block(&self, kb: usize, panel: usize) -> &[f32] {
-        let k0 = kb * KC;
+        &self.data[self.block_range(kb * KC, panel)]
+    }
+    /// Where the block (k-block from `k0`, panel `p`) lies in the packing: a
+    /// block of `blocks_mut`'s, for packers that write through [`Self::as_mut_slice`].
+    pub fn block_range(&self, k0: usize, panel: usize) -> core::ops::Range<usize> {
         let kc = KC.min(self.k - k0);
         let start = k0 * MR * self.panels() + panel * kc * MR;
-        &self.data[start..start + kc * MR]
+        start..start + kc * MR
+    }
+    /// The packing's values, to fill disjoint blocks from several threads.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+    /// Blocks in the packing: `k.div_ceil(KC)` k-blocks of `n.div_ceil(MR)` panels,
+    /// block `i` being (k-block `i / panels`, panel `i % panels`).
+    pub fn block_count(&self) -> usize {
+        self.k.div_ceil(KC) * self.panels()
     }
 }
 

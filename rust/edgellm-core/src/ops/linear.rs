@@ -2,7 +2,7 @@
 //! every output element is computed by one thread in a fixed order: results do not
 //! depend on the number of threads.
 
-use super::matmul::{par_gemm, par_pack_a, BSource};
+use super::matmul::{par_matmul, BSource};
 use super::par::{self, for_each_claimed, for_each_claimed_with, SharedMut};
 use super::reuse::{Reused, Slot};
 use super::norm::Norm;
@@ -259,7 +259,7 @@ impl Linear {
     fn forward_panels(&self, k: &Kernels, p: Panels<'_>, x: &[f32], n: usize, out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
         if n >= PANELS_GEMM_MIN_ROWS {
-            return par_gemm(k, &par_pack_a(x, n, kd), BSource::Panels(p), m, out);
+            return par_matmul(k, x, n, kd, BSource::Panels(p), m, out);
         }
         let run = k.gemm_panels.expect("float panels need gemm_panels");
         for_each_column_block(m, gemv_chunk(m), n, out, |r0, r1, tile| {
@@ -623,7 +623,6 @@ impl Linear {
     /// parallel through the packed, cache-blocked GEMM of edgellm-kernels
     /// (quantized rows widened to f32 a block at a time).
     fn gemm_packed(&self, k: &Kernels, x: &[f32], n: usize, out: &mut [f32]) {
-        let a = par_pack_a(x, n, self.in_features());
         let (wb, rb) = (self.weight.as_bytes(), self.weight.row_bytes());
         let ty = self.weight.dtype().ggml();
         // The table's dequantizer (SIMD for NF4/FP8): widening is part of the work.
@@ -633,7 +632,7 @@ impl Linear {
             Some(rows) => BSource::Rows(rows),
             None => BSource::Dequant(&widen),
         };
-        par_gemm(k, &a, src, self.out_features(), out);
+        par_matmul(k, x, n, self.in_features(), src, self.out_features(), out);
     }
 
     /// A few rows (2..PACKED_MIN_ROWS) of float weights: `Kernels::gemm_few` on

@@ -14,7 +14,7 @@
 //! allocation to the message (build with debug line tables to read it:
 //! `CARGO_PROFILE_RELEASE_DEBUG=1`).
 
-use edgellm_core::kv_cache::{Eviction, KvCache, KvConfig, KvQuant};
+use edgellm_core::kv_cache::{Budget, Eviction, KvCache, KvConfig, KvQuant};
 use edgellm_core::model::{LoadOptions, LogitsRows, Model, Repack};
 use edgellm_kernels::quant::GgmlType;
 use edgellm_kernels::Isa;
@@ -142,5 +142,11 @@ fn a_warm_decode_step_allocates_nothing() {
         // StreamingLLM past its window (sinks rotated at every step).
         let streaming = KvConfig { eviction: Eviction::Streaming { sinks: 4, window: 20 }, quant: KvQuant::F32, select_blocks: None };
         check(isa, Some(GgmlType::Q4_0), 2, Repack::Auto, 30, streaming);
+        // H2O past its budget (the key-mass pass and an eviction at every step).
+        let h2o = KvConfig { eviction: Eviction::H2o { budget: Budget::Tokens(24), recent: 8 }, quant: KvQuant::F32, select_blocks: None };
+        check(isa, Some(GgmlType::Q4_0), 2, Repack::Auto, 30, h2o);
+        // Query-aware block selection over a long cache (4 of its 10 blocks).
+        let select = KvConfig { select_blocks: Some(4), ..KvConfig::default() };
+        check(isa, Some(GgmlType::Q4_0), 2, Repack::Auto, 600, select);
     }
 }

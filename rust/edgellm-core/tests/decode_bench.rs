@@ -117,13 +117,34 @@ fn decode_linears_throughput() {
     };
     let stream = |rep: usize| {
         let all = LAYERS as f64 * (b_qkv + b_o + b_gu + b_down);
+        let mut kinds = [0f64; 4];
         let t = Instant::now();
-        pool.install(|| bufs.iter().flatten().for_each(|b| read(b, 16)));
+        pool.install(|| {
+            for layer in &bufs {
+                for (kind, b) in layer.iter().enumerate() {
+                    let t = Instant::now();
+                    read(b, 16);
+                    kinds[kind] += t.elapsed().as_secs_f64();
+                }
+            }
+        });
         let ops = t.elapsed().as_secs_f64();
         let t = Instant::now();
         pool.install(|| read(&whole, 16 * 4 * LAYERS));
         let one = t.elapsed().as_secs_f64();
-        println!("stream rep {rep}: {} ops {:.2} ms {:.1} GB/s | one op {:.2} ms {:.1} GB/s", 4 * LAYERS, ops * 1e3, all / ops / 1e9, one * 1e3, all / one / 1e9);
+        let gbs = |b: f64, t: f64| LAYERS as f64 * b / t / 1e9;
+        println!(
+            "stream rep {rep}: {} ops {:.2} ms {:.1} GB/s (qkv {:.1} o {:.1} gate/up {:.1} down {:.1}) | one op {:.2} ms {:.1} GB/s",
+            4 * LAYERS,
+            ops * 1e3,
+            all / ops / 1e9,
+            gbs(b_qkv, kinds[0]),
+            gbs(b_o, kinds[1]),
+            gbs(b_gu, kinds[2]),
+            gbs(b_down, kinds[3]),
+            one * 1e3,
+            all / one / 1e9
+        );
     };
     println!("{} threads, {}, isa {}", threads, ty.name(), k.isa.name());
     for rep in 0..8 {

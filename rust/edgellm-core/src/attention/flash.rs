@@ -123,14 +123,15 @@ pub(crate) struct KvParts<'a> {
     parts: [Option<KvPart<'a>>; MAX_PARTS],
     /// Total number of keys (the parts cover `0..len` in order).
     pub len: usize,
-    /// Query-aware selection: `select[kv_head][j0 / KEY_BLOCK]` says whether the
-    /// key block starting at `j0` is attended by that head (one part from 0).
-    pub select: Option<Vec<Vec<bool>>>,
+    /// Query-aware selection: `select[kv_head · blocks + j0 / KEY_BLOCK]` (with
+    /// `blocks = len.div_ceil(KEY_BLOCK)`) says whether the key block starting
+    /// at `j0` is attended by that head (one part from 0).
+    pub select: Option<&'a [bool]>,
 }
 
 impl<'a> KvParts<'a> {
     /// Panics past [`MAX_PARTS`] parts.
-    pub fn new(parts: impl IntoIterator<Item = KvPart<'a>>, len: usize, select: Option<Vec<Vec<bool>>>) -> Self {
+    pub fn new(parts: impl IntoIterator<Item = KvPart<'a>>, len: usize, select: Option<&'a [bool]>) -> Self {
         let mut slots = [None, None];
         for (i, part) in parts.into_iter().enumerate() {
             assert!(i < MAX_PARTS, "attention reads at most {MAX_PARTS} KV parts");
@@ -144,7 +145,7 @@ impl<'a> KvParts<'a> {
     }
 
     fn skips(&self, kvh: usize, b: Block) -> bool {
-        self.select.as_ref().is_some_and(|s| !s[kvh][b.j0 / KEY_BLOCK])
+        self.select.is_some_and(|s| !s[kvh * self.len.div_ceil(KEY_BLOCK) + b.j0 / KEY_BLOCK])
     }
 }
 
@@ -544,9 +545,13 @@ pub(crate) fn run<M: Mask>(
 
     // Final (m, l) of every (token, head) row, for the key-mass pass.
     let want_stats = mass.is_some();
-    let mut stat_m = vec![0f32; if want_stats { n * nh } else { 0 }];
-    let mut stat_l = vec![0f32; stat_m.len()];
-    let (sm, sl, so) = (SharedMut::new(&mut stat_m), SharedMut::new(&mut stat_l), SharedMut::new(out));
+    let mut stats = std::mem::take(&mut bufs.stats);
+    let (stat_m, stat_l) = &mut stats;
+    for s in [&mut *stat_m, &mut *stat_l] {
+        s.clear();
+        s.resize(if want_stats { n * nh } else { 0 }, 0.0);
+    }
+    let (sm, sl, so) = (SharedMut::new(stat_m), SharedMut::new(stat_l), SharedMut::new(out));
 
     // Writes the normalised rows of (kvh, tokens t0..t1) and their stats.
     let finish = |kvh: usize, t0: usize, t1: usize, m: &[f32], l: &[f32], acc: &[f32]| {
@@ -634,13 +639,16 @@ pub(crate) fn run<M: Mask>(
 
     if let Some(mass) = mass {
         // Second pass over the same blocks (hence bit-identical scores), now with
-        // every row's final maximum and sum: weight = exp(s − m) / l.
-        let (stat_m, stat_l) = (&stat_m, &stat_l);
-        let nmc = nb.div_ceil(CHUNK_BLOCKS);
-        let local: Vec<Vec<f32>> = par::map_with(nmc, task_scratch, |sc, c| {
+        // every row's final maximum and sum: weight = exp(s − m) / l. Chunks of
+        // blocks cover disjoint key ranges, each added into `mass` in place.
+        let (stat_m, stat_l) = (&*stat_m, &*stat_l);
+        let mass = SharedMut::new(mass);
+        par::for_each_claimed_with(nb.div_ceil(CHUNK_BLOCKS), task_scratch, |sc, c| {
             let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
             let c0 = blocks[0].j0;
-            let mut acc = vec![0f32; blocks[blocks.len() - 1].j1 - c0];
+            // SAFETY: the blocks are in key order and do not overlap, so chunk c
+            // alone touches keys c0..(its last block's end).
+            let acc = unsafe { mass.slice(c0, blocks[blocks.len() - 1].j1 - c0) };
             for kvh in 0..nkv {
                 for qb in 0..nqb {
                     let (t0, t1) = plan.tokens(qb);
@@ -665,19 +673,11 @@ pub(crate) fn run<M: Mask>(
                     }
                 }
             }
-            acc
         });
-        let mut j = 0;
-        for chunk in local {
-            for v in chunk {
-                mass[j] += v;
-                j += 1;
-            }
-        }
     }
     // Decode-sized buffers serve the next call (a prompt's are dropped).
     let Plan { qp, blocks, .. } = plan;
-    (bufs.qp, bufs.blocks) = (qp, blocks);
+    (bufs.qp, bufs.blocks, bufs.stats) = (qp, blocks, stats);
     bufs.keep_if(n <= KEEP_TOKENS);
 }
 
@@ -691,6 +691,8 @@ struct RunBuffers {
     blocks: Vec<Block>,
     /// Flash-decoding's partial (m, l, acc) per (task, row).
     partial: (Vec<f32>, Vec<f32>, Vec<f32>),
+    /// Every row's final (m, l), for the key-mass pass.
+    stats: (Vec<f32>, Vec<f32>),
 }
 
 thread_local! {

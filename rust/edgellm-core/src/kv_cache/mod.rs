@@ -62,6 +62,26 @@ pub struct KvCache {
     /// StreamingLLM: the sink keys rotated for the current step, a buffer kept
     /// from layer to layer and step to step.
     rotated_sinks: Vec<f32>,
+    /// H2O's and block selection's buffers, kept likewise.
+    h2o: H2oScratch,
+    select: SelectScratch,
+}
+
+/// H2O's per-step buffers: the attention weight each key received in the
+/// step's pass, and the eviction's keep flags and ranking order.
+#[derive(Default)]
+struct H2oScratch {
+    mass: Vec<f32>,
+    keep: Vec<bool>,
+    order: Vec<usize>,
+}
+
+/// Block selection's per-step buffers: the chosen flags (`[kv_head][block]`)
+/// and the ranking of the older blocks by their bound.
+#[derive(Default)]
+struct SelectScratch {
+    chosen: Vec<bool>,
+    scored: Vec<(f32, usize)>,
 }
 
 impl KvCache {
@@ -100,7 +120,7 @@ impl KvCache {
                 bounds: Vec::new(),
             })
             .collect();
-        KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len, rotated_sinks: Vec::new() }
+        KvCache { cfg: cfg.clone(), layers, kv_heads, head_dim, seen: 0, pending: 0, max_len, rotated_sinks: Vec::new(), h2o: H2oScratch::default(), select: SelectScratch::default() }
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -225,7 +245,7 @@ impl KvCache {
         let hd = self.head_dim;
         let n = self.pending;
         let h2o = matches!(self.cfg.eviction, Eviction::H2o { .. });
-        let (l, rotated) = (&mut self.layers[layer], &mut self.rotated_sinks);
+        let (l, rotated, mass, chosen) = (&mut self.layers[layer], &mut self.rotated_sinks, &mut self.h2o.mass, &mut self.select);
         let total = l.nsinks + l.main.len();
         let pos0 = total - n;
         let sinks_rotated: Option<&[f32]> = match (l.nsinks, self.cfg.eviction, shift_sinks) {
@@ -253,12 +273,14 @@ impl KvCache {
         });
         let select = match self.cfg.select_blocks {
             Some(keep) if n <= SPLIT_MAX_TOKENS && total.div_ceil(KEY_BLOCK) > keep => {
-                Some(select_blocks(&l.bounds, q, p, pos0, total, keep))
+                select_blocks(&l.bounds, q, p, pos0, total, keep, chosen);
+                Some(chosen.chosen.as_slice())
             }
             _ => None,
         };
         let kv = KvParts::new(sinks_part.into_iter().chain(main_part), total, select);
-        let mut mass = if h2o { vec![0f32; total] } else { Vec::new() };
+        mass.clear();
+        mass.resize(if h2o { total } else { 0 }, 0.0);
         let mass_arg = h2o.then_some(mass.as_mut_slice());
         // The tokens of one step see what they would see one at a time: a window
         // policy's `size` previous tokens, StreamingLLM's sinks and window.
@@ -302,13 +324,15 @@ impl KvCache {
             }
             Eviction::H2o { budget, recent } => {
                 let budget = budget.tokens(self.seen);
+                let H2oScratch { keep, order, .. } = &mut self.h2o;
                 for l in &mut self.layers {
                     let len = l.main.len();
                     if len <= budget {
                         continue;
                     }
-                    let keep = h2o_keep(&l.score, budget, recent);
-                    l.main.retain(&keep);
+                    h2o_keep(&l.score, budget, recent, keep, order);
+                    let keep = keep.as_slice();
+                    l.main.retain(keep);
                     let mut i = 0;
                     l.pos.retain(|_| (keep[i], i += 1).0);
                     i = 0;
@@ -374,60 +398,61 @@ fn update_bounds(bounds: &mut Vec<f32>, first: usize, k: &[f32], heads: usize, h
     }
 }
 
-/// Quest's choice per KV head: the blocks holding the step's tokens (queries
+/// Quest's choice per KV head, into `out.chosen` (`[kv_head][block]`, as
+/// [`KvParts::select`]): the blocks holding the step's tokens (queries
 /// `pos0..total`) plus the `keep` others with the highest bound
 /// `Σ_c max(q_c·min_c, q_c·max_c)` over the head group's queries.
-fn select_blocks(bounds: &[f32], q: &[f32], p: &AttentionParams, pos0: usize, total: usize, keep: usize) -> Vec<Vec<bool>> {
+fn select_blocks(bounds: &[f32], q: &[f32], p: &AttentionParams, pos0: usize, total: usize, keep: usize, out: &mut SelectScratch) {
     let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
     let group = nh / nkv;
     let nb = total.div_ceil(KEY_BLOCK);
     let first_new = pos0 / KEY_BLOCK;
     let stride = nkv * 2 * hd;
-    (0..nkv)
-        .map(|kvh| {
-            let mut sel = vec![false; nb];
-            sel[first_new..].iter_mut().for_each(|s| *s = true);
-            let mut scored: Vec<(f32, usize)> = (0..first_new)
-                .map(|b| {
-                    let mm = &bounds[b * stride + kvh * 2 * hd..][..2 * hd];
-                    let (lo, hi) = mm.split_at(hd);
-                    let best = q
-                        .chunks_exact(nh * hd)
-                        .flat_map(|t| t[kvh * group * hd..(kvh + 1) * group * hd].chunks_exact(hd))
-                        .map(|qh| qh.iter().zip(lo).zip(hi).map(|((x, l), u)| (x * l).max(x * u)).sum::<f32>())
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    (best, b)
-                })
-                .collect();
-            let take = keep.min(scored.len());
-            if take > 0 && take < scored.len() {
-                scored.select_nth_unstable_by(take - 1, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-            }
-            for &(_, b) in &scored[..take] {
-                sel[b] = true;
-            }
-            sel
-        })
-        .collect()
+    let SelectScratch { chosen, scored } = out;
+    chosen.clear();
+    chosen.resize(nkv * nb, false);
+    for (kvh, sel) in chosen.chunks_exact_mut(nb).enumerate() {
+        sel[first_new..].iter_mut().for_each(|s| *s = true);
+        scored.clear();
+        scored.extend((0..first_new).map(|b| {
+            let mm = &bounds[b * stride + kvh * 2 * hd..][..2 * hd];
+            let (lo, hi) = mm.split_at(hd);
+            let best = q
+                .chunks_exact(nh * hd)
+                .flat_map(|t| t[kvh * group * hd..(kvh + 1) * group * hd].chunks_exact(hd))
+                .map(|qh| qh.iter().zip(lo).zip(hi).map(|((x, l), u)| (x * l).max(x * u)).sum::<f32>())
+                .fold(f32::NEG_INFINITY, f32::max);
+            (best, b)
+        }));
+        let take = keep.min(scored.len());
+        if take > 0 && take < scored.len() {
+            scored.select_nth_unstable_by(take - 1, |a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        }
+        for &(_, b) in &scored[..take] {
+            sel[b] = true;
+        }
+    }
 }
 
-/// H2O: keep flags for tokens with accumulated attention `score`: the `recent`
-/// newest, then the heaviest of the rest (ties: the newer), `budget` in all.
-fn h2o_keep(score: &[f32], budget: usize, recent: usize) -> Vec<bool> {
+/// H2O: into `keep`, flags for tokens with accumulated attention `score`: the
+/// `recent` newest, then the heaviest of the rest (ties: the newer), `budget`
+/// in all. `order` is the ranking's buffer (both are reused from step to step).
+fn h2o_keep(score: &[f32], budget: usize, recent: usize, keep: &mut Vec<bool>, order: &mut Vec<usize>) {
     let len = score.len();
     let recent = recent.min(budget).min(len);
-    let mut keep = vec![false; len];
+    keep.clear();
+    keep.resize(len, false);
     keep[len - recent..].iter_mut().for_each(|k| *k = true);
     let older = len - recent;
     let heavy = (budget - recent).min(older);
     if heavy > 0 {
-        let mut idx: Vec<usize> = (0..older).collect();
-        idx.select_nth_unstable_by(heavy - 1, |&a, &b| score[b].total_cmp(&score[a]).then(b.cmp(&a)));
-        for &i in &idx[..heavy] {
+        order.clear();
+        order.extend(0..older);
+        order.select_nth_unstable_by(heavy - 1, |&a, &b| score[b].total_cmp(&score[a]).then(b.cmp(&a)));
+        for &i in &order[..heavy] {
             keep[i] = true;
         }
     }
-    keep
 }
 
 /// StreamingLLM within a step: query `t` (slot `pos0 + t`) sees the sink slots
@@ -524,6 +549,12 @@ mod tests {
 
     #[test]
     fn h2o_keeps_recent_then_heaviest() {
+        // One pair of buffers for every call, as the cache uses them.
+        let (mut keep, mut order) = (Vec::new(), Vec::new());
+        let mut h2o_keep = |score: &[f32], budget, recent| {
+            h2o_keep(score, budget, recent, &mut keep, &mut order);
+            keep.clone()
+        };
         let score = [5.0, 0.1, 9.0, 0.2, 3.0, 0.0, 0.0];
         // budget 4, recent 2: the last two, then 9.0 and 5.0.
         assert_eq!(h2o_keep(&score, 4, 2), [true, false, true, false, false, true, true]);

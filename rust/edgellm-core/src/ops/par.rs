@@ -90,13 +90,6 @@ pub(crate) fn for_each_chunk_mut<T: Send>(buf: &mut [T], chunk: usize, f: impl F
     for_each_claimed(n.div_ceil(chunk), |i| f(i, unsafe { shared.slice(i * chunk, chunk.min(n - i * chunk)) }));
 }
 
-/// `[f(state, i) for i in 0..items]`, a state per pool thread.
-pub(crate) fn map_with<S, R: Send>(items: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) -> R + Sync) -> Vec<R> {
-    let mut out: Vec<Option<R>> = (0..items).map(|_| None).collect();
-    for_each_mut_with(&mut out, 1, init, |s, i, o| *o = Some(f(s, i)));
-    out.into_iter().map(|o| o.expect("every item ran")).collect()
-}
-
 /// [`for_each_mut_with`] for fallible items: the first error (in claim order of
 /// the thread that met it) is returned; items after it may or may not run.
 pub(crate) fn try_for_each_mut_with<T: Send, S, E: Send>(
@@ -138,7 +131,6 @@ mod tests {
                     let mut buf = vec![0usize; items];
                     for_each_chunk_mut(&mut buf, 4, |c, s| s.iter_mut().for_each(|x| *x = c));
                     assert_eq!(buf, (0..items).map(|i| i / 4).collect::<Vec<_>>());
-                    assert_eq!(map_with(items, || (), |_, i| i * i), (0..items).map(|i| i * i).collect::<Vec<_>>());
                     let mut w = vec![0u8; items];
                     let r = try_for_each_mut_with(&mut w, 2, || (), |_, i, _| if i == 5 { Err(i) } else { Ok(()) });
                     assert_eq!(r, if items > 5 { Err(5) } else { Ok(()) });

@@ -229,16 +229,41 @@ pub(crate) fn gemm_q_panels(
 }
 
 /// The instruction-set specific half of [`gemm_q_resident_panels`].
-pub(crate) trait ResidentKernels {
+pub(crate) trait ResidentKernels: PanelKernels {
     /// As [`PanelKernels::tile`], on a resident panel ([`super::resident`]).
     ///
     /// # Safety
     /// As [`PanelKernels::tile`]; the panel is a resident one of `nb` blocks.
     unsafe fn resident_tile(&self, ty: GgmlType, tile: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+
+    /// Whether prompts should widen resident panels of `ty` ([`Self::widen`])
+    /// and run the per-call tiles on them: where the resident tile unpacks its
+    /// panel again for every tile of tokens, and that costs more than one
+    /// widening per panel and block of tokens.
+    fn widens(&self, _ty: GgmlType) -> bool {
+        false
+    }
+
+    /// Writes the resident panel at `panel` (`nb` blocks of `ty`) into `out` in
+    /// the per-call layout ([`pack_panel`]'s, `nb · stride` bytes), the values
+    /// unchanged: the per-call tile then gives the resident tile's bits. Only
+    /// called where [`Self::widens`].
+    ///
+    /// # Safety
+    /// `panel` is a resident panel of `nb` blocks of `ty`.
+    unsafe fn widen(&self, ty: GgmlType, _panel: *const u8, _nb: usize, _out: &mut [u8]) {
+        unreachable!("no widening of resident {} panels", ty.name())
+    }
 }
 
+/// Tokens from which [`gemm_q_resident_panels`] widens panels where the table
+/// [`ResidentKernels::widens`]: two tiles or more share each widened panel.
+pub const WIDEN_MIN_TOKENS: usize = 2 * TILE_TOKENS;
+
 /// `gemm_q` on resident panels (see [`crate::Kernels::gemm_q_resident`]): the
-/// token and panel loops of [`gemm_q_panels`], without the packing.
+/// token and panel loops of [`gemm_q_panels`], without the packing, or, for
+/// prompts where the table widens panels, with each panel widened into a
+/// buffer once per block of tokens.
 pub(crate) fn gemm_q_resident_panels(kern: &impl ResidentKernels, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
     let (panels, n) = super::resident::check(w, qa, out, ldo);
     if panels == 0 || n == 0 {
@@ -247,18 +272,35 @@ pub(crate) fn gemm_q_resident_panels(kern: &impl ResidentKernels, w: &[u8], qa: 
     let ty = qa.ty;
     let pb = w.len() / panels;
     let l = panel_layout(ty).expect("types with a resident layout have a panel layout");
-    let panel = |p: usize| w[p * pb..].as_ptr();
-    // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`.
+    let nb = qa.k / l.elems;
+    let mut wide = Vec::new();
+    if n >= WIDEN_MIN_TOKENS && kern.widens(ty) {
+        wide.resize(nb * l.stride, 0u8);
+    }
+    let widened = !wide.is_empty();
+    let panel = |p: usize| {
+        let at = w[p * pb..].as_ptr();
+        if !widened {
+            return at;
+        }
+        // Sound: `check` found whole resident panels; `wide` holds nb blocks.
+        unsafe { kern.widen(ty, at, nb, &mut wide) };
+        wide.as_ptr()
+    };
+    // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`,
+    // and widened ones are per-call panels of the same blocks.
     unsafe {
-        tiles_over_panels(panels, panels * PANEL, qa.k / l.elems, l, qa, out, ldo, panel, |x, c, res| {
-            kern.resident_tile(ty, x, c, res)
+        tiles_over_panels(panels, panels * PANEL, nb, l, qa, out, ldo, panel, |x, c, res| match widened {
+            true => kern.tile(ty, x, c, res),
+            false => kern.resident_tile(ty, x, c, res),
         })
     }
 }
 
 /// For blocks of tokens whose activations (~96 KiB) stay in L2, each panel
-/// `panel(p)` against tiles of up to [`TILE_TOKENS`] tokens through `tile`, the
-/// results written to rows `8p..` (of `rows`) of `out`.
+/// `panel(p)` (asked once per block of tokens) against tiles of up to
+/// [`TILE_TOKENS`] tokens through `tile`, the results written to rows `8p..`
+/// (of `rows`) of `out`.
 ///
 /// # Safety
 /// `panel(p)` for `p < panels` points at a panel `tile` can read (`nb` blocks of
@@ -272,7 +314,7 @@ unsafe fn tiles_over_panels(
     qa: &QActs,
     out: &mut [f32],
     ldo: usize,
-    panel: impl Fn(usize) -> *const u8,
+    mut panel: impl FnMut(usize) -> *const u8,
     tile: impl Fn(&PanelTile, usize, &mut [[f32; PANEL]; TILE_TOKENS]),
 ) {
     let n = qa.n;
@@ -285,11 +327,13 @@ unsafe fn tiles_over_panels(
         let t1 = (t0 + nt).min(n);
         for p in 0..panels {
             let (r0, nr) = (p * PANEL, PANEL.min(rows - p * PANEL));
+            // Once per panel and block of tokens (it may widen the panel).
+            let at = panel(p);
             let mut t = t0;
             while t < t1 {
                 let c = TILE_TOKENS.min(t1 - t);
                 let x = PanelTile {
-                    panel: panel(p),
+                    panel: at,
                     nb,
                     l,
                     acts: qa.bytes[t * ab..].as_ptr(),

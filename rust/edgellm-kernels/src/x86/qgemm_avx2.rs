@@ -42,6 +42,37 @@ impl ResidentKernels for Avx2Panels {
             _ => unreachable!("no resident layout for {}", ty.name()),
         }
     }
+
+    /// q4_0: the resident tile splits every nibble vector again for every tile
+    /// of 4 tokens (an AND, a shift and an AND per 32 bytes).
+    fn widens(&self, ty: GgmlType) -> bool {
+        ty == GgmlType::Q4_0
+    }
+
+    unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
+        assert!(ty == GgmlType::Q4_0, "AVX2 widens resident q4_0 panels only");
+        widen_q4_0(panel, nb, out)
+    }
+}
+
+/// A resident q4_0 panel of `nb` blocks into the per-call layout: per block the
+/// low nibbles of its four quant vectors (elements `4v ..`), then the high ones
+/// (`16 + 4v ..`), a byte each, then the eight scales as f32 (exact).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_q4_0(panel: *const u8, nb: usize, out: &mut [u8]) {
+    let l = panel_layout(GgmlType::Q4_0).expect("q4_0 has a panel layout");
+    assert!(out.len() >= nb * l.stride, "widen: output too small");
+    let m = _mm256_set1_epi8(0x0F);
+    let x = PanelTile { panel, nb, l, acts: core::ptr::null(), ab: 0, da: &[], sa: &[], sa128: &[] };
+    for b in 0..nb {
+        let dst = out.as_mut_ptr().add(b * l.stride);
+        for c in 0..4 {
+            let v = ld256(resident_block::<128>(&x, b).1.add(32 * c));
+            _mm256_storeu_si256(dst.add(32 * c) as *mut __m256i, _mm256_and_si256(v, m));
+            _mm256_storeu_si256(dst.add(128 + 32 * c) as *mut __m256i, _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+        }
+        _mm256_storeu_ps(dst.add(l.d) as *mut f32, resident_scales::<128>(&x, b));
+    }
 }
 
 /// The AVX2 tile kernels and panel packer. Only built by [`gemm_q`] and the

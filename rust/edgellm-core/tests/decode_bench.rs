@@ -95,6 +95,12 @@ fn decode_linears_throughput() {
     // The same bytes again, in one op of as many items: what the op structure
     // (a pool dispatch and a join per op, each op's streams starting cold) costs.
     let whole: Vec<u64> = vec![1u64; bufs.iter().flatten().map(Vec::len).sum()];
+    // GB/s of each op kind (q/k/v, o, gate/up, down) from its summed seconds.
+    let per_kind = |secs: &[f64; 4]| {
+        let gbs = |b: f64, t: f64| LAYERS as f64 * b / t / 1e9;
+        let (qkv, o) = (gbs(b_qkv, secs[0]), gbs(b_o, secs[1]));
+        format!("qkv {qkv:.1} o {o:.1} gate/up {:.1} down {:.1}", gbs(b_gu, secs[2]), gbs(b_down, secs[3]))
+    };
     let sink = std::sync::atomic::AtomicU64::new(0);
     // Sums `b` in `items` claimed pieces on the pool.
     let read = |b: &[u64], items: usize| {
@@ -115,8 +121,9 @@ fn decode_linears_throughput() {
             sink.fetch_add(acc.iter().sum::<u64>(), std::sync::atomic::Ordering::Relaxed);
         });
     };
+    // Weight bytes of one step's linear layers.
+    let all = LAYERS as f64 * (b_qkv + b_o + b_gu + b_down);
     let stream = |rep: usize| {
-        let all = LAYERS as f64 * (b_qkv + b_o + b_gu + b_down);
         let mut kinds = [0f64; 4];
         let t = Instant::now();
         pool.install(|| {
@@ -132,16 +139,12 @@ fn decode_linears_throughput() {
         let t = Instant::now();
         pool.install(|| read(&whole, 16 * 4 * LAYERS));
         let one = t.elapsed().as_secs_f64();
-        let gbs = |b: f64, t: f64| LAYERS as f64 * b / t / 1e9;
         println!(
-            "stream rep {rep}: {} ops {:.2} ms {:.1} GB/s (qkv {:.1} o {:.1} gate/up {:.1} down {:.1}) | one op {:.2} ms {:.1} GB/s",
+            "stream rep {rep}: {} ops {:.2} ms {:.1} GB/s ({}) | one op {:.2} ms {:.1} GB/s",
             4 * LAYERS,
             ops * 1e3,
             all / ops / 1e9,
-            gbs(b_qkv, kinds[0]),
-            gbs(b_o, kinds[1]),
-            gbs(b_gu, kinds[2]),
-            gbs(b_down, kinds[3]),
+            per_kind(&kinds),
             one * 1e3,
             all / one / 1e9
         );
@@ -168,17 +171,7 @@ fn decode_linears_throughput() {
             }
         });
         let step = total.elapsed().as_secs_f64();
-        let all = LAYERS as f64 * (b_qkv + b_o + b_gu + b_down);
-        let gbs = |b: f64, t: f64| LAYERS as f64 * b / t / 1e9;
-        println!(
-            "rep {rep}: step {:.2} ms {:.1} GB/s | qkv {:.1} o {:.1} gate/up {:.1} down {:.1} GB/s",
-            step * 1e3,
-            all / step / 1e9,
-            gbs(b_qkv, times[0]),
-            gbs(b_o, times[1]),
-            gbs(b_gu, times[2]),
-            gbs(b_down, times[3]),
-        );
+        println!("rep {rep}: step {:.2} ms {:.1} GB/s | {} GB/s", step * 1e3, all / step / 1e9, per_kind(&times));
     }
     println!("probe {:.1} GB/s", read_bandwidth(1024, 5, Some(threads)).unwrap());
 }

@@ -173,6 +173,10 @@ pub(crate) enum KvData<'a> {
 pub(crate) trait KvTiles: Sync {
     fn keys(&self, head: usize, r0: usize, r1: usize, out: &mut [f32]);
     fn values(&self, head: usize, r0: usize, r1: usize, out: &mut [f32]);
+    /// Sizes the calling thread's own decode buffers, if the store keeps any:
+    /// called by every thread that joins a parallel loop over the store (see
+    /// [`Scratch::reserve`]).
+    fn reserve_thread(&self) {}
 }
 
 impl<'a> KvPart<'a> {
@@ -539,6 +543,17 @@ pub(crate) fn run<M: Mask>(
         vt
     });
     let plan = Plan { k, p, kv, mask, qp, n, group, qb_tokens, blocks, vt };
+    let tiles = || kv.parts.iter().flatten().filter_map(|part| match part.data {
+        KvData::Tiles(t) => Some(t),
+        _ => None,
+    });
+    let packed = tiles().next().is_some();
+    let task_scratch = || {
+        let mut sc = task_scratch();
+        sc.reserve(qb_tokens.min(n), qb_tokens.min(n) * group, hd, packed);
+        tiles().for_each(|t| t.reserve_thread());
+        sc
+    };
     let nqb = plan.nqb();
     let nb = plan.blocks.len();
     let nchunks = if n <= SPLIT_MAX_TOKENS && kv.len > SPLIT_MIN_KEYS { nb.div_ceil(CHUNK_BLOCKS) } else { 1 };
@@ -578,7 +593,7 @@ pub(crate) fn run<M: Mask>(
     };
 
     if nchunks == 1 {
-        par::for_each_claimed_with(nkv * nqb, task_scratch, |sc, ti| {
+        par::for_each_claimed_with(nkv * nqb, &task_scratch, |sc, ti| {
             let (kvh, qb) = (ti / nqb, ti % nqb);
             let (t0, t1) = plan.tokens(qb);
             plan.task(kvh, t0, t1, &plan.blocks, sc);
@@ -595,7 +610,7 @@ pub(crate) fn run<M: Mask>(
             v.resize(len, 0.0);
         }
         let (spm, spl, spacc) = (SharedMut::new(pm), SharedMut::new(pl), SharedMut::new(pacc));
-        par::for_each_claimed_with(ntasks, task_scratch, |sc, ti| {
+        par::for_each_claimed_with(ntasks, &task_scratch, |sc, ti| {
             // SAFETY: task ti alone writes its rows of the partial states.
             let (pm, pl, pacc) =
                 unsafe { (spm.slice(ti * rmax, rmax), spl.slice(ti * rmax, rmax), spacc.slice(ti * rmax * hd, rmax * hd)) };
@@ -610,7 +625,7 @@ pub(crate) fn run<M: Mask>(
             pacc[..rows * hd].copy_from_slice(&sc.acc);
         });
         let (pm, pl, pacc) = (&*pm, &*pl, &*pacc);
-        par::for_each_claimed_with(nkv * nqb, task_scratch, |sc, g| {
+        par::for_each_claimed_with(nkv * nqb, &task_scratch, |sc, g| {
             let (kvh, qb) = (g / nqb, g % nqb);
             let (t0, t1) = plan.tokens(qb);
             let rows = (t1 - t0) * group;
@@ -643,7 +658,7 @@ pub(crate) fn run<M: Mask>(
         // blocks cover disjoint key ranges, each added into `mass` in place.
         let (stat_m, stat_l) = (&*stat_m, &*stat_l);
         let mass = SharedMut::new(mass);
-        par::for_each_claimed_with(nb.div_ceil(CHUNK_BLOCKS), task_scratch, |sc, c| {
+        par::for_each_claimed_with(nb.div_ceil(CHUNK_BLOCKS), &task_scratch, |sc, c| {
             let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
             let c0 = blocks[0].j0;
             // SAFETY: the blocks are in key order and do not overlap, so chunk c
@@ -704,6 +719,35 @@ thread_local! {
 
 fn task_scratch() -> Reused<Scratch> {
     Reused::take(&TASK_SCRATCH)
+}
+
+impl Scratch {
+    /// Room for tasks of up to `tokens` query tokens (`rows` score rows) of
+    /// `hd`, and for decoded key and value blocks where `packed`. Called by
+    /// every thread that joins a parallel loop, whether or not it then claims
+    /// a task: which thread first runs a task of a new shape (the first
+    /// decoded block after a KIVI flush, say) depends on timing, and its
+    /// buffers would otherwise grow in that later step.
+    fn reserve(&mut self, tokens: usize, rows: usize, hd: usize, packed: bool) {
+        fn room<T>(v: &mut Vec<T>, n: usize) {
+            v.reserve(n.saturating_sub(v.len()));
+        }
+        room(&mut self.s, rows * KEY_BLOCK);
+        room(&mut self.vis, tokens);
+        room(&mut self.m, rows);
+        room(&mut self.l, rows);
+        room(&mut self.acc, rows * hd);
+        room(&mut self.pv, rows * hd);
+        room(&mut self.live, rows);
+        if packed {
+            // As `KvPart::block` sizes them: a whole block.
+            for b in [&mut self.kt, &mut self.vtile] {
+                if b.len() < KEY_BLOCK * hd {
+                    b.resize(KEY_BLOCK * hd, 0.0);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -343,6 +343,13 @@ impl KvTiles for KiviStore {
     fn values(&self, head: usize, r0: usize, r1: usize, out: &mut [f32]) {
         self.decode(false, head, r0, r1, out)
     }
+    fn reserve_thread(&self) {
+        let mut params = Reused::take(&KEY_PARAMS);
+        let (ks, km) = &mut *params;
+        for v in [ks, km] {
+            v.reserve(self.hd.saturating_sub(v.len()));
+        }
+    }
 }
 
 impl Store for KiviStore {

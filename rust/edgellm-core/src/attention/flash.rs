@@ -194,11 +194,7 @@ impl<'a> KvPart<'a> {
                 &(if values { vals } else { keys })[h * stride + r0 * hd..h * stride + r1 * hd]
             }
             KvData::Tiles(t) => {
-                // Room for a whole block: the last one grows by a key per decode
-                // step, and a reused buffer then never has to grow.
-                if buf.len() < KEY_BLOCK.max(r1 - r0) * hd {
-                    buf.resize(KEY_BLOCK.max(r1 - r0) * hd, 0.0);
-                }
+                block_room(buf, r1 - r0, hd);
                 let out = &mut buf[..(r1 - r0) * hd];
                 if values {
                     t.values(h, r0, r1, out);
@@ -208,6 +204,16 @@ impl<'a> KvPart<'a> {
                 out
             }
         }
+    }
+}
+
+/// Grows `buf` to hold `keys` decoded rows of `hd`, and never to less than a
+/// whole block: the last block grows by a key per decode step, and a reused
+/// buffer then never has to grow.
+fn block_room(buf: &mut Vec<f32>, keys: usize, hd: usize) {
+    let len = KEY_BLOCK.max(keys) * hd;
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
 }
 
@@ -548,7 +554,8 @@ pub(crate) fn run<M: Mask>(
         _ => None,
     });
     let packed = tiles().next().is_some();
-    let task_scratch = || {
+    // Every joining thread's task scratch, sized for this call's tasks.
+    let scratch = || {
         let mut sc = task_scratch();
         sc.reserve(qb_tokens.min(n), qb_tokens.min(n) * group, hd, packed);
         tiles().for_each(|t| t.reserve_thread());
@@ -593,7 +600,7 @@ pub(crate) fn run<M: Mask>(
     };
 
     if nchunks == 1 {
-        par::for_each_claimed_with(nkv * nqb, &task_scratch, |sc, ti| {
+        par::for_each_claimed_with(nkv * nqb, &scratch, |sc, ti| {
             let (kvh, qb) = (ti / nqb, ti % nqb);
             let (t0, t1) = plan.tokens(qb);
             plan.task(kvh, t0, t1, &plan.blocks, sc);
@@ -610,7 +617,7 @@ pub(crate) fn run<M: Mask>(
             v.resize(len, 0.0);
         }
         let (spm, spl, spacc) = (SharedMut::new(pm), SharedMut::new(pl), SharedMut::new(pacc));
-        par::for_each_claimed_with(ntasks, &task_scratch, |sc, ti| {
+        par::for_each_claimed_with(ntasks, &scratch, |sc, ti| {
             // SAFETY: task ti alone writes its rows of the partial states.
             let (pm, pl, pacc) =
                 unsafe { (spm.slice(ti * rmax, rmax), spl.slice(ti * rmax, rmax), spacc.slice(ti * rmax * hd, rmax * hd)) };
@@ -625,7 +632,7 @@ pub(crate) fn run<M: Mask>(
             pacc[..rows * hd].copy_from_slice(&sc.acc);
         });
         let (pm, pl, pacc) = (&*pm, &*pl, &*pacc);
-        par::for_each_claimed_with(nkv * nqb, &task_scratch, |sc, g| {
+        par::for_each_claimed_with(nkv * nqb, &scratch, |sc, g| {
             let (kvh, qb) = (g / nqb, g % nqb);
             let (t0, t1) = plan.tokens(qb);
             let rows = (t1 - t0) * group;
@@ -658,7 +665,7 @@ pub(crate) fn run<M: Mask>(
         // blocks cover disjoint key ranges, each added into `mass` in place.
         let (stat_m, stat_l) = (&*stat_m, &*stat_l);
         let mass = SharedMut::new(mass);
-        par::for_each_claimed_with(nb.div_ceil(CHUNK_BLOCKS), &task_scratch, |sc, c| {
+        par::for_each_claimed_with(nb.div_ceil(CHUNK_BLOCKS), &scratch, |sc, c| {
             let blocks = &plan.blocks[c * CHUNK_BLOCKS..((c + 1) * CHUNK_BLOCKS).min(nb)];
             let c0 = blocks[0].j0;
             // SAFETY: the blocks are in key order and do not overlap, so chunk c
@@ -740,12 +747,8 @@ impl Scratch {
         room(&mut self.pv, rows * hd);
         room(&mut self.live, rows);
         if packed {
-            // As `KvPart::block` sizes them: a whole block.
-            for b in [&mut self.kt, &mut self.vtile] {
-                if b.len() < KEY_BLOCK * hd {
-                    b.resize(KEY_BLOCK * hd, 0.0);
-                }
-            }
+            block_room(&mut self.kt, KEY_BLOCK, hd);
+            block_room(&mut self.vtile, KEY_BLOCK, hd);
         }
     }
 }

@@ -245,7 +245,7 @@ impl KvCache {
         let hd = self.head_dim;
         let n = self.pending;
         let h2o = matches!(self.cfg.eviction, Eviction::H2o { .. });
-        let (l, rotated, mass, chosen) = (&mut self.layers[layer], &mut self.rotated_sinks, &mut self.h2o.mass, &mut self.select);
+        let (l, rotated, mass, selection) = (&mut self.layers[layer], &mut self.rotated_sinks, &mut self.h2o.mass, &mut self.select);
         let total = l.nsinks + l.main.len();
         let pos0 = total - n;
         let sinks_rotated: Option<&[f32]> = match (l.nsinks, self.cfg.eviction, shift_sinks) {
@@ -273,8 +273,8 @@ impl KvCache {
         });
         let select = match self.cfg.select_blocks {
             Some(keep) if n <= SPLIT_MAX_TOKENS && total.div_ceil(KEY_BLOCK) > keep => {
-                select_blocks(&l.bounds, q, p, pos0, total, keep, chosen);
-                Some(chosen.chosen.as_slice())
+                select_blocks(&l.bounds, q, p, pos0, total, keep, selection);
+                Some(selection.chosen.as_slice())
             }
             _ => None,
         };

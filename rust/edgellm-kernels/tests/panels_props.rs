@@ -126,7 +126,7 @@ proptest! {
     fn panels_equal_the_reference_bitwise(
         seed in any::<u64>(),
         m in 1usize..70,
-        k in prop::sample::select(vec![1usize, 7, 31, 33, 255, 256, 257, 600]),
+        k in prop::sample::select(vec![1usize, 7, 31, 33, 255, 256, 257, 511, 512, 513, 1100]),
         n in 1usize..13,
     ) {
         for ty in [Ty::F32, Ty::F16, Ty::Bf16] {

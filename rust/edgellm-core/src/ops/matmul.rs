@@ -4,9 +4,11 @@
 //! [`super::Linear`].
 
 use super::par::{self, SharedMut};
+use super::reuse::{Reused, Slot};
+use std::cell::RefCell;
 use crate::{Error, Result};
 use crate::pool::Pool;
-use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, BRows, GemmScratch, PackedA, KC, MR};
+use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, BRows, GemmScratch, PackedA, KC, MR};
 use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,14 +36,17 @@ const PACK_PER_TASK: usize = 8;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource<'_>, m: usize, out: &mut [f32]) {
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
-    let mut pa = PackedA::zeroed(n, kd);
+    let mut kept = Reused::take(&PACKING);
+    // SAFETY: the packing tasks below fill every block before the product
+    // tasks read any (they wait for `packed` to count them all).
+    let mut pa = unsafe { PackedA::uninit_in(std::mem::take(&mut *kept), n, kd) };
     let (blocks, panels) = (pa.block_count(), n.div_ceil(MR));
     let dst = SharedMut::new(pa.as_mut_slice());
     let pack_tasks = blocks.div_ceil(PACK_PER_TASK);
     let packed = AtomicUsize::new(0);
     let cols = column_blocks(m, par::threads());
     let shared = SharedMut::new(out);
-    let pa = &pa;
+    let pa_ref = &pa;
     par::for_each_claimed_with(
         pack_tasks + cols.len(),
         || (GemmScratch::default(), Vec::<f32>::new()),
@@ -49,10 +54,10 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
             if t < pack_tasks {
                 for i in t * PACK_PER_TASK..((t + 1) * PACK_PER_TASK).min(blocks) {
                     let (k0, p) = (i / panels * KC, i % panels);
-                    let r = pa.block_range(k0, p);
+                    let r = pa_ref.block_range(k0, p);
                     // SAFETY: each block is packed by one task, and nothing reads the
                     // packing until every task has counted itself in `packed`.
-                    pack_a_block(x, n, kd, k0, p, unsafe { dst.slice(r.start, r.len()) });
+                    (k.gemm_pack_a)(x, n, kd, k0, p, unsafe { dst.slice(r.start, r.len()) });
                 }
                 packed.fetch_add(1, Ordering::Release);
                 return;
@@ -70,10 +75,23 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
             }
             let (j0, j1) = cols[t - pack_tasks];
             // SAFETY: column block `t` alone writes columns j0..j1 of each row.
-            unsafe { gemm_columns(k, pa, &b, j0, j1, m, shared, state) };
+            unsafe { gemm_columns(k, pa_ref, &b, j0, j1, m, shared, state) };
         },
     );
+    *kept = pa.into_vec();
+    kept.keep_if(kept.capacity() <= KEEP_PACKING);
 }
+
+thread_local! {
+    /// The calling thread's A packing, kept for its next product.
+    static PACKING: Slot<Vec<f32>> = const { RefCell::new(None) };
+}
+
+/// The largest A packing kept between products (4 Mi floats, 16 MiB: a
+/// 512-token prompt's widest, 11.5 MiB for FFN 5632): a fresh one is faulted in
+/// page by page (~2% of a 2-thread 512³ product, whose packing is 1 MiB).
+/// Larger ones are freed, so that a long prompt leaves no large buffer behind.
+const KEEP_PACKING: usize = 4 << 20;
 
 /// Column blocks of an `m`-column product for `threads` threads: each a
 /// multiple of the micro-tile width (16, 256 at most), narrowing as the
@@ -154,13 +172,21 @@ pub fn matmul_f32(
         Some(isa) => Kernels::for_isa(isa)?,
         None => edgellm_kernels::kernels()?,
     };
-    let mut out = vec![0f32; size(n, m, "the product")?];
-    if out.is_empty() {
-        return Ok(out);
+    let len = size(n, m, "the product")?;
+    if len == 0 || k == 0 {
+        return Ok(vec![0f32; len]);
     }
-    if k == 0 {
-        return Ok(out);
+    let pool = Pool::shared(threads)?;
+    // Not zeroed first (numpy's `empty`): the product writes every element
+    // before reading it (its first k-block stores), so a memset would only
+    // cost time (~2% of a 2-thread 512³ product).
+    let mut out = Vec::<f32>::with_capacity(len);
+    {
+        // SAFETY: `len` values of capacity; none is read before it is written.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), len) };
+        pool.install(|| par_matmul(kern, a, n, k, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, dst));
     }
-    Pool::shared(threads)?.install(|| par_matmul(kern, a, n, k, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, &mut out));
+    // SAFETY: par_matmul wrote all n × m outputs.
+    unsafe { out.set_len(len) };
     Ok(out)
 }

@@ -96,7 +96,7 @@ impl PackedA {
     pub unsafe fn uninit_in(mut buf: Vec<f32>, n: usize, k: usize) -> PackedA {
         let len = n.div_ceil(MR) * MR * k;
         buf.clear();
-        buf.reserve(len);
+        buf.reserve_exact(len);
         // SAFETY: the caller writes every value before any is read.
         buf.set_len(len);
         PackedA { data: buf, n, k }

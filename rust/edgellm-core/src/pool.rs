@@ -11,7 +11,7 @@
 //! So this pool is built for that pattern: `threads - 1` persistent workers
 //! plus the calling thread, which takes part in every job. A job is broadcast
 //! to all of them by bumping an epoch counter. Idle workers spin on it for
-//! [`SPIN`] before parking on a condition variable, so the ops of a step (and
+//! `SPIN` (2 ms) before parking on a condition variable, so the ops of a step (and
 //! consecutive steps) find them awake, while an idle process does not burn CPU.
 //!
 //! One job runs at a time per pool; models with the same thread count share a

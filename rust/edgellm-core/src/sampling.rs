@@ -66,7 +66,7 @@ impl SamplerConfig {
     }
 }
 
-/// −log softmax(logits)[target], computed in f64.
+/// −log softmax(logits)\[target\], computed in f64.
 pub fn neg_log_softmax(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
     let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;

@@ -77,27 +77,21 @@ impl PackedA {
             k,
         }
     }
-    /// A packing of `n × k` activations whose values are not yet written: no
-    /// pass zeroes (or faults in) memory that the packers overwrite anyway
-    /// (zeroing A and the output cost ~3% of a 2-thread 512³ product).
+    /// A packing of `n × k` activations in `buf`'s memory (a buffer kept from
+    /// an earlier packing, see [`Self::into_vec`]; grown if need be), its
+    /// values not yet written: no pass zeroes memory that the packers
+    /// overwrite anyway (zeroing A and the output cost ~3% of a 2-thread 512³
+    /// product).
     ///
     /// # Safety
     /// Every block ([`Self::blocks_mut`] / [`Self::block_range`]) must be filled
-    /// by [`pack_a_block`] before the packing is read.
-    pub unsafe fn uninit(n: usize, k: usize) -> PackedA {
-        Self::uninit_in(Vec::new(), n, k)
-    }
-
-    /// [`Self::uninit`] in `buf`'s memory (a buffer kept from an earlier
-    /// packing, see [`Self::into_vec`]), growing it if need be.
-    ///
-    /// # Safety
-    /// As [`Self::uninit`].
+    /// by a [`PackAFn`] before the packing is read.
     pub unsafe fn uninit_in(mut buf: Vec<f32>, n: usize, k: usize) -> PackedA {
         let len = n.div_ceil(MR) * MR * k;
         buf.clear();
         buf.reserve_exact(len);
-        // SAFETY: the caller writes every value before any is read.
+        // SAFETY: `len` values of capacity; the caller writes each before
+        // any is read.
         buf.set_len(len);
         PackedA { data: buf, n, k }
     }

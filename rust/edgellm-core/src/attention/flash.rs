@@ -1,4 +1,4 @@
-//! Flash attention on the CPU: the same result as [`super::attend`] (and as the
+//! Flash attention on the CPU: the same result as [`super::naive::naive_attend`] (and as the
 //! f64 reference in [`super::naive`]) without materialising the score matrix.
 //!
 //! - Keys are visited in blocks of [`KEY_BLOCK`]; each query row keeps a running
@@ -50,7 +50,7 @@ const VT_MIN_ROWS: usize = 16;
 /// Causal attention of `q` (`[n × num_heads × head_dim]`, positions
 /// `pos0..pos0+n`) over layer `layer` of `cache`, whose keys and values for
 /// positions `0..pos0+n` must already be written. Writes
-/// `out` (`[n × num_heads × head_dim]`). Same contract as [`super::attend`].
+/// `out` (`[n × num_heads × head_dim]`). Same contract as [`super::naive::naive_attend`].
 ///
 /// If `mass` is given (`pos0 + n` floats), the softmax weight of every key,
 /// summed over all queries and heads, is *added* to it.

@@ -11,7 +11,7 @@
 //! mass[j]  += Σ_{t,h} w[t,h,j]
 //! ```
 //!
-//! A query that sees no key at all gets a zero output (as [`super::attend`] does).
+//! A query that sees no key at all gets a zero output (here and in the kernels).
 
 use super::AttentionParams;
 

@@ -3,7 +3,7 @@
 //! hitters) and how to store it (f32, f16, int8 per token, KIVI 2/4-bit), so any
 //! rule composes with any store (except H2O with KIVI, see [`KvConfig`]).
 //!
-//! - Each layer keeps its tokens in time order in a [`store::Store`]; StreamingLLM's
+//! - Each layer keeps its tokens in time order in a `store::Store`; StreamingLLM's
 //!   attention sinks live beside it in f32. Eviction happens after each step
 //!   ([`KvCache::advance`]), so between steps a bounded policy holds at most its
 //!   budget. Within a multi-token step (prefill) the window and the sinks are

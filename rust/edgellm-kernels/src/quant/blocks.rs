@@ -37,7 +37,7 @@
 //!   instead, so QLoRA weights are re-packed, not reinterpreted.
 //! - `fp8_e4m3`, `fp8_e5m2` (edgellm-only): element `j` is byte `qs[j]`.
 //! - The k-quants' 6-bit sub-block scales/mins of `q4_K`/`q5_K` (12 bytes): see
-//!   [`super::scale_min_k4`]; `q3_K`'s 16 six-bit scales: see `q3k_scales`.
+//!   `scale_min_k4` (in `quant`); `q3_K`'s 16 six-bit scales: see `q3k_scales`.
 
 #![allow(non_camel_case_types)]
 

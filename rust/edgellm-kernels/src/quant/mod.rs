@@ -11,7 +11,8 @@
 //!   `vec_dot` entries of [`crate::Kernels`].
 
 /// Tensor element types of GGUF files, with ggml's numeric ids, plus edgellm's
-/// own block types ([`GgmlType::EDGELLM_ONLY`]: NF4, FP8), which have no id.
+/// own block types (NF4, FP8, the low-bit group types), which have no id
+/// ([`GgmlType::id`] is `None`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,

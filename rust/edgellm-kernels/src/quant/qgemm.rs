@@ -7,7 +7,7 @@
 //! ([`gemm_q`]) is literally that double loop over the scalar [`super::vec_dot`].
 //!
 //! The SIMD kernels repack each panel of [`PANEL`] weight rows once per call into
-//! an *interleaved* layout ([`pack_panel`]): for every group of 4 consecutive
+//! an *interleaved* layout (`pack_panel`): for every group of 4 consecutive
 //! elements, the 4 quant values of each of the 8 rows side by side (32 bytes),
 //! unpacked to one byte per value, plus per-row block scales as f32 / i16 tables.
 //! One 4-byte group of a token's activations, broadcast, then multiplies all 8
@@ -256,8 +256,8 @@ pub(crate) trait ResidentKernels: PanelKernels {
     }
 }
 
-/// Tokens from which [`gemm_q_resident_panels`] widens panels where the table
-/// [`ResidentKernels::widens`]: two tiles or more share each widened panel.
+/// Tokens from which the resident prompt GEMM widens panels where the table
+/// `widens` them: two tiles or more share each widened panel.
 pub const WIDEN_MIN_TOKENS: usize = 2 * TILE_TOKENS;
 
 /// `gemm_q` on resident panels (see [`crate::Kernels::gemm_q_resident`]): the

@@ -27,7 +27,7 @@
 use super::AttentionParams;
 use crate::kv_cache::KvCache;
 use crate::ops::par::{self, SharedMut};
-use crate::ops::reuse::{Reused, Slot};
+use crate::ops::reuse::{reserve_for, Reused, Slot};
 use std::cell::RefCell;
 use edgellm_kernels::Kernels;
 
@@ -736,16 +736,13 @@ impl Scratch {
     /// decoded block after a KIVI flush, say) depends on timing, and its
     /// buffers would otherwise grow in that later step.
     fn reserve(&mut self, tokens: usize, rows: usize, hd: usize, packed: bool) {
-        fn room<T>(v: &mut Vec<T>, n: usize) {
-            v.reserve(n.saturating_sub(v.len()));
-        }
-        room(&mut self.s, rows * KEY_BLOCK);
-        room(&mut self.vis, tokens);
-        room(&mut self.m, rows);
-        room(&mut self.l, rows);
-        room(&mut self.acc, rows * hd);
-        room(&mut self.pv, rows * hd);
-        room(&mut self.live, rows);
+        reserve_for(&mut self.s, rows * KEY_BLOCK);
+        reserve_for(&mut self.vis, tokens);
+        reserve_for(&mut self.m, rows);
+        reserve_for(&mut self.l, rows);
+        reserve_for(&mut self.acc, rows * hd);
+        reserve_for(&mut self.pv, rows * hd);
+        reserve_for(&mut self.live, rows);
         if packed {
             block_room(&mut self.kt, KEY_BLOCK, hd);
             block_room(&mut self.vtile, KEY_BLOCK, hd);

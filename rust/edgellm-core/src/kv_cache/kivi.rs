@@ -18,7 +18,7 @@
 
 use super::store::Store;
 use crate::attention::flash::KvTiles;
-use crate::ops::reuse::{Reused, Slot};
+use crate::ops::reuse::{reserve_for, Reused, Slot};
 use half::f16;
 
 pub(crate) struct KiviStore {
@@ -347,7 +347,7 @@ impl KvTiles for KiviStore {
         let mut params = Reused::take(&KEY_PARAMS);
         let (ks, km) = &mut *params;
         for v in [ks, km] {
-            v.reserve(self.hd.saturating_sub(v.len()));
+            reserve_for(v, self.hd);
         }
     }
 }

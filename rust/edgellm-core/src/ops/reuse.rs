@@ -36,6 +36,13 @@ impl<T: Default + 'static> Reused<T> {
     }
 }
 
+/// Capacity for `n` values in `v` (which keeps its contents): buffers sized
+/// ahead of their first use, so that the step that first uses them does not
+/// allocate.
+pub(crate) fn reserve_for<T>(v: &mut Vec<T>, n: usize) {
+    v.reserve(n.saturating_sub(v.len()));
+}
+
 impl<T: Default + 'static> Drop for Reused<T> {
     fn drop(&mut self) {
         if self.keep {

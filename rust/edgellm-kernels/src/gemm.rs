@@ -85,7 +85,7 @@ impl PackedA {
     ///
     /// # Safety
     /// Every block ([`Self::blocks_mut`] / [`Self::block_range`]) must be filled
-    /// by a [`PackAFn`] before the packing is read.
+    /// by [`pack_a_block`] before the packing is read.
     pub unsafe fn uninit_in(mut buf: Vec<f32>, n: usize, k: usize) -> PackedA {
         let len = n.div_ceil(MR) * MR * k;
         buf.clear();
@@ -147,13 +147,15 @@ impl PackedA {
 }
 
 /// Packs the block (k-block from `k0`, panel `p`) of row-major `a` (`n × k`) into
-/// `dst` (`kc × MR` values, every one written: rows past `n` are zero), as
-/// [`pack_a_block`] does. Panics on a shape mismatch.
-pub type PackAFn = fn(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mut [f32]);
-
-/// The reference [`PackAFn`]: value by value.
+/// `dst` (`kc × MR` values, every one written: rows past `n` are zero). Value
+/// by value: an AVX2 version (8 × 8 register transposes) was no faster, the
+/// packing being bound by memory.
 pub fn pack_a_block(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mut [f32]) {
-    let kc = check_pack_a(a, n, k, k0, p, dst);
+    let kc = KC.min(k.saturating_sub(k0));
+    assert!(
+        a.len() == n * k && dst.len() == kc * MR && p * MR < n.max(1),
+        "pack_a_block: shape mismatch"
+    );
     let rows = MR.min(n - p * MR);
     if rows < MR {
         for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
@@ -170,17 +172,6 @@ pub fn pack_a_block(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mu
             d[r] = row[r][kk];
         }
     }
-}
-
-/// Checks the operands of a [`PackAFn`]; returns the block's `kc`. Panics on a
-/// shape mismatch.
-pub fn check_pack_a(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &[f32]) -> usize {
-    let kc = KC.min(k.saturating_sub(k0));
-    assert!(
-        a.len() == n * k && dst.len() == kc * MR && p * MR < n.max(1),
-        "pack_a_block: shape mismatch"
-    );
-    kc
 }
 
 /// Packs row-major `a` (`n × k`) on the calling thread.

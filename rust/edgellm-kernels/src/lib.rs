@@ -73,9 +73,6 @@ pub struct Kernels {
     /// Packs (and widens) weight rows into the micro-kernel's B panels,
     /// bit-identical to [`gemm::pack_b`].
     pub gemm_pack_b: gemm::PackBFn,
-    /// Packs a block of activation rows into the micro-kernel's A panels,
-    /// bit-identical to [`gemm::pack_a_block`].
-    pub gemm_pack_a: gemm::PackAFn,
     /// Quantizes an activation row (`src.len()` elements, a whole number of the
     /// weight type's blocks) for dot products with weights of type `ty`: into
     /// `dst`, a row of [`quant::vec_dot_type`]`(ty)` of

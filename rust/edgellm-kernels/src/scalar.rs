@@ -19,7 +19,6 @@ pub static KERNELS: Kernels = Kernels {
     matmul_f32,
     gemm_micro: crate::gemm::micro_kernel_scalar,
     gemm_pack_b: crate::gemm::pack_b,
-    gemm_pack_a: crate::gemm::pack_a_block,
     quantize_act: crate::quant::quantize_act,
     vec_dot: crate::quant::vec_dot,
     gemv_q: crate::quant::gemv_q,

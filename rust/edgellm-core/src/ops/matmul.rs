@@ -8,7 +8,7 @@ use super::reuse::{Reused, Slot};
 use std::cell::RefCell;
 use crate::{Error, Result};
 use crate::pool::Pool;
-use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, BRows, GemmScratch, PackedA, KC, MR};
+use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, BRows, GemmScratch, PackedA, KC, MR};
 use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +57,7 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
                     let r = pa_ref.block_range(k0, p);
                     // SAFETY: each block is packed by one task, and nothing reads the
                     // packing until every task has counted itself in `packed`.
-                    (k.gemm_pack_a)(x, n, kd, k0, p, unsafe { dst.slice(r.start, r.len()) });
+                    pack_a_block(x, n, kd, k0, p, unsafe { dst.slice(r.start, r.len()) });
                 }
                 packed.fetch_add(1, Ordering::Release);
                 return;
@@ -194,15 +194,11 @@ pub fn matmul_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
     fn data(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        let mut r = Rng::new(seed);
+        (0..len).map(|_| r.next_f64() as f32 - 0.5).collect()
     }
 
     /// Several packing tasks, chunks of A and k-blocks, edge panels and

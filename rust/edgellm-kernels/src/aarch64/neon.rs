@@ -43,7 +43,6 @@ const NEON: Kernels = Kernels {
     matmul_f32,
     gemm_micro: super::gemm_neon::micro_kernel,
     gemm_pack_b: crate::gemm::pack_b,
-    gemm_pack_a: crate::gemm::pack_a_block,
     quantize_act: super::quant_neon::quantize_act,
     vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::PLAIN }>,
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::PLAIN }>,

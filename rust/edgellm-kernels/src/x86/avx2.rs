@@ -21,7 +21,6 @@ pub static KERNELS: Kernels = Kernels {
     matmul_f32,
     gemm_micro: super::gemm_avx2::micro_kernel,
     gemm_pack_b: super::gemm_avx2::pack_b,
-    gemm_pack_a: super::gemm_avx2::pack_a,
     gemm_micro_f16: Some(super::gemm_avx2::micro_kernel_f16),
     gemm_micro_bf16: Some(super::gemm_avx2::micro_kernel_bf16),
     gemm_panels: Some(super::panels_avx2::gemm_panels),

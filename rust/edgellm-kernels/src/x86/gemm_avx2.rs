@@ -3,7 +3,7 @@
 //! the B packer, which widens and transposes 8 × 8 tiles of weight rows in
 //! registers (a value-by-value scatter cost ~10% of an f16 prefill).
 
-use crate::gemm::{check_pack_a, check_pack_b, BRows, MR, NR};
+use crate::gemm::{check_pack_b, BRows, MR, NR};
 use crate::x86::simd::Elem;
 use core::arch::x86_64::*;
 use half::{bf16, f16};
@@ -57,48 +57,6 @@ unsafe fn micro<E: Elem>(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, l
         }
         _mm256_storeu_ps(d, v0);
         _mm256_storeu_ps(d.add(8), v1);
-    }
-}
-
-/// See [`crate::gemm::PackAFn`]; bit-identical to [`crate::gemm::pack_a_block`]
-/// (a copy): full panels 8 values of their 6 rows at a time, transposed in
-/// registers (value by value, packing took ~4% of a 2-thread 512³ product);
-/// a last, partial panel through the reference.
-pub fn pack_a(a: &[f32], n: usize, k: usize, k0: usize, p: usize, dst: &mut [f32]) {
-    let kc = check_pack_a(a, n, k, k0, p, dst);
-    if n - p * MR < MR {
-        return crate::gemm::pack_a_block(a, n, k, k0, p, dst);
-    }
-    // SAFETY: checked above: rows p·MR.. p·MR + MR of `a` hold k0 + kc values
-    // each, `dst` kc · MR; AVX2 was detected before the table was handed out.
-    unsafe { pack_a_panel(a.as_ptr().add(p * MR * k + k0), k, kc, dst.as_mut_ptr()) }
-}
-
-/// `dst[kk · MR + r] = src[r · k + kk]` for `r < MR`, `kk < kc`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_a_panel(src: *const f32, k: usize, kc: usize, dst: *mut f32) {
-    let mut kk = 0;
-    while kk + 8 <= kc {
-        let mut v = [_mm256_setzero_ps(); 8];
-        for (r, v) in v.iter_mut().take(MR).enumerate() {
-            *v = _mm256_loadu_ps(src.add(r * k + kk));
-        }
-        // t[i] = the MR rows' values kk + i, then two zero lanes.
-        let t = transpose8(v);
-        let d = dst.add(kk * MR);
-        // Eight-lane stores MR apart, in order: each one's two spare lanes are
-        // overwritten by the next; the last stores its six lanes alone.
-        for (i, t) in t.iter().take(7).enumerate() {
-            _mm256_storeu_ps(d.add(i * MR), *t);
-        }
-        _mm_storeu_ps(d.add(7 * MR), _mm256_castps256_ps128(t[7]));
-        _mm_storel_epi64(d.add(7 * MR + 4) as *mut __m128i, _mm_castps_si128(_mm256_extractf128_ps::<1>(t[7])));
-        kk += 8;
-    }
-    for kk in kk..kc {
-        for r in 0..MR {
-            *dst.add(kk * MR + r) = *src.add(r * k + kk);
-        }
     }
 }
 

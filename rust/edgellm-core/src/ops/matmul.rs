@@ -49,7 +49,7 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
     let pa_ref = &pa;
     par::for_each_claimed_with(
         pack_tasks + cols.len(),
-        || (GemmScratch::default(), Vec::<f32>::new()),
+        || Reused::take(&SCRATCH),
         |state, t| {
             if t < pack_tasks {
                 for i in t * PACK_PER_TASK..((t + 1) * PACK_PER_TASK).min(blocks) {
@@ -76,6 +76,7 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
             let (j0, j1) = cols[t - pack_tasks];
             // SAFETY: column block `t` alone writes columns j0..j1 of each row.
             unsafe { gemm_columns(k, pa_ref, &b, j0, j1, m, shared, state) };
+            state.keep_if(state.1.capacity() <= KEEP_PACKING);
         },
     );
     *kept = pa.into_vec();
@@ -85,6 +86,10 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
 thread_local! {
     /// The calling thread's A packing, kept for its next product.
     static PACKING: Slot<Vec<f32>> = const { RefCell::new(None) };
+    /// Each pool thread's B packing and dequantized rows, kept for its next
+    /// product: fresh ones (a 512 KiB B block) made mimalloc fault in a huge
+    /// page on most calls (1% of a 2-thread 512³ product in `clear_page`).
+    static SCRATCH: Slot<(GemmScratch, Vec<f32>)> = const { RefCell::new(None) };
 }
 
 /// The largest A packing kept between products (4 Mi floats, 16 MiB: a

@@ -67,19 +67,31 @@ fn gemv_chunk(rows: usize) -> usize {
     (rows / (par::threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
+/// Output rows per unit of a one-row GEMV's guided ranges: whole resident
+/// panels (8 rows for q4_0/q8_0, 16 for float weights).
+const GEMV_UNIT: usize = panels::WIDTH;
+
+/// `f(r0, r1)` over ranges of a one-row GEMV's `m` output rows, claimed as the
+/// threads come free, shrinking to one unit at the end ([`par::for_each_guided`]);
+/// starts are multiples of [`GEMV_UNIT`].
+fn for_each_gemv_range(m: usize, f: impl Fn(usize, usize) + Sync) {
+    let most = gemv_chunk(m) / GEMV_UNIT;
+    par::for_each_guided(m.div_ceil(GEMV_UNIT), most, |a, b| f(a * GEMV_UNIT, (b * GEMV_UNIT).min(m)));
+}
+
 /// Blocks of `block` output columns of `out` (`n` rows of `m`), claimed in
 /// order: `f(r0, r1, tile)` fills `tile`, the `n × (r1 - r0)` outputs of columns
-/// `r0..r1` (row-major), which are then copied into place; one row is written
-/// straight into `out`.
+/// `r0..r1` (row-major), which are then copied into place. One row is written
+/// straight into `out`, in guided ranges instead of blocks.
 fn for_each_column_block(m: usize, block: usize, n: usize, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
     let shared = SharedMut::new(out);
+    if n == 1 {
+        // SAFETY: each range is claimed once.
+        return for_each_gemv_range(m, |r0, r1| f(r0, r1, unsafe { shared.slice(r0, r1 - r0) }));
+    }
     for_each_claimed_with(m.div_ceil(block), Vec::<f32>::new, |tile, b| {
         let (r0, r1) = (b * block, ((b + 1) * block).min(m));
         let width = r1 - r0;
-        if n == 1 {
-            // SAFETY: item b alone writes outputs r0..r1.
-            return f(r0, r1, unsafe { shared.slice(r0, width) });
-        }
         tile.resize(n * width, 0.0);
         f(r0, r1, tile);
         for t in 0..n {
@@ -330,11 +342,15 @@ impl Linear {
         let n = x.len() / kd;
         with_acts(|bufs| {
             let act = self.quantize_input(k, x, &mut bufs[0]).then_some(&bufs[0]);
-            let mut chunk = gemv_chunk(m);
-            if n > 1 {
-                chunk = chunk.min(((256 << 10) / self.weight.row_bytes().max(1)).max(16) / 16 * 16);
-            }
             let shared = SharedMut::new(out);
+            if n == 1 {
+                return for_each_gemv_range(m, |r0, r1| {
+                    // SAFETY: each range is claimed once.
+                    let o = unsafe { shared.slice(r0, r1 - r0) };
+                    self.gemv_rows(k, x, act.map(|a| (a, 0)), r0, o);
+                });
+            }
+            let chunk = gemv_chunk(m).min(((256 << 10) / self.weight.row_bytes().max(1)).max(16) / 16 * 16);
             for_each_claimed(m.div_ceil(chunk), |c| {
                 let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(m));
                 for t in 0..n {
@@ -524,28 +540,32 @@ impl Linear {
         bufs: &[QActs; MAX_GROUP],
         act_of: [Option<usize>; MAX_GROUP],
     ) {
-        // Work items: each layer's rows in chunks, layer after layer;
-        // `ends[i]`: the items of layers 0..=i.
-        let total: usize = group.iter().map(|(l, _)| l.out_features()).sum();
-        let chunk = gemv_chunk(total);
+        // Units of GEMV_UNIT rows, layer after layer (each layer's last unit may
+        // be short); `ends[i]`: the units of layers 0..=i. Guided ranges of
+        // units, split where they cross from one layer into the next.
         let mut ends = [0usize; MAX_GROUP];
-        let mut items = 0;
+        let mut units = 0;
         for (e, (l, _)) in ends.iter_mut().zip(group.iter()) {
-            items += l.out_features().div_ceil(chunk);
-            *e = items;
+            units += l.out_features().div_ceil(GEMV_UNIT);
+            *e = units;
         }
         let mut outs = [SharedMut::new(&mut []); MAX_GROUP];
         for (s, (_, o)) in outs.iter_mut().zip(group.iter_mut()) {
             *s = SharedMut::new(o);
         }
         let layers = &*group;
-        for_each_claimed(items, |t| {
-            let i = ends.iter().position(|&e| t < e).expect("item in range");
-            let (l, c) = (layers[i].0, t - if i == 0 { 0 } else { ends[i - 1] });
-            let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(l.out_features()));
-            // SAFETY: items cover disjoint row ranges of each output.
-            let o = unsafe { outs[i].slice(r0, r1 - r0) };
-            l.gemv_rows(k, x, act_of[i].map(|j| (&bufs[j], 0)), r0, o);
+        par::for_each_guided(units, gemv_chunk(units * GEMV_UNIT) / GEMV_UNIT, |a, b| {
+            for (i, (l, _)) in layers.iter().enumerate() {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                let (u0, u1) = (a.max(start), b.min(ends[i]));
+                if u0 >= u1 {
+                    continue;
+                }
+                let (r0, r1) = ((u0 - start) * GEMV_UNIT, ((u1 - start) * GEMV_UNIT).min(l.out_features()));
+                // SAFETY: the ranges cover disjoint row ranges of each output.
+                let o = unsafe { outs[i].slice(r0, r1 - r0) };
+                l.gemv_rows(k, x, act_of[i].map(|j| (&bufs[j], 0)), r0, o);
+            }
         });
         for (l, o) in group.iter_mut() {
             if let Some(b) = &l.bias {

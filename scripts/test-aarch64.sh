@@ -2,7 +2,8 @@
 # Cross-compiles the kernel crate for aarch64 and runs its tests under qemu, on a
 # modern core (-cpu max: the neon, dotprod and i8mm tables) and on one without
 # dotprod (cortex-a53: the plain neon table alone),
-# so every NEON path and its fallback runs for real. Debian bookworm packages only.
+# so every NEON path and its fallback runs for real; then the core crate's
+# model-level checks of those paths (isa_paths, decode_allocations). Debian bookworm packages only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=${EDGELLM_ARM_TOOLS:-/opt/edgellm-arm}
@@ -23,7 +24,13 @@ export LD_LIBRARY_PATH="$TOOLS/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:
 export RUSTC="$TOOLS/root/usr/bin/rustc"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 for cpu in max cortex-a53; do
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu -L /usr/aarch64-linux-gnu"
     echo "== aarch64 kernel tests under qemu -cpu $cpu =="
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu -L /usr/aarch64-linux-gnu" \
-        cargo test -p edgellm-kernels --tests --target aarch64-unknown-linux-gnu --target-dir target/aarch64
+    cargo test -p edgellm-kernels --tests --target aarch64-unknown-linux-gnu --target-dir target/aarch64
+    # The engine on those tables: every fixture architecture as the scalar
+    # path computes it, and decode steps that allocate nothing.
+    echo "== aarch64 model tests under qemu -cpu $cpu =="
+    cargo test -p edgellm-core --test isa_paths --target aarch64-unknown-linux-gnu --target-dir target/aarch64
+    EDGELLM_ALLOC_SIMD_ONLY=1 cargo test -p edgellm-core --test decode_allocations \
+        --target aarch64-unknown-linux-gnu --target-dir target/aarch64
 done

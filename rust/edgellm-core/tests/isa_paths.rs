@@ -1,8 +1,8 @@
 //! Every kernel path this CPU has runs every fixture architecture as the scalar
-//! path does: the same prompt logits (within float summation-order noise) and
-//! the same greedy tokens, for the file's float weights and for q8_0 / q4_0
-//! quantized at load, each with the weights read in the file's layout and
-//! repacked into the kernels' panels.
+//! path does: the same prompt and decode-step logits (within float
+//! summation-order noise; the same greedy tokens) for the file's float weights,
+//! and close logits for q8_0 / q4_0 quantized at load, each with the weights
+//! read in the file's layout and repacked into the kernels' panels.
 //!
 //! The Python suite checks each path against transformers' logits on x86; this
 //! test needs no Python, so it also runs cross-compiled under qemu
@@ -32,29 +32,34 @@ fn fixtures() -> Vec<PathBuf> {
     dirs
 }
 
-/// The prompt's logits (every row) and the greedy continuation with each
-/// step's logits.
+/// The prompt's logits (every row), then `STEPS` decode steps with each step's
+/// logits: each step feeds `feed`'s token where given (the scalar run's, so
+/// that both runs see the same inputs), else this run's own greedy token;
+/// `tokens` holds this run's greedy picks either way.
 struct Run {
     prompt: Vec<f32>,
     tokens: Vec<u32>,
     steps: Vec<Vec<f32>>,
 }
 
-fn run(m: &Model) -> Run {
-    let vocab = m.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7919 + 5) % vocab).collect();
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b }) as u32
+}
+
+fn run(m: &Model, feed: Option<&[u32]>) -> Run {
+    let vocab = m.config.vocab_size;
+    let ids: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7919 + 5) % vocab as u32).collect();
     let mut cache = m.new_cache();
     let mut prompt = Vec::new();
     m.forward_into(&ids, &mut cache, LogitsRows::All, &mut prompt).unwrap();
-    let mut last = prompt[prompt.len() - vocab as usize..].to_vec();
+    let mut pick = argmax(&prompt[prompt.len() - vocab..]);
     let (mut tokens, mut steps) = (Vec::new(), Vec::new());
-    for _ in 0..STEPS {
-        let next = last.iter().enumerate().fold(0, |b, (i, v)| if *v > last[b] { i } else { b }) as u32;
-        tokens.push(next);
+    for s in 0..STEPS {
+        tokens.push(pick);
         let mut logits = Vec::new();
-        m.forward_into(&[next], &mut cache, LogitsRows::Last, &mut logits).unwrap();
-        steps.push(logits.clone());
-        last = logits;
+        m.forward_into(&[feed.map_or(pick, |f| f[s])], &mut cache, LogitsRows::Last, &mut logits).unwrap();
+        pick = argmax(&logits);
+        steps.push(logits);
     }
     Run { prompt, tokens, steps }
 }
@@ -76,7 +81,7 @@ fn every_kernel_path_runs_every_architecture_as_the_scalar_path() {
                 let opts = |isa| LoadOptions { threads: Some(2), isa: Some(isa), quant, repack, ..Default::default() };
                 let what = |isa: Isa| format!("{name} {} {repack:?} on {}", quant.map_or("file weights", |q| q.name()), isa.name());
                 let reference = match Model::load(&dir, &opts(Isa::Scalar)) {
-                    Ok(m) => run(&m),
+                    Ok(m) => run(&m, None),
                     Err(e) => {
                         // A shape the quantizer cannot take fails the same way on every path.
                         assert!(quant.is_some(), "{}: {e}", what(Isa::Scalar));
@@ -88,31 +93,32 @@ fn every_kernel_path_runs_every_architecture_as_the_scalar_path() {
                 };
                 let scale = reference.prompt.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
                 // Float weights: summation order only (the Python suite holds each
-                // path to 1e-4 of transformers), on every logits row. Quantized:
-                // the same int8 dot products, their float scales combined in
-                // another order; a last-bit difference upstream can flip one
-                // activation's int8 rounding downstream (seen once: 0.7% of the
-                // logits' scale, one prompt row of llama_bf16 as q4_0, the other
-                // rows bit-identical), so most rows must be as close as floats
-                // and none further than 3%. A wrong block or scale moves every
-                // row by tens of percent.
-                let tight = 2e-5 * scale;
-                let loose = if quant.is_some() { 3e-2 * scale } else { tight };
+                // path to 1e-4 of transformers), and the same greedy tokens.
+                // Quantized: the same int8 dot products with their float scales
+                // combined in another order, where a last-bit difference can flip
+                // one activation's int8 rounding downstream (seen once: 0.7% of
+                // the logits' scale in one prompt row of llama_bf16 as q4_0, the
+                // other rows bit-identical; a flip in an early layer reaches every
+                // later row): 3% of the scale, while a wrong block or scale moves
+                // the logits by tens of percent.
+                let tol = if quant.is_some() { 3e-2 } else { 2e-5 } * scale;
                 for &isa in &isas {
-                    let got = run(&Model::load(&dir, &opts(isa)).unwrap_or_else(|e| panic!("{}: {e}", what(isa))));
+                    let m = Model::load(&dir, &opts(isa)).unwrap_or_else(|e| panic!("{}: {e}", what(isa)));
+                    let got = run(&m, Some(&reference.tokens));
                     let v = got.prompt.len() / PROMPT;
                     let rows = (0..PROMPT)
                         .map(|r| max_diff(&got.prompt[r * v..(r + 1) * v], &reference.prompt[r * v..(r + 1) * v]))
                         .chain(got.steps.iter().zip(&reference.steps).map(|(g, r)| max_diff(g, r)));
                     let diffs: Vec<f64> = rows.collect();
-                    let close = diffs.iter().filter(|&&d| d <= tight).count();
                     assert!(
-                        diffs.iter().all(|&d| d <= loose) && close * 4 >= diffs.len() * 3,
+                        diffs.iter().all(|&d| d <= tol),
                         "{}: logits rows (prompt, then steps) differ from scalar by {:?} (scale {scale:.2})",
                         what(isa),
                         diffs.iter().map(|d| format!("{d:.1e}")).collect::<Vec<_>>()
                     );
-                    assert_eq!(got.tokens, reference.tokens, "{}: greedy tokens differ from scalar", what(isa));
+                    if quant.is_none() {
+                        assert_eq!(got.tokens, reference.tokens, "{}: greedy tokens differ from scalar", what(isa));
+                    }
                     checked += 1;
                 }
             }

@@ -60,8 +60,9 @@ fn with_acts<R>(f: impl FnOnce(&mut [QActs; MAX_GROUP]) -> R) -> R {
 
 /// Output rows per parallel GEMV work item (for one row, the longest guided
 /// range): about eight per thread, so a slow thread does not hold the others up
-/// (which thread computes a row never changes its value). A multiple of 16, so that items are whole resident panels (8 rows for
-/// q4_0/q8_0, 16 for float weights).
+/// (which thread computes a row never changes its value). A multiple of 16, so
+/// that items are whole resident panels (8 rows for q4_0/q8_0, 16 for float
+/// weights).
 fn gemv_chunk(rows: usize) -> usize {
     (rows / (par::threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }

@@ -181,14 +181,14 @@ mod tests {
             let p = pool::Pool::new(threads).unwrap();
             p.install(|| {
                 for (units, most) in [(0usize, 4usize), (1, 4), (2, 1), (5, 2), (16, 16), (160, 8), (704, 44), (704, 1000)] {
-                    let ranges = |_: usize| {
+                    let ranges = || {
                         let got = Mutex::new(Vec::new());
                         for_each_guided(units, most, |a, b| got.lock().unwrap().push((a, b)));
                         let mut got = got.into_inner().unwrap();
                         got.sort();
                         got
                     };
-                    let got = ranges(0);
+                    let got = ranges();
                     let mut at = 0;
                     for &(a, b) in &got {
                         assert!(a == at && b > a, "{units} units, {threads} threads: {got:?}");
@@ -202,7 +202,7 @@ mod tests {
                         assert!(got.iter().all(|r| r.1 - r.0 <= most), "{got:?}");
                         assert_eq!(got.last().map(|r| r.1 - r.0), Some(1));
                     }
-                    assert_eq!(ranges(1), got);
+                    assert_eq!(ranges(), got);
                 }
             });
         }

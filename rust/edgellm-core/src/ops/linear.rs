@@ -405,10 +405,9 @@ impl Linear {
         with_acts(|bufs| {
             assert!(self.quantize_input(k, x, &mut bufs[0]), "resident weights are quantized");
             let qa = &bufs[0];
-            // Decode: GEMV-sized items straight into `out`; prompts: a few panels
+            // Decode: guided ranges straight into `out`; prompts: a few panels
             // per item (they stay in L1/L2 while every token passes), through a tile.
-            let block = if n == 1 { gemv_chunk(m) } else { QGEMM_BLOCK };
-            for_each_column_block(m, block, n, out, |r0, r1, tile| {
+            for_each_column_block(m, QGEMM_BLOCK, n, out, |r0, r1, tile| {
                 let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
                 gemm(w, qa, tile, r1 - r0)
             });

@@ -92,10 +92,11 @@ thread_local! {
     static SCRATCH: Slot<(GemmScratch, Vec<f32>)> = const { RefCell::new(None) };
 }
 
-/// The largest A packing kept between products (4 Mi floats, 16 MiB: a
-/// 512-token prompt's widest, 11.5 MiB for FFN 5632): a fresh one is faulted in
-/// page by page (~2% of a 2-thread 512³ product, whose packing is 1 MiB).
-/// Larger ones are freed, so that a long prompt leaves no large buffer behind.
+/// The largest A packing (and a pool thread's largest buffer of dequantized
+/// rows) kept between products (4 Mi floats, 16 MiB: a 512-token prompt's
+/// widest packing, 11.5 MiB for FFN 5632): a fresh one is faulted in page by
+/// page (~2% of a 2-thread 512³ product, whose packing is 1 MiB). Larger ones
+/// are freed, so that a long prompt leaves no large buffer behind.
 const KEEP_PACKING: usize = 4 << 20;
 
 /// Column blocks of an `m`-column product for `threads` threads: each a

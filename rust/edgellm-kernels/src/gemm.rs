@@ -37,6 +37,19 @@ pub type MicroKernel = MicroKernelOf<f32>;
 pub type MicroKernelOf<E> =
     unsafe fn(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, ldc: usize, add: bool);
 
+/// [`MicroKernel`] reading A in place rather than packed: the tile's row `r`
+/// is the `kc` contiguous values at `ap + r · lda` (row-major activations of one
+/// k-block, see [`AOperand::rows`]). The same FMAs in the same order as the
+/// table's [`MicroKernel`] on the packed rows, so bit-identical to it.
+///
+/// # Safety
+/// As [`MicroKernel`], with `ap + r · lda` holding `kc` values for `r < MR`.
+pub type MicroKernelRows = MicroKernelRowsOf<f32>;
+
+/// [`MicroKernelRows`] with B panels of element type `E`.
+pub type MicroKernelRowsOf<E> =
+    unsafe fn(kc: usize, ap: *const f32, lda: usize, bp: *const E, c: *mut f32, ldc: usize, add: bool);
+
 /// Packs rows `j0..j1` of B, k-range `k0..k0 + kc`, into `NR`-wide panels:
 /// `out[p · kc · NR + kk · NR + c] = B[j0 + p · NR + c][k0 + kk]` (zero past
 /// `j1`). `out` must hold `(j1 - j0).div_ceil(NR) · kc · NR` values.
@@ -263,9 +276,9 @@ const MC_PANELS: usize = 16;
 /// `c[i * ldc + (j - j0)] = Σ_k a[i][k] · b[j][k]` for rows `j0..j1` of B, every
 /// row of A, with `kern`'s B packer and micro-kernel. Buffers are reused across
 /// calls through `scratch`.
-pub fn gemm_packed(
+pub fn gemm_packed<'a>(
     kern: &Kernels,
-    a: &PackedA,
+    a: impl Into<AOperand<'a>>,
     b: BRows<'_>,
     j0: usize,
     j1: usize,
@@ -273,7 +286,8 @@ pub fn gemm_packed(
     ldc: usize,
     scratch: &mut GemmScratch,
 ) {
-    let n = a.n;
+    let a = a.into();
+    let n = a.n();
     assert!(
         j1 >= j0 && ldc >= j1 - j0 && (n == 0 || c.len() >= (n - 1) * ldc + (j1 - j0)),
         "gemm_packed: output too small"
@@ -283,15 +297,17 @@ pub fn gemm_packed(
 }
 
 /// [`gemm_packed`] into a raw output, so that threads can fill disjoint column
-/// ranges of one matrix in place.
+/// ranges of one matrix in place. `a` is packed ([`PackedA`]) or, for a k of
+/// one block, read in place ([`AOperand::rows`]).
 ///
 /// # Safety
 /// `c + i · ldc + j` is valid for writes for every `i < a.n()`, `j < j1 - j0`, and
 /// nothing else accesses those elements during the call. They may be
 /// uninitialized: each is written before it is read.
-pub unsafe fn gemm_packed_raw(
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed_raw<'a>(
     kern: &Kernels,
-    a: &PackedA,
+    a: impl Into<AOperand<'a>>,
     b: BRows<'_>,
     j0: usize,
     j1: usize,
@@ -299,11 +315,25 @@ pub unsafe fn gemm_packed_raw(
     ldc: usize,
     scratch: &mut GemmScratch,
 ) {
-    let (n, k) = (a.n, a.k);
+    let a = a.into();
+    let (n, k) = (a.n(), a.k());
     assert!(j1 >= j0, "gemm_packed: j1 < j0");
     if k == 0 {
         return zero_columns(c, n, ldc, j1 - j0);
     }
+    let mut last = [0f32; MR * KC];
+    let tiles = match a {
+        AOperand::Packed(pa) => Tiles::Packed(pa, kern.gemm_micro),
+        AOperand::Rows { a, n, k } => {
+            let rows = kern.gemm_micro_rows.expect("gemm_packed: AOperand::rows checks the kernel");
+            if n % MR != 0 {
+                // Reading MR rows in place would pass A's end: the partial last
+                // panel is packed (zero-padded) here.
+                pack_a_block(a, n, k, 0, n / MR, &mut last[..k * MR]);
+            }
+            Tiles::Rows { a, n, k, rows, packed: kern.gemm_micro, last: &last }
+        }
+    };
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);
         for k0 in (0..k).step_by(KC) {
@@ -317,8 +347,114 @@ pub unsafe fn gemm_packed_raw(
             }
             let packed = &mut scratch.b[..len];
             (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, packed);
-            block_times_a(a, k0, packed.as_ptr(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc, kern.gemm_micro);
+            block_times_a(tiles, k0, packed.as_ptr(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc);
         }
+    }
+}
+
+/// A as the micro-kernel reads it.
+#[derive(Clone, Copy)]
+pub enum AOperand<'a> {
+    /// Packed panels.
+    Packed(&'a PackedA),
+    /// Row-major `n × k` activations, `k ≤ KC`, read in place by
+    /// [`Kernels::gemm_micro_rows`]; made by [`AOperand::rows`].
+    Rows { a: &'a [f32], n: usize, k: usize },
+}
+
+impl<'a> AOperand<'a> {
+    /// Row-major `a` (`n × k`) read in place, where that needs no packing: `k`
+    /// is one k-block (so each tile's rows are `k` contiguous values, and a
+    /// chunk of `MC_PANELS` panels one contiguous stretch of A, as packed)
+    /// and `kern` has a row-reading micro-kernel. `None` otherwise: pack A.
+    /// Packing 512 × 512 activations was ~4% of a 2-thread 512³ product.
+    pub fn rows(kern: &Kernels, a: &'a [f32], n: usize, k: usize) -> Option<AOperand<'a>> {
+        (kern.gemm_micro_rows.is_some() && (1..=KC).contains(&k) && Some(a.len()) == n.checked_mul(k))
+            .then_some(AOperand::Rows { a, n, k })
+    }
+    pub fn n(&self) -> usize {
+        match self {
+            AOperand::Packed(pa) => pa.n,
+            AOperand::Rows { n, .. } => *n,
+        }
+    }
+    pub fn k(&self) -> usize {
+        match self {
+            AOperand::Packed(pa) => pa.k,
+            AOperand::Rows { k, .. } => *k,
+        }
+    }
+}
+
+impl<'a> From<&'a PackedA> for AOperand<'a> {
+    fn from(pa: &'a PackedA) -> Self {
+        AOperand::Packed(pa)
+    }
+}
+
+/// A's tiles with the micro-kernels that read them.
+enum Tiles<'a, E> {
+    Packed(&'a PackedA, MicroKernelOf<E>),
+    /// Full panels read in place by `rows`; the partial last one (rows past `n`)
+    /// by `packed` from `last`, its packing.
+    Rows {
+        a: &'a [f32],
+        n: usize,
+        k: usize,
+        rows: MicroKernelRowsOf<E>,
+        packed: MicroKernelOf<E>,
+        last: &'a [f32; MR * KC],
+    },
+}
+
+impl<E> Clone for Tiles<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Tiles<'_, E> {}
+
+impl<E> Tiles<'_, E> {
+    fn n(&self) -> usize {
+        match self {
+            Tiles::Packed(pa, _) => pa.n,
+            Tiles::Rows { n, .. } => *n,
+        }
+    }
+    fn k(&self) -> usize {
+        match self {
+            Tiles::Packed(pa, _) => pa.k,
+            Tiles::Rows { k, .. } => *k,
+        }
+    }
+
+    /// The micro-kernel on panel `p` of k-block `kb` (`kc` steps).
+    ///
+    /// # Safety
+    /// As [`MicroKernel`] for `bq`, `c` and `ldc`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(&self, kb: usize, kc: usize, p: usize, bq: *const E, c: *mut f32, ldc: usize, add: bool) {
+        match *self {
+            Tiles::Packed(pa, micro) => micro(kc, pa.block(kb, p).as_ptr(), bq, c, ldc, add),
+            Tiles::Rows { a, n, k, rows, packed, last } => {
+                if (p + 1) * MR <= n {
+                    rows(kc, a.as_ptr().add(p * MR * k), k, bq, c, ldc, add)
+                } else {
+                    packed(kc, last.as_ptr(), bq, c, ldc, add)
+                }
+            }
+        }
+    }
+
+    /// The chunk of `MC_PANELS` panels (k-block `kb`, `kc` steps) after the
+    /// one from panel `pc`, to prefetch over `calls` micro-kernel calls.
+    fn next_chunk(&self, kb: usize, kc: usize, pc: usize, calls: usize) -> NextChunk {
+        let (data, at) = match self {
+            Tiles::Packed(pa, _) => (pa.data.as_slice(), pa.block_range(kb * KC, pc).start),
+            Tiles::Rows { a, k, .. } => (*a, pc * MR * k),
+        };
+        NextChunk::after(data, at + MC_PANELS * MR * kc, MC_PANELS * MR * kc, calls)
     }
 }
 
@@ -335,9 +471,15 @@ pub unsafe fn gemm_panels_raw(kern: &Kernels, a: &PackedA, b: Panels<'_>, m: usi
         return zero_columns(c, n, ldc, m);
     }
     match b {
-        Panels::F32(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro),
-        Panels::F16(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel")),
-        Panels::Bf16(w) => panels_times_a(a, w, m, c, ldc, kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel")),
+        Panels::F32(w) => panels_times_a(Tiles::Packed(a, kern.gemm_micro), w, m, c, ldc),
+        Panels::F16(w) => {
+            let micro = kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel");
+            panels_times_a(Tiles::Packed(a, micro), w, m, c, ldc)
+        }
+        Panels::Bf16(w) => {
+            let micro = kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel");
+            panels_times_a(Tiles::Packed(a, micro), w, m, c, ldc)
+        }
     }
 }
 
@@ -352,17 +494,17 @@ unsafe fn zero_columns(c: *mut f32, n: usize, ldc: usize, cols: usize) {
 }
 
 /// [`gemm_panels_raw`] for panels of `E`.
-unsafe fn panels_times_a<E>(a: &PackedA, w: &[E], m: usize, c: *mut f32, ldc: usize, micro: MicroKernelOf<E>) {
-    let k = a.k;
+unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc: usize) {
+    let k = a.k();
     let panel = k * NR;
-    if a.panels() <= MC_PANELS {
+    if a.n().div_ceil(MR) <= MC_PANELS {
         // A short prompt, whose packed A stays in cache: each weight panel is read
         // once, front to back, as one stream (block by block, the 16 panels of a
         // column block would be 16 interleaved streams from memory).
         for q in 0..m.div_ceil(NR) {
             for k0 in (0..k).step_by(KC) {
                 let bp = w[q * panel + k0 * NR..].as_ptr();
-                block_times_a(a, k0, bp, panel, NR.min(m - q * NR), c.add(q * NR), ldc, micro);
+                block_times_a(a, k0, bp, panel, NR.min(m - q * NR), c.add(q * NR), ldc);
             }
         }
         return;
@@ -372,7 +514,7 @@ unsafe fn panels_times_a<E>(a: &PackedA, w: &[E], m: usize, c: *mut f32, ldc: us
     for jb0 in (0..m).step_by(JB) {
         for k0 in (0..k).step_by(KC) {
             let bp = w[jb0 / NR * panel + k0 * NR..].as_ptr();
-            block_times_a(a, k0, bp, panel, JB.min(m - jb0), c.add(jb0), ldc, micro);
+            block_times_a(a, k0, bp, panel, JB.min(m - jb0), c.add(jb0), ldc);
         }
     }
 }
@@ -383,38 +525,28 @@ unsafe fn panels_times_a<E>(a: &PackedA, w: &[E], m: usize, c: *mut f32, ldc: us
 ///
 /// # Safety
 /// `bp` holds the panels; `c` as in [`gemm_packed_raw`] for `cols` columns.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_times_a<E>(
-    a: &PackedA,
-    k0: usize,
-    bp: *const E,
-    stride: usize,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-    micro: MicroKernelOf<E>,
-) {
-    let (n, kb) = (a.n, k0 / KC);
-    let kc = KC.min(a.k - k0);
+unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, bp: *const E, stride: usize, cols: usize, c: *mut f32, ldc: usize) {
+    let (n, kb) = (a.n(), k0 / KC);
+    let kc = KC.min(a.k() - k0);
     let mut edge = [0f32; MR * NR];
     let panels_b = cols.div_ceil(NR);
-    for pc in (0..a.panels()).step_by(MC_PANELS) {
-        let chunk = MC_PANELS.min(a.panels() - pc);
-        let mut ahead = NextChunk::after(&a.data, a.block(kb, pc).as_ptr().add(chunk * kc * MR), panels_b * chunk);
+    let panels = n.div_ceil(MR);
+    for pc in (0..panels).step_by(MC_PANELS) {
+        let chunk = MC_PANELS.min(panels - pc);
+        let mut ahead = a.next_chunk(kb, kc, pc, panels_b * chunk);
         for q in 0..panels_b {
             let bq = bp.add(q * stride);
             let w = NR.min(cols - q * NR);
             for p in pc..pc + chunk {
                 ahead.step();
-                let ap = a.block(kb, p);
                 let rows = MR.min(n - p * MR);
                 let dst = c.add(p * MR * ldc + q * NR);
                 if rows == MR && w == NR {
-                    micro(kc, ap.as_ptr(), bq, dst, ldc, kb > 0);
+                    a.tile(kb, kc, p, bq, dst, ldc, kb > 0);
                     continue;
                 }
                 // An edge tile: through a full-size buffer, then its valid part.
-                micro(kc, ap.as_ptr(), bq, edge.as_mut_ptr(), NR, false);
+                a.tile(kb, kc, p, bq, edge.as_mut_ptr(), NR, false);
                 for r in 0..rows {
                     let (d, s) = (dst.add(r * ldc), &edge[r * NR..r * NR + w]);
                     if kb == 0 {
@@ -440,13 +572,13 @@ struct NextChunk {
 }
 
 impl NextChunk {
-    /// The `MC_PANELS` chunk that follows `end` in `data` (the start of `data`
-    /// after its last one), spread over `calls` micro-kernel calls.
-    fn after(data: &[f32], end: *const f32, calls: usize) -> NextChunk {
+    /// The `chunk` values that follow offset `end` in `data` (the start of
+    /// `data` after its last chunk), spread over `calls` micro-kernel calls.
+    fn after(data: &[f32], end: usize, chunk: usize, calls: usize) -> NextChunk {
         let bytes = core::mem::size_of_val(data);
         let base = data.as_ptr() as *const u8;
-        let off = (end as usize - base as usize) % bytes.max(1);
-        let lines = (bytes - off).min(MC_PANELS * MR * KC * 4) / 64;
+        let off = (end * 4) % bytes.max(1);
+        let lines = (bytes - off).min(chunk * 4) / 64;
         NextChunk {
             at: base.wrapping_add(off),
             lines,
@@ -488,6 +620,31 @@ pub struct GemmScratch {
     b: Vec<f32>,
 }
 
+/// Portable [`MicroKernelRows`]: [`micro_kernel_scalar`] with A's rows read in place.
+///
+/// # Safety
+/// As [`MicroKernelRows`].
+pub unsafe fn micro_kernel_rows_scalar(
+    kc: usize,
+    ap: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [0f32; MR * NR];
+    for kk in 0..kc {
+        for r in 0..MR {
+            let a = *ap.add(r * lda + kk);
+            for j in 0..NR {
+                acc[r * NR + j] += a * *bp.add(kk * NR + j);
+            }
+        }
+    }
+    store_tile(&acc, c, ldc, add);
+}
+
 /// Portable micro-kernel (the reference for the SIMD ones); see [`MicroKernel`].
 ///
 /// # Safety
@@ -509,6 +666,14 @@ pub unsafe fn micro_kernel_scalar(
             }
         }
     }
+    store_tile(&acc, c, ldc, add);
+}
+
+/// A finished tile into `c` (`MR` rows `ldc` apart), added to it when `add`.
+///
+/// # Safety
+/// As [`MicroKernel`] for `c`.
+unsafe fn store_tile(acc: &[f32; MR * NR], c: *mut f32, ldc: usize, add: bool) {
     for r in 0..MR {
         for j in 0..NR {
             let d = c.add(r * ldc + j);

@@ -59,6 +59,10 @@ pub struct Kernels {
     /// Register-tile micro-kernel of the packed GEMM ([`gemm::gemm_packed`]), the
     /// prefill work-horse of float weights.
     pub gemm_micro: gemm::MicroKernel,
+    /// [`Self::gemm_micro`] reading A's rows in place (products whose k is
+    /// one block need not pack A), bit-identical to it. `None` where the
+    /// table has no such kernel (A is then packed).
+    pub gemm_micro_rows: Option<gemm::MicroKernelRows>,
     /// [`Self::gemm_micro`] reading f16 B panels in place (resident float
     /// weights, [`panels`]), bit-identical to it on the widened panels. `None`
     /// where the table has no such kernel.

@@ -8,7 +8,7 @@ use super::reuse::{Reused, Slot};
 use std::cell::RefCell;
 use crate::{Error, Result};
 use crate::pool::Pool;
-use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, BRows, GemmScratch, PackedA, KC, MR};
+use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, AOperand, BRows, GemmScratch, PackedA, KC, MR};
 use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +36,20 @@ const PACK_PER_TASK: usize = 8;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource<'_>, m: usize, out: &mut [f32]) {
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
+    let cols = column_blocks(m, par::threads());
+    let shared = SharedMut::new(out);
+    if !matches!(b, BSource::Panels(_)) {
+        if let Some(a) = AOperand::rows(k, x, n, kd) {
+            // One k-block: the micro-kernel reads x in place, nothing to pack.
+            par::for_each_claimed_with(cols.len(), || Reused::take(&SCRATCH), |state, t| {
+                let (j0, j1) = cols[t];
+                // SAFETY: column block `t` alone writes columns j0..j1 of each row.
+                unsafe { gemm_columns(k, a, &b, j0, j1, m, shared, state) };
+                state.keep_if(state.1.capacity() <= KEEP_PACKING);
+            });
+            return;
+        }
+    }
     let mut kept = Reused::take(&PACKING);
     // SAFETY: the packing tasks below fill every block before the product
     // tasks read any (they wait for `packed` to count them all).
@@ -44,8 +58,6 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
     let dst = SharedMut::new(pa.as_mut_slice());
     let pack_tasks = blocks.div_ceil(PACK_PER_TASK);
     let packed = AtomicUsize::new(0);
-    let cols = column_blocks(m, par::threads());
-    let shared = SharedMut::new(out);
     let pa_ref = &pa;
     par::for_each_claimed_with(
         pack_tasks + cols.len(),
@@ -75,7 +87,7 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
             }
             let (j0, j1) = cols[t - pack_tasks];
             // SAFETY: column block `t` alone writes columns j0..j1 of each row.
-            unsafe { gemm_columns(k, pa_ref, &b, j0, j1, m, shared, state) };
+            unsafe { gemm_columns(k, pa_ref.into(), &b, j0, j1, m, shared, state) };
             state.keep_if(state.1.capacity() <= KEEP_PACKING);
         },
     );
@@ -124,7 +136,7 @@ fn column_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_columns(
     k: &Kernels,
-    a: &PackedA,
+    a: AOperand<'_>,
     b: &BSource<'_>,
     j0: usize,
     j1: usize,
@@ -135,6 +147,7 @@ unsafe fn gemm_columns(
     let (kd, w) = (a.k(), j1 - j0);
     let (rows, r0, r1) = match b {
         BSource::Panels(p) => {
+            let AOperand::Packed(a) = a else { unreachable!("par_matmul packs A for panels") };
             // `j0` is a multiple of the panel width (as every block start).
             let p = p.slice(kd, j0 / WIDTH, j1.div_ceil(WIDTH));
             return gemm_panels_raw(k, a, p, w, shared.ptr().add(j0), m);

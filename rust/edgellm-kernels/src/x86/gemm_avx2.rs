@@ -11,25 +11,51 @@ use half::{bf16, f16};
 /// See [`crate::gemm::MicroKernel`]; only reachable through the AVX2 table.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn micro_kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
-    micro(kc, ap, bp, c, ldc, add)
+    micro::<f32, false>(kc, ap, 0, bp, c, ldc, add)
+}
+
+/// See [`crate::gemm::MicroKernelRows`]: [`micro_kernel`] reading A's rows in
+/// place, `lda` apart; only reachable through the AVX2 table.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn micro_kernel_rows(
+    kc: usize,
+    ap: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    micro::<f32, true>(kc, ap, lda, bp, c, ldc, add)
 }
 
 /// [`micro_kernel`] on f16 B panels (resident weights), widened per load (F16C).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro_kernel_f16(kc: usize, ap: *const f32, bp: *const f16, c: *mut f32, ldc: usize, add: bool) {
-    micro(kc, ap, bp, c, ldc, add)
+    micro::<_, false>(kc, ap, 0, bp, c, ldc, add)
 }
 
 /// [`micro_kernel`] on bf16 B panels (resident weights), widened per load.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro_kernel_bf16(kc: usize, ap: *const f32, bp: *const bf16, c: *mut f32, ldc: usize, add: bool) {
-    micro(kc, ap, bp, c, ldc, add)
+    micro::<_, false>(kc, ap, 0, bp, c, ldc, add)
 }
 
 /// The 6×16 tile over B panels of `E`: the same FMAs in the same order whatever
-/// `E`, so the widened types give what the f32 kernel gives on widened panels.
+/// `E` and A's layout, so the widened types give what the f32 kernel gives on
+/// widened panels, and A read in place what packed A gives. A's value `(r, kk)`
+/// is at `ap[r * lda + kk]` for `ROWS` (row-major, in place), else at
+/// `ap[kk * MR + r]` (packed).
 #[inline(always)]
-unsafe fn micro<E: Elem>(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, ldc: usize, add: bool) {
+unsafe fn micro<E: Elem, const ROWS: bool>(
+    kc: usize,
+    ap: *const f32,
+    lda: usize,
+    bp: *const E,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
     // The C tile is read (or written) only after the k loop, far beyond the
     // out-of-order window: fetch its lines now (for large outputs they come from
     // L3 or memory, and the exposed misses cost up to a quarter of the time).
@@ -41,9 +67,9 @@ unsafe fn micro<E: Elem>(kc: usize, ap: *const f32, bp: *const E, c: *mut f32, l
     for kk in 0..kc {
         let b0 = E::load8(bp.add(kk * NR));
         let b1 = E::load8(bp.add(kk * NR + 8));
-        let a = ap.add(kk * MR);
         for (r, cr) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*a.add(r));
+            let at = if ROWS { ap.add(r * lda + kk) } else { ap.add(kk * MR + r) };
+            let av = _mm256_broadcast_ss(&*at);
             cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
             cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
         }

@@ -47,6 +47,30 @@ def test_large_blocked_shape_and_thread_independence():
         assert np.array_equal(o, outs[0])
 
 
+def test_activations_read_in_place_across_many_panels():
+    # k ≤ 512 (one k-block): the AVX2 kernel reads A's rows in place, the last
+    # partial 6-row panel packed; past one 96-row chunk of panels. Bit-identical
+    # to the packed path, reached by zero padding k to 513 (two k-blocks: the
+    # zero terms come after the real ones in each sum and add exactly nothing).
+    rng = np.random.default_rng(3)
+    for n, k, m in [(101, 512, 70), (97, 300, 33), (6, 1, 16)]:
+        a = rng.standard_normal((n, k), dtype=np.float32)
+        b = rng.standard_normal((k, m), dtype=np.float32)
+        a_pad = np.concatenate([a, np.zeros((n, 513 - k), np.float32)], axis=1)
+        b_pad = np.concatenate([b, np.zeros((513 - k, m), np.float32)], axis=0)
+        for isa in edgellm.supported_isas():
+            c = edgellm.matmul(a, b, threads=2, isa=isa)
+            _check(a, b, c)
+            assert np.array_equal(c, edgellm.matmul(a_pad, b_pad, threads=2, isa=isa)), isa
+
+
+def test_product_too_large_for_memory_is_memory_error():
+    # Tiny operands, a 4 TiB product: refused before any work, not an abort.
+    a = np.ones((1 << 20, 1), np.float32)
+    with pytest.raises(MemoryError):
+        edgellm.matmul(a, a.T.copy())
+
+
 def test_no_stale_values_from_earlier_products():
     # Neither the output nor the kept A packing is zeroed before the product
     # writes it: a product of NaNs, freed, must leave nothing in the next ones

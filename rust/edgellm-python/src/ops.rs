@@ -3,9 +3,9 @@
 
 use crate::error::to_py;
 use edgellm_core::model::parse_isa;
-use edgellm_core::ops::matmul::matmul_f32;
+use edgellm_core::ops::matmul::matmul_f32_into;
 use edgellm_core::Error;
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 /// `a @ b` for C-contiguous 2-D float32 arrays, with the GIL released.
@@ -25,8 +25,19 @@ pub fn matmul<'py>(
     let isa = parse_isa(isa.as_deref()).map_err(to_py)?;
     let sa = a.as_slice().map_err(|_| not_contiguous("a"))?;
     let sb = b.as_slice().map_err(|_| not_contiguous("b"))?;
-    let out = py.detach(|| matmul_f32(sa, n, k, sb, m, threads, isa)).map_err(to_py)?;
-    Ok(PyArray1::from_vec(py, out).reshape([n, m])?.into_any())
+    // numpy's own allocation (it reuses freed memory, where a large Rust one
+    // came back as fresh pages to fault in on every call), made by
+    // `numpy.empty` so that a product too large for memory is its MemoryError.
+    let arr = py
+        .import("numpy")?
+        .call_method1("empty", ((n, m), "float32"))?
+        .cast_into::<PyArray2<f32>>()?;
+    let mut rw = arr.readwrite();
+    let out = rw.as_slice_mut().map_err(|_| not_contiguous("the output"))?;
+    // `empty` leaves the values unset: `matmul_f32_into` writes them all.
+    py.detach(|| matmul_f32_into(sa, n, k, sb, m, out, threads, isa)).map_err(to_py)?;
+    drop(rw);
+    Ok(arr.into_any())
 }
 
 fn not_contiguous(name: &str) -> PyErr {

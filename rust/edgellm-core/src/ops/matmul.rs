@@ -176,26 +176,7 @@ pub fn matmul_f32(
     threads: Option<usize>,
     isa: Option<Isa>,
 ) -> Result<Vec<f32>> {
-    let size = |r: usize, c: usize, what: &str| {
-        r.checked_mul(c)
-            .ok_or_else(|| Error::arg(format!("matmul: {what} of {r} × {c} elements overflows")))
-    };
-    if a.len() != size(n, k, "A")? || b.len() != size(k, m, "B")? {
-        return Err(Error::arg(format!(
-            "matmul: shapes do not match: A has {} elements for {n} × {k}, B {} for {k} × {m}",
-            a.len(),
-            b.len()
-        )));
-    }
-    let kern = match isa {
-        Some(isa) => Kernels::for_isa(isa)?,
-        None => edgellm_kernels::kernels()?,
-    };
     let len = size(n, m, "the product")?;
-    if len == 0 || k == 0 {
-        return Ok(vec![0f32; len]);
-    }
-    let pool = Pool::shared(threads)?;
     // Not zeroed first (numpy's `empty`): the product writes every element
     // before reading it (its first k-block stores), so a memset would only
     // cost time (~2% of a 2-thread 512³ product).
@@ -203,11 +184,52 @@ pub fn matmul_f32(
     {
         // SAFETY: `len` values of capacity; none is read before it is written.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), len) };
-        pool.install(|| par_matmul(kern, a, n, k, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, dst));
+        matmul_f32_into(a, n, k, b, m, dst, threads, isa)?;
     }
-    // SAFETY: par_matmul wrote all n × m outputs.
+    // SAFETY: matmul_f32_into wrote all n × m outputs.
     unsafe { out.set_len(len) };
     Ok(out)
+}
+
+/// [`matmul_f32`] into `out` (`n × m`, row-major), which it writes without
+/// reading: the Python binding passes a fresh numpy array, whose allocator
+/// reuses freed memory where a large Rust allocation came back from the OS
+/// as new pages to fault in (~2% of a 2-thread 1024³ product).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_into(
+    a: &[f32],
+    n: usize,
+    k: usize,
+    b: &[f32],
+    m: usize,
+    out: &mut [f32],
+    threads: Option<usize>,
+    isa: Option<Isa>,
+) -> Result<()> {
+    if a.len() != size(n, k, "A")? || b.len() != size(k, m, "B")? || out.len() != size(n, m, "the product")? {
+        return Err(Error::arg(format!(
+            "matmul: shapes do not match: A has {} elements for {n} × {k}, B {} for {k} × {m}, the output {} for {n} × {m}",
+            a.len(),
+            b.len(),
+            out.len()
+        )));
+    }
+    let kern = match isa {
+        Some(isa) => Kernels::for_isa(isa)?,
+        None => edgellm_kernels::kernels()?,
+    };
+    if out.is_empty() || k == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let pool = Pool::shared(threads)?;
+    pool.install(|| par_matmul(kern, a, n, k, BSource::Rows(BRows::F32Cols { data: b, ld: m }), m, out));
+    Ok(())
+}
+
+/// `r · c` elements, or an error naming `what` when that overflows.
+fn size(r: usize, c: usize, what: &str) -> Result<usize> {
+    r.checked_mul(c).ok_or_else(|| Error::arg(format!("matmul: {what} of {r} × {c} elements overflows")))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! single op, which shows what splitting a step into ops costs. A benchmark,
 //! not a test:
 //! `EDGELLM_BENCH_TYPE=q4_0 cargo test --release -p edgellm-core --test decode_bench -- --ignored --nocapture`
-//! (type: q4_0, q8_0, q4_K, f16, f32; `EDGELLM_BENCH_THREADS`, default 2).
+//! (type: any weight type, e.g. q4_0, q8_0, q4_K, q6_K, f16, f32;
+//! `EDGELLM_BENCH_THREADS`, default 2).
 
 use edgellm_core::ops::bandwidth::read_bandwidth;
 use edgellm_core::ops::linear::quantize_tensor;
@@ -57,13 +58,8 @@ fn linear(t: &Tensor, k: &Kernels) -> Linear {
 #[test]
 #[ignore]
 fn decode_linears_throughput() {
-    let ty = match std::env::var("EDGELLM_BENCH_TYPE").as_deref().unwrap_or("q4_0") {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        "q4_K" => GgmlType::Q4K,
-        _ => GgmlType::Q4_0,
-    };
+    let name = std::env::var("EDGELLM_BENCH_TYPE").unwrap_or_else(|_| "q4_0".into());
+    let ty = GgmlType::from_name(&name).unwrap_or_else(|| panic!("EDGELLM_BENCH_TYPE: unknown type {name}"));
     let threads: usize = std::env::var("EDGELLM_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let k = edgellm_kernels::kernels().unwrap();
     let pool = edgellm_core::pool::Pool::new(threads).unwrap();

@@ -64,6 +64,9 @@ pub(crate) unsafe fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: us
 }
 
 mod imp {
+    /// How far ahead of the block being read [`stream_ahead`] asks for weights.
+    const STREAM_AHEAD: usize = 1024;
+
     use super::*;
     use crate::x86::simd::hsum_ps as hsum;
     use crate::x86::simd::ld256;
@@ -483,6 +486,19 @@ mod imp {
         _mm_or_si128(low, top)
     }
 
+    /// Asks the cache for the weight bytes [`STREAM_AHEAD`] past a block of
+    /// `bytes` at `wb`: the decode GEMV of k-quants reads its rows front to
+    /// back, row after row, and the hardware prefetcher alone kept a 2-thread
+    /// q4_K step at 0.80 of a plain read of the same bytes (0.89 with this).
+    #[inline(always)]
+    unsafe fn stream_ahead(wb: *const u8, bytes: usize) {
+        let mut off = 0;
+        while off < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(STREAM_AHEAD + off) as *const i8);
+            off += 64;
+        }
+    }
+
     /// The shared body of q4_K and q5_K: per super-block, the mins correction from
     /// the activation's 16-element sums, then four chunks of 64 quants whose low and
     /// high halves `unpack(block, chunk)` returns as unsigned bytes.
@@ -496,10 +512,15 @@ mod imp {
         unpack: impl Fn(*const u8, usize) -> (__m256i, __m256i),
     ) -> f32 {
         let (wp, ap) = (w.as_ptr(), a.as_ptr());
+        // Opaque to the optimiser: with constant masks LLVM turns each
+        // one-uop `vpshufb` into a shift and a `vpbroadcastw` (three uops on
+        // Zen 3), the largest share of the loop.
+        let masks = core::hint::black_box(WORD_MASKS.as_ptr());
         let mut acc = _mm256_setzero_ps();
         let mut accm = _mm256_setzero_ps();
         for i in 0..nb {
             let (wb, ab) = (wp.add(block_bytes * i), ap.add(292 * i));
+            stream_ahead(wb, block_bytes);
             // [d·da, dmin·da]
             let dm = _mm_mul_ps(f16x2(wb), _mm_set1_ps(f32_ld(ab)));
             let sm = k4_scales_mins(wb.add(scales));
@@ -514,8 +535,8 @@ mod imp {
                 let (ql, qh) = unpack(wb, j);
                 let pl = _mm256_maddubs_epi16(ql, ld256(ab.add(Q8K_QS + 64 * j)));
                 let ph = _mm256_maddubs_epi16(qh, ld256(ab.add(Q8K_QS + 64 * j + 32)));
-                let pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(sc, ld256(WORD_MASKS[2 * j].as_ptr())));
-                let ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(sc, ld256(WORD_MASKS[2 * j + 1].as_ptr())));
+                let pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(sc, ld256((*masks.add(2 * j)).as_ptr())));
+                let ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(sc, ld256((*masks.add(2 * j + 1)).as_ptr())));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
             }
             acc = _mm256_fmadd_ps(lane0(dm), _mm256_cvtepi32_ps(sumi), acc);
@@ -557,6 +578,7 @@ mod imp {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (wb, ab) = (wp.add(210 * i), ap.add(292 * i));
+            stream_ahead(wb, 210);
             let sc = wb.add(Q6K_SCALES) as *const i8;
             // The -32 offset of every 6-bit value, via the activation's 16-element sums.
             let sc16 = _mm256_cvtepi8_epi16(ld128(sc as *const u8));
@@ -601,6 +623,7 @@ mod imp {
         let mut accm = _mm256_setzero_ps();
         for i in 0..nb {
             let (wb, ab) = (wp.add(84 * i), ap.add(292 * i));
+            stream_ahead(wb, 84);
             let dm = _mm_mul_ps(f16x2(wb.add(Q2K_D)), _mm_set1_ps(f32_ld(ab)));
             let sc = ld128(wb);
             let m4 = _mm_set1_epi8(0x0F);
@@ -631,6 +654,7 @@ mod imp {
         let mut acc = _mm256_setzero_ps();
         for i in 0..nb {
             let (wb, ab) = (wp.add(110 * i), ap.add(292 * i));
+            stream_ahead(wb, 110);
             let sc = q3k_scales(core::slice::from_raw_parts(wb.add(Q3K_SCALES), 12));
             let sc16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(ld128(sc.as_ptr())), _mm256_set1_epi16(32));
             let hmask = ld256(wb);

@@ -321,11 +321,13 @@ pub unsafe fn gemm_packed_raw<'a>(
     if k == 0 {
         return zero_columns(c, n, ldc, j1 - j0);
     }
-    let mut last = [0f32; MR * KC];
+    // Only the in-place path pays for (zeroing) this 12 KiB.
+    let mut last: [f32; MR * KC];
     let tiles = match a {
         AOperand::Packed(pa) => Tiles::Packed(pa, kern.gemm_micro),
         AOperand::Rows { a, n, k } => {
             let rows = kern.gemm_micro_rows.expect("gemm_packed: AOperand::rows checks the kernel");
+            last = [0f32; MR * KC];
             if n % MR != 0 {
                 // Reading MR rows in place would pass A's end: the partial last
                 // panel is packed (zero-padded) here.

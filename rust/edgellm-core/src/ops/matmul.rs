@@ -32,7 +32,11 @@ const PACK_PER_TASK: usize = 8;
 /// before its first block: one pool wake-up and one join, where packing and
 /// product as two loops took two (+4-5% on 2-thread 512³ and 1024³ products).
 /// Every output is computed by one block in a fixed order: results do not
-/// depend on the thread count.
+/// depend on the thread count. When k is one k-block and the table has a
+/// micro-kernel that reads A's rows in place ([`AOperand::rows`]), nothing is
+/// packed and the threads go straight to the column blocks, with the same
+/// results (resident panels, whose f16/bf16 kernels read packed A only, still
+/// pack).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource<'_>, m: usize, out: &mut [f32]) {
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
@@ -40,7 +44,6 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
     let shared = SharedMut::new(out);
     if !matches!(b, BSource::Panels(_)) {
         if let Some(a) = AOperand::rows(k, x, n, kd) {
-            // One k-block: the micro-kernel reads x in place, nothing to pack.
             par::for_each_claimed_with(cols.len(), || Reused::take(&SCRATCH), |state, t| {
                 let (j0, j1) = cols[t];
                 // SAFETY: column block `t` alone writes columns j0..j1 of each row.

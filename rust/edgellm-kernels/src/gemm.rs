@@ -635,16 +635,7 @@ pub unsafe fn micro_kernel_rows_scalar(
     ldc: usize,
     add: bool,
 ) {
-    let mut acc = [0f32; MR * NR];
-    for kk in 0..kc {
-        for r in 0..MR {
-            let a = *ap.add(r * lda + kk);
-            for j in 0..NR {
-                acc[r * NR + j] += a * *bp.add(kk * NR + j);
-            }
-        }
-    }
-    store_tile(&acc, c, ldc, add);
+    scalar_tile(kc, ap, lda, 1, bp, c, ldc, add)
 }
 
 /// Portable micro-kernel (the reference for the SIMD ones); see [`MicroKernel`].
@@ -659,23 +650,24 @@ pub unsafe fn micro_kernel_scalar(
     ldc: usize,
     add: bool,
 ) {
+    scalar_tile(kc, ap, 1, MR, bp, c, ldc, add)
+}
+
+/// The scalar tile with A's value `(r, kk)` at `ap[r · rs + kk · cs]`.
+///
+/// # Safety
+/// As [`MicroKernel`], for that layout of A.
+#[allow(clippy::too_many_arguments)]
+unsafe fn scalar_tile(kc: usize, ap: *const f32, rs: usize, cs: usize, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
     let mut acc = [0f32; MR * NR];
     for kk in 0..kc {
         for r in 0..MR {
-            let a = *ap.add(kk * MR + r);
+            let a = *ap.add(r * rs + kk * cs);
             for j in 0..NR {
                 acc[r * NR + j] += a * *bp.add(kk * NR + j);
             }
         }
     }
-    store_tile(&acc, c, ldc, add);
-}
-
-/// A finished tile into `c` (`MR` rows `ldc` apart), added to it when `add`.
-///
-/// # Safety
-/// As [`MicroKernel`] for `c`.
-unsafe fn store_tile(acc: &[f32; MR * NR], c: *mut f32, ldc: usize, add: bool) {
     for r in 0..MR {
         for j in 0..NR {
             let d = c.add(r * ldc + j);

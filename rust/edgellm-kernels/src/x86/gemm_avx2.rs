@@ -17,15 +17,7 @@ pub unsafe fn micro_kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f3
 /// See [`crate::gemm::MicroKernelRows`]: [`micro_kernel`] reading A's rows in
 /// place, `lda` apart; only reachable through the AVX2 table.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn micro_kernel_rows(
-    kc: usize,
-    ap: *const f32,
-    lda: usize,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    add: bool,
-) {
+pub unsafe fn micro_kernel_rows(kc: usize, ap: *const f32, lda: usize, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
     micro::<f32, true>(kc, ap, lda, bp, c, ldc, add)
 }
 

@@ -14,7 +14,7 @@
 //! so the AVX-512 VNNI table ([`super::gemv_vnni`]) reuses them with `vpdpbusd`.
 
 use crate::quant::{self, GgmlType};
-use crate::x86::simd::{hsum_i32, hsum_ps, ld256};
+use crate::x86::simd::{hsum_i32, hsum_ps, ld256, prefetch_lines};
 use core::arch::x86_64::*;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
@@ -225,11 +225,7 @@ const PREFETCH: usize = 1024;
 
 #[inline(always)]
 unsafe fn prefetch_group(g: *const u8, bytes: usize) {
-    let mut off = 0;
-    while off < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add(PREFETCH + off) as *const i8);
-        off += 64;
-    }
+    prefetch_lines(g.wrapping_add(PREFETCH), bytes)
 }
 
 /// The quants of the two q4_0 blocks at `w` (block `b` low, `b + 1` high).

@@ -492,11 +492,7 @@ mod imp {
     /// q4_K step at 0.80 of a plain read of the same bytes (0.89 with this).
     #[inline(always)]
     unsafe fn stream_ahead(wb: *const u8, bytes: usize) {
-        let mut off = 0;
-        while off < bytes {
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(STREAM_AHEAD + off) as *const i8);
-            off += 64;
-        }
+        crate::x86::simd::prefetch_lines(wb.wrapping_add(STREAM_AHEAD), bytes)
     }
 
     /// The shared body of q4_K and q5_K: per super-block, the mins correction from

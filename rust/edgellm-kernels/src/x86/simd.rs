@@ -10,6 +10,17 @@ pub(crate) unsafe fn ld256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
+/// Asks the cache (L1) for the lines of the `bytes` bytes from `p`; never
+/// faults, so `p` may lie past the data.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_lines(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        off += 64;
+    }
+}
+
 /// Sum of the eight f32 lanes.
 #[inline(always)]
 pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {

@@ -14,7 +14,7 @@
 //! so the AVX-512 VNNI table ([`super::gemv_vnni`]) reuses them with `vpdpbusd`.
 
 use crate::quant::{self, GgmlType};
-use crate::x86::simd::{hsum_i32, hsum_ps, ld256, prefetch_lines};
+use crate::x86::simd::{hsum_i32, hsum_ps, ld256, stream_ahead};
 use core::arch::x86_64::*;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
@@ -218,16 +218,6 @@ unsafe fn scaled(wb: *const u8, ab: *const u8, isum: i32) -> f32 {
     _mm_cvtss_f32(d) * _mm_cvtss_f32(_mm_movehdup_ps(d)) * isum as f32
 }
 
-/// Bytes ahead of the group being read that the loop asks the cache for: the
-/// rows stream through memory, and one core's hardware prefetcher alone left
-/// the single-thread DRAM rate below the kernel's cache-resident rate.
-const PREFETCH: usize = 1024;
-
-#[inline(always)]
-unsafe fn prefetch_group(g: *const u8, bytes: usize) {
-    prefetch_lines(g.wrapping_add(PREFETCH), bytes)
-}
-
 /// The quants of the two q4_0 blocks at `w` (block `b` low, `b + 1` high).
 #[inline(always)]
 unsafe fn quant_pair(w: *const u8) -> __m256i {
@@ -248,7 +238,7 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
             let wg = wr.add(18 * 8 * g);
-            prefetch_group(wg, 18 * 8);
+            stream_ahead(wg, 18 * 8);
             let a = p.pairs.as_ptr().add(8 * g);
             let sums = reduce_pairs([
                 P::pair(quant_pair(wg), a),
@@ -291,7 +281,7 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
             let (wg, ag) = (wr.add(34 * 8 * g), ap.add(34 * 8 * g));
-            prefetch_group(wg, 34 * 8);
+            stream_ahead(wg, 34 * 8);
             let mut s = [_mm256_setzero_si256(); 8];
             for (b, sb) in s.iter_mut().enumerate() {
                 *sb = B::block(wg.add(34 * b + 2), ag.add(34 * b + 2));

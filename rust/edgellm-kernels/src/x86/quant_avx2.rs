@@ -64,12 +64,9 @@ pub(crate) unsafe fn vec_dot_unchecked(ty: GgmlType, w: &[u8], act: &[u8], n: us
 }
 
 mod imp {
-    /// How far ahead of the block being read [`stream_ahead`] asks for weights.
-    const STREAM_AHEAD: usize = 1024;
-
     use super::*;
     use crate::x86::simd::hsum_ps as hsum;
-    use crate::x86::simd::ld256;
+    use crate::x86::simd::{ld256, stream_ahead};
     use crate::quant::blocks::*;
     use crate::quant::q3k_scales;
 
@@ -484,15 +481,6 @@ mod imp {
         let top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
         let top = _mm_and_si128(_mm_srli_epi16::<2>(top), _mm_set1_epi8(0x30));
         _mm_or_si128(low, top)
-    }
-
-    /// Asks the cache for the weight bytes [`STREAM_AHEAD`] past a block of
-    /// `bytes` at `wb`: the decode GEMV of k-quants reads its rows front to
-    /// back, row after row, and the hardware prefetcher alone kept a 2-thread
-    /// q4_K step at 0.80 of a plain read of the same bytes (0.89 with this).
-    #[inline(always)]
-    unsafe fn stream_ahead(wb: *const u8, bytes: usize) {
-        crate::x86::simd::prefetch_lines(wb.wrapping_add(STREAM_AHEAD), bytes)
     }
 
     /// The shared body of q4_K and q5_K: per super-block, the mins correction from

@@ -10,13 +10,21 @@ pub(crate) unsafe fn ld256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// Asks the cache (L1) for the lines of the `bytes` bytes from `p`; never
-/// faults, so `p` may lie past the data.
+/// Bytes ahead of the weights being read that [`stream_ahead`] asks the cache
+/// for: decode GEMVs stream their rows through memory front to back, and one
+/// core's hardware prefetcher alone left the DRAM rate below the kernels'
+/// cache-resident rate (a 2-thread q4_K step: 0.80 of a plain read of the
+/// same bytes without, 0.89 with).
+const STREAM_AHEAD: usize = 1024;
+
+/// Asks the cache (L1) for the lines of the `bytes` bytes [`STREAM_AHEAD`]
+/// past `p`, the block being read; never faults, so they may lie past the data.
 #[inline(always)]
-pub(crate) unsafe fn prefetch_lines(p: *const u8, bytes: usize) {
+pub(crate) unsafe fn stream_ahead(p: *const u8, bytes: usize) {
+    let ahead = p.wrapping_add(STREAM_AHEAD);
     let mut off = 0;
     while off < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
         off += 64;
     }
 }

@@ -42,21 +42,13 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
     let cols = column_blocks(m, par::threads());
     let shared = SharedMut::new(out);
-    if !matches!(b, BSource::Panels(_)) {
-        if let Some(a) = AOperand::rows(k, x, n, kd) {
-            par::for_each_claimed_with(cols.len(), || Reused::take(&SCRATCH), |state, t| {
-                let (j0, j1) = cols[t];
-                // SAFETY: column block `t` alone writes columns j0..j1 of each row.
-                unsafe { gemm_columns(k, a, &b, j0, j1, m, shared, state) };
-                state.keep_if(state.1.capacity() <= KEEP_PACKING);
-            });
-            return;
-        }
-    }
+    let in_place = if matches!(b, BSource::Panels(_)) { None } else { AOperand::rows(k, x, n, kd) };
     let mut kept = Reused::take(&PACKING);
     // SAFETY: the packing tasks below fill every block before the product
-    // tasks read any (they wait for `packed` to count them all).
-    let mut pa = unsafe { PackedA::uninit_in(std::mem::take(&mut *kept), n, kd) };
+    // tasks read any (they wait for `packed` to count them all). Read in place,
+    // A's packing holds no rows, so there is nothing to pack or wait for.
+    let rows = if in_place.is_some() { 0 } else { n };
+    let mut pa = unsafe { PackedA::uninit_in(std::mem::take(&mut *kept), rows, kd) };
     let (blocks, panels) = (pa.block_count(), n.div_ceil(MR));
     let dst = SharedMut::new(pa.as_mut_slice());
     let pack_tasks = blocks.div_ceil(PACK_PER_TASK);
@@ -90,7 +82,7 @@ pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource
             }
             let (j0, j1) = cols[t - pack_tasks];
             // SAFETY: column block `t` alone writes columns j0..j1 of each row.
-            unsafe { gemm_columns(k, pa_ref.into(), &b, j0, j1, m, shared, state) };
+            unsafe { gemm_columns(k, in_place.unwrap_or(pa_ref.into()), &b, j0, j1, m, shared, state) };
             state.keep_if(state.1.capacity() <= KEEP_PACKING);
         },
     );

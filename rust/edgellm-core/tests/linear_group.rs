@@ -123,6 +123,8 @@ fn resident_weights_equal_the_scalar_file_layout_bitwise() {
         (GgmlType::Q8_0, 24, 96, false),
         (GgmlType::Q4_0, 37, 64, false),
         (GgmlType::Q8_0, 8, 2048, true),
+        (GgmlType::Q4K, 24, 512, true),
+        (GgmlType::Q4K, 12, 256, false),
     ]
     .into_iter()
     .enumerate()
@@ -132,7 +134,7 @@ fn resident_weights_equal_the_scalar_file_layout_bitwise() {
             let k = Kernels::for_isa(isa).unwrap();
             let mut res = plain.clone();
             let packed = res.make_resident(k);
-            assert_eq!(packed, k.gemm_q_resident.is_some() && rows % 8 == 0, "{} {} rows {rows}", isa.name(), ty.name());
+            assert_eq!(packed, k.resident_gemm(ty).is_some() && rows % 8 == 0, "{} {} rows {rows}", isa.name(), ty.name());
             assert_eq!(res.resident.is_some(), packed);
             for tokens in [1usize, 2, 5, 9, 33] {
                 let x = values(60 + tokens as u64, tokens * cols);
@@ -147,9 +149,14 @@ fn resident_weights_equal_the_scalar_file_layout_bitwise() {
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same || !packed, "{} {} rows {rows} tokens {tokens} threads {threads}: resident differs from scalar", isa.name(), ty.name());
                     if tokens == 1 && threads == 2 {
-                        // Fused after a layer of the other q8_0-activation type
-                        // (whose per-block tables differ) in one pass.
-                        let twin = if ty == GgmlType::Q4_0 { GgmlType::Q8_0 } else { GgmlType::Q4_0 };
+                        // Fused in one pass after a layer of the other q8_0-activation
+                        // type (whose per-block tables differ), or for q4_K after a
+                        // q6_K layer, whose q8_K input it shares.
+                        let twin = match ty {
+                            GgmlType::Q4_0 => GgmlType::Q8_0,
+                            GgmlType::Q8_0 => GgmlType::Q4_0,
+                            _ => GgmlType::Q6K,
+                        };
                         let mut other = layer(900, 16, cols, Some(twin), false);
                         other.make_resident(k);
                         let mut o2 = vec![0f32; 16];

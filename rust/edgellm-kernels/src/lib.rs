@@ -102,6 +102,9 @@ pub struct Kernels {
     /// per-call packing; bit-identical to the scalar `vec_dot`. `None` where the
     /// table has no such kernel (weights then stay in the file's layout).
     pub gemm_q_resident: Option<quant::resident::GemmResidentFn>,
+    /// The weight types [`Self::gemm_q_resident`] runs (see
+    /// [`Self::resident_gemm`]): q4_0 and q8_0 on every SIMD table, q4_K on x86.
+    pub gemm_q_resident_types: &'static [quant::GgmlType],
     /// Dequantizes a row of `ty` (`src` whole blocks, `dst` its elements) to f32,
     /// bit-identical to [`quant::dequantize_row`]: the prefill path of weight
     /// types without an integer GEMM (dequantized panels into the f32 GEMM).
@@ -110,6 +113,11 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// [`Self::gemm_q_resident`] where it runs weights of `ty`.
+    pub fn resident_gemm(&self, ty: quant::GgmlType) -> Option<quant::resident::GemmResidentFn> {
+        self.gemm_q_resident.filter(|_| self.gemm_q_resident_types.contains(&ty))
+    }
+
     /// The table for `isa`, or an error if this CPU cannot run it.
     pub fn for_isa(isa: Isa) -> Result<&'static Kernels, IsaError> {
         if !isa.is_supported() {

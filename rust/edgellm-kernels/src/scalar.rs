@@ -25,6 +25,7 @@ pub static KERNELS: Kernels = Kernels {
     gemv_q: crate::quant::gemv_q,
     gemm_q: crate::quant::qgemm::gemm_q,
     gemm_q_resident: None,
+    gemm_q_resident_types: &[],
     gemm_micro_f16: None,
     gemm_micro_bf16: None,
     gemm_panels: None,

@@ -72,7 +72,7 @@ fn vec_dot_throughput() {
     use GgmlType::*;
     let x = row(1, K);
     let w_f32 = row(2, 64 * K);
-    println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q | gemv_q on 64 rows in L2)");
+    println!("single thread, k = {K}: GB/s of weight bytes (vec_dot on a hot row in L1 | {ROWS}-row GEMV by vec_dot | by gemv_q | gemv_q on 64 rows in L2 (and on them repacked at load))");
     for ty in selected([Q4_0, Q8_0, Q4K, Q5K, Q6K, Q2K, Q3K, Q4_1, Q5_0, Q5_1, IQ4NL, Q3G128, Q3AG128, Q2G128, Q2AG128]) {
         let (rb, w) = (ty.row_bytes(K).unwrap(), weight_rows(ty, K, ROWS, &w_f32));
         let mut line = format!("{:7}", ty.name());
@@ -113,6 +113,19 @@ fn vec_dot_throughput() {
                 gbs(rb * ROWS, gemv_q),
                 gbs(64 * rb * hot_reps, gemv_q_hot)
             );
+            // The same 64 rows repacked at load, one token.
+            if let Some(gemm) = k.resident_gemm(ty) {
+                let mut packed = vec![0u8; 64 * rb];
+                resident::pack(ty, &w[..64 * rb], K, &mut packed);
+                let qa = QActs::new(ty, K, act.clone());
+                let t = best_of(5, || {
+                    for _ in 0..hot_reps {
+                        gemm(ty, black_box(&packed), &qa, &mut y[..64], 64);
+                    }
+                    black_box(&y);
+                });
+                line += &format!(" (resident {:6.1})", gbs(64 * rb * hot_reps, t));
+            }
         }
         println!("{line}");
     }
@@ -280,21 +293,21 @@ fn gemv_q_dram() {
             let gbs = |t: f64| (rb * rows) as f64 / t / 1e9;
             line += &format!("  {:>6}: {:6.1} | {:6.1}", isa.name(), gbs(one), gbs(two));
             // The same rows repacked at load (`gemm_q_resident`), one token.
-            if let (Some(gemm), true) = (k.gemm_q_resident, resident::has_layout(ty)) {
+            if let Some(gemm) = k.resident_gemm(ty) {
                 let mut packed = vec![0u8; w.len()];
                 resident::pack(ty, &w, K, &mut packed);
                 let qa = QActs::new(ty, K, act.clone());
                 let one = best_of(5, || {
-                    gemm(&packed, &qa, &mut y, rows);
+                    gemm(ty, &packed, &qa, &mut y, rows);
                     black_box(&y);
                 });
                 let two = best_of(5, || {
-                    on_two_threads(&packed, rb, &mut y, &|w, y| gemm(w, &qa, y, y.len()));
+                    on_two_threads(&packed, rb, &mut y, &|w, y| gemm(ty, w, &qa, y, y.len()));
                     black_box(&y);
                 });
                 // Two threads claiming 1 MiB pieces in order (as the model's pool does).
                 let claimed = best_of(5, || {
-                    on_two_threads_claimed(&packed, rb, (1 << 20) / (8 * rb) * 8, &mut y, &|w, y| gemm(w, &qa, y, y.len()));
+                    on_two_threads_claimed(&packed, rb, (1 << 20) / (8 * rb) * 8, &mut y, &|w, y| gemm(ty, w, &qa, y, y.len()));
                     black_box(&y);
                 });
                 line += &format!(" (resident {:6.1} | {:6.1} | claimed {:6.1})", gbs(one), gbs(two), gbs(claimed));

@@ -1,10 +1,11 @@
-//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0 weights
-//! repacked at load) of every instruction set this machine has one on, on random
-//! shapes (1..10 tokens, 1..5 panels, odd block counts; weights quantized from
-//! random floats or random bytes, q8_0's −128 included), bit for bit against the
+//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0/q4_K weights
+//! repacked at load) of every instruction set this machine has one on, for
+//! every type the table runs, on random shapes (1..10 tokens, 1..5 panels, odd
+//! block counts; weights quantized from random floats or random bytes, q8_0's
+//! −128 and every 6-bit q4_K scale and min included), bit for bit against the
 //! scalar `vec_dot` of the rows the panels were packed from, and against the
 //! reference `resident::gemm_q_resident`. Outputs past the rows must stay
-//! untouched.
+//! untouched; packing then unpacking gives the rows back.
 
 use edgellm_kernels::quant::qgemm::QActs;
 use edgellm_kernels::quant::{self, act_row_bytes, resident, GgmlType};
@@ -13,8 +14,11 @@ use proptest::prelude::*;
 mod common;
 use common::{paths, Rng};
 
+/// The types with a resident layout.
+const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K];
+
 fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool) {
-    let k = nb * 32;
+    let k = nb * ty.block_elems();
     let rows = 8 * panels;
     let mut r = Rng::new(seed);
     let rb = ty.row_bytes(k).unwrap();
@@ -26,17 +30,20 @@ fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool)
     }
     let mut packed = vec![0u8; w.len()];
     resident::pack(ty, &w, k, &mut packed);
+    let mut back = vec![0u8; w.len()];
+    resident::unpack(ty, &packed, k, &mut back);
+    assert!(back == w, "{} nb={nb}: unpack(pack(rows)) differs from the rows", ty.name());
     let qa = QActs::new(ty, k, acts.clone());
     let ldo = rows + 3;
     const FILL: f32 = -7.25;
     let mut reference = vec![FILL; (n - 1) * ldo + rows + 3];
-    resident::gemm_q_resident(&packed, &qa, &mut reference, ldo);
+    resident::gemm_q_resident(ty, &packed, &qa, &mut reference, ldo);
     let mut tested = 0;
     for kern in paths() {
-        let Some(gemm) = kern.gemm_q_resident else { continue };
+        let Some(gemm) = kern.resident_gemm(ty) else { continue };
         tested += 1;
         let mut out = vec![FILL; reference.len()];
-        gemm(&packed, &qa, &mut out, ldo);
+        gemm(ty, &packed, &qa, &mut out, ldo);
         for t in 0..n {
             for j in 0..ldo.min(out.len() - t * ldo) {
                 let (o, rf) = (out[t * ldo + j], reference[t * ldo + j]);
@@ -52,9 +59,12 @@ fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool)
             }
         }
     }
-    // Every SIMD table (AVX2, AVX-512, the NEON levels) has a resident kernel.
-    if paths().iter().any(|k| k.isa != edgellm_kernels::Isa::Scalar) {
-        assert!(tested > 0, "no table with a resident kernel was tested");
+    // Every SIMD table (AVX2, AVX-512, the NEON levels) has q4_0 and q8_0
+    // resident kernels; the x86 ones have q4_K's too.
+    let expected = paths().iter().filter(|k| k.isa != edgellm_kernels::Isa::Scalar).count() > 0
+        && (ty != GgmlType::Q4K || cfg!(target_arch = "x86_64"));
+    if expected {
+        assert!(tested > 0, "no table with a resident {} kernel was tested", ty.name());
     }
 }
 
@@ -69,7 +79,9 @@ proptest! {
         nb in prop::sample::select(vec![1usize, 2, 3, 7, 65]),
         raw in any::<bool>(),
     ) {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in TYPES {
+            // q4_K blocks hold 256 elements: at most 9 of them.
+            let nb = if ty == GgmlType::Q4K { nb.min(9) } else { nb };
             check(ty, panels, n, nb, seed, raw);
         }
     }
@@ -78,8 +90,8 @@ proptest! {
 /// Many tokens (several passes of the token loop) over long rows.
 #[test]
 fn resident_gemm_many_tokens() {
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
-        check(ty, 3, 150, 64, 3, false);
+    for ty in TYPES {
+        check(ty, 3, 150, if ty == GgmlType::Q4K { 8 } else { 64 }, 3, false);
     }
 }
 
@@ -90,11 +102,19 @@ fn resident_gemm_checks_its_operands() {
     calls.extend(paths().into_iter().filter_map(|k| k.gemm_q_resident));
     for gemm in calls {
         // No tokens: nothing to do.
-        gemm(&[0u8; 144], &QActs::new(ty, 32, vec![]), &mut [], 8);
+        gemm(ty, &[0u8; 144], &QActs::new(ty, 32, vec![]), &mut [], 8);
         // Not whole panels (7 rows), an output too short, a type without a layout.
-        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 126], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 8], 8)).is_err());
-        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 144], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 7], 8)).is_err());
-        let q4k = QActs::new(GgmlType::Q4K, 256, vec![0u8; act_row_bytes(GgmlType::Q4K, 256).unwrap()]);
-        assert!(std::panic::catch_unwind(|| gemm(&[0u8; 8 * 144], &q4k, &mut [0f32; 8], 8)).is_err());
+        assert!(std::panic::catch_unwind(|| gemm(ty, &[0u8; 126], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 8], 8)).is_err());
+        assert!(std::panic::catch_unwind(|| gemm(ty, &[0u8; 144], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 7], 8)).is_err());
+        let q6k = QActs::new(GgmlType::Q6K, 256, vec![0u8; act_row_bytes(GgmlType::Q6K, 256).unwrap()]);
+        assert!(std::panic::catch_unwind(|| gemm(GgmlType::Q6K, &[0u8; 8 * 210], &q6k, &mut [0f32; 8], 8)).is_err());
+    }
+    // A table without a resident q4_K tile refuses q4_K panels rather than
+    // reading them as another type's.
+    let q4k = QActs::new(GgmlType::Q4K, 256, vec![0u8; act_row_bytes(GgmlType::Q4K, 256).unwrap()]);
+    for kern in paths() {
+        if let (Some(gemm), None) = (kern.gemm_q_resident, kern.resident_gemm(GgmlType::Q4K)) {
+            assert!(std::panic::catch_unwind(|| gemm(GgmlType::Q4K, &[0u8; 8 * 144], &q4k, &mut [0f32; 8], 8)).is_err(), "{}", kern.isa.name());
+        }
     }
 }

@@ -95,7 +95,7 @@ impl Repack {
                 cfg!(target_arch = "x86_64")
                     && matches!(
                         t.dtype(),
-                        DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0) | DType::F32 | DType::F16 | DType::BF16
+                        DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K) | DType::F32 | DType::F16 | DType::BF16
                     )
                     && t.is_mapped()
             }

@@ -192,8 +192,8 @@ impl Linear {
     }
 
     /// Repacks the weight into resident panels when `k` has kernels for them
-    /// (q4_0 and q8_0 with rows a multiple of 8: x86 and NEON tables; f32, f16
-    /// and bf16: see `make_resident_float`), in parallel on the current
+    /// (q4_0 and q8_0 with rows a multiple of 8: x86 and NEON tables; q4_K:
+    /// x86; f32, f16 and bf16: see `make_resident_float`), in parallel on the current
     /// pool. A memory-mapped weight's pages are then released, so the weight is
     /// not held twice. Returns whether it was repacked; the row layout stays
     /// readable (paths without a resident kernel, `forward_dequantized`).
@@ -204,7 +204,7 @@ impl Linear {
         let DType::Quant(ty) = self.weight.dtype() else { return self.make_resident_float(k) };
         let (m, kd) = (self.out_features(), self.in_features());
         let Some(pb) = resident::panel_bytes(ty, kd) else { return false };
-        if k.gemm_q_resident.is_none() || m == 0 || m % resident::ROWS != 0 {
+        if k.resident_gemm(ty).is_none() || m == 0 || m % resident::ROWS != 0 {
             return false;
         }
         let src = self.weight.as_bytes();
@@ -385,7 +385,7 @@ impl Linear {
     /// The resident panels of rows `r0..r1` (whole panels) and the kernel that
     /// reads them, when this layer has both under `k`.
     fn resident_rows(&self, k: &Kernels, r0: usize, r1: usize) -> Option<(&[u8], quant::resident::GemmResidentFn)> {
-        let (panels, gemm) = (self.resident.as_ref()?.bytes(), k.gemm_q_resident?);
+        let (panels, gemm) = (self.resident.as_ref()?.bytes(), k.resident_gemm(self.weight.dtype().ggml())?);
         debug_assert!(r0 % resident::ROWS == 0 && r1 % resident::ROWS == 0);
         let pb = panels.len() / (self.out_features() / resident::ROWS);
         Some((&panels[r0 / resident::ROWS * pb..r1 / resident::ROWS * pb], gemm))
@@ -393,7 +393,7 @@ impl Linear {
 
     /// Whether this layer runs on resident panels under `k`.
     fn is_resident_for(&self, k: &Kernels) -> bool {
-        self.resident.is_some() && k.gemm_q_resident.is_some()
+        self.resident.is_some() && k.resident_gemm(self.weight.dtype().ggml()).is_some()
     }
 
     /// `out = x Wᵀ` (no bias) on the resident panels, for any number of rows of
@@ -409,7 +409,7 @@ impl Linear {
             // per item (they stay in L1/L2 while every token passes), through a tile.
             for_each_column_block(m, QGEMM_BLOCK, n, out, |r0, r1, tile| {
                 let (w, gemm) = self.resident_rows(k, r0, r1).expect("called for resident layers");
-                gemm(w, qa, tile, r1 - r0)
+                gemm(self.weight.dtype().ggml(), w, qa, tile, r1 - r0)
             });
         })
     }
@@ -439,7 +439,7 @@ impl Linear {
             (None, Some((qa, _))) if self.is_resident_for(k) => {
                 debug_assert_eq!(qa.rows(), 1, "resident GEMVs take one activation row");
                 let (w, gemm) = self.resident_rows(k, r0, r0 + out.len()).unwrap();
-                gemm(w, qa, out, out.len());
+                gemm(self.weight.dtype().ggml(), w, qa, out, out.len());
             }
             (None, Some((qa, t))) => {
                 let ab = qa.bytes().len() / qa.rows();
@@ -524,7 +524,7 @@ impl Linear {
     /// layers of one format share it.
     fn act_format(&self) -> Option<ActFormat> {
         match self.weight.dtype() {
-            DType::Quant(q) if resident::has_layout(q) => Some(ActFormat::Tables(q)),
+            DType::Quant(q @ (quant::GgmlType::Q4_0 | quant::GgmlType::Q8_0)) => Some(ActFormat::Tables(q)),
             DType::Quant(q) => Some(ActFormat::Plain(quant::vec_dot_type(q))),
             _ => None,
         }

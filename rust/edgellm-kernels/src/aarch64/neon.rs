@@ -49,6 +49,7 @@ const NEON: Kernels = Kernels {
     gemv_q: super::quant_neon::gemv_q::<{ super::quant_neon::PLAIN }>,
     gemm_q: super::quant_neon::gemm_q::<{ super::quant_neon::PLAIN }>,
     gemm_q_resident: Some(super::quant_neon::gemm_q_resident::<{ super::quant_neon::PLAIN }>),
+    gemm_q_resident_types: super::quant_neon::RESIDENT_TYPES,
     gemm_micro_f16: Some(super::gemm_neon::micro_kernel_f16),
     gemm_micro_bf16: Some(super::gemm_neon::micro_kernel_bf16),
     gemm_panels: Some(super::panels_neon::gemm_panels),

@@ -114,19 +114,25 @@ pub(crate) fn gemm_q<const L: u8>(
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
 /// [`crate::Kernels::gemm_q_resident`]): the `sdot` tile (i8mm CPUs have
 /// dotprod; the resident layout is not `smmla`'s) or the plain one.
-pub(crate) fn gemm_q_resident<const L: u8>(w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize) {
-    quant::qgemm::gemm_q_resident_panels(&NeonPanels::<L>, w, qa, out, ldo)
+pub(crate) fn gemm_q_resident<const L: u8>(ty: GgmlType, w: &[u8], qa: &quant::qgemm::QActs, out: &mut [f32], ldo: usize) {
+    quant::qgemm::gemm_q_resident_panels(&NeonPanels::<L>, ty, w, qa, out, ldo)
 }
 
 /// The NEON tile kernels (q4_0, q8_0) of level `L`. Only built by [`gemm_q`]
 /// and [`gemm_q_resident`], which only the table of that level reaches.
 struct NeonPanels<const L: u8>;
 
+/// The weight types of the NEON resident tiles.
+pub(crate) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0];
+
 impl<const L: u8> quant::qgemm::ResidentKernels for NeonPanels<L> {
+    const TYPES: &'static [GgmlType] = RESIDENT_TYPES;
+
     unsafe fn resident_tile(&self, ty: GgmlType, x: &quant::qgemm::PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
         match ty {
             GgmlType::Q4_0 => imp::resident_tiles::<imp::ResidentQ4>(L != PLAIN, x, tokens, res),
-            _ => imp::resident_tiles::<imp::ResidentQ8>(L != PLAIN, x, tokens, res),
+            GgmlType::Q8_0 => imp::resident_tiles::<imp::ResidentQ8>(L != PLAIN, x, tokens, res),
+            _ => unreachable!("no NEON resident tile for {}", ty.name()),
         }
     }
 }

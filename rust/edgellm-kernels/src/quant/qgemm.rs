@@ -230,6 +230,10 @@ pub(crate) fn gemm_q_panels(
 
 /// The instruction-set specific half of [`gemm_q_resident_panels`].
 pub(crate) trait ResidentKernels: PanelKernels {
+    /// The weight types of the resident tiles (the table's
+    /// [`crate::Kernels::gemm_q_resident_types`]).
+    const TYPES: &'static [GgmlType];
+
     /// As [`PanelKernels::tile`], on a resident panel ([`super::resident`]).
     ///
     /// # Safety
@@ -264,12 +268,12 @@ pub const WIDEN_MIN_TOKENS: usize = 2 * TILE_TOKENS;
 /// token and panel loops of [`gemm_q_panels`], without the packing, or, for
 /// prompts where the table widens panels, with each panel widened into a
 /// buffer once per block of tokens.
-pub(crate) fn gemm_q_resident_panels(kern: &impl ResidentKernels, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
-    let (panels, n) = super::resident::check(w, qa, out, ldo);
+pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    let (panels, n) = super::resident::check(ty, w, qa, out, ldo);
+    assert!(K::TYPES.contains(&ty), "gemm_q_resident: this table has no resident {} kernel", ty.name());
     if panels == 0 || n == 0 {
         return;
     }
-    let ty = qa.ty;
     let pb = w.len() / panels;
     let l = panel_layout(ty).expect("types with a resident layout have a panel layout");
     let nb = qa.k / l.elems;

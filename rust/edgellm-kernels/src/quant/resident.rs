@@ -1,12 +1,14 @@
-//! Resident panels: q4_0 and q8_0 weights repacked once, at load, into the
-//! interleaved 8-row layout the SIMD kernels read, so that neither decode nor
+//! Resident panels: q4_0, q8_0 and q4_K weights repacked once, at load, into
+//! interleaved 8-row layouts the SIMD kernels read, so that neither decode nor
 //! prefill repacks them per call (see [`super::qgemm`] for the per-call panels).
 //!
 //! The per-call panels widen every quant to a byte and every scale to f32, twice
 //! the bytes of a q4_0 row: fine for prompts, where a panel is read by hundreds of
 //! tokens from cache, but decode streams every weight from memory once per token.
-//! The resident layout keeps the file's size (144 bytes per q4_0 block of 8 rows,
-//! 272 for q8_0) and its values (nibbles, f16 scales), and only moves them:
+//! The resident layouts keep the file's size (144 bytes per q4_0 block of 8 rows,
+//! 272 for q8_0, 1152 per q4_K super-block of 8 rows) and its values (nibbles,
+//! f16 scales), and only move them. q4_K's is described in [`q4_k`]; q4_0's
+//! and q8_0's:
 //!
 //! - a panel holds rows `8p .. 8p + 8`, the same bytes as those rows on disk,
 //!   as groups of four blocks (the last group may hold fewer, `r`);
@@ -22,25 +24,29 @@
 //! filling a cache line every quant vector stays 32-byte aligned.
 //!
 //! The kernels ([`crate::Kernels::gemm_q_resident`]) compute, per weight row and
-//! token, block by block, the exact integer dot and `sum + (d_w · d_a) · isum`:
-//! bit-identical to the scalar [`super::vec_dot`] on the row the panel was packed
+//! token, block by block, the exact integer dot and `sum + (d_w · d_a) · isum`
+//! (q4_K: `- (dmin_w · d_a) · msum` too, as one step): bit-identical to the scalar [`super::vec_dot`] on the row the panel was packed
 //! from, whatever the tiling or the token count, so decode and prefill agree bit
 //! for bit.
 
 use super::qgemm::{check_gemm_q_rows, QActs, PANEL};
 use super::GgmlType;
 
+pub mod q4_k;
+
 /// Weight rows per resident panel.
 pub const ROWS: usize = PANEL;
 
 /// Signature of [`crate::Kernels::gemm_q_resident`]: `out[t * ldo + r] =
 /// vec_dot(ty, w_r, act_t, k)` for every row `r` of the resident panels `w` (of
-/// `acts.ty()`, rows of `acts.k()` elements) and every activation row `t`.
-pub type GemmResidentFn = fn(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize);
+/// `ty`, rows of `acts.k()` elements) and every activation row `t` (quantized
+/// for `ty`, or for another k-quant: q8_K rows carry no per-type tables).
+pub type GemmResidentFn = fn(ty: GgmlType, w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize);
 
-/// Whether weights of `ty` have a resident layout.
+/// Whether weights of `ty` have a resident layout (which tables have kernels
+/// for it: [`crate::Kernels::resident_gemm`]).
 pub fn has_layout(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K)
 }
 
 /// Bytes of one block's quants in a panel (8 rows).
@@ -53,7 +59,8 @@ pub(crate) fn quant_bytes(ty: GgmlType) -> usize {
 }
 
 /// Bytes of one panel (8 rows of `k` elements of `ty`), if `ty` has a resident
-/// layout and `k` is whole blocks: the same as 8 rows on disk.
+/// layout and `k` is whole blocks (super-blocks for q4_K): the same as 8 rows
+/// on disk.
 pub fn panel_bytes(ty: GgmlType, k: usize) -> Option<usize> {
     if !has_layout(ty) {
         return None;
@@ -92,6 +99,9 @@ pub(crate) fn block_offsets(nb: usize, qb: usize, b: usize) -> (usize, usize) {
 
 /// One panel: 8 rows (`src`) into `dst`.
 fn pack_panel(ty: GgmlType, src: &[u8], k: usize, dst: &mut [u8]) {
+    if ty == GgmlType::Q4K {
+        return q4_k::pack_panel(src, k / 256, dst);
+    }
     let (bb, nb, qb) = (ty.block_bytes(), k / 32, quant_bytes(ty));
     let rb = nb * bb;
     for b in 0..nb {
@@ -110,17 +120,25 @@ fn pack_panel(ty: GgmlType, src: &[u8], k: usize, dst: &mut [u8]) {
 pub fn unpack(ty: GgmlType, packed: &[u8], k: usize, out: &mut [u8]) {
     let pb = panel_bytes(ty, k).unwrap_or_else(|| panic!("resident::unpack: no layout for {} rows of {k}", ty.name()));
     assert!(pb > 0 && packed.len() % pb == 0 && out.len() == packed.len(), "resident::unpack: bad shapes");
+    for (src, dst) in packed.chunks_exact(pb).zip(out.chunks_exact_mut(pb)) {
+        unpack_panel(ty, src, k, dst);
+    }
+}
+
+/// One panel back to its 8 rows.
+fn unpack_panel(ty: GgmlType, src: &[u8], k: usize, dst: &mut [u8]) {
+    if ty == GgmlType::Q4K {
+        return q4_k::unpack_panel(src, k / 256, dst);
+    }
     let (bb, nb, qb) = (ty.block_bytes(), k / 32, quant_bytes(ty));
     let rb = nb * bb;
-    for (src, dst) in packed.chunks_exact(pb).zip(out.chunks_exact_mut(pb)) {
-        for b in 0..nb {
-            let (so, qo) = block_offsets(nb, qb, b);
-            for r in 0..PANEL {
-                let blk = &mut dst[r * rb + b * bb..][..bb];
-                blk[..2].copy_from_slice(&src[so + 2 * r..][..2]);
-                for v in 0..(bb - 2) / 4 {
-                    blk[2 + 4 * v..][..4].copy_from_slice(&src[qo + 32 * v + 4 * r..][..4]);
-                }
+    for b in 0..nb {
+        let (so, qo) = block_offsets(nb, qb, b);
+        for r in 0..PANEL {
+            let blk = &mut dst[r * rb + b * bb..][..bb];
+            blk[..2].copy_from_slice(&src[so + 2 * r..][..2]);
+            for v in 0..(bb - 2) / 4 {
+                blk[2 + 4 * v..][..4].copy_from_slice(&src[qo + 32 * v + 4 * r..][..4]);
             }
         }
     }
@@ -128,8 +146,15 @@ pub fn unpack(ty: GgmlType, packed: &[u8], k: usize, out: &mut [u8]) {
 
 /// Checks a resident GEMM's operands; returns (panels, tokens). Panics on a
 /// mismatch.
-pub(crate) fn check(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, usize) {
-    let (ty, k) = (acts.ty(), acts.k());
+pub(crate) fn check(ty: GgmlType, w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, usize) {
+    let k = acts.k();
+    let q8k = |t: GgmlType| super::vec_dot_type(t) == GgmlType::Q8K;
+    assert!(
+        acts.ty() == ty || (q8k(ty) && q8k(acts.ty())),
+        "gemm_q_resident: activations for {} do not serve {} weights",
+        acts.ty().name(),
+        ty.name()
+    );
     let pb = panel_bytes(ty, k).unwrap_or_else(|| panic!("gemm_q_resident: no resident layout for {}", ty.name()));
     assert!(
         pb > 0 && w.len() % pb == 0,
@@ -144,9 +169,9 @@ pub(crate) fn check(w: &[u8], acts: &QActs, out: &[f32], ldo: usize) -> (usize, 
 
 /// Reference: each panel unpacked to rows, then the scalar `vec_dot` of every
 /// (row, token) pair; the SIMD kernels must match it bit for bit.
-pub fn gemm_q_resident(w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize) {
-    let (panels, n) = check(w, acts, out, ldo);
-    let (ty, k) = (acts.ty(), acts.k());
+pub fn gemm_q_resident(ty: GgmlType, w: &[u8], acts: &QActs, out: &mut [f32], ldo: usize) {
+    let (panels, n) = check(ty, w, acts, out, ldo);
+    let k = acts.k();
     let pb = panel_bytes(ty, k).unwrap();
     let mut rows = vec![0u8; pb];
     let ab = acts.bytes().len() / n.max(1);

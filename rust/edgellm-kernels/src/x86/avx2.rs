@@ -30,6 +30,7 @@ pub static KERNELS: Kernels = Kernels {
     gemv_q: super::gemv_avx2::gemv_q,
     gemm_q: super::qgemm_avx2::gemm_q,
     gemm_q_resident: Some(super::qgemm_avx2::gemm_q_resident),
+    gemm_q_resident_types: super::qgemm_avx2::RESIDENT_TYPES,
     dequantize_row: super::nf4_fp8_avx2::dequantize_row,
 };
 

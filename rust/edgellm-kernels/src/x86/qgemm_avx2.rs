@@ -12,6 +12,7 @@ use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::simd::ld256;
 use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
+use super::resident_q4k_avx2;
 use core::arch::x86_64::*;
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
@@ -24,11 +25,16 @@ pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut 
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
 /// [`crate::Kernels::gemm_q_resident`]).
-pub(crate) fn gemm_q_resident(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
-    qgemm::gemm_q_resident_panels(&Avx2Panels(()), w, qa, out, ldo)
+pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&Avx2Panels(()), ty, w, qa, out, ldo)
 }
 
+/// The weight types of the AVX2 (and AVX-512) resident tiles.
+pub(super) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K];
+
 impl ResidentKernels for Avx2Panels {
+    const TYPES: &'static [GgmlType] = RESIDENT_TYPES;
+
     unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
         match (ty, tokens) {
             (GgmlType::Q4_0, 4) => q4_0::<ResidentQ4, 4>(x, res),
@@ -39,19 +45,27 @@ impl ResidentKernels for Avx2Panels {
             (GgmlType::Q8_0, 3) => q8_0::<ResidentQ8, 3>(x, res),
             (GgmlType::Q8_0, 2) => q8_0::<ResidentQ8, 2>(x, res),
             (GgmlType::Q8_0, _) => q8_0::<ResidentQ8, 1>(x, res),
+            (GgmlType::Q4K, 4) => resident_q4k_avx2::tile::<4>(x, res),
+            (GgmlType::Q4K, 3) => resident_q4k_avx2::tile::<3>(x, res),
+            (GgmlType::Q4K, 2) => resident_q4k_avx2::tile::<2>(x, res),
+            (GgmlType::Q4K, _) => resident_q4k_avx2::tile::<1>(x, res),
             _ => unreachable!("no resident layout for {}", ty.name()),
         }
     }
 
-    /// q4_0: the resident tile splits every nibble vector again for every tile
-    /// of 4 tokens (an AND, a shift and an AND per 32 bytes).
+    /// q4_0 and q4_K: the resident tile splits every nibble vector again for
+    /// every tile of 4 tokens (an AND, a shift and an AND per 32 bytes), and
+    /// q4_K decodes its scales again.
     fn widens(&self, ty: GgmlType) -> bool {
-        ty == GgmlType::Q4_0
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4K)
     }
 
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
-        assert!(ty == GgmlType::Q4_0, "AVX2 widens resident q4_0 panels only");
-        widen_q4_0(panel, nb, out)
+        match ty {
+            GgmlType::Q4_0 => widen_q4_0(panel, nb, out),
+            GgmlType::Q4K => resident_q4k_avx2::widen(panel, nb, out),
+            _ => unreachable!("AVX2 widens resident q4_0 and q4_K panels only"),
+        }
     }
 }
 
@@ -135,7 +149,7 @@ const PREFETCH_GROUPS: usize = 4;
 
 /// Prefetches the `bytes` at `p`, a cache line at a time.
 #[inline(always)]
-unsafe fn prefetch(p: *const u8, bytes: usize) {
+pub(super) unsafe fn prefetch(p: *const u8, bytes: usize) {
     let mut off = 0;
     while off < bytes {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);

@@ -42,17 +42,28 @@ impl PanelKernels for VnniPanels {
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
 /// [`crate::Kernels::gemm_q_resident`]).
-pub(crate) fn gemm_q_resident(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
-    qgemm::gemm_q_resident_panels(&VnniPanels(()), w, qa, out, ldo)
+pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&VnniPanels(()), ty, w, qa, out, ldo)
 }
 
+/// q4_0 and q8_0 on `vpdpbusd`; q4_K as on AVX2.
 impl ResidentKernels for VnniPanels {
+    const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
+
     unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
         match ty {
             GgmlType::Q4_0 => tiles::<ResidentQ4, false>(x, x.sa, tokens, res),
             GgmlType::Q8_0 => tiles::<ResidentQ8, true>(x, x.sa128, tokens, res),
-            _ => unreachable!("no resident layout for {}", ty.name()),
+            _ => Avx2Panels(()).resident_tile(ty, x, tokens, res),
         }
+    }
+
+    fn widens(&self, ty: GgmlType) -> bool {
+        ty == GgmlType::Q4K
+    }
+
+    unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
+        Avx2Panels(()).widen(ty, panel, nb, out)
     }
 }
 

@@ -325,15 +325,15 @@ pub unsafe fn gemm_packed_raw<'a>(
     let mut last: [f32; MR * KC];
     let tiles = match a {
         AOperand::Packed(pa) => Tiles::Packed(pa, kern.gemm_micro),
-        AOperand::Rows { a, n, k } => {
+        AOperand::Rows(a) => {
             let rows = kern.gemm_micro_rows.expect("gemm_packed: AOperand::rows checks the kernel");
             last = [0f32; MR * KC];
-            if n % MR != 0 {
+            if a.n % MR != 0 {
                 // Reading MR rows in place would pass A's end: the partial last
                 // panel is packed (zero-padded) here.
-                pack_a_block(a, n, k, 0, n / MR, &mut last[..k * MR]);
+                pack_a_block(a.a, a.n, a.k, 0, a.n / MR, &mut last[..a.k * MR]);
             }
-            Tiles::Rows { a, n, k, rows, packed: kern.gemm_micro, last: &last }
+            Tiles::Rows { a, rows, packed: kern.gemm_micro, last: &last }
         }
     };
     for jb0 in (j0..j1).step_by(JB) {
@@ -359,9 +359,17 @@ pub unsafe fn gemm_packed_raw<'a>(
 pub enum AOperand<'a> {
     /// Packed panels.
     Packed(&'a PackedA),
-    /// Row-major `n × k` activations, `k ≤ KC`, read in place by
-    /// [`Kernels::gemm_micro_rows`]; made by [`AOperand::rows`].
-    Rows { a: &'a [f32], n: usize, k: usize },
+    /// Activations read in place by [`Kernels::gemm_micro_rows`]; made by
+    /// [`AOperand::rows`].
+    Rows(RowMajorA<'a>),
+}
+
+/// Row-major `n × k` activations (`a`), `k ≤ KC`.
+#[derive(Clone, Copy)]
+pub struct RowMajorA<'a> {
+    a: &'a [f32],
+    n: usize,
+    k: usize,
 }
 
 impl<'a> AOperand<'a> {
@@ -372,18 +380,18 @@ impl<'a> AOperand<'a> {
     /// Packing 512 × 512 activations was ~4% of a 2-thread 512³ product.
     pub fn rows(kern: &Kernels, a: &'a [f32], n: usize, k: usize) -> Option<AOperand<'a>> {
         (kern.gemm_micro_rows.is_some() && (1..=KC).contains(&k) && Some(a.len()) == n.checked_mul(k))
-            .then_some(AOperand::Rows { a, n, k })
+            .then_some(AOperand::Rows(RowMajorA { a, n, k }))
     }
     pub fn n(&self) -> usize {
         match self {
             AOperand::Packed(pa) => pa.n,
-            AOperand::Rows { n, .. } => *n,
+            AOperand::Rows(a) => a.n,
         }
     }
     pub fn k(&self) -> usize {
         match self {
             AOperand::Packed(pa) => pa.k,
-            AOperand::Rows { k, .. } => *k,
+            AOperand::Rows(a) => a.k,
         }
     }
 }
@@ -400,9 +408,7 @@ enum Tiles<'a, E> {
     /// Full panels read in place by `rows`; the partial last one (rows past `n`)
     /// by `packed` from `last`, its packing.
     Rows {
-        a: &'a [f32],
-        n: usize,
-        k: usize,
+        a: RowMajorA<'a>,
         rows: MicroKernelRowsOf<E>,
         packed: MicroKernelOf<E>,
         last: &'a [f32; MR * KC],
@@ -420,13 +426,13 @@ impl<E> Tiles<'_, E> {
     fn n(&self) -> usize {
         match self {
             Tiles::Packed(pa, _) => pa.n,
-            Tiles::Rows { n, .. } => *n,
+            Tiles::Rows { a, .. } => a.n,
         }
     }
     fn k(&self) -> usize {
         match self {
             Tiles::Packed(pa, _) => pa.k,
-            Tiles::Rows { k, .. } => *k,
+            Tiles::Rows { a, .. } => a.k,
         }
     }
 
@@ -439,9 +445,9 @@ impl<E> Tiles<'_, E> {
     unsafe fn tile(&self, kb: usize, kc: usize, p: usize, bq: *const E, c: *mut f32, ldc: usize, add: bool) {
         match *self {
             Tiles::Packed(pa, micro) => micro(kc, pa.block(kb, p).as_ptr(), bq, c, ldc, add),
-            Tiles::Rows { a, n, k, rows, packed, last } => {
-                if (p + 1) * MR <= n {
-                    rows(kc, a.as_ptr().add(p * MR * k), k, bq, c, ldc, add)
+            Tiles::Rows { a, rows, packed, last } => {
+                if (p + 1) * MR <= a.n {
+                    rows(kc, a.a.as_ptr().add(p * MR * a.k), a.k, bq, c, ldc, add)
                 } else {
                     packed(kc, last.as_ptr(), bq, c, ldc, add)
                 }
@@ -454,7 +460,7 @@ impl<E> Tiles<'_, E> {
     fn next_chunk(&self, kb: usize, kc: usize, pc: usize, calls: usize) -> NextChunk {
         let (data, at) = match self {
             Tiles::Packed(pa, _) => (pa.data.as_slice(), pa.block_range(kb * KC, pc).start),
-            Tiles::Rows { a, k, .. } => (*a, pc * MR * k),
+            Tiles::Rows { a, .. } => (a.a, pc * MR * a.k),
         };
         NextChunk::after(data, at + MC_PANELS * MR * kc, MC_PANELS * MR * kc, calls)
     }

@@ -61,22 +61,27 @@ fn with_acts<R>(f: impl FnOnce(&mut [QActs; MAX_GROUP]) -> R) -> R {
 /// Output rows per parallel GEMV work item (for one row, the longest guided
 /// range): about eight per thread, so a slow thread does not hold the others up
 /// (which thread computes a row never changes its value). A multiple of 16, so
-/// that items are whole resident panels (8 rows for q4_0/q8_0, 16 for float
-/// weights).
+/// that items are whole resident panels (8 rows for q4_0/q8_0/q4_K, 16 for
+/// float weights).
 fn gemv_chunk(rows: usize) -> usize {
     (rows / (par::threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
 /// Output rows per unit of a one-row GEMV's guided ranges: whole resident
-/// panels (8 rows for q4_0/q8_0, 16 for float weights).
+/// panels (8 rows for q4_0/q8_0/q4_K, 16 for float weights).
 const GEMV_UNIT: usize = panels::WIDTH;
+
+/// The longest guided range, in units, of a one-row GEMV pass over `rows`
+/// output rows ([`gemv_chunk`]'s rows).
+fn gemv_most_units(rows: usize) -> usize {
+    gemv_chunk(rows) / GEMV_UNIT
+}
 
 /// `f(r0, r1)` over ranges of a one-row GEMV's `m` output rows, claimed as the
 /// threads come free, shrinking to one unit at the end ([`par::for_each_guided`]);
 /// starts are multiples of [`GEMV_UNIT`].
 fn for_each_gemv_range(m: usize, f: impl Fn(usize, usize) + Sync) {
-    let most = gemv_chunk(m) / GEMV_UNIT;
-    par::for_each_guided(m.div_ceil(GEMV_UNIT), most, |a, b| f(a * GEMV_UNIT, (b * GEMV_UNIT).min(m)));
+    par::for_each_guided(m.div_ceil(GEMV_UNIT), gemv_most_units(m), |a, b| f(a * GEMV_UNIT, (b * GEMV_UNIT).min(m)));
 }
 
 /// Blocks of `block` output columns of `out` (`n` rows of `m`), claimed in
@@ -553,7 +558,7 @@ impl Linear {
             *s = SharedMut::new(o);
         }
         let layers = &*group;
-        par::for_each_guided(units, gemv_chunk(units * GEMV_UNIT) / GEMV_UNIT, |a, b| {
+        par::for_each_guided(units, gemv_most_units(units * GEMV_UNIT), |a, b| {
             for (i, (l, _)) in layers.iter().enumerate() {
                 let start = if i == 0 { 0 } else { ends[i - 1] };
                 let (u0, u1) = (a.max(start), b.min(ends[i]));

@@ -198,8 +198,8 @@ impl Linear {
 
     /// Repacks the weight into resident panels when `k` has kernels for them
     /// (q4_0 and q8_0 with rows a multiple of 8: x86 and NEON tables; q4_K:
-    /// x86; f32, f16 and bf16: see `make_resident_float`), in parallel on the current
-    /// pool. A memory-mapped weight's pages are then released, so the weight is
+    /// x86; f32, f16 and bf16: see `make_resident_float`), in parallel on the
+    /// current pool. A memory-mapped weight's pages are then released, so the weight is
     /// not held twice. Returns whether it was repacked; the row layout stays
     /// readable (paths without a resident kernel, `forward_dequantized`).
     pub fn make_resident(&mut self, k: &Kernels) -> bool {

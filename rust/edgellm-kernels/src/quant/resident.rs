@@ -187,11 +187,12 @@ pub fn gemm_q_resident(ty: GgmlType, w: &[u8], acts: &QActs, out: &mut [f32], ld
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quant::quantize_row;
 
-    fn rows(ty: GgmlType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    /// `n` rows of `k` values quantized to `ty`, from a seeded xorshift.
+    pub(crate) fn rows(ty: GgmlType, n: usize, k: usize, seed: u64) -> Vec<u8> {
         let rb = ty.row_bytes(k).unwrap();
         let mut w = vec![0u8; n * rb];
         let mut s = seed | 1;

@@ -321,25 +321,42 @@ unsafe fn q4_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
             }
         }
-        // Σ min · (bsum[2 sb] + bsum[2 sb + 1]).
-        let mut msum = [_mm256_setzero_si256(); T];
-        for sb in 0..8 {
-            let mn = ld256(wb.add(l.sc2 + 32 * sb));
-            for t in 0..T {
-                msum[t] = _mm256_add_epi32(msum[t], _mm256_madd_epi16(mn, bcast4(ab[t].add(Q8K_BSUMS + 4 * sb))));
-            }
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for (sb, m) in mins.iter_mut().enumerate() {
+            *m = ld256(wb.add(l.sc2 + 32 * sb));
         }
         let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
         let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
-        for t in 0..T {
-            let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
-            let x = _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[t]));
-            let m = _mm256_mul_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum[t]));
-            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(x, m));
-        }
+        q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
     }
     for t in 0..T {
         _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+/// The end of a q4_K super-block for `T` tokens, as the scalar `vec_dot` does
+/// it: `msum = Σ_s min_s · (bsum[2s] + bsum[2s + 1])` from the 8 sub-blocks'
+/// i16 min pairs, then `acc += (d · da) · isum − (dmin · da) · msum` per row.
+#[inline(always)]
+pub(super) unsafe fn q4_k_finish<const T: usize>(
+    mins: &[__m256i; 8],
+    d: __m256,
+    dmin: __m256,
+    ab: &[*const u8; T],
+    isum: &[__m256i; T],
+    acc: &mut [__m256; T],
+) {
+    let mut msum = [_mm256_setzero_si256(); T];
+    for (s, &m) in mins.iter().enumerate() {
+        for t in 0..T {
+            msum[t] = _mm256_add_epi32(msum[t], _mm256_madd_epi16(m, bcast4(ab[t].add(Q8K_BSUMS + 4 * s))));
+        }
+    }
+    for t in 0..T {
+        let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
+        let x = _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[t]));
+        let m = _mm256_mul_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum[t]));
+        acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(x, m));
     }
 }
 

@@ -13,8 +13,8 @@
 //! same way. Bit-identical to the scalar `vec_dot`: exact integer sums, then
 //! the same float steps per super-block.
 
-use super::qgemm_avx2::{bcast4, prefetch};
-use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
+use super::qgemm_avx2::{bcast4, prefetch, q4_k_finish};
+use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::{panel_layout, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::resident::q4_k::{BLOCK, D, DMIN, HI, LM, LSC, QS};
 use crate::quant::GgmlType;
@@ -105,22 +105,13 @@ pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]
                 isum[t] = _mm256_add_epi32(isum[t], s);
             }
         }
-        // Σ min · (bsum[2s] + bsum[2s + 1]).
-        let mut msum = [_mm256_setzero_si256(); T];
-        for s in 0..8 {
-            let m = pairs(&mn, s);
-            for t in 0..T {
-                msum[t] = _mm256_add_epi32(msum[t], _mm256_madd_epi16(m, bcast4(ab[t].add(Q8K_BSUMS + 4 * s))));
-            }
+        let mut mins = [_mm256_setzero_si256(); 8];
+        for (s, m) in mins.iter_mut().enumerate() {
+            *m = pairs(&mn, s);
         }
         let d = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(D) as *const __m128i));
         let dmin = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(DMIN) as *const __m128i));
-        for t in 0..T {
-            let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
-            let x = _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[t]));
-            let m = _mm256_mul_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum[t]));
-            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(x, m));
-        }
+        q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
     }
     for t in 0..T {
         _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
@@ -166,7 +157,7 @@ unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{qgemm::pack_panel, quantize_row, resident};
+    use crate::quant::{qgemm::pack_panel, resident};
 
     /// Widening a resident panel writes the per-call panel of its rows, byte for
     /// byte (so the per-call tile gives the resident tile's results).
@@ -175,22 +166,10 @@ mod tests {
         if !crate::Isa::Avx2.is_supported() {
             return;
         }
-        let mut s = 0x2545_F491_4F6C_DD1Du64;
         for nb in [1usize, 2, 5] {
             let k = 256 * nb;
             let rb = GgmlType::Q4K.row_bytes(k).unwrap();
-            let mut rows = vec![0u8; PANEL * rb];
-            for row in rows.chunks_exact_mut(rb) {
-                let x: Vec<f32> = (0..k)
-                    .map(|_| {
-                        s ^= s << 13;
-                        s ^= s >> 7;
-                        s ^= s << 17;
-                        (s % 4001) as f32 / 1000.0 - 2.0
-                    })
-                    .collect();
-                quantize_row(GgmlType::Q4K, &x, row).unwrap();
-            }
+            let rows = resident::tests::rows(GgmlType::Q4K, PANEL, k, 0x2545_F491 + nb as u64);
             let mut res = vec![0u8; rows.len()];
             resident::pack(GgmlType::Q4K, &rows, k, &mut res);
             let l = panel_layout(GgmlType::Q4K).unwrap();

@@ -25,9 +25,9 @@
 //!
 //! The kernels ([`crate::Kernels::gemm_q_resident`]) compute, per weight row and
 //! token, block by block, the exact integer dot and `sum + (d_w · d_a) · isum`
-//! (q4_K: `- (dmin_w · d_a) · msum` too, as one step): bit-identical to the scalar [`super::vec_dot`] on the row the panel was packed
-//! from, whatever the tiling or the token count, so decode and prefill agree bit
-//! for bit.
+//! (q4_K: `- (dmin_w · d_a) · msum` too, as one step): bit-identical to the
+//! scalar [`super::vec_dot`] on the row the panel was packed from, whatever the
+//! tiling or the token count, so decode and prefill agree bit for bit.
 
 use super::qgemm::{check_gemm_q_rows, QActs, PANEL};
 use super::GgmlType;

@@ -9,7 +9,7 @@
 //! once. Bit-identical to the scalar `vec_dot` (see the module docs of `qgemm`).
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::x86::simd::ld256;
+use crate::x86::simd::{ld256, prefetch_lines};
 use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
 use super::resident_q4k_avx2;
@@ -147,16 +147,6 @@ pub(super) trait Src {
 /// prefetches.
 const PREFETCH_GROUPS: usize = 4;
 
-/// Prefetches the `bytes` at `p`, a cache line at a time.
-#[inline(always)]
-pub(super) unsafe fn prefetch(p: *const u8, bytes: usize) {
-    let mut off = 0;
-    while off < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
-        off += 64;
-    }
-}
-
 /// The per-call panels of [`pack_panel`].
 pub(super) struct PerCall;
 impl Src for PerCall {
@@ -227,7 +217,7 @@ unsafe fn resident_scales<const QB: usize>(x: &PanelTile, b: usize) -> __m256 {
 #[inline(always)]
 unsafe fn resident_prefetch<const QB: usize>(x: &PanelTile, b: usize) {
     let group = resident::GROUP * (16 + QB);
-    prefetch(resident_block::<QB>(x, b).1.wrapping_add(PREFETCH_GROUPS * group), 16 + QB);
+    prefetch_lines(resident_block::<QB>(x, b).1.wrapping_add(PREFETCH_GROUPS * group), 16 + QB);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

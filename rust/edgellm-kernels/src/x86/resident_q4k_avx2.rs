@@ -13,13 +13,14 @@
 //! same way. Bit-identical to the scalar `vec_dot`: exact integer sums, then
 //! the same float steps per super-block.
 
-use super::qgemm_avx2::{bcast4, prefetch, q4_k_finish};
+use super::qgemm_avx2::{bcast4, q4_k_finish};
 use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::{panel_layout, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::resident::q4_k::{BLOCK, D, DMIN, HI, LM, LSC, QS};
 use crate::quant::GgmlType;
-use crate::x86::simd::ld256;
+use crate::x86::simd::{ld256, load_f16, prefetch_lines};
 use core::arch::x86_64::*;
+use half::f16;
 
 /// Super-blocks ahead of the one being read that the tile prefetches (2.25 KiB,
 /// as the q4_0/q8_0 resident tiles).
@@ -82,13 +83,13 @@ pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]
         let wb = x.panel.add(b * BLOCK);
         // Spread over the chunks: the header's two lines now, each chunk's four below.
         let ahead = wb.wrapping_add(AHEAD * BLOCK);
-        prefetch(ahead, QS);
+        prefetch_lines(ahead, QS);
         let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
         let (sc, mn) = scales_mins(wb);
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..4 {
             // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
-            prefetch(ahead.wrapping_add(QS + 256 * j), 256);
+            prefetch_lines(ahead.wrapping_add(QS + 256 * j), 256);
             let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
             for i in 0..8 {
                 let v = ld256(wb.add(QS + 32 * (8 * j + i)));
@@ -109,8 +110,8 @@ pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]
         for (s, m) in mins.iter_mut().enumerate() {
             *m = pairs(&mn, s);
         }
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(D) as *const __m128i));
-        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(DMIN) as *const __m128i));
+        let d = load_f16(wb.add(D) as *const f16);
+        let dmin = load_f16(wb.add(DMIN) as *const f16);
         q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
     }
     for t in 0..T {
@@ -138,8 +139,8 @@ pub(super) unsafe fn widen(panel: *const u8, nb: usize, out: &mut [u8]) {
                 st(o, 32 * (16 * j + 8 + i), _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
             }
         }
-        _mm256_storeu_ps(o.add(l.d) as *mut f32, _mm256_cvtph_ps(_mm_loadu_si128(wb.add(D) as *const __m128i)));
-        _mm256_storeu_ps(o.add(l.dmin) as *mut f32, _mm256_cvtph_ps(_mm_loadu_si128(wb.add(DMIN) as *const __m128i)));
+        _mm256_storeu_ps(o.add(l.d) as *mut f32, load_f16(wb.add(D) as *const f16));
+        _mm256_storeu_ps(o.add(l.dmin) as *mut f32, load_f16(wb.add(DMIN) as *const f16));
         let (sc, mn) = scales_mins(wb);
         for s in 0..8 {
             st(o, l.sc + 32 * s, pairs(&sc, s));

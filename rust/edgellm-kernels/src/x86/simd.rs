@@ -21,10 +21,16 @@ const STREAM_AHEAD: usize = 1024;
 /// past `p`, the block being read; never faults, so they may lie past the data.
 #[inline(always)]
 pub(crate) unsafe fn stream_ahead(p: *const u8, bytes: usize) {
-    let ahead = p.wrapping_add(STREAM_AHEAD);
+    prefetch_lines(p.wrapping_add(STREAM_AHEAD), bytes)
+}
+
+/// Asks the cache (L1) for the `bytes` bytes at `p`, a line at a time; never
+/// faults, so they may lie past the data.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_lines(p: *const u8, bytes: usize) {
     let mut off = 0;
     while off < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
         off += 64;
     }
 }

@@ -14,7 +14,7 @@
 //! so the AVX-512 VNNI table ([`super::gemv_vnni`]) reuses them with `vpdpbusd`.
 
 use crate::quant::{self, GgmlType};
-use crate::x86::simd::{hsum_i32, hsum_ps, ld256, stream_ahead};
+use crate::x86::simd::{hsum_i32, hsum_ps, ld256, load_f16, stream_ahead};
 use core::arch::x86_64::*;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
@@ -147,7 +147,7 @@ unsafe fn prepare(act: &[u8], nb: usize, ord: [usize; 8], mult: i32, pairs: bool
                 s[k] = mult * block_sum(ab.add(2));
             }
         }
-        p.scales.push(_mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)));
+        p.scales.push(load_f16(d.as_ptr() as *const half::f16));
         p.offsets.push(_mm256_loadu_si256(s.as_ptr() as *const __m256i));
         if pairs {
             for j in 0..4 {

@@ -9,7 +9,7 @@
 //! once. Bit-identical to the scalar `vec_dot` (see the module docs of `qgemm`).
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::x86::simd::{ld256, prefetch_lines};
+use crate::x86::simd::{ld256, load_f16, prefetch_lines};
 use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
 use super::resident_q4k_avx2;
@@ -208,7 +208,7 @@ unsafe fn resident_block<const QB: usize>(x: &PanelTile, b: usize) -> (*const u8
 /// The f16 scales of block `b` of a resident panel, widened (exactly).
 #[inline(always)]
 unsafe fn resident_scales<const QB: usize>(x: &PanelTile, b: usize) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(resident_block::<QB>(x, b).0 as *const __m128i))
+    load_f16(resident_block::<QB>(x, b).0 as *const half::f16)
 }
 
 /// At each block, a block's worth of bytes [`PREFETCH_GROUPS`] groups ahead

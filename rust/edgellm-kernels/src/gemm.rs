@@ -6,6 +6,9 @@
 //! k-major; a register-tile micro-kernel computes `MR × NR` outputs per panel pair
 //! over `KC` steps of k and adds them to C in place. The micro-kernel and the B
 //! packer are per-ISA ([`Kernels::gemm_micro`], [`Kernels::gemm_pack_b`]).
+//! k-major f32 B (numpy's right operand) is packed by the micro-kernel itself
+//! where the table has a streaming one ([`Kernels::gemm_micro_stream`]): a pass
+//! of its own stalled on B's rows, 3% of a 2-thread 1024³ product.
 
 use crate::panels::Panels;
 use crate::Kernels;
@@ -49,6 +52,38 @@ pub type MicroKernelRows = MicroKernelRowsOf<f32>;
 /// [`MicroKernelRows`] with B panels of element type `E`.
 pub type MicroKernelRowsOf<E> =
     unsafe fn(kc: usize, ap: *const f32, lda: usize, bp: *const E, c: *mut f32, ldc: usize, add: bool);
+
+/// The B side of a [`MicroKernelStream`] tile: the `kc × NR` panel at `panel`,
+/// read from there or, when `src` is not null, read from k-major source rows
+/// (row `kk`'s `NR` values at `src + kk · ld`) and written there as it is used;
+/// and `ahead_rows` source rows (`ahead + i · ld`, `NR` values each) to fetch
+/// into L2 for a later tile, spread over the k loop.
+#[derive(Clone, Copy)]
+pub struct BStream {
+    pub panel: *mut f32,
+    pub src: *const f32,
+    pub ld: usize,
+    pub ahead: *const f32,
+    pub ahead_rows: usize,
+}
+
+/// [`MicroKernel`] for the first chunk of A's panels on k-major f32 B
+/// ([`BRows::F32Cols`], numpy's right operand), which packs B as it goes rather
+/// than in a pass of its own: the chunk's first tile of each B panel reads the
+/// panel's source rows and writes the panel that the chunk's other tiles (and
+/// later chunks) read, and every tile of the chunk fetches a share of the next
+/// panel's source rows (see [`BStream`]). A is packed (`ap[kk · MR + r]`) when
+/// `lda` is 0, else read in place (`ap[r · lda + kk]`). The same FMAs in the
+/// same order as [`MicroKernel`] on the packed panel, so bit-identical to
+/// packing first.
+///
+/// # Safety
+/// As [`MicroKernel`] (or [`MicroKernelRows`]) for `ap`, `c` and `ldc`;
+/// `b.panel` holds `kc · NR` values (writable when `b.src` is set, which then
+/// holds the `kc` source rows). `b.ahead` need not be valid (a prefetch never
+/// faults).
+pub type MicroKernelStream =
+    unsafe fn(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool);
 
 /// Packs rows `j0..j1` of B, k-range `k0..k0 + kc`, into `NR`-wide panels:
 /// `out[p · kc · NR + kk · NR + c] = B[j0 + p · NR + c][k0 + kk]` (zero past
@@ -348,10 +383,34 @@ pub unsafe fn gemm_packed_raw<'a>(
                 scratch.b.resize(len, 0.0);
             }
             let packed = &mut scratch.b[..len];
-            (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, packed);
-            block_times_a(tiles, k0, packed.as_ptr(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc);
+            let stream = match (b, kern.gemm_micro_stream) {
+                (BRows::F32Cols { data, ld }, Some(kernel)) => {
+                    // Full panels are packed by the first chunk's tiles; a
+                    // partial last one here.
+                    let full = (jb1 - jb0) / NR;
+                    if full * NR < jb1 - jb0 {
+                        (kern.gemm_pack_b)(b, k, jb0 + full * NR, jb1, k0, kc, &mut packed[full * kc * NR..]);
+                    }
+                    Some(Stream { src: data.as_ptr().add(k0 * ld + jb0), ld, full, kernel })
+                }
+                _ => {
+                    (kern.gemm_pack_b)(b, k, jb0, jb1, k0, kc, packed);
+                    None
+                }
+            };
+            block_times_a(tiles, k0, packed.as_mut_ptr().cast_const(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc, stream);
         }
     }
+}
+
+/// A k-block of a column block's k-major f32 B for [`MicroKernelStream`]: its
+/// `full` whole panels, from column `src` (rows `ld` apart).
+#[derive(Clone, Copy)]
+struct Stream {
+    src: *const f32,
+    ld: usize,
+    full: usize,
+    kernel: MicroKernelStream,
 }
 
 /// A as the micro-kernel reads it.
@@ -436,6 +495,16 @@ impl<E> Tiles<'_, E> {
         }
     }
 
+    /// Panel `p` of k-block `kb` as [`MicroKernelStream`] takes it: a pointer
+    /// and A's row stride, 0 for packed.
+    fn a_tile(&self, kb: usize, p: usize) -> (*const f32, usize) {
+        match *self {
+            Tiles::Packed(pa, _) => (pa.block(kb, p).as_ptr(), 0),
+            Tiles::Rows { a, .. } if (p + 1) * MR <= a.n => (a.a[p * MR * a.k..].as_ptr(), a.k),
+            Tiles::Rows { last, .. } => (last.as_ptr(), 0),
+        }
+    }
+
     /// The micro-kernel on panel `p` of k-block `kb` (`kc` steps).
     ///
     /// # Safety
@@ -458,6 +527,9 @@ impl<E> Tiles<'_, E> {
     /// The chunk of `MC_PANELS` panels (k-block `kb`, `kc` steps) after the
     /// one from panel `pc`, to prefetch over `calls` micro-kernel calls.
     fn next_chunk(&self, kb: usize, kc: usize, pc: usize, calls: usize) -> NextChunk {
+        if !prefetch_next_chunk() {
+            return NextChunk { at: core::ptr::null(), lines: 0, per_call: 0 };
+        }
         let (data, at) = match self {
             Tiles::Packed(pa, _) => (pa.data.as_slice(), pa.block_range(kb * KC, pc).start),
             Tiles::Rows { a, .. } => (a.a, pc * MR * a.k),
@@ -512,7 +584,7 @@ unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc
         for q in 0..m.div_ceil(NR) {
             for k0 in (0..k).step_by(KC) {
                 let bp = w[q * panel + k0 * NR..].as_ptr();
-                block_times_a(a, k0, bp, panel, NR.min(m - q * NR), c.add(q * NR), ldc);
+                block_times_a(a, k0, bp, panel, NR.min(m - q * NR), c.add(q * NR), ldc, None);
             }
         }
         return;
@@ -522,18 +594,32 @@ unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc
     for jb0 in (0..m).step_by(JB) {
         for k0 in (0..k).step_by(KC) {
             let bp = w[jb0 / NR * panel + k0 * NR..].as_ptr();
-            block_times_a(a, k0, bp, panel, JB.min(m - jb0), c.add(jb0), ldc);
+            block_times_a(a, k0, bp, panel, JB.min(m - jb0), c.add(jb0), ldc, None);
         }
     }
 }
 
 /// One k-block (from `k0`) of a column block: every A panel times the `cols`
 /// columns' B panels (the first at `bp`, the next `stride` elements on, each `kc
-/// × NR` from there), added to `c` (stored for the first k-block).
+/// × NR` from there), added to `c` (stored for the first k-block). With a
+/// `stream`, the first chunk of A panels packs the whole B panels as it goes.
 ///
 /// # Safety
-/// `bp` holds the panels; `c` as in [`gemm_packed_raw`] for `cols` columns.
-unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, bp: *const E, stride: usize, cols: usize, c: *mut f32, ldc: usize) {
+/// `bp` holds the panels (writable f32 for the whole ones when `stream` is
+/// given, which then holds their source rows); `c` as in [`gemm_packed_raw`]
+/// for `cols` columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_times_a<E>(
+    a: Tiles<'_, E>,
+    k0: usize,
+    bp: *const E,
+    stride: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    stream: Option<Stream>,
+) {
+    debug_assert!(stream.is_none() || core::mem::size_of::<E>() == 4, "a stream packs f32 panels");
     let (n, kb) = (a.n(), k0 / KC);
     let kc = KC.min(a.k() - k0);
     let mut edge = [0f32; MR * NR];
@@ -545,18 +631,46 @@ unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, bp: *const E, stride: usi
         for q in 0..panels_b {
             let bq = bp.add(q * stride);
             let w = NR.min(cols - q * NR);
+            // The first chunk packs B's whole panels as it goes.
+            let stream = stream.filter(|s| pc == 0 && q < s.full);
+            // Each of its tiles fetches a share of the next panel's source rows:
+            // spread over the chunk, they arrive in time at a rate memory keeps
+            // up with (the packing tile fetching its own rows ahead stalled on
+            // them). Fetching the next k-block's first panel during the last
+            // panel measured 1-3% slower.
+            let (ahead_at, ahead_rows) = match stream {
+                Some(s) if q + 1 < s.full => (s.src.wrapping_add((q + 1) * NR), kc),
+                _ => (core::ptr::null(), 0),
+            };
+            let per_tile = ahead_rows.div_ceil(chunk);
             for p in pc..pc + chunk {
                 ahead.step();
                 let rows = MR.min(n - p * MR);
-                let dst = c.add(p * MR * ldc + q * NR);
-                if rows == MR && w == NR {
-                    a.tile(kb, kc, p, bq, dst, ldc, kb > 0);
+                let out = c.add(p * MR * ldc + q * NR);
+                let full = rows == MR && w == NR;
+                // An edge tile goes through a full-size buffer, then its valid
+                // part to `out`.
+                let (dst, ld, add) = if full { (out, ldc, kb > 0) } else { (edge.as_mut_ptr(), NR, false) };
+                match stream {
+                    Some(s) => {
+                        let (ap, lda) = a.a_tile(kb, p);
+                        let first = (p - pc) * per_tile;
+                        let b = BStream {
+                            panel: bq.cast::<f32>().cast_mut(),
+                            src: if p == pc { s.src.add(q * NR) } else { core::ptr::null() },
+                            ld: s.ld,
+                            ahead: ahead_at.wrapping_add(first * s.ld),
+                            ahead_rows: per_tile.min(ahead_rows.saturating_sub(first)),
+                        };
+                        (s.kernel)(kc, ap, lda, &b, dst, ld, add)
+                    }
+                    None => a.tile(kb, kc, p, bq, dst, ld, add),
+                }
+                if full {
                     continue;
                 }
-                // An edge tile: through a full-size buffer, then its valid part.
-                a.tile(kb, kc, p, bq, edge.as_mut_ptr(), NR, false);
                 for r in 0..rows {
-                    let (d, s) = (dst.add(r * ldc), &edge[r * NR..r * NR + w]);
+                    let (d, s) = (out.add(r * ldc), &edge[r * NR..r * NR + w]);
                     if kb == 0 {
                         // Written, not read: the output may be uninitialized.
                         core::ptr::copy_nonoverlapping(s.as_ptr(), d, w);
@@ -572,7 +686,8 @@ unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, bp: *const E, stride: usi
 /// Prefetches the next chunk of packed A into L2 while the current one is in use,
 /// a few lines per micro-kernel call. Otherwise the first B panel to meet a chunk
 /// reads it from memory or L3 (every column block re-reads all of A): +2-4%
-/// single-thread on square products of n ≥ 1024 (Zen 4).
+/// single-thread on square products of n ≥ 1024 (Zen 4). Only where L2 holds
+/// two chunks beside the B traffic ([`prefetch_next_chunk`]).
 struct NextChunk {
     at: *const u8,
     lines: usize,
@@ -603,6 +718,31 @@ impl NextChunk {
         self.at = self.at.wrapping_add(64 * n);
         self.lines -= n;
     }
+}
+
+/// Whether [`NextChunk`] prefetches: where a core's L2 is 1 MiB or more (Zen 4,
+/// recent Intel cores), or unknown. On Zen 3's 512 KiB the next chunk evicted
+/// the one in use and the B panels: without the prefetch, 2-thread f32
+/// products of n = 512-4096 ran 0-3% faster there.
+fn prefetch_next_chunk() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| l2_kib().is_none_or(|kib| kib >= 1024))
+}
+
+/// The L2 cache of a core in KiB, where the CPU says (CPUID leaf 0x8000_0006,
+/// which AMD and Intel both fill).
+fn l2_kib() -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86-64 CPU; the leaf is asked for only
+        // where the highest extended leaf reaches it.
+        #[allow(unused_unsafe)]
+        let kib = unsafe { (__cpuid(0x8000_0000).eax >= 0x8000_0006).then(|| __cpuid(0x8000_0006).ecx >> 16) };
+        kib.filter(|&k| k > 0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// A hint to fetch the line at `p` into L2 (never faults).
@@ -642,6 +782,25 @@ pub unsafe fn micro_kernel_rows_scalar(
     add: bool,
 ) {
     scalar_tile(kc, ap, lda, 1, bp, c, ldc, add)
+}
+
+/// Portable [`MicroKernelStream`]: the panel copied from its source rows (if
+/// asked), then [`micro_kernel_scalar`] or [`micro_kernel_rows_scalar`] on it;
+/// prefetches nothing.
+///
+/// # Safety
+/// As [`MicroKernelStream`].
+pub unsafe fn micro_kernel_stream_scalar(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool) {
+    if !b.src.is_null() {
+        for kk in 0..kc {
+            core::ptr::copy_nonoverlapping(b.src.add(kk * b.ld), b.panel.add(kk * NR), NR);
+        }
+    }
+    if lda == 0 {
+        scalar_tile(kc, ap, 1, MR, b.panel, c, ldc, add)
+    } else {
+        scalar_tile(kc, ap, lda, 1, b.panel, c, ldc, add)
+    }
 }
 
 /// Portable micro-kernel (the reference for the SIMD ones); see [`MicroKernel`].

@@ -63,6 +63,10 @@ pub struct Kernels {
     /// one block need not pack A), bit-identical to it. `None` where the
     /// table has no such kernel (A is then packed).
     pub gemm_micro_rows: Option<gemm::MicroKernelRows>,
+    /// [`Self::gemm_micro`] packing k-major f32 B as it goes (numpy's right
+    /// operand), bit-identical to packing it first. `None` where the table has
+    /// no such kernel (B is then packed in a pass of its own).
+    pub gemm_micro_stream: Option<gemm::MicroKernelStream>,
     /// [`Self::gemm_micro`] reading f16 B panels in place (resident float
     /// weights, [`panels`]), bit-identical to it on the widened panels. `None`
     /// where the table has no such kernel.

@@ -19,6 +19,7 @@ pub static KERNELS: Kernels = Kernels {
     matmul_f32,
     gemm_micro: crate::gemm::micro_kernel_scalar,
     gemm_micro_rows: Some(crate::gemm::micro_kernel_rows_scalar),
+    gemm_micro_stream: Some(crate::gemm::micro_kernel_stream_scalar),
     gemm_pack_b: crate::gemm::pack_b,
     quantize_act: crate::quant::quantize_act,
     vec_dot: crate::quant::vec_dot,

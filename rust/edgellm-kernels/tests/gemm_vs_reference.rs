@@ -1,9 +1,10 @@
 //! Packed GEMM on every supported micro-kernel against an f64 reference, for f32,
 //! f16 and bf16 weights, on odd shapes that exercise every edge (partial panels,
 //! partial k-blocks, several B blocks); A read in place (one k-block) against
-//! A packed, bit for bit.
+//! A packed, and k-major f32 B (packed as the product goes, where the table
+//! streams it) against row-major, bit for bit.
 
-use edgellm_kernels::gemm::{gemm_packed, pack_a, pack_b, AOperand, BRows, GemmScratch, MR, NR};
+use edgellm_kernels::gemm::{gemm_packed, pack_a, pack_b, AOperand, BRows, BStream, GemmScratch, MR, NR};
 use edgellm_kernels::{bf16, f16, Isa, Kernels};
 use proptest::prelude::*;
 
@@ -24,6 +25,7 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
     let ldc = w + 2;
     for isa in Isa::supported() {
         let kern = Kernels::for_isa(isa).unwrap();
+        let mut f32_rows: Option<Vec<f32>> = None;
         for (name, rows, widened) in [
             ("f32", BRows::F32(&b), b.clone()),
             (
@@ -53,6 +55,17 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
                 ldc,
                 &mut GemmScratch::default(),
             );
+            // The same B values in the same order: k-major B (streamed) gives
+            // row-major B's bits.
+            match (&rows, &f32_rows) {
+                (BRows::F32(_), _) => f32_rows = Some(c.clone()),
+                (BRows::F32Cols { .. }, Some(want)) => assert!(
+                    c.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan()),
+                    "{} {n}x{m}x{k}: k-major B differs from row-major",
+                    isa.name()
+                ),
+                _ => {}
+            }
             if let Some(in_place) = AOperand::rows(kern, &a, n, k) {
                 let mut got = vec![f32::NAN; c.len()];
                 gemm_packed(kern, in_place, rows, j0, j1, &mut got, ldc, &mut GemmScratch::default());
@@ -100,6 +113,9 @@ fn gemm_edges() {
         // Several chunks of A panels, the last panel partial.
         (100, 40, 300),
         (97, 20, 512),
+        // Several chunks, k-blocks and B blocks, whole and partial panels.
+        (200, 300, 1100),
+        (101, 272, 40),
     ] {
         check(n, m, k, (n * 31 + m * 7 + k) as u64);
     }
@@ -223,6 +239,54 @@ fn micro_kernel_stores_and_adds_in_place() {
                             "{} kc={kc} add={add} at {i}: {g} vs {w}",
                             isa.name()
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every streaming micro-kernel against its table's plain one on the packed
+/// panel, bit for bit: A packed and in place, B read from the panel or from
+/// k-major source rows (then written to the panel: the packer's values), with
+/// and without rows to fetch ahead.
+#[test]
+fn stream_kernel_matches_the_packed_panel() {
+    for kc in [1usize, 7, 64, 512] {
+        let ld = NR + 9;
+        let src = data(kc as u64 + 5, kc * ld);
+        // The panel the packer makes of those rows.
+        let panel: Vec<f32> = (0..kc * NR).map(|i| src[i / NR * ld + i % NR]).collect();
+        let lda = kc + 3;
+        let rows = data(kc as u64 + 11, MR * lda);
+        let packed_a: Vec<f32> = (0..kc * MR).map(|i| rows[i % MR * lda + i / MR]).collect();
+        let ldc = NR + 5;
+        let base = data(3, MR * ldc);
+        for isa in Isa::supported() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let Some(stream) = kern.gemm_micro_stream else { continue };
+            for add in [false, true] {
+                let mut want = base.clone();
+                // SAFETY: full panels; MR rows of NR at stride ldc fit.
+                unsafe { (kern.gemm_micro)(kc, packed_a.as_ptr(), panel.as_ptr(), want.as_mut_ptr(), ldc, add) };
+                for (a_ptr, a_ld) in [(packed_a.as_ptr(), 0), (rows.as_ptr(), lda)] {
+                    for from_src in [false, true] {
+                        for ahead_rows in [0usize, 1, kc] {
+                            let mut out = if from_src { vec![f32::NAN; kc * NR] } else { panel.clone() };
+                            let b = BStream {
+                                panel: out.as_mut_ptr(),
+                                src: if from_src { src.as_ptr() } else { core::ptr::null() },
+                                ld,
+                                ahead: src.as_ptr(),
+                                ahead_rows,
+                            };
+                            let mut got = base.clone();
+                            // SAFETY: as above; `out` holds the panel, `src` its rows.
+                            unsafe { stream(kc, a_ptr, a_ld, &b, got.as_mut_ptr(), ldc, add) };
+                            let what = format!("{} kc={kc} add={add} lda={a_ld} from_src={from_src} ahead={ahead_rows}", isa.name());
+                            assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{what}: tile differs");
+                            assert!(out.iter().zip(&panel).all(|(g, w)| g.to_bits() == w.to_bits()), "{what}: panel differs");
+                        }
                     }
                 }
             }

@@ -43,6 +43,7 @@ const NEON: Kernels = Kernels {
     matmul_f32,
     gemm_micro: super::gemm_neon::micro_kernel,
     gemm_micro_rows: None,
+    gemm_micro_stream: None,
     gemm_pack_b: crate::gemm::pack_b,
     quantize_act: super::quant_neon::quantize_act,
     vec_dot: super::quant_neon::vec_dot::<{ super::quant_neon::PLAIN }>,

@@ -21,6 +21,7 @@ pub static KERNELS: Kernels = Kernels {
     matmul_f32,
     gemm_micro: super::gemm_avx2::micro_kernel,
     gemm_micro_rows: Some(super::gemm_avx2::micro_kernel_rows),
+    gemm_micro_stream: Some(super::gemm_avx2::micro_kernel_stream),
     gemm_pack_b: super::gemm_avx2::pack_b,
     gemm_micro_f16: Some(super::gemm_avx2::micro_kernel_f16),
     gemm_micro_bf16: Some(super::gemm_avx2::micro_kernel_bf16),

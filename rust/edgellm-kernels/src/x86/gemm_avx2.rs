@@ -1,9 +1,10 @@
 //! AVX2+FMA GEMM: the 6×16 micro-kernel (12 ymm accumulators; per k step two B
 //! loads, six broadcasts of A and twelve FMAs, the tile added to C in place) and
-//! the B packer, which widens and transposes 8 × 8 tiles of weight rows in
+//! its streaming twin, which packs k-major f32 B as it goes (see
+//! [`crate::gemm::MicroKernelStream`]), and the B packer, which widens and transposes 8 × 8 tiles of weight rows in
 //! registers (a value-by-value scatter cost ~10% of an f16 prefill).
 
-use crate::gemm::{check_pack_b, BRows, MR, NR};
+use crate::gemm::{check_pack_b, BRows, BStream, MR, NR};
 use crate::x86::simd::Elem;
 use core::arch::x86_64::*;
 use half::{bf16, f16};
@@ -11,43 +12,69 @@ use half::{bf16, f16};
 /// See [`crate::gemm::MicroKernel`]; only reachable through the AVX2 table.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn micro_kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
-    micro::<f32, false>(kc, ap, 0, bp, c, ldc, add)
+    micro::<f32, false, false>(kc, ap, 0, bp, &NO_STREAM, c, ldc, add)
 }
 
 /// See [`crate::gemm::MicroKernelRows`]: [`micro_kernel`] reading A's rows in
 /// place, `lda` apart; only reachable through the AVX2 table.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn micro_kernel_rows(kc: usize, ap: *const f32, lda: usize, bp: *const f32, c: *mut f32, ldc: usize, add: bool) {
-    micro::<f32, true>(kc, ap, lda, bp, c, ldc, add)
+    micro::<f32, true, false>(kc, ap, lda, bp, &NO_STREAM, c, ldc, add)
 }
+
+/// See [`crate::gemm::MicroKernelStream`]; only reachable through the AVX2 table.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn micro_kernel_stream(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool) {
+    match lda {
+        0 => micro::<f32, false, true>(kc, ap, 0, b.panel, b, c, ldc, add),
+        _ => micro::<f32, true, true>(kc, ap, lda, b.panel, b, c, ldc, add),
+    }
+}
+
+/// The plain kernels' (unused) stream.
+const NO_STREAM: BStream = BStream {
+    panel: core::ptr::null_mut(),
+    src: core::ptr::null(),
+    ld: 0,
+    ahead: core::ptr::null(),
+    ahead_rows: 0,
+};
 
 /// [`micro_kernel`] on f16 B panels (resident weights), widened per load (F16C).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro_kernel_f16(kc: usize, ap: *const f32, bp: *const f16, c: *mut f32, ldc: usize, add: bool) {
-    micro::<_, false>(kc, ap, 0, bp, c, ldc, add)
+    micro::<_, false, false>(kc, ap, 0, bp, &NO_STREAM, c, ldc, add)
 }
 
 /// [`micro_kernel`] on bf16 B panels (resident weights), widened per load.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro_kernel_bf16(kc: usize, ap: *const f32, bp: *const bf16, c: *mut f32, ldc: usize, add: bool) {
-    micro::<_, false>(kc, ap, 0, bp, c, ldc, add)
+    micro::<_, false, false>(kc, ap, 0, bp, &NO_STREAM, c, ldc, add)
 }
 
 /// The 6×16 tile over B panels of `E`: the same FMAs in the same order whatever
 /// `E` and A's layout, so the widened types give what the f32 kernel gives on
 /// widened panels, and A read in place what packed A gives. A's value `(r, kk)`
 /// is at `ap[r * lda + kk]` for `ROWS` (row-major, in place), else at
-/// `ap[kk * MR + r]` (packed).
+/// `ap[kk * MR + r]` (packed). With `STREAM`, `s` says where B comes from (the
+/// panel `bp`, or its source rows, stored to `bp` as they are used) and which
+/// source rows to fetch ahead, one every `kc / ahead_rows` steps.
 #[inline(always)]
-unsafe fn micro<E: Elem, const ROWS: bool>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
     kc: usize,
     ap: *const f32,
     lda: usize,
     bp: *const E,
+    s: &BStream,
     c: *mut f32,
     ldc: usize,
     add: bool,
 ) {
+    let packing = STREAM && !s.src.is_null();
+    let (src, ld) = if packing { (s.src, s.ld) } else { (core::ptr::null(), 0) };
+    let every = if STREAM { (kc / s.ahead_rows.max(1)).max(1) } else { 1 };
+    let (mut ahead, mut left, mut wait) = (s.ahead, s.ahead_rows, every);
     // The C tile is read (or written) only after the k loop, far beyond the
     // out-of-order window: fetch its lines now (for large outputs they come from
     // L3 or memory, and the exposed misses cost up to a quarter of the time).
@@ -57,8 +84,26 @@ unsafe fn micro<E: Elem, const ROWS: bool>(
     }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for kk in 0..kc {
-        let b0 = E::load8(bp.add(kk * NR));
-        let b1 = E::load8(bp.add(kk * NR + 8));
+        let (b0, b1) = if packing {
+            // E is f32 here (the stream kernel's panels).
+            let (row, to) = (src.add(kk * ld), (bp as *mut f32).add(kk * NR));
+            let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+            _mm256_storeu_ps(to, b0);
+            _mm256_storeu_ps(to.add(8), b1);
+            (b0, b1)
+        } else {
+            (E::load8(bp.add(kk * NR)), E::load8(bp.add(kk * NR + 8)))
+        };
+        if STREAM && left > 0 {
+            wait -= 1;
+            if wait == 0 {
+                // A row's 16 values span one or two lines.
+                _mm_prefetch::<_MM_HINT_T1>(ahead as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(NR - 1) as *const i8);
+                ahead = ahead.wrapping_add(s.ld);
+                (left, wait) = (left - 1, every);
+            }
+        }
         for (r, cr) in acc.iter_mut().enumerate() {
             let at = if ROWS { ap.add(r * lda + kk) } else { ap.add(kk * MR + r) };
             let av = _mm256_broadcast_ss(&*at);

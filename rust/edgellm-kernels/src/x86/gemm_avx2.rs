@@ -1,8 +1,9 @@
 //! AVX2+FMA GEMM: the 6×16 micro-kernel (12 ymm accumulators; per k step two B
-//! loads, six broadcasts of A and twelve FMAs, the tile added to C in place) and
+//! loads, six broadcasts of A and twelve FMAs, the tile added to C in place),
 //! its streaming twin, which packs k-major f32 B as it goes (see
-//! [`crate::gemm::MicroKernelStream`]), and the B packer, which widens and transposes 8 × 8 tiles of weight rows in
-//! registers (a value-by-value scatter cost ~10% of an f16 prefill).
+//! [`crate::gemm::MicroKernelStream`]), and the B packer, which widens and
+//! transposes 8 × 8 tiles of weight rows in registers (a value-by-value scatter
+//! cost ~10% of an f16 prefill).
 
 use crate::gemm::{check_pack_b, BRows, BStream, MR, NR};
 use crate::x86::simd::Elem;
@@ -72,6 +73,7 @@ unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
     add: bool,
 ) {
     let packing = STREAM && !s.src.is_null();
+    debug_assert!(!packing || core::mem::size_of::<E>() == 4, "streams pack f32 panels");
     let (src, ld) = if packing { (s.src, s.ld) } else { (core::ptr::null(), 0) };
     let every = if STREAM { (kc / s.ahead_rows.max(1)).max(1) } else { 1 };
     let (mut ahead, mut left, mut wait) = (s.ahead, s.ahead_rows, every);

@@ -495,8 +495,8 @@ impl<E> Tiles<'_, E> {
         }
     }
 
-    /// Panel `p` of k-block `kb` as [`MicroKernelStream`] takes it: a pointer
-    /// and A's row stride, 0 for packed.
+    /// Panel `p` of k-block `kb`: a pointer and A's row stride, 0 for packed
+    /// (as [`MicroKernelStream`] takes it).
     fn a_tile(&self, kb: usize, p: usize) -> (*const f32, usize) {
         match *self {
             Tiles::Packed(pa, _) => (pa.block(kb, p).as_ptr(), 0),
@@ -512,15 +512,11 @@ impl<E> Tiles<'_, E> {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(&self, kb: usize, kc: usize, p: usize, bq: *const E, c: *mut f32, ldc: usize, add: bool) {
+        let (ap, lda) = self.a_tile(kb, p);
         match *self {
-            Tiles::Packed(pa, micro) => micro(kc, pa.block(kb, p).as_ptr(), bq, c, ldc, add),
-            Tiles::Rows { a, rows, packed, last } => {
-                if (p + 1) * MR <= a.n {
-                    rows(kc, a.a.as_ptr().add(p * MR * a.k), a.k, bq, c, ldc, add)
-                } else {
-                    packed(kc, last.as_ptr(), bq, c, ldc, add)
-                }
-            }
+            Tiles::Packed(_, micro) => micro(kc, ap, bq, c, ldc, add),
+            Tiles::Rows { rows, .. } if lda > 0 => rows(kc, ap, lda, bq, c, ldc, add),
+            Tiles::Rows { packed, .. } => packed(kc, ap, bq, c, ldc, add),
         }
     }
 

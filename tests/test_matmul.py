@@ -117,6 +117,21 @@ def test_cli_bench_gemm_reports_ratios():
     assert [r["n"] for r in rows] == [64, 96]
     for r in rows:
         assert r["edgellm_gflops"] > 0 and r["numpy_gflops"] > 0 and r["max_rel_diff"] < 1e-4
+        lo, hi = r["paired_range"]
+        assert 0 < lo <= r["paired_ratio"] <= hi
+
+
+def test_cli_bench_gemm_table_shows_the_paired_ratio():
+    out = subprocess.run(
+        [sys.executable, "-m", "edgellm", "bench", "--gemm", "48", "-t", "1", "-r", "3"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    head, row = out.strip().splitlines()
+    assert "paired (range)" in head
+    n, ours, theirs, ratio, paired, rng = row.split()
+    assert n == "48" and float(ours) > 0 and float(theirs) > 0 and ratio.endswith("x") and paired.endswith("x")
+    lo, hi = (float(x) for x in rng.strip("()").split("-"))
+    assert lo <= float(paired[:-1]) + 0.005 and float(paired[:-1]) <= hi + 0.005
 
 
 def test_bandwidth_probe_measures_and_rejects_bad_arguments():

@@ -288,9 +288,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(rows, indent=2))
             return 0
-        print(f"{'n':>6} {'edgellm GFLOP/s':>16} {'numpy GFLOP/s':>14} {'ratio':>7}")
+        print(f"{'n':>6} {'edgellm GFLOP/s':>16} {'numpy GFLOP/s':>14} {'ratio':>7} {'paired (range)':>22}")
         for r in rows:
-            print(f"{r['n']:>6} {r['edgellm_gflops']:>16.1f} {r['numpy_gflops']:>14.1f} {r['ratio']:>6.2f}x")
+            lo, hi = r["paired_range"]
+            paired = f"{r['paired_ratio']:.2f}x ({lo:.2f}-{hi:.2f})"
+            print(f"{r['n']:>6} {r['edgellm_gflops']:>16.1f} {r['numpy_gflops']:>14.1f} {r['ratio']:>6.2f}x {paired:>22}")
         return 0
     model = _load(a)
     r = bench.run(model, prompt_tokens=a.p, gen_tokens=a.n, reps=a.reps)

@@ -54,9 +54,8 @@ pub type MicroKernelRowsOf<E> =
     unsafe fn(kc: usize, ap: *const f32, lda: usize, bp: *const E, c: *mut f32, ldc: usize, add: bool);
 
 /// The B side of a [`MicroKernelStream`] tile: the `kc × NR` panel at `panel`,
-/// read from there or, when `src` is not null, read from k-major source rows
-/// (row `kk`'s `NR` values at `src + kk · ld`) and written there as it is used;
-/// and `ahead_rows` source rows (`ahead + i · ld`, `NR` values each) to fetch
+/// read from there, first copied there from k-major source rows (row `kk`'s
+/// `NR` values at `src + kk · ld`) when `src` is not null; and `ahead_rows` source rows (`ahead + i · ld`, `NR` values each) to fetch
 /// into L2 for a later tile, spread over the k loop.
 #[derive(Clone, Copy)]
 pub struct BStream {

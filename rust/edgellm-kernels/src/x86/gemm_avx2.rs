@@ -1,6 +1,6 @@
 //! AVX2+FMA GEMM: the 6×16 micro-kernel (12 ymm accumulators; per k step two B
 //! loads, six broadcasts of A and twelve FMAs, the tile added to C in place),
-//! its streaming twin, which packs k-major f32 B as it goes (see
+//! its streaming twin, which may first copy its panel from k-major f32 B (see
 //! [`crate::gemm::MicroKernelStream`]), and the B packer, which widens and
 //! transposes 8 × 8 tiles of weight rows in registers (a value-by-value scatter
 //! cost ~10% of an f16 prefill).
@@ -57,9 +57,9 @@ pub unsafe fn micro_kernel_bf16(kc: usize, ap: *const f32, bp: *const bf16, c: *
 /// `E` and A's layout, so the widened types give what the f32 kernel gives on
 /// widened panels, and A read in place what packed A gives. A's value `(r, kk)`
 /// is at `ap[r * lda + kk]` for `ROWS` (row-major, in place), else at
-/// `ap[kk * MR + r]` (packed). With `STREAM`, `s` says where B comes from (the
-/// panel `bp`, or its source rows, stored to `bp` as they are used) and which
-/// source rows to fetch ahead, one every `kc / ahead_rows` steps.
+/// `ap[kk * MR + r]` (packed). With `STREAM`, `s` says whether the panel `bp`
+/// is first copied from source rows, and which source rows to fetch ahead,
+/// one every `kc / ahead_rows` steps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
@@ -72,11 +72,6 @@ unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
     ldc: usize,
     add: bool,
 ) {
-    let packing = STREAM && !s.src.is_null();
-    debug_assert!(!packing || core::mem::size_of::<E>() == 4, "streams pack f32 panels");
-    let (src, ld) = if packing { (s.src, s.ld) } else { (core::ptr::null(), 0) };
-    let every = if STREAM { (kc / s.ahead_rows.max(1)).max(1) } else { 1 };
-    let (mut ahead, mut left, mut wait) = (s.ahead, s.ahead_rows, every);
     // The C tile is read (or written) only after the k loop, far beyond the
     // out-of-order window: fetch its lines now (for large outputs they come from
     // L3 or memory, and the exposed misses cost up to a quarter of the time).
@@ -84,18 +79,24 @@ unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
         _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + NR - 1) as *const i8);
     }
+    if STREAM && !s.src.is_null() {
+        debug_assert!(core::mem::size_of::<E>() == 4, "streams pack f32 panels");
+        // The panel is copied before the k loop, not inside it: there each
+        // step's FMAs waited on its row, which misses (rows ld apart), so only
+        // the ~10 steps in the out-of-order window overlapped their misses
+        // (the tile took 5-9 plain tiles); a bare copy keeps far more in flight.
+        let to = bp as *mut f32;
+        for kk in 0..kc {
+            let row = s.src.add(kk * s.ld);
+            _mm256_storeu_ps(to.add(kk * NR), _mm256_loadu_ps(row));
+            _mm256_storeu_ps(to.add(kk * NR + 8), _mm256_loadu_ps(row.add(8)));
+        }
+    }
+    let every = if STREAM { (kc / s.ahead_rows.max(1)).max(1) } else { 1 };
+    let (mut ahead, mut left, mut wait) = (s.ahead, s.ahead_rows, every);
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for kk in 0..kc {
-        let (b0, b1) = if packing {
-            // E is f32 here (the stream kernel's panels).
-            let (row, to) = (src.add(kk * ld), (bp as *mut f32).add(kk * NR));
-            let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
-            _mm256_storeu_ps(to, b0);
-            _mm256_storeu_ps(to.add(8), b1);
-            (b0, b1)
-        } else {
-            (E::load8(bp.add(kk * NR)), E::load8(bp.add(kk * NR + 8)))
-        };
+        let (b0, b1) = (E::load8(bp.add(kk * NR)), E::load8(bp.add(kk * NR + 8)));
         if STREAM && left > 0 {
             wait -= 1;
             if wait == 0 {

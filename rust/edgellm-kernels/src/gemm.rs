@@ -55,8 +55,9 @@ pub type MicroKernelRowsOf<E> =
 
 /// The B side of a [`MicroKernelStream`] tile: the `kc × NR` panel at `panel`,
 /// read from there, first copied there from k-major source rows (row `kk`'s
-/// `NR` values at `src + kk · ld`) when `src` is not null; and `ahead_rows` source rows (`ahead + i · ld`, `NR` values each) to fetch
-/// into L2 for a later tile, spread over the k loop.
+/// `NR` values at `src + kk · ld`) when `src` is not null; and `ahead_rows`
+/// source rows (`ahead + i · ld`, `NR` values each) to fetch into L2 for a
+/// later tile, spread over the k loop.
 #[derive(Clone, Copy)]
 pub struct BStream {
     pub panel: *mut f32,

@@ -80,7 +80,7 @@ pub struct BStream {
 /// # Safety
 /// As [`MicroKernel`] (or [`MicroKernelRows`]) for `ap`, `c` and `ldc`;
 /// `b.panel` holds `kc · NR` values (writable when `b.src` is set, which then
-/// holds the `kc` source rows). `b.ahead` need not be valid (a prefetch never
+/// holds the `kc` source rows, `b.ld ≥ NR` apart). `b.ahead` need not be valid (a prefetch never
 /// faults).
 pub type MicroKernelStream =
     unsafe fn(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool);
@@ -780,17 +780,16 @@ pub unsafe fn micro_kernel_rows_scalar(
     scalar_tile(kc, ap, lda, 1, bp, c, ldc, add)
 }
 
-/// Portable [`MicroKernelStream`]: the panel copied from its source rows (if
-/// asked), then [`micro_kernel_scalar`] or [`micro_kernel_rows_scalar`] on it;
-/// prefetches nothing.
+/// Portable [`MicroKernelStream`]: the panel packed from its source rows (if
+/// asked) by [`pack_b`], then [`micro_kernel_scalar`] or
+/// [`micro_kernel_rows_scalar`] on it; prefetches nothing.
 ///
 /// # Safety
 /// As [`MicroKernelStream`].
 pub unsafe fn micro_kernel_stream_scalar(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool) {
-    if !b.src.is_null() {
-        for kk in 0..kc {
-            core::ptr::copy_nonoverlapping(b.src.add(kk * b.ld), b.panel.add(kk * NR), NR);
-        }
+    if !b.src.is_null() && kc > 0 {
+        let rows = BRows::F32Cols { data: std::slice::from_raw_parts(b.src, (kc - 1) * b.ld + NR), ld: b.ld };
+        pack_b(rows, kc, 0, NR, 0, kc, std::slice::from_raw_parts_mut(b.panel, kc * NR));
     }
     if lda == 0 {
         scalar_tile(kc, ap, 1, MR, b.panel, c, ldc, add)

@@ -85,12 +85,8 @@ unsafe fn micro<E: Elem, const ROWS: bool, const STREAM: bool>(
         // step's FMAs waited on its row, which misses (rows ld apart), so only
         // the ~10 steps in the out-of-order window overlapped their misses
         // (the tile took 5-9 plain tiles); a bare copy keeps far more in flight.
-        let to = bp as *mut f32;
-        for kk in 0..kc {
-            let row = s.src.add(kk * s.ld);
-            _mm256_storeu_ps(to.add(kk * NR), _mm256_loadu_ps(row));
-            _mm256_storeu_ps(to.add(kk * NR + 8), _mm256_loadu_ps(row.add(8)));
-        }
+        // The AVX2 table is only handed out with F16C too (pack_cols's features).
+        pack_cols(s.src, s.ld, 0, NR, 0, kc, bp as *mut f32);
     }
     let every = if STREAM { (kc / s.ahead_rows.max(1)).max(1) } else { 1 };
     let (mut ahead, mut left, mut wait) = (s.ahead, s.ahead_rows, every);

@@ -4,7 +4,8 @@
 
 Writes a random-weight TinyLlama-1.1B-shape checkpoint (benches/make_checkpoint.py),
 converts it to GGUF F16 (the converter of scripts/make_gguf_fixtures.py), quantizes
-it with llama.cpp's own quantizer (Q8_0, Q4_0, Q4_K_M), then measures prefill
+it with llama.cpp's own quantizer (Q8_0, Q4_0, Q4_K_M; Q5_K_M and Q6_K with
+--formats), then measures prefill
 (pp) and decode (tg) tokens/s of both engines and reports the ratios and the decode
 speed as a fraction of the memory-bandwidth bound. Needs numpy, safetensors, gguf,
 torch/transformers (converter only) and llama-cpp-python; results go to
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-QUANTS = ("q8_0", "q4_0", "q4_K_M")  # made by llama.cpp's quantizer (tests/llamacpp_quantize.py)
+# The quantized ones made by llama.cpp's quantizer (tests/llamacpp_quantize.py).
+FORMATS = ("f16", "q8_0", "q4_0", "q4_K_M", "q5_K_M", "q6_K")
+DEFAULT_FORMATS = FORMATS[:4]
 
 
 def ensure_checkpoint(work: Path) -> Path:
@@ -48,7 +51,7 @@ def ensure_checkpoint(work: Path) -> Path:
     return hf
 
 
-def ensure_gguf(work: Path, hf: Path) -> dict:
+def ensure_gguf(work: Path, hf: Path, formats) -> dict:
     files = {"f16": work / "tinyllama-f16.gguf"}
     if not files["f16"].exists():
         spec = importlib.util.spec_from_file_location("conv", ROOT / "scripts" / "make_gguf_fixtures.py")
@@ -59,7 +62,7 @@ def ensure_gguf(work: Path, hf: Path) -> dict:
     spec = importlib.util.spec_from_file_location("llamacpp_quantize", ROOT / "tests" / "llamacpp_quantize.py")
     lq = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lq)
-    for name in QUANTS:
+    for name in (f for f in formats if f != "f16"):
         out = work / f"tinyllama-{name}.gguf"
         files[name] = out
         if not out.exists():
@@ -127,7 +130,7 @@ def main() -> None:
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", "--reps", type=int, default=3)
-    ap.add_argument("--formats", nargs="*", default=["f16", "q8_0", "q4_0", "q4_K_M"])
+    ap.add_argument("--formats", nargs="*", default=list(DEFAULT_FORMATS), choices=FORMATS)
     ap.add_argument("--isa", help="edgellm's kernel path (e.g. avx2: what a Zen 3 runs; llama.cpp keeps its native build)")
     a = ap.parse_args()
     from edgellm.bench import bandwidth_probe
@@ -135,7 +138,7 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     hf = ensure_checkpoint(work)
-    files = ensure_gguf(work, hf)
+    files = ensure_gguf(work, hf, a.formats)
     vocab = 512  # the spm test vocabulary; any id below it is a valid token for both
     rows, probes = [], []
     for fmt in a.formats:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Union
 
 # llama_ftype values (llama.h)
-FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_K_M": 15}
+FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_K_M": 15, "q5_K_M": 17, "q6_K": 18}
 
 
 def quantize(src: Union[str, Path], dst: Union[str, Path], fmt: str, threads: int = 2) -> Path:

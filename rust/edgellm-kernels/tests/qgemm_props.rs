@@ -113,12 +113,51 @@ proptest! {
 /// Larger shapes than the property test (several token passes, long rows).
 #[test]
 fn gemm_q_long_rows_and_many_tokens() {
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
         let nb = 4096 / ty.block_elems() + 1;
         check(ty, 19, 9, nb, 11, false);
     }
     // More tokens than one pass over the panels holds (q8_K rows of 16 blocks: 4.6 KiB).
     check(GgmlType::Q4K, 9, 37, 16, 5, false);
+}
+
+/// The largest quants against activations of -128 (a constant -1 row), where
+/// the i16 pair sums of a sub-block come nearest to overflowing: every quant
+/// byte (and q5_K's and q6_K's high bits) set, scales random. Bit-identical to
+/// the scalar `vec_dot` wherever `bit_exact` says so.
+#[test]
+fn gemm_q_extreme_quants() {
+    // The bytes of each block holding quants (nibbles, high bits).
+    for (ty, quants) in [(GgmlType::Q4K, 16..144), (GgmlType::Q5K, 16..176), (GgmlType::Q6K, 0..192), (GgmlType::Q4_0, 2..18)] {
+        let (rows, nb) = (9, 3);
+        let k = nb * ty.block_elems();
+        let mut w = Rng::new(3).weight_rows(ty, rows, nb, true);
+        for blk in w.chunks_exact_mut(ty.block_bytes()) {
+            blk[quants.clone()].fill(0xFF);
+        }
+        let ab = act_row_bytes(ty, k).unwrap();
+        let mut acts = vec![0u8; 2 * ab];
+        quant::quantize_act(ty, &vec![-1.0; k], &mut acts[..ab]);
+        quant::quantize_act(ty, &vec![1.0; k], &mut acts[ab..]);
+        let qa = QActs::new(ty, k, acts.clone());
+        let rb = ty.row_bytes(k).unwrap();
+        for kern in paths() {
+            let mut out = vec![0f32; 2 * rows];
+            (kern.gemm_q)(&w, &qa, &mut out, rows, &mut QGemmScratch::default());
+            for t in 0..2 {
+                for j in 0..rows {
+                    let (o, a) = (out[t * rows + j], &acts[t * ab..(t + 1) * ab]);
+                    let reference = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], a, k);
+                    let (e64, tol) = f64_dot_and_tol(ty, &w[j * rb..(j + 1) * rb], a, k);
+                    let what = format!("{} {} (row {j}, token {t})", kern.isa.name(), ty.name());
+                    if qgemm::bit_exact(kern.isa, ty) {
+                        assert_eq!(o.to_bits(), reference.to_bits(), "{what}: gemm_q {o} vs scalar vec_dot {reference}");
+                    }
+                    assert!((o as f64 - e64).abs() <= tol, "{what}: gemm_q {o} vs f64 {e64} (tol {tol})");
+                }
+            }
+        }
+    }
 }
 
 #[test]

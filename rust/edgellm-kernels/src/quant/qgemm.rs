@@ -415,7 +415,7 @@ pub(crate) fn gemm_q_with(
 }
 
 /// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2 and
-/// AVX-512: q4_0, q8_0, q4_K, q6_K; the NEON levels: q4_0, q8_0). Without one, the SIMD tables loop
+/// AVX-512: q4_0, q8_0, q4_K, q5_K, q6_K; the NEON levels: q4_0, q8_0). Without one, the SIMD tables loop
 /// their `vec_dot` over (row, token) pairs: correct, but for prompts slower than
 /// dequantizing the weights into the f32 GEMM.
 pub fn has_fast_path(isa: crate::Isa, ty: GgmlType) -> bool {
@@ -474,8 +474,9 @@ pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {
             sc: 0,
             sc2: 0,
         },
-        // quants 2048, d 32, dmin 32, scales 8 × 32, mins 8 × 32
-        Q4K => PanelLayout {
+        // quants 2048, d 32, dmin 32, scales 8 × 32, mins 8 × 32 (q5_K's
+        // quants are a byte each too)
+        Q4K | Q5K => PanelLayout {
             stride: q(256) + 64 + 512,
             elems: 256,
             d: q(256),
@@ -500,8 +501,8 @@ pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {
 /// [`PANEL`], missing rows packed as zeros) into `out` in the interleaved layout
 /// of [`panel_layout`]`(ty)`: for block `b`, group `g` (elements `4g..4g+4` of the
 /// block), row `r`: byte `b * stride + 32 g + 4 r + i` = quant `4g + i` of row `r`,
-/// unpacked (q4_0 and q4_K: the unsigned nibble; q8_0: the signed byte; q6_K: the
-/// unsigned 6-bit value), followed by the scale tables. Word-at-a-time (4 quants
+/// unpacked (q4_0 and q4_K: the unsigned nibble; q8_0: the signed byte; q5_K
+/// and q6_K: the unsigned 5- or 6-bit value), followed by the scale tables. Word-at-a-time (4 quants
 /// per u32 operation): the packing is a small fraction of the products.
 pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut [u8]) {
     let l = panel_layout(ty).expect("pack_panel: type without a panel layout");
@@ -529,6 +530,20 @@ pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut 
         let wf = |p: *mut u8, v: f32| (p as *mut f32).write_unaligned(v);
         let wh = |p: *mut u8, v: i16| (p as *mut i16).write_unaligned(v);
         let f16 = |p: *const u8| half::f16::from_bits((p as *const u16).read_unaligned()).to_f32();
+        // q4_K's and q5_K's tables of row `r`: d, dmin, and each sub-block's
+        // 6-bit scale and min as i16 pairs.
+        let k_scales = |o: *mut u8, r: usize, blk: *const u8, dmin: usize, scales: usize| {
+            wf(o.add(l.d + 4 * r), f16(blk));
+            wf(o.add(l.dmin + 4 * r), f16(blk.add(dmin)));
+            let scales = core::slice::from_raw_parts(blk.add(scales), 12);
+            for sb in 0..8 {
+                let (sc, m) = scale_min_k4(sb, scales);
+                for h in 0..2 {
+                    wh(o.add(l.sc + 32 * sb + 4 * r + 2 * h), sc as i16);
+                    wh(o.add(l.sc2 + 32 * sb + 4 * r + 2 * h), m as i16);
+                }
+            }
+        };
         for r in 0..rows {
             for b in 0..nb {
                 let blk = w.as_ptr().add(r * rb + b * bb);
@@ -559,16 +574,22 @@ pub(crate) fn pack_panel(ty: GgmlType, w: &[u8], rb: usize, k: usize, out: &mut 
                                 wr(q(16 * j + 8 + i), (v >> 4) & NIB);
                             }
                         }
-                        wf(o.add(l.d + 4 * r), f16(blk));
-                        wf(o.add(l.dmin + 4 * r), f16(blk.add(Q4K_DMIN)));
-                        let scales = core::slice::from_raw_parts(blk.add(Q4K_SCALES), 12);
-                        for sb in 0..8 {
-                            let (sc, m) = scale_min_k4(sb, scales);
-                            for h in 0..2 {
-                                wh(o.add(l.sc + 32 * sb + 4 * r + 2 * h), sc as i16);
-                                wh(o.add(l.sc2 + 32 * sb + 4 * r + 2 * h), m as i16);
+                        k_scales(o, r, blk, Q4K_DMIN, Q4K_SCALES);
+                    }
+                    GgmlType::Q5K => {
+                        // As q4_K, each nibble with its fifth bit: bit 2j of
+                        // qh[l] for the low nibble of qs[32j + l], bit 2j + 1 for
+                        // the high one.
+                        for j in 0..4 {
+                            for i in 0..8 {
+                                let v = rd(blk.add(Q5K_QS + 32 * j + 4 * i));
+                                let h = rd(blk.add(Q5K_QH + 4 * i));
+                                let bit = |b: usize| ((h >> b) & 0x0101_0101) << 4;
+                                wr(q(16 * j + i), (v & NIB) | bit(2 * j));
+                                wr(q(16 * j + 8 + i), ((v >> 4) & NIB) | bit(2 * j + 1));
                             }
                         }
+                        k_scales(o, r, blk, Q5K_DMIN, Q5K_SCALES);
                     }
                     GgmlType::Q6K => {
                         // Element 128n + 32s + l: low nibble of ql[64n + 32(s % 2) + l]
@@ -622,7 +643,7 @@ mod tests {
     fn pack_panel_puts_each_element_in_its_lane() {
         // 5 rows: padding lanes must be zero; 8 rows: every byte is overwritten
         // (the buffer starts as 0xAA garbage and is not cleared for full panels).
-        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K]
+        for (ty, rows) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K]
             .into_iter()
             .flat_map(|t| [(t, 5), (t, 8)])
         {
@@ -656,7 +677,7 @@ mod tests {
                     let deq = match ty {
                         GgmlType::Q4_0 => f(o + l.d + 4 * r) * (v as f32 - 8.0),
                         GgmlType::Q8_0 => f(o + l.d + 4 * r) * (v as i8 as f32),
-                        GgmlType::Q4K => {
+                        GgmlType::Q4K | GgmlType::Q5K => {
                             let sb = j / 32;
                             f(o + l.d + 4 * r) * i16_(o + l.sc + 32 * sb + 4 * r) * v as f32
                                 - f(o + l.dmin + 4 * r) * i16_(o + l.sc2 + 32 * sb + 4 * r)

@@ -116,7 +116,8 @@ unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANE
     match ty {
         GgmlType::Q4_0 => q4_0::<PerCall, T>(x, res),
         GgmlType::Q8_0 => q8_0::<PerCall, T>(x, res),
-        GgmlType::Q4K => q4_k::<T>(x, res),
+        GgmlType::Q4K => q45_k::<T, 8>(x, res),
+        GgmlType::Q5K => q45_k::<T, 4>(x, res),
         GgmlType::Q6K => q6_k::<T>(x, res),
         _ => unreachable!("no AVX2 panel kernel for {}", ty.name()),
     }
@@ -288,8 +289,12 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
     }
 }
 
+/// q4_K and q5_K (the same layout, a byte per quant): per sub-block, the pair
+/// sums of `RUN` groups add up in i16 before `vpmaddwd` by the scales, as many
+/// as cannot overflow (2 · RUN products of a quant and an i8: q4_K's 15 allow
+/// all 8 groups, q5_K's 31 only 4).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let (nb, l) = (x.nb, x.l);
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
@@ -298,17 +303,19 @@ unsafe fn q4_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
         let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
-            let mut s16 = [_mm256_setzero_si256(); T];
-            for g in 0..8 {
-                let w = ld256(wb.add(32 * (8 * sb + g)));
-                for t in 0..T {
-                    let y = bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g));
-                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, y));
-                }
-            }
             let sc = ld256(wb.add(l.sc + 32 * sb));
-            for t in 0..T {
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+            for g0 in (0..8).step_by(RUN) {
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for g in g0..g0 + RUN {
+                    let w = ld256(wb.add(32 * (8 * sb + g)));
+                    for t in 0..T {
+                        let y = bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g));
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, y));
+                    }
+                }
+                for t in 0..T {
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+                }
             }
         }
         let mut mins = [_mm256_setzero_si256(); 8];

@@ -7,7 +7,7 @@
 //! flipping their sign bits (`w + 128`); the `128 · Σ a` this adds per block is
 //! subtracted from the exact integer sum, as q4_0's `8 · Σ a`. The f32 steps are
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
-//! q4_K and q6_K keep the AVX2 tiles.
+//! q4_K, q5_K and q6_K keep the AVX2 tiles.
 
 use super::qgemm_avx2::{bcast4, Avx2Panels, PerCall, ResidentQ4, ResidentQ8, Src};
 use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};

@@ -272,7 +272,7 @@ fn gemv_q_dram() {
     let x = row(1, K);
     let w_f32 = row(2, 64 * K);
     println!("gemv_q, k = {K}, 256 MiB of weights: GB/s (1 thread | 2 threads)");
-    for ty in selected([Q4_0, Q8_0, Q4K, Q6K]) {
+    for ty in selected([Q4_0, Q8_0, Q4K, Q5K, Q6K]) {
         let rb = ty.row_bytes(K).unwrap();
         let rows = (256 << 20) / rb / 16 * 16;
         let w = weight_rows(ty, K, rows, &w_f32);

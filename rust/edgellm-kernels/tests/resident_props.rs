@@ -1,8 +1,8 @@
-//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0/q4_K weights
+//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0/q4_K/q5_K weights
 //! repacked at load) of every instruction set this machine has one on, for
 //! every type the table runs, on random shapes (1..10 tokens, 1..5 panels, odd
 //! block counts; weights quantized from random floats or random bytes, q8_0's
-//! −128 and every 6-bit q4_K scale and min included), bit for bit against the
+//! −128 and every 6-bit q4_K/q5_K scale and min included), bit for bit against the
 //! scalar `vec_dot` of the rows the panels were packed from, and against the
 //! reference `resident::gemm_q_resident`. Outputs past the rows must stay
 //! untouched; packing then unpacking gives the rows back.
@@ -15,7 +15,7 @@ mod common;
 use common::{paths, Rng};
 
 /// The types with a resident layout.
-const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K];
+const TYPES: [GgmlType; 4] = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K];
 
 fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool) {
     let k = nb * ty.block_elems();
@@ -60,9 +60,10 @@ fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool)
         }
     }
     // Every SIMD table (AVX2, AVX-512, the NEON levels) has q4_0 and q8_0
-    // resident kernels; the x86 ones have q4_K's too.
+    // resident kernels; the x86 ones have q4_K's and q5_K's too.
+    let k_quant = matches!(ty, GgmlType::Q4K | GgmlType::Q5K);
     let expected = paths().iter().filter(|k| k.isa != edgellm_kernels::Isa::Scalar).count() > 0
-        && (ty != GgmlType::Q4K || cfg!(target_arch = "x86_64"));
+        && (!k_quant || cfg!(target_arch = "x86_64"));
     if expected {
         assert!(tested > 0, "no table with a resident {} kernel was tested", ty.name());
     }
@@ -80,8 +81,8 @@ proptest! {
         raw in any::<bool>(),
     ) {
         for ty in TYPES {
-            // q4_K blocks hold 256 elements: at most 9 of them.
-            let nb = if ty == GgmlType::Q4K { nb.min(9) } else { nb };
+            // q4_K and q5_K blocks hold 256 elements: at most 9 of them.
+            let nb = if ty.block_elems() == 256 { nb.min(9) } else { nb };
             check(ty, panels, n, nb, seed, raw);
         }
     }
@@ -91,7 +92,45 @@ proptest! {
 #[test]
 fn resident_gemm_many_tokens() {
     for ty in TYPES {
-        check(ty, 3, 150, if ty == GgmlType::Q4K { 8 } else { 64 }, 3, false);
+        check(ty, 3, 150, if ty.block_elems() == 256 { 8 } else { 64 }, 3, false);
+    }
+}
+
+/// The largest quants (every quant byte and q5_K's fifth bits set) against
+/// activations of −128 and of 127, where a sub-block's i16 pair sums come
+/// nearest to overflowing; prompts (widened panels) and decode alike.
+#[test]
+fn resident_gemm_extreme_quants() {
+    for (ty, quants) in [(GgmlType::Q4K, 16..144), (GgmlType::Q5K, 16..176), (GgmlType::Q4_0, 2..18)] {
+        let (nb, n) = (3, 9);
+        let k = nb * ty.block_elems();
+        let mut w = Rng::new(5).weight_rows(ty, 16, nb, true);
+        for blk in w.chunks_exact_mut(ty.block_bytes()) {
+            blk[quants.clone()].fill(0xFF);
+        }
+        let ab = act_row_bytes(ty, k).unwrap();
+        let mut acts = vec![0u8; n * ab];
+        for (t, a) in acts.chunks_exact_mut(ab).enumerate() {
+            quant::quantize_act(ty, &vec![if t % 2 == 0 { -1.0 } else { 1.0 }; k], a);
+        }
+        let mut packed = vec![0u8; w.len()];
+        resident::pack(ty, &w, k, &mut packed);
+        let rb = ty.row_bytes(k).unwrap();
+        for kern in paths() {
+            let Some(gemm) = kern.resident_gemm(ty) else { continue };
+            for tokens in [1, n] {
+                let qa = QActs::new(ty, k, acts[..tokens * ab].to_vec());
+                let mut out = vec![0f32; tokens * 16];
+                gemm(ty, &packed, &qa, &mut out, 16);
+                for t in 0..tokens {
+                    for j in 0..16 {
+                        let dot = quant::vec_dot(ty, &w[j * rb..(j + 1) * rb], &acts[t * ab..(t + 1) * ab], k);
+                        let o = out[t * 16 + j];
+                        assert_eq!(o.to_bits(), dot.to_bits(), "{} {} tokens={tokens} (row {j}, token {t}): {o} vs {dot}", kern.isa.name(), ty.name());
+                    }
+                }
+            }
+        }
     }
 }
 

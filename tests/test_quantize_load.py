@@ -67,9 +67,9 @@ def test_prefill_gemm_agrees_with_decode_gemv(quant, heldout_ids):
     assert abs(chunked - decode) <= 1e-3 * chunked
 
 
-@pytest.mark.parametrize("quant", ["q4_K", "q5_K"])
+@pytest.mark.parametrize("quant", ["q4_K", "q5_K", "q6_K"])
 def test_repacked_k_quant_weights_compute_what_the_rows_do(heldout_ids, quant):
-    """q4_K and q5_K weights repacked at load (`repack="all"`; on x86-64, where
+    """k-quant weights repacked at load (`repack="all"`; on x86-64, where
     the tables have their resident tiles) compute every dot product exactly as
     the scalar reference does, whatever the token count (the kernel tests check
     that bit for bit): a prompt's logits are those of the file layout's integer

@@ -23,7 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("--quant", default=None,
                    help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ..., nf4, fp8_e4m3, fp8_e5m2")
     p.add_argument("--repack", default=None, choices=["auto", "all", "off"],
-                   help="repack weights at load into the kernels' panels (q4_0, q8_0, q4_K and q5_K on x86-64, f32/f16/bf16): auto (mapped from the file, x86-64), all, off")
+                   help="repack weights at load into the kernels' panels (q4_0, q8_0 and the k-quants q4_K, q5_K, q6_K on x86-64, f32/f16/bf16): auto (mapped from the file, x86-64), all, off")
     k = p.add_argument_group("KV cache (an eviction rule x a storage format)")
     k.add_argument("--kv-cache", default=None, choices=["full", "window", "streaming", "h2o"],
                    help="eviction rule (default: full); or a JSON policy via --kv-json")

@@ -364,11 +364,11 @@ def load(
     run by their own kernels with float32 activations).
     ``repack``: weight matrices repacked at load into the kernels' panels
     (same size; a file's pages are then released, so memory is not doubled):
-    q4_0/q8_0 (and q4_K/q5_K on x86-64) into interleaved 8-row panels (results
+    q4_0/q8_0 (and q4_K/q5_K/q6_K on x86-64) into interleaved 8-row panels (results
     identical bit for bit),
     f32/f16/bf16 into the float GEMM's 16-row panels (summed in the GEMM's order
     at every prompt length: a token's logits do not depend on the batch).
-    ``"auto"`` (default: q4_0, q8_0, q4_K, q5_K and float weights mapped from the file, on
+    ``"auto"`` (default: q4_0, q8_0, q4_K, q5_K, q6_K and float weights mapped from the file, on
     x86-64),
     ``"all"`` (also weights quantized at load, whose row copy then stays in
     memory beside the panels; on aarch64, where the NEON panels are not yet timed

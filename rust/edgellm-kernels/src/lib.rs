@@ -107,8 +107,8 @@ pub struct Kernels {
     /// table has no such kernel (weights then stay in the file's layout).
     pub gemm_q_resident: Option<quant::resident::GemmResidentFn>,
     /// The weight types [`Self::gemm_q_resident`] runs (see
-    /// [`Self::resident_gemm`]): q4_0 and q8_0 on every SIMD table, q4_K and
-    /// q5_K on x86.
+    /// [`Self::resident_gemm`]): q4_0 and q8_0 on every SIMD table, q4_K, q5_K
+    /// and q6_K on x86.
     pub gemm_q_resident_types: &'static [quant::GgmlType],
     /// Dequantizes a row of `ty` (`src` whole blocks, `dst` its elements) to f32,
     /// bit-identical to [`quant::dequantize_row`]: the prefill path of weight

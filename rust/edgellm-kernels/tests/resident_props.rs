@@ -1,8 +1,8 @@
-//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0/q4_K/q5_K weights
+//! The resident-panel GEMM (`Kernels::gemm_q_resident`: q4_0/q8_0/q4_K/q5_K/q6_K weights
 //! repacked at load) of every instruction set this machine has one on, for
 //! every type the table runs, on random shapes (1..10 tokens, 1..5 panels, odd
 //! block counts; weights quantized from random floats or random bytes, q8_0's
-//! −128 and every 6-bit q4_K/q5_K scale and min included), bit for bit against the
+//! −128, every 6-bit q4_K/q5_K scale and min and every q6_K scale included), bit for bit against the
 //! scalar `vec_dot` of the rows the panels were packed from, and against the
 //! reference `resident::gemm_q_resident`. Outputs past the rows must stay
 //! untouched; packing then unpacking gives the rows back.
@@ -15,7 +15,7 @@ mod common;
 use common::{paths, Rng};
 
 /// The types with a resident layout.
-const TYPES: [GgmlType; 4] = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K];
+const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool) {
     let k = nb * ty.block_elems();
@@ -60,8 +60,8 @@ fn check(ty: GgmlType, panels: usize, n: usize, nb: usize, seed: u64, raw: bool)
         }
     }
     // Every SIMD table (AVX2, AVX-512, the NEON levels) has q4_0 and q8_0
-    // resident kernels; the x86 ones have q4_K's and q5_K's too.
-    let k_quant = matches!(ty, GgmlType::Q4K | GgmlType::Q5K);
+    // resident kernels; the x86 ones have q4_K's, q5_K's and q6_K's too.
+    let k_quant = ty.block_elems() == 256;
     let expected = paths().iter().filter(|k| k.isa != edgellm_kernels::Isa::Scalar).count() > 0
         && (!k_quant || cfg!(target_arch = "x86_64"));
     if expected {
@@ -96,12 +96,12 @@ fn resident_gemm_many_tokens() {
     }
 }
 
-/// The largest quants (every quant byte and q5_K's fifth bits set) against
+/// The largest quants (every quant byte and q5_K's and q6_K's high bits set) against
 /// activations of −128 and of 127, where a sub-block's i16 pair sums come
 /// nearest to overflowing; prompts (widened panels) and decode alike.
 #[test]
 fn resident_gemm_extreme_quants() {
-    for (ty, quants) in [(GgmlType::Q4K, 16..144), (GgmlType::Q5K, 16..176), (GgmlType::Q4_0, 2..18)] {
+    for (ty, quants) in [(GgmlType::Q4K, 16..144), (GgmlType::Q5K, 16..176), (GgmlType::Q6K, 0..192), (GgmlType::Q4_0, 2..18)] {
         let (nb, n) = (3, 9);
         let k = nb * ty.block_elems();
         let mut w = Rng::new(5).weight_rows(ty, 16, nb, true);
@@ -145,8 +145,8 @@ fn resident_gemm_checks_its_operands() {
         // Not whole panels (7 rows), an output too short, a type without a layout.
         assert!(std::panic::catch_unwind(|| gemm(ty, &[0u8; 126], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 8], 8)).is_err());
         assert!(std::panic::catch_unwind(|| gemm(ty, &[0u8; 144], &QActs::new(ty, 32, vec![0u8; 34]), &mut [0f32; 7], 8)).is_err());
-        let q6k = QActs::new(GgmlType::Q6K, 256, vec![0u8; act_row_bytes(GgmlType::Q6K, 256).unwrap()]);
-        assert!(std::panic::catch_unwind(|| gemm(GgmlType::Q6K, &[0u8; 8 * 210], &q6k, &mut [0f32; 8], 8)).is_err());
+        let q2k = QActs::new(GgmlType::Q2K, 256, vec![0u8; act_row_bytes(GgmlType::Q2K, 256).unwrap()]);
+        assert!(std::panic::catch_unwind(|| gemm(GgmlType::Q2K, &[0u8; 8 * 84], &q2k, &mut [0f32; 8], 8)).is_err());
     }
     // A table without a resident q4_K tile refuses q4_K panels rather than
     // reading them as another type's.

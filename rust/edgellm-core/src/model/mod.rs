@@ -50,7 +50,7 @@ pub struct LoadOptions {
 }
 
 /// Which weights [`Model::load`] repacks into resident panels, where the kernel
-/// table has them: q4_0/q8_0 (and q4_K/q5_K on x86) into
+/// table has them: q4_0/q8_0 (and q4_K/q5_K/q6_K on x86) into
 /// `edgellm_kernels::quant::resident` (each dot the scalar reference's bits:
 /// q4_0/q8_0 results unchanged, q4_K decode no longer summed in another order
 /// than prompts), f32/f16/bf16 into `edgellm_kernels::panels` (summed
@@ -60,10 +60,12 @@ pub struct LoadOptions {
 /// process, median tok/s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Repack {
-    /// Where it costs no memory: q4_0, q8_0, q4_K, q5_K and float weights mapped
-    /// from the file. q4_0 decode +14% AVX-512, +5% AVX2; q8_0 +10%, +9%; Q4_K_M
+    /// Where it costs no memory: q4_0, q8_0, q4_K, q5_K, q6_K and float weights
+    /// mapped from the file. q4_0 decode +14% AVX-512, +5% AVX2; q8_0 +10%, +9%; Q4_K_M
     /// files (their q4_K) +10-19% decode, +9% pp512 AVX2 (2-core Zen 3); Q5_K_M
-    /// (their q5_K) decode +13-15% on one thread, +5-9% on two, pp512 -2..+3%; F16 decode
+    /// (their q5_K) decode +13-15% on one thread, +5-9% on two, pp512 -2..+3%;
+    /// Q6_K decode +20% on one thread, +13% on two, pp512 unchanged, and Q4_K_M
+    /// (its q6_K tensors) decode ~+3%, pp512 +3%; F16 decode
     /// +10%, 4-token prompts +50%, 16-token +70%, 512-token +2%. Loading copies
     /// the weights once into fresh memory (2.2 GB of F16: 0.7-3 s on this VM,
     /// most of it the kernel zeroing new pages). Weights quantized at load are
@@ -99,7 +101,7 @@ impl Repack {
                 cfg!(target_arch = "x86_64")
                     && matches!(
                         t.dtype(),
-                        DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K)
+                        DType::Quant(GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
                             | DType::F32
                             | DType::F16
                             | DType::BF16

@@ -61,14 +61,14 @@ fn with_acts<R>(f: impl FnOnce(&mut [QActs; MAX_GROUP]) -> R) -> R {
 /// Output rows per parallel GEMV work item (for one row, the longest guided
 /// range): about eight per thread, so a slow thread does not hold the others up
 /// (which thread computes a row never changes its value). A multiple of 16, so
-/// that items are whole resident panels (8 rows for q4_0/q8_0/q4_K/q5_K, 16 for
+/// that items are whole resident panels (8 rows for quantized weights, 16 for
 /// float weights).
 fn gemv_chunk(rows: usize) -> usize {
     (rows / (par::threads() * 8)).clamp(16, 1024).next_multiple_of(panels::WIDTH)
 }
 
 /// Output rows per unit of a one-row GEMV's guided ranges: whole resident
-/// panels (8 rows for q4_0/q8_0/q4_K/q5_K, 16 for float weights).
+/// panels (8 rows for quantized weights, 16 for float weights).
 const GEMV_UNIT: usize = panels::WIDTH;
 
 /// The longest guided range, in units, of a one-row GEMV pass over `rows`

@@ -1,14 +1,15 @@
-//! Resident panels: q4_0, q8_0, q4_K and q5_K weights repacked once, at load, into
-//! interleaved 8-row layouts the SIMD kernels read, so that neither decode nor
-//! prefill repacks them per call (see [`super::qgemm`] for the per-call panels).
+//! Resident panels: q4_0, q8_0, q4_K, q5_K and q6_K weights repacked once, at
+//! load, into interleaved 8-row layouts the SIMD kernels read, so that neither
+//! decode nor prefill repacks them per call (see [`super::qgemm`] for the
+//! per-call panels).
 //!
 //! The per-call panels widen every quant to a byte and every scale to f32, twice
 //! the bytes of a q4_0 row: fine for prompts, where a panel is read by hundreds of
 //! tokens from cache, but decode streams every weight from memory once per token.
 //! The resident layouts keep the file's size (144 bytes per q4_0 block of 8 rows,
-//! 272 for q8_0, 1152 per q4_K super-block of 8 rows, 1408 for q5_K) and its
-//! values (nibbles, f16 scales), and only move them. q4_K's and q5_K's are
-//! described in [`q45_k`]; q4_0's and q8_0's:
+//! 272 for q8_0, 1152 per q4_K super-block of 8 rows, 1408 for q5_K, 1680 for
+//! q6_K) and its values (nibbles, f16 scales), and only move them. q4_K's and
+//! q5_K's are described in [`q45_k`], q6_K's in [`q6_k`]; q4_0's and q8_0's:
 //!
 //! - a panel holds rows `8p .. 8p + 8`, the same bytes as those rows on disk,
 //!   as groups of four blocks (the last group may hold fewer, `r`);
@@ -25,14 +26,16 @@
 //!
 //! The kernels ([`crate::Kernels::gemm_q_resident`]) compute, per weight row and
 //! token, block by block, the exact integer dot and `sum + (d_w · d_a) · isum`
-//! (q4_K, q5_K: `- (dmin_w · d_a) · msum` too, as one step): bit-identical to the
-//! scalar [`super::vec_dot`] on the row the panel was packed from, whatever the
-//! tiling or the token count, so decode and prefill agree bit for bit.
+//! (q4_K, q5_K: `- (dmin_w · d_a) · msum` too, as one step; q6_K's −32 offset
+//! is part of `isum`): bit-identical to the scalar [`super::vec_dot`] on the row
+//! the panel was packed from, whatever the tiling or the token count, so decode
+//! and prefill agree bit for bit.
 
 use super::qgemm::{check_gemm_q_rows, QActs, PANEL};
 use super::GgmlType;
 
 pub mod q45_k;
+pub mod q6_k;
 
 /// Weight rows per resident panel.
 pub const ROWS: usize = PANEL;
@@ -46,7 +49,7 @@ pub type GemmResidentFn = fn(ty: GgmlType, w: &[u8], acts: &QActs, out: &mut [f3
 /// Whether weights of `ty` have a resident layout (which tables have kernels
 /// for it: [`crate::Kernels::resident_gemm`]).
 pub fn has_layout(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
 /// Bytes of one block's quants in a panel (8 rows).
@@ -99,8 +102,10 @@ pub(crate) fn block_offsets(nb: usize, qb: usize, b: usize) -> (usize, usize) {
 
 /// One panel: 8 rows (`src`) into `dst`.
 fn pack_panel(ty: GgmlType, src: &[u8], k: usize, dst: &mut [u8]) {
-    if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
-        return q45_k::pack_panel(src, k / 256, ty == GgmlType::Q5K, dst);
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => return q45_k::pack_panel(src, k / 256, ty == GgmlType::Q5K, dst),
+        GgmlType::Q6K => return q6_k::pack_panel(src, k / 256, dst),
+        _ => {}
     }
     let (bb, nb, qb) = (ty.block_bytes(), k / 32, quant_bytes(ty));
     let rb = nb * bb;
@@ -127,8 +132,10 @@ pub fn unpack(ty: GgmlType, packed: &[u8], k: usize, out: &mut [u8]) {
 
 /// One panel back to its 8 rows.
 fn unpack_panel(ty: GgmlType, src: &[u8], k: usize, dst: &mut [u8]) {
-    if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
-        return q45_k::unpack_panel(src, k / 256, ty == GgmlType::Q5K, dst);
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => return q45_k::unpack_panel(src, k / 256, ty == GgmlType::Q5K, dst),
+        GgmlType::Q6K => return q6_k::unpack_panel(src, k / 256, dst),
+        _ => {}
     }
     let (bb, nb, qb) = (ty.block_bytes(), k / 32, quant_bytes(ty));
     let rb = nb * bb;

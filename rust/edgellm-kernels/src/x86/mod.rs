@@ -13,5 +13,6 @@ pub mod qgemm_avx2;
 pub mod qgemm_vnni;
 pub mod quant_avx2;
 mod resident_q45k_avx2;
+mod resident_q6k_avx2;
 mod simd;
 pub mod nf4_fp8_avx2;

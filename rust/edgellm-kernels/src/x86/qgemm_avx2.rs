@@ -12,7 +12,7 @@ use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::simd::{ld256, load_f16, prefetch_lines};
 use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
-use super::resident_q45k_avx2;
+use super::{resident_q45k_avx2, resident_q6k_avx2};
 use core::arch::x86_64::*;
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
@@ -30,7 +30,7 @@ pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32
 }
 
 /// The weight types of the AVX2 (and AVX-512) resident tiles.
-pub(super) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K];
+pub(super) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 impl ResidentKernels for Avx2Panels {
     const TYPES: &'static [GgmlType] = RESIDENT_TYPES;
@@ -53,15 +53,19 @@ impl ResidentKernels for Avx2Panels {
             (GgmlType::Q5K, 3) => resident_q45k_avx2::tile::<3, true>(x, res),
             (GgmlType::Q5K, 2) => resident_q45k_avx2::tile::<2, true>(x, res),
             (GgmlType::Q5K, _) => resident_q45k_avx2::tile::<1, true>(x, res),
+            (GgmlType::Q6K, 4) => resident_q6k_avx2::tile::<4>(x, res),
+            (GgmlType::Q6K, 3) => resident_q6k_avx2::tile::<3>(x, res),
+            (GgmlType::Q6K, 2) => resident_q6k_avx2::tile::<2>(x, res),
+            (GgmlType::Q6K, _) => resident_q6k_avx2::tile::<1>(x, res),
             _ => unreachable!("no resident layout for {}", ty.name()),
         }
     }
 
-    /// q4_0, q4_K and q5_K: the resident tile splits every nibble vector again
-    /// for every tile of 4 tokens (an AND, a shift and an AND per 32 bytes;
-    /// q5_K adds its fifth bits), and q4_K and q5_K decode their scales again.
+    /// All but q8_0: the resident tile splits every nibble vector again for
+    /// every tile of 4 tokens (an AND, a shift and an AND per 32 bytes; q5_K
+    /// and q6_K add their high bits), and the k-quants decode their scales again.
     fn widens(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4K | GgmlType::Q5K)
+        ty != GgmlType::Q8_0
     }
 
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
@@ -69,7 +73,8 @@ impl ResidentKernels for Avx2Panels {
             GgmlType::Q4_0 => widen_q4_0(panel, nb, out),
             GgmlType::Q4K => resident_q45k_avx2::widen::<false>(panel, nb, out),
             GgmlType::Q5K => resident_q45k_avx2::widen::<true>(panel, nb, out),
-            _ => unreachable!("AVX2 widens resident q4_0, q4_K and q5_K panels only"),
+            GgmlType::Q6K => resident_q6k_avx2::widen(panel, nb, out),
+            _ => unreachable!("AVX2 does not widen resident {} panels", ty.name()),
         }
     }
 }

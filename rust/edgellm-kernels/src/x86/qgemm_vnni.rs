@@ -46,7 +46,7 @@ pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32
     qgemm::gemm_q_resident_panels(&VnniPanels(()), ty, w, qa, out, ldo)
 }
 
-/// q4_0 and q8_0 on `vpdpbusd`; q4_K and q5_K as on AVX2.
+/// q4_0 and q8_0 on `vpdpbusd`; the k-quants as on AVX2.
 impl ResidentKernels for VnniPanels {
     const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
 
@@ -59,7 +59,7 @@ impl ResidentKernels for VnniPanels {
     }
 
     fn widens(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4K | GgmlType::Q5K)
+        matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {

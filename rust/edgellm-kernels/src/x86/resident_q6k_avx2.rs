@@ -1,0 +1,189 @@
+//! AVX2 kernels on resident q6_K panels ([`crate::quant::resident::q6_k`]):
+//! the tile of up to 4 tokens (decode, short prompts) and the widening into
+//! the per-call layout, whose tile then serves longer prompts.
+//!
+//! Per half of a super-block and pair of 4-element groups: each 6-bit quant
+//! vector put together from a nibble vector and a high-bit vector (an AND or a
+//! shift and an AND each, then an OR), multiplied with the token's 4
+//! activation bytes, broadcast (`vpmaddubsw`); two groups' pair sums stay in i16
+//! (4 products of a 6-bit quant and an i8: at most 4 · 63 · 128), then
+//! `vpmaddwd` by the sub-block's scales reduces each row to its i32 lane. The
+//! −32 offset of every quant is `32 · Σ scale · bsum` over the activation's
+//! 16-element sums, subtracted from the same i32 sum: the scalar `vec_dot`'s
+//! exact integer, then its float steps, so bit-identical to it.
+
+use super::qgemm_avx2::bcast4;
+use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
+use crate::quant::qgemm::{panel_layout, PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::resident::q6_k::{BLOCK, D, QH, QL, SC};
+use crate::quant::GgmlType;
+use crate::x86::simd::{ld256, load_f16, prefetch_lines};
+use core::arch::x86_64::*;
+use half::f16;
+
+/// Super-blocks ahead of the one being read that the tile prefetches (3.3 KiB).
+const AHEAD: usize = 2;
+
+/// Byte shuffles of a pair's widened scales (i16 lanes `2r + e`: row `r`'s scale
+/// of sub-block `2p + e`, per 128-bit lane): [`EVEN`] gives each row's scale of
+/// sub-block `2p` in both of its lanes, [`ODD`] that of `2p + 1`.
+const EVEN: [u8; 32] = pick(0);
+const ODD: [u8; 32] = pick(2);
+
+const fn pick(at: u8) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    let mut b = 0;
+    while b < 32 {
+        // Byte b of i16 lane b / 2 (within the 128-bit lane): row (b % 16) / 4.
+        m[b] = 4 * ((b % 16) / 4) as u8 + at + (b % 2) as u8;
+        b += 1;
+    }
+    m
+}
+
+/// The scales of sub-blocks `2p` and `2p + 1` of the super-block at `wb`, as
+/// i16 pairs (`(2p, 2p + 1)` per row).
+#[inline(always)]
+unsafe fn scale_pair(wb: *const u8, p: usize) -> __m256i {
+    _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(SC + 16 * p) as *const __m128i))
+}
+
+/// Quarter `s` (elements `128n + 32s + 4i ..`) of the eight rows: nibble vector
+/// `16n + 8 (s % 2) + i` (its high nibbles for `s ≥ 2`) with bits `2s, 2s + 1`
+/// of high-bit vector `8n + i` above them.
+#[inline(always)]
+unsafe fn quants(wb: *const u8, n: usize, s: usize, i: usize) -> __m256i {
+    let low = _mm256_set1_epi8(0x0F);
+    let top = _mm256_set1_epi8(0x30);
+    let l = ld256(wb.add(QL + 32 * (16 * n + 8 * (s % 2) + i)));
+    let h = ld256(wb.add(QH + 32 * (8 * n + i)));
+    // 16-bit shifts: every field is masked after its shift, so no bit crosses bytes.
+    let (l, h) = match s {
+        0 => (_mm256_and_si256(l, low), _mm256_and_si256(_mm256_slli_epi16::<4>(h), top)),
+        1 => (_mm256_and_si256(l, low), _mm256_and_si256(_mm256_slli_epi16::<2>(h), top)),
+        2 => (_mm256_and_si256(_mm256_srli_epi16::<4>(l), low), _mm256_and_si256(h, top)),
+        _ => (_mm256_and_si256(_mm256_srli_epi16::<4>(l), low), _mm256_and_si256(_mm256_srli_epi16::<2>(h), top)),
+    };
+    _mm256_or_si256(l, h)
+}
+
+/// The tile: `res[t][r] = vec_dot(row r, token t)` for `T` tokens.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `x.panel` is a resident q6_K panel of `x.nb`
+/// super-blocks and `x` holds `T` q8_K activation rows of as many.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
+    let (even, odd) = (ld256(EVEN.as_ptr()), ld256(ODD.as_ptr()));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..x.nb {
+        let wb = x.panel.add(b * BLOCK);
+        let ahead = wb.wrapping_add(AHEAD * BLOCK);
+        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+        let mut isum = [_mm256_setzero_si256(); T];
+        for n in 0..2 {
+            // This half's share of a later super-block.
+            prefetch_lines(ahead.wrapping_add(n * BLOCK / 2), BLOCK / 2);
+            for s in 0..4 {
+                // Sub-blocks 8n + 2s (groups i < 4) and 8n + 2s + 1 (i ≥ 4).
+                let p = 4 * n + s;
+                let pair = scale_pair(wb, p);
+                for (half, shuf) in [even, odd].into_iter().enumerate() {
+                    let sc = _mm256_shuffle_epi8(pair, shuf);
+                    for i in (4 * half..4 * half + 4).step_by(2) {
+                        let (w0, w1) = (quants(wb, n, s, i), quants(wb, n, s, i + 1));
+                        for t in 0..T {
+                            let y = ab[t].add(Q8K_QS + 128 * n + 32 * s + 4 * i);
+                            let s16 = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(w0, bcast4(y)),
+                                _mm256_maddubs_epi16(w1, bcast4(y.add(4))),
+                            );
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16, sc));
+                        }
+                    }
+                }
+                // The −32 offset of the pair's 32 quants: 32 · scale · bsum, subtracted.
+                let pair32 = _mm256_slli_epi16::<5>(pair);
+                for t in 0..T {
+                    let off = _mm256_madd_epi16(pair32, bcast4(ab[t].add(Q8K_BSUMS + 4 * p)));
+                    isum[t] = _mm256_sub_epi32(isum[t], off);
+                }
+            }
+        }
+        let d = load_f16(wb.add(D) as *const f16);
+        for t in 0..T {
+            let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[t])));
+        }
+    }
+    for t in 0..T {
+        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+/// A resident q6_K panel of `nb` super-blocks into the per-call layout
+/// (`pack_panel`'s bytes for the same rows): a byte per 6-bit quant, `d` as f32
+/// (exact), each sub-block's scale as i16 pairs, and the scales of each pair
+/// of sub-blocks as i16 pairs.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `panel` is a resident q6_K panel of `nb` super-blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn widen(panel: *const u8, nb: usize, out: &mut [u8]) {
+    let l = panel_layout(GgmlType::Q6K).expect("q6_K has a panel layout");
+    assert!(out.len() >= nb * l.stride, "widen: output too small");
+    let (even, odd) = (ld256(EVEN.as_ptr()), ld256(ODD.as_ptr()));
+    for b in 0..nb {
+        let (wb, o) = (panel.add(b * BLOCK), out.as_mut_ptr().add(b * l.stride));
+        for n in 0..2 {
+            for s in 0..4 {
+                for i in 0..8 {
+                    // Per-call group 32n + 8s + i: elements 128n + 32s + 4i ...
+                    st(o, 32 * (32 * n + 8 * s + i), quants(wb, n, s, i));
+                }
+            }
+        }
+        _mm256_storeu_ps(o.add(l.d) as *mut f32, load_f16(wb.add(D) as *const f16));
+        for p in 0..8 {
+            let pair = scale_pair(wb, p);
+            st(o, l.sc2 + 32 * p, pair);
+            st(o, l.sc + 32 * (2 * p), _mm256_shuffle_epi8(pair, even));
+            st(o, l.sc + 32 * (2 * p + 1), _mm256_shuffle_epi8(pair, odd));
+        }
+    }
+}
+
+/// Stores `v` at `o + at`.
+#[inline(always)]
+unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
+    _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{qgemm::pack_panel, resident};
+
+    /// Widening a resident panel writes the per-call panel of its rows, byte for
+    /// byte (so the per-call tile gives the resident tile's results).
+    #[test]
+    fn widen_writes_what_pack_panel_writes() {
+        if !crate::Isa::Avx2.is_supported() {
+            return;
+        }
+        for nb in [1usize, 2, 5] {
+            let k = 256 * nb;
+            let rb = GgmlType::Q6K.row_bytes(k).unwrap();
+            let rows = resident::tests::rows(GgmlType::Q6K, PANEL, k, 0x9E37_79B9 + nb as u64);
+            let mut res = vec![0u8; rows.len()];
+            resident::pack(GgmlType::Q6K, &rows, k, &mut res);
+            let l = panel_layout(GgmlType::Q6K).unwrap();
+            let (mut want, mut got) = (vec![0x55u8; nb * l.stride], vec![0xAAu8; nb * l.stride]);
+            pack_panel(GgmlType::Q6K, &rows, rb, k, &mut want);
+            // SAFETY: AVX2 checked above; `res` is one resident panel of `nb` super-blocks.
+            unsafe { widen(res.as_ptr(), nb, &mut got) };
+            assert!(want == got, "nb={nb}");
+        }
+    }
+}

@@ -518,3 +518,35 @@ mod pack {
         }
     }
 }
+
+#[cfg(test)]
+mod widen_tests {
+    use super::*;
+
+    /// Widening a resident panel (q4_0, q4_K, q5_K, q6_K) writes the per-call
+    /// panel of its rows, byte for byte, so the per-call tile gives the resident
+    /// tile's results.
+    #[test]
+    fn widen_writes_what_pack_panel_writes() {
+        if !crate::Isa::Avx2.is_supported() {
+            return;
+        }
+        let kern = Avx2Panels(());
+        for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            assert!(kern.widens(ty));
+            for nb in [1usize, 2, 5] {
+                let k = ty.block_elems() * nb;
+                let rb = ty.row_bytes(k).unwrap();
+                let rows = resident::tests::rows(ty, PANEL, k, 0x2545_F491 + nb as u64);
+                let mut res = vec![0u8; rows.len()];
+                resident::pack(ty, &rows, k, &mut res);
+                let l = panel_layout(ty).unwrap();
+                let (mut want, mut got) = (vec![0x55u8; nb * l.stride], vec![0xAAu8; nb * l.stride]);
+                pack_panel(ty, &rows, rb, k, &mut want);
+                // SAFETY: AVX2 checked above; `res` is one resident panel of `nb` blocks.
+                unsafe { kern.widen(ty, res.as_ptr(), nb, &mut got) };
+                assert!(want == got, "{} nb={nb}", ty.name());
+            }
+        }
+    }
+}

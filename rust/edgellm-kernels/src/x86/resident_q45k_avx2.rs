@@ -191,37 +191,3 @@ unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
     _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::quant::{qgemm::pack_panel, resident};
-
-    /// Widening a resident panel writes the per-call panel of its rows, byte for
-    /// byte (so the per-call tile gives the resident tile's results).
-    #[test]
-    fn widen_writes_what_pack_panel_writes() {
-        if !crate::Isa::Avx2.is_supported() {
-            return;
-        }
-        for ty in [GgmlType::Q4K, GgmlType::Q5K] {
-            for nb in [1usize, 2, 5] {
-                let k = 256 * nb;
-                let rb = ty.row_bytes(k).unwrap();
-                let rows = resident::tests::rows(ty, PANEL, k, 0x2545_F491 + nb as u64);
-                let mut res = vec![0u8; rows.len()];
-                resident::pack(ty, &rows, k, &mut res);
-                let l = panel_layout(ty).unwrap();
-                let (mut want, mut got) = (vec![0x55u8; nb * l.stride], vec![0xAAu8; nb * l.stride]);
-                pack_panel(ty, &rows, rb, k, &mut want);
-                // SAFETY: AVX2 checked above; `res` is one resident panel of `nb` super-blocks.
-                unsafe {
-                    match ty {
-                        GgmlType::Q5K => widen::<true>(res.as_ptr(), nb, &mut got),
-                        _ => widen::<false>(res.as_ptr(), nb, &mut got),
-                    }
-                }
-                assert!(want == got, "{} nb={nb}", ty.name());
-            }
-        }
-    }
-}

@@ -160,30 +160,3 @@ unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
     _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::quant::{qgemm::pack_panel, resident};
-
-    /// Widening a resident panel writes the per-call panel of its rows, byte for
-    /// byte (so the per-call tile gives the resident tile's results).
-    #[test]
-    fn widen_writes_what_pack_panel_writes() {
-        if !crate::Isa::Avx2.is_supported() {
-            return;
-        }
-        for nb in [1usize, 2, 5] {
-            let k = 256 * nb;
-            let rb = GgmlType::Q6K.row_bytes(k).unwrap();
-            let rows = resident::tests::rows(GgmlType::Q6K, PANEL, k, 0x9E37_79B9 + nb as u64);
-            let mut res = vec![0u8; rows.len()];
-            resident::pack(GgmlType::Q6K, &rows, k, &mut res);
-            let l = panel_layout(GgmlType::Q6K).unwrap();
-            let (mut want, mut got) = (vec![0x55u8; nb * l.stride], vec![0xAAu8; nb * l.stride]);
-            pack_panel(GgmlType::Q6K, &rows, rb, k, &mut want);
-            // SAFETY: AVX2 checked above; `res` is one resident panel of `nb` super-blocks.
-            unsafe { widen(res.as_ptr(), nb, &mut got) };
-            assert!(want == got, "nb={nb}");
-        }
-    }
-}

@@ -21,7 +21,7 @@ use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::{panel_layout, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::resident::q45_k::{BLOCK, BLOCK5, D, DMIN, HI, LM, LSC, QH, QS};
 use crate::quant::GgmlType;
-use crate::x86::simd::{ld256, load_f16, prefetch_lines};
+use crate::x86::simd::{ld256, load_f16, prefetch_lines, st256};
 use core::arch::x86_64::*;
 use half::f16;
 
@@ -171,23 +171,17 @@ pub(super) unsafe fn widen<const FIVE: bool>(panel: *const u8, nb: usize, out: &
         for j in 0..4 {
             for i in 0..8 {
                 let (wl, wh) = quants::<FIVE>(wb, j, i);
-                st(o, 32 * (16 * j + i), wl);
-                st(o, 32 * (16 * j + 8 + i), wh);
+                st256(o, 32 * (16 * j + i), wl);
+                st256(o, 32 * (16 * j + 8 + i), wh);
             }
         }
         _mm256_storeu_ps(o.add(l.d) as *mut f32, load_f16(wb.add(D) as *const f16));
         _mm256_storeu_ps(o.add(l.dmin) as *mut f32, load_f16(wb.add(DMIN) as *const f16));
         let (sc, mn) = scales_mins(wb);
         for s in 0..8 {
-            st(o, l.sc + 32 * s, pairs(&sc, s));
-            st(o, l.sc2 + 32 * s, pairs(&mn, s));
+            st256(o, l.sc + 32 * s, pairs(&sc, s));
+            st256(o, l.sc2 + 32 * s, pairs(&mn, s));
         }
     }
-}
-
-/// Stores `v` at `o + at`.
-#[inline(always)]
-unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
-    _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
 }
 

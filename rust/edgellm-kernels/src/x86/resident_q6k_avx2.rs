@@ -17,7 +17,7 @@ use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::quant::qgemm::{panel_layout, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::resident::q6_k::{BLOCK, D, QH, QL, SC};
 use crate::quant::GgmlType;
-use crate::x86::simd::{ld256, load_f16, prefetch_lines};
+use crate::x86::simd::{ld256, load_f16, prefetch_lines, st256};
 use core::arch::x86_64::*;
 use half::f16;
 
@@ -140,23 +140,17 @@ pub(super) unsafe fn widen(panel: *const u8, nb: usize, out: &mut [u8]) {
             for s in 0..4 {
                 for i in 0..8 {
                     // Per-call group 32n + 8s + i: elements 128n + 32s + 4i ...
-                    st(o, 32 * (32 * n + 8 * s + i), quants(wb, n, s, i));
+                    st256(o, 32 * (32 * n + 8 * s + i), quants(wb, n, s, i));
                 }
             }
         }
         _mm256_storeu_ps(o.add(l.d) as *mut f32, load_f16(wb.add(D) as *const f16));
         for p in 0..8 {
             let pair = scale_pair(wb, p);
-            st(o, l.sc2 + 32 * p, pair);
-            st(o, l.sc + 32 * (2 * p), _mm256_shuffle_epi8(pair, even));
-            st(o, l.sc + 32 * (2 * p + 1), _mm256_shuffle_epi8(pair, odd));
+            st256(o, l.sc2 + 32 * p, pair);
+            st256(o, l.sc + 32 * (2 * p), _mm256_shuffle_epi8(pair, even));
+            st256(o, l.sc + 32 * (2 * p + 1), _mm256_shuffle_epi8(pair, odd));
         }
     }
-}
-
-/// Stores `v` at `o + at`.
-#[inline(always)]
-unsafe fn st(o: *mut u8, at: usize, v: __m256i) {
-    _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
 }
 

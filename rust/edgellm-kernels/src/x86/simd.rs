@@ -10,6 +10,12 @@ pub(crate) unsafe fn ld256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
+/// Stores `v` at `o + at` (unaligned).
+#[inline(always)]
+pub(crate) unsafe fn st256(o: *mut u8, at: usize, v: __m256i) {
+    _mm256_storeu_si256(o.add(at) as *mut __m256i, v)
+}
+
 /// Bytes ahead of the weights being read that [`stream_ahead`] asks the cache
 /// for: decode GEMVs stream their rows through memory front to back, and one
 /// core's hardware prefetcher alone left the DRAM rate below the kernels'

@@ -88,14 +88,15 @@ pub(crate) fn gemv_q<const L: u8>(ty: GgmlType, w: &[u8], act: &[u8], n: usize, 
 }
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
-/// q4_0 and q8_0: panels of 8 weight rows repacked into the interleaved layout
-/// (see [`quant::qgemm`]) times tiles of up to 4 tokens. Plain and dotprod: per
-/// 4-element group, each token's 4 activation bytes are broadcast and dotted
-/// with 4 rows at once (`sdot`, or `smull` + pairwise adds), so each i32 lane
-/// holds one row. i8mm: the panel is regrouped into row pairs of 8-element runs
-/// and each `smmla` multiplies 2 rows by 2 tokens over 8 elements. All three are
-/// bit-identical to the scalar `vec_dot`. Other types: the NEON `vec_dot` per
-/// (row, token) pair.
+/// q4_0, q8_0, q4_K, q5_K and q6_K: panels of 8 weight rows repacked into the
+/// interleaved layout (see [`quant::qgemm`]) times tiles of up to 4 tokens.
+/// Plain and dotprod: per 4-element group, each token's 4 activation bytes are
+/// broadcast and dotted with 4 rows at once (`sdot`, or `smull` + pairwise
+/// adds), so each i32 lane holds one row (the k-quants in
+/// [`super::qgemm_kquant_neon`]). i8mm, q4_0 and q8_0: the panel is regrouped
+/// into row pairs of 8-element runs and each `smmla` multiplies 2 rows by 2
+/// tokens over 8 elements. All are bit-identical to the scalar `vec_dot`.
+/// Other types: the NEON `vec_dot` per (row, token) pair.
 pub(crate) fn gemm_q<const L: u8>(
     w: &[u8],
     qa: &quant::qgemm::QActs,
@@ -103,11 +104,10 @@ pub(crate) fn gemm_q<const L: u8>(
     ldo: usize,
     s: &mut quant::qgemm::QGemmScratch,
 ) {
-    match qa.ty() {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => {
-            quant::qgemm::gemm_q_panels(&NeonPanels::<L>, w, qa, out, ldo, s)
-        }
-        _ => quant::qgemm::gemm_q_with(vec_dot::<L>, w, qa, out, ldo),
+    if quant::qgemm::has_panel_kernel(qa.ty()) {
+        quant::qgemm::gemm_q_panels(&NeonPanels::<L>, w, qa, out, ldo, s)
+    } else {
+        quant::qgemm::gemm_q_with(vec_dot::<L>, w, qa, out, ldo)
     }
 }
 
@@ -118,7 +118,7 @@ pub(crate) fn gemm_q_resident<const L: u8>(ty: GgmlType, w: &[u8], qa: &quant::q
     quant::qgemm::gemm_q_resident_panels(&NeonPanels::<L>, ty, w, qa, out, ldo)
 }
 
-/// The NEON tile kernels (q4_0, q8_0) of level `L`. Only built by [`gemm_q`]
+/// The NEON tile kernels (q4_0, q8_0; the k-quants') of level `L`. Only built by [`gemm_q`]
 /// and [`gemm_q_resident`], which only the table of that level reaches.
 struct NeonPanels<const L: u8>;
 
@@ -148,7 +148,7 @@ impl<const L: u8> quant::qgemm::PanelKernels for NeonPanels<L> {
         out: &mut [u8],
     ) {
         quant::qgemm::pack_panel(ty, w, rb, k, out);
-        if L == I8MM {
+        if L == I8MM && !is_k_quant(ty) {
             for blk in out.chunks_exact_mut(l.stride).take(k / l.elems) {
                 pair_rows(&mut blk[..32 * quant::qgemm::PANEL]);
             }
@@ -157,11 +157,15 @@ impl<const L: u8> quant::qgemm::PanelKernels for NeonPanels<L> {
 
     unsafe fn tile(
         &self,
-        _ty: GgmlType,
+        ty: GgmlType,
         x: &quant::qgemm::PanelTile,
         tokens: usize,
         res: &mut [[f32; 8]; 4],
     ) {
+        if is_k_quant(ty) {
+            // i8mm CPUs have dotprod; the k-quant panels are not `smmla`'s.
+            return super::qgemm_kquant_neon::tile(ty == GgmlType::Q6K, L != PLAIN, x, tokens, res);
+        }
         match (L, tokens) {
             (I8MM, 3 | 4) => imp::panel_tile_mm::<2>(x, tokens, res),
             (I8MM, _) => imp::panel_tile_mm::<1>(x, tokens, res),
@@ -175,6 +179,12 @@ impl<const L: u8> quant::qgemm::PanelKernels for NeonPanels<L> {
             (_, _) => imp::panel_tile_neon::<1>(x, res),
         }
     }
+}
+
+/// q4_K, q5_K and q6_K: the k-quants with panel tiles
+/// ([`super::qgemm_kquant_neon`]).
+fn is_k_quant(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
 /// Regroups the 256 quant bytes of one packed 32-element block from the
@@ -585,7 +595,7 @@ pub(super) mod imp {
     /// Per 32-bit lane `i`: `acc[i] += Σ_j w[4i + j] · a[4i + j]`, exact (both
     /// variants keep each lane's 4 products in that lane).
     #[inline(always)]
-    unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    pub(in crate::aarch64) unsafe fn dot4<const DOT: bool>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
         if DOT {
             dot16::<true>(acc, w, a)
         } else {

@@ -409,18 +409,12 @@ pub(crate) fn gemm_q_with(
     }
 }
 
-/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (AVX2 and
-/// AVX-512: q4_0, q8_0, q4_K, q5_K, q6_K; the NEON levels: q4_0, q8_0). Without one, the SIMD tables loop
+/// Whether `isa`'s `gemm_q` has an interleaved (panel) kernel for `ty` (every
+/// SIMD table: q4_0, q8_0, q4_K, q5_K, q6_K). Without one, the SIMD tables loop
 /// their `vec_dot` over (row, token) pairs: correct, but for prompts slower than
 /// dequantizing the weights into the f32 GEMM.
 pub fn has_fast_path(isa: crate::Isa, ty: GgmlType) -> bool {
-    match isa {
-        crate::Isa::Scalar => false,
-        crate::Isa::Avx2 | crate::Isa::Avx512 => has_panel_kernel(ty),
-        crate::Isa::Neon | crate::Isa::Dotprod | crate::Isa::I8mm => {
-            matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0)
-        }
-    }
+    isa != crate::Isa::Scalar && has_panel_kernel(ty)
 }
 
 /// Whether `isa`'s `gemm_q` is bit-identical to the scalar `vec_dot` for `ty`:

@@ -197,8 +197,8 @@ impl Linear {
     }
 
     /// Repacks the weight into resident panels when `k` has kernels for them
-    /// (q4_0 and q8_0 with rows a multiple of 8: x86 and NEON tables; q4_K:
-    /// x86; f32, f16 and bf16: see `make_resident_float`), in parallel on the
+    /// (q4_0, q8_0, q4_K, q5_K and q6_K with rows a multiple of 8: every x86
+    /// and NEON table; f32, f16 and bf16: see `make_resident_float`), in parallel on the
     /// current pool. A memory-mapped weight's pages are then released, so the weight is
     /// not held twice. Returns whether it was repacked; the row layout stays
     /// readable (paths without a resident kernel, `forward_dequantized`).

@@ -5,5 +5,6 @@ pub mod gemm_neon;
 pub mod lowbit_neon;
 pub mod quant_neon;
 pub mod qgemm_kquant_neon;
+pub mod resident_kquant_neon;
 pub mod nf4_fp8_neon;
 pub mod panels_neon;

@@ -13,6 +13,7 @@
 //! bit-identical to the scalar reference (`frinta` is C's `roundf`, `frintn`
 //! ggml's `nearest_int`).
 
+use super::resident_kquant_neon::{self, KQuant};
 use crate::quant::{self, GgmlType};
 use core::arch::aarch64::*;
 
@@ -122,8 +123,9 @@ pub(crate) fn gemm_q_resident<const L: u8>(ty: GgmlType, w: &[u8], qa: &quant::q
 /// and [`gemm_q_resident`], which only the table of that level reaches.
 struct NeonPanels<const L: u8>;
 
-/// The weight types of the NEON resident tiles.
-pub(crate) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0];
+/// The weight types of the NEON resident tiles (the k-quants' in
+/// [`super::resident_kquant_neon`]).
+pub(crate) const RESIDENT_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 impl<const L: u8> quant::qgemm::ResidentKernels for NeonPanels<L> {
     const TYPES: &'static [GgmlType] = RESIDENT_TYPES;
@@ -132,6 +134,9 @@ impl<const L: u8> quant::qgemm::ResidentKernels for NeonPanels<L> {
         match ty {
             GgmlType::Q4_0 => imp::resident_tiles::<imp::ResidentQ4>(L != PLAIN, x, tokens, res),
             GgmlType::Q8_0 => imp::resident_tiles::<imp::ResidentQ8>(L != PLAIN, x, tokens, res),
+            GgmlType::Q4K => resident_kquant_neon::tile(KQuant::Q4K, L != PLAIN, x, tokens, res),
+            GgmlType::Q5K => resident_kquant_neon::tile(KQuant::Q5K, L != PLAIN, x, tokens, res),
+            GgmlType::Q6K => resident_kquant_neon::tile(KQuant::Q6K, L != PLAIN, x, tokens, res),
             _ => unreachable!("no NEON resident tile for {}", ty.name()),
         }
     }
@@ -667,7 +672,7 @@ pub(super) mod imp {
 
     /// Eight f16 scales at `p` widened (exactly) with the base-ARMv8 `fcvtl`.
     #[inline(always)]
-    unsafe fn resident_scales(p: *const u8) -> [float32x4_t; 2] {
+    pub(in crate::aarch64) unsafe fn resident_scales(p: *const u8) -> [float32x4_t; 2] {
         let h = vld1q_u16(p as *const u16);
         let (lo, hi): (float32x4_t, float32x4_t);
         asm!(

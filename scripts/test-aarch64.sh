@@ -27,10 +27,12 @@ for cpu in max cortex-a53; do
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu -L /usr/aarch64-linux-gnu"
     echo "== aarch64 kernel tests under qemu -cpu $cpu =="
     cargo test -p edgellm-kernels --tests --target aarch64-unknown-linux-gnu --target-dir target/aarch64
-    # The engine on those tables: every fixture architecture as the scalar
-    # path computes it, and decode steps that allocate nothing.
+    # The engine on those tables: every fixture architecture (and the default
+    # model as q4_K/q5_K/q6_K) as the scalar path computes it, and decode steps
+    # that allocate nothing. Optimised: quantizing at load under emulation is
+    # several times slower unoptimised, and the kernels ran with checks above.
     echo "== aarch64 model tests under qemu -cpu $cpu =="
-    cargo test -p edgellm-core --test isa_paths --target aarch64-unknown-linux-gnu --target-dir target/aarch64
-    EDGELLM_ALLOC_SIMD_ONLY=1 cargo test -p edgellm-core --test decode_allocations \
+    cargo test --release -p edgellm-core --test isa_paths --target aarch64-unknown-linux-gnu --target-dir target/aarch64
+    EDGELLM_ALLOC_SIMD_ONLY=1 cargo test --release -p edgellm-core --test decode_allocations \
         --target aarch64-unknown-linux-gnu --target-dir target/aarch64
 done

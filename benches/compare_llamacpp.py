@@ -59,9 +59,7 @@ def ensure_gguf(work: Path, hf: Path, formats) -> dict:
         spec.loader.exec_module(conv)
         arch = json.loads((hf / "config.json").read_text())["architectures"][0]
         conv.CLASSES[arch](hf, "f16").write(files["f16"], "tinyllama-shape-random")
-    spec = importlib.util.spec_from_file_location("llamacpp_quantize", ROOT / "tests" / "llamacpp_quantize.py")
-    lq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lq)
+    lq = tests_module("llamacpp_quantize")
     for name in (f for f in formats if f != "f16"):
         out = work / f"tinyllama-{name}.gguf"
         files[name] = out
@@ -80,13 +78,21 @@ def bytes_per_token(path: Path) -> int:
     return sum(n for name, n in tensors.items() if tied or name != "token_embd.weight")
 
 
+def tests_module(name: str):
+    """A helper module of tests/ shared with the benches (llama.cpp's quantizer, its loader)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 class LlamaCpp:
     """llama.cpp (llama-cpp-python) on one file: one pp and one tg measurement per call."""
 
     def __init__(self, path: Path, threads: int, pp: int, tg: int, vocab: int):
-        from llama_cpp import Llama
-
-        self.llm = Llama(str(path), n_threads=threads, n_threads_batch=threads, n_batch=pp, n_ubatch=pp,
+        # Without its AMX weight buffers where llama.cpp would use them: they crash
+        # there (tests/llamacpp_model.py); the report says which ran.
+        self.llm = tests_module("llamacpp_model").open_model(path, n_threads=threads, n_threads_batch=threads, n_batch=pp, n_ubatch=pp,
                          n_ctx=max(pp, tg) + 16, verbose=False)
         self.pp, self.tg, self.vocab = pp, tg, vocab
         self.rng = np.random.default_rng(0)
@@ -190,7 +196,7 @@ def main() -> None:
     out = ROOT / "benches" / "out"
     out.mkdir(exist_ok=True)
     report = {"threads": a.threads, "pp": a.p, "tg": a.n, "reps": a.reps, "edgellm_isa": a.isa or "best",
-              "bandwidth_gb_s": max(probes), "rows": rows}
+              "llamacpp_extra_bufts": not tests_module("llamacpp_model").has_amx(), "bandwidth_gb_s": max(probes), "rows": rows}
     (out / "compare_llamacpp.json").write_text(json.dumps(report, indent=2))
     print(f"report in {out / 'compare_llamacpp.json'}")
 

@@ -8,7 +8,8 @@ quantized in a temporary folder by llama.cpp's own quantizer to F16, Q8_0 and Q4
 tied `token_embd.weight`, at q8_0: a 64-wide row is no multiple of 256 for q6_K).
 Every file is then run by both engines on token ids (no tokenizer involved), with
 2 threads and llama.cpp's KV cache in f32 (its default f16 cache alone would move
-f32 logits by ~5e-3):
+f32 logits by ~5e-3), and on AMX CPUs without llama.cpp's AMX weight buffers,
+which crash there (tests/llamacpp_model.py):
 
 * prefill logits of a 48-token prompt;
 * logits of short (< 8 token) sequences;
@@ -60,6 +61,7 @@ import pytest
 
 import edgellm
 from conftest import FIXTURES_DIR
+from llamacpp_model import open_model
 from llamacpp_quantize import quantize
 
 GGUF_DIR = FIXTURES_DIR / "gguf"
@@ -107,8 +109,8 @@ class Engines:
     def __init__(self, path: Path):
         self.path = path
         self.edge = edgellm.load(path, threads=THREADS)
-        self.lc = llama_cpp.Llama(
-            model_path=str(path), n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, logits_all=True,
+        self.lc = open_model(
+            path, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, logits_all=True,
             n_threads=THREADS, n_threads_batch=THREADS, type_k=0, type_v=0,  # GGML_TYPE_F32 KV cache
             verbose=False,
         )

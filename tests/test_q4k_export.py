@@ -96,12 +96,14 @@ def test_q4_k_gguf_runs_in_llamacpp(q4k_dir, tmp_path):
     """llama.cpp loads the exported file; its logits and greedy tokens agree with
     edgellm's on the same GGUF (tolerances of tests/test_llamacpp_parity.py:
     both engines quantize activations to 8 bits, and can round one differently)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from edgellm.calibrate import export_gguf
 
     path = export_gguf(q4k_dir, tmp_path / "m.gguf")
     edge = edgellm.load(path, threads=2)
-    lc = llama_cpp.Llama(str(path), n_ctx=128, n_batch=128, n_ubatch=128, n_threads=2, n_threads_batch=2,
+    from llamacpp_model import open_model
+
+    lc = open_model(path, n_ctx=128, n_batch=128, n_ubatch=128, n_threads=2, n_threads_batch=2,
                          logits_all=True, type_k=0, type_v=0, verbose=False)
     ids = edge.tokenizer.encode(TEXT)[:48]
     lc.eval(ids)

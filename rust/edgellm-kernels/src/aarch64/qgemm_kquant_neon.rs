@@ -17,12 +17,18 @@ use crate::quant::qgemm::PanelTile;
 use core::arch::aarch64::*;
 
 /// Bytes of one q8_K activation block.
-pub(super) const ACT: usize = core::mem::size_of::<BlockQ8K>();
+const ACT: usize = core::mem::size_of::<BlockQ8K>();
 
 /// A 4-byte activation group at `p`, broadcast to the four lanes.
 #[inline(always)]
-pub(super) unsafe fn act4(p: *const u8) -> int8x16_t {
+unsafe fn act4(p: *const u8) -> int8x16_t {
     vreinterpretq_s8_s32(vld1q_dup_s32(p as *const i32))
+}
+
+/// Super-block `b` of the tile's `T` activation rows.
+#[inline(always)]
+pub(super) unsafe fn act_blocks<const T: usize>(x: &PanelTile, b: usize) -> [*const u8; T] {
+    core::array::from_fn(|t| x.row(t).add(ACT * b))
 }
 
 /// The activation's 16-element sum `j` of the super-block at `ab`.
@@ -100,6 +106,36 @@ pub(super) unsafe fn store<const T: usize>(acc: &[[float32x4_t; 2]; T], res: &mu
     }
 }
 
+/// `n` 4-element groups of the eight rows (`w(g)`: rows 0-3, rows 4-7) dotted
+/// with each token's groups at `a[t] + 4g`: per token, every row's exact sum.
+#[inline(always)]
+pub(super) unsafe fn dot_groups<const DOT: bool, const T: usize>(
+    n: usize,
+    w: impl Fn(usize) -> [int8x16_t; 2],
+    a: [*const u8; T],
+) -> [[int32x4_t; 2]; T] {
+    let mut s = [[vdupq_n_s32(0); 2]; T];
+    for g in 0..n {
+        let w = w(g);
+        for t in 0..T {
+            let y = act4(a[t].add(4 * g));
+            s[t][0] = dot4::<DOT>(s[t][0], w[0], y);
+            s[t][1] = dot4::<DOT>(s[t][1], w[1], y);
+        }
+    }
+    s
+}
+
+/// `isum[t] += s[t] · sc` per row: a sub-block's sums times its scales.
+#[inline(always)]
+pub(super) unsafe fn add_scaled<const T: usize>(isum: &mut [[int32x4_t; 2]; T], s: &[[int32x4_t; 2]; T], sc: [int32x4_t; 2]) {
+    for t in 0..T {
+        for h in 0..2 {
+            isum[t][h] = vmlaq_s32(isum[t][h], s[t][h], sc[h]);
+        }
+    }
+}
+
 /// Group `g` of a packed block at `wb`: rows 0-3, rows 4-7.
 #[inline(always)]
 unsafe fn group(wb: *const u8, g: usize) -> [int8x16_t; 2] {
@@ -115,25 +151,15 @@ unsafe fn q45_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32;
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| x.row(t).add(ACT * b));
+        let ab = act_blocks::<T>(x, b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut msum = [[vdupq_n_s32(0); 2]; T];
         for sb in 0..8 {
-            let mut s = [[vdupq_n_s32(0); 2]; T];
-            for g in 0..8 {
-                let w = group(wb, 8 * sb + g);
-                for t in 0..T {
-                    let y = act4(ab[t].add(Q8K_QS + 32 * sb + 4 * g));
-                    s[t][0] = dot4::<DOT>(s[t][0], w[0], y);
-                    s[t][1] = dot4::<DOT>(s[t][1], w[1], y);
-                }
-            }
+            let s = dot_groups::<DOT, T>(8, |g| group(wb, 8 * sb + g), ab.map(|a| a.add(Q8K_QS + 32 * sb)));
             let sc = widen_rows(rows_i16(wb.add(l.sc + 32 * sb)));
             let m = rows_i16(wb.add(l.sc2 + 32 * sb));
+            add_scaled(&mut isum, &s, sc);
             for t in 0..T {
-                for h in 0..2 {
-                    isum[t][h] = vmlaq_s32(isum[t][h], s[t][h], sc[h]);
-                }
                 // |bsum| ≤ 16 · 128: a pair's sum fits i16.
                 mlal_rows(&mut msum[t], m, bsum(ab[t], 2 * sb) + bsum(ab[t], 2 * sb + 1));
             }
@@ -154,25 +180,15 @@ unsafe fn q6_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| x.row(t).add(ACT * b));
+        let ab = act_blocks::<T>(x, b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut off = [[vdupq_n_s32(0); 2]; T];
         for j in 0..16 {
-            let mut s = [[vdupq_n_s32(0); 2]; T];
-            for g in 0..4 {
-                let w = group(wb, 4 * j + g);
-                for t in 0..T {
-                    let y = act4(ab[t].add(Q8K_QS + 16 * j + 4 * g));
-                    s[t][0] = dot4::<DOT>(s[t][0], w[0], y);
-                    s[t][1] = dot4::<DOT>(s[t][1], w[1], y);
-                }
-            }
+            let s = dot_groups::<DOT, T>(4, |g| group(wb, 4 * j + g), ab.map(|a| a.add(Q8K_QS + 16 * j)));
             let sc16 = rows_i16(wb.add(l.sc + 32 * j));
             let sc = widen_rows(sc16);
+            add_scaled(&mut isum, &s, sc);
             for t in 0..T {
-                for h in 0..2 {
-                    isum[t][h] = vmlaq_s32(isum[t][h], s[t][h], sc[h]);
-                }
                 mlal_rows(&mut off[t], sc16, bsum(ab[t], j));
             }
         }
@@ -208,20 +224,23 @@ levels! {
 /// # Safety
 /// As [`crate::quant::qgemm::PanelKernels::tile`].
 pub(super) unsafe fn tile(six: bool, dot: bool, x: &PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
-    macro_rules! by_tokens {
-        ($f:ident) => {
-            match tokens {
-                4 => $f::<4>(x, res),
-                3 => $f::<3>(x, res),
-                2 => $f::<2>(x, res),
-                _ => $f::<1>(x, res),
-            }
-        };
-    }
     match (six, dot) {
-        (false, true) => by_tokens!(q45_k_dot),
-        (false, false) => by_tokens!(q45_k_neon),
-        (true, true) => by_tokens!(q6_k_dot),
-        (true, false) => by_tokens!(q6_k_neon),
+        (false, true) => by_tokens!(q45_k_dot, tokens, x, res),
+        (false, false) => by_tokens!(q45_k_neon, tokens, x, res),
+        (true, true) => by_tokens!(q6_k_dot, tokens, x, res),
+        (true, false) => by_tokens!(q6_k_neon, tokens, x, res),
     }
 }
+
+/// `f::<T>(x, res)` for the tile's token count `T` (1 ..= 4).
+macro_rules! by_tokens {
+    ($f:ident, $tokens:expr, $x:expr, $res:expr) => {
+        match $tokens {
+            4 => $f::<4>($x, $res),
+            3 => $f::<3>($x, $res),
+            2 => $f::<2>($x, $res),
+            _ => $f::<1>($x, $res),
+        }
+    };
+}
+pub(super) use by_tokens;

@@ -16,8 +16,8 @@
 //! ([`super::qgemm_kquant_neon`]), so the results are bit-identical to the
 //! scalar `vec_dot`.
 
-use super::qgemm_kquant_neon::{act4, act_d, bsum, finish_k4, finish_k6, mlal_rows, store, widen_rows, ACT};
-use super::quant_neon::imp::{dot4, resident_scales};
+use super::qgemm_kquant_neon::{act_blocks, act_d, add_scaled, bsum, by_tokens, dot_groups, finish_k4, finish_k6, mlal_rows, store, widen_rows};
+use super::quant_neon::imp::resident_scales;
 use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::PanelTile;
 use crate::quant::resident::{q45_k, q6_k};
@@ -83,27 +83,15 @@ unsafe fn q45_k<const DOT: bool, const FIVE: bool, const T: usize>(x: &PanelTile
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * bk);
-        let ab: [*const u8; T] = core::array::from_fn(|t| x.row(t).add(ACT * b));
+        let ab = act_blocks::<T>(x, b);
         let (sm0, sm1) = (scales_mins(wb, 0), scales_mins(wb, 1));
         let (sc, mn) = ([sm0.0, sm1.0], [sm0.1, sm1.1]);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         for sb in 0..8 {
             let (j, e) = (sb / 2, sb % 2);
-            let mut s = [[vdupq_n_s32(0); 2]; T];
-            for u in 0..8 {
-                let w = [q45_quants::<FIVE>(wb, j, u, e, 0), q45_quants::<FIVE>(wb, j, u, e, 1)];
-                for t in 0..T {
-                    let y = act4(ab[t].add(Q8K_QS + 32 * sb + 4 * u));
-                    s[t][0] = dot4::<DOT>(s[t][0], w[0], y);
-                    s[t][1] = dot4::<DOT>(s[t][1], w[1], y);
-                }
-            }
-            let scale = [lanes(&sc[0], sb), lanes(&sc[1], sb)];
-            for t in 0..T {
-                for h in 0..2 {
-                    isum[t][h] = vmlaq_s32(isum[t][h], s[t][h], scale[h]);
-                }
-            }
+            let quants = |u| [q45_quants::<FIVE>(wb, j, u, e, 0), q45_quants::<FIVE>(wb, j, u, e, 1)];
+            let s = dot_groups::<DOT, T>(8, quants, ab.map(|a| a.add(Q8K_QS + 32 * sb)));
+            add_scaled(&mut isum, &s, [lanes(&sc[0], sb), lanes(&sc[1], sb)]);
         }
         let mut msum = [[vdupq_n_s32(0); 2]; T];
         for sb in 0..8 {
@@ -144,7 +132,7 @@ unsafe fn q6_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * q6_k::BLOCK);
-        let ab: [*const u8; T] = core::array::from_fn(|t| x.row(t).add(ACT * b));
+        let ab = act_blocks::<T>(x, b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut off = [[vdupq_n_s32(0); 2]; T];
         for n in 0..2 {
@@ -153,22 +141,14 @@ unsafe fn q6_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 
                 let pair = vld1q_s8(wb.add(q6_k::SC + 16 * (4 * n + s)) as *const i8);
                 let by_e = [vuzp1q_s8(pair, pair), vuzp2q_s8(pair, pair)];
                 for (e, sc8) in by_e.into_iter().enumerate() {
-                    let mut acc_s = [[vdupq_n_s32(0); 2]; T];
-                    for i in 4 * e..4 * e + 4 {
-                        let w = [q6_quants(wb, n, s, i, 0), q6_quants(wb, n, s, i, 1)];
-                        for t in 0..T {
-                            let y = act4(ab[t].add(Q8K_QS + 128 * n + 32 * s + 4 * i));
-                            acc_s[t][0] = dot4::<DOT>(acc_s[t][0], w[0], y);
-                            acc_s[t][1] = dot4::<DOT>(acc_s[t][1], w[1], y);
-                        }
-                    }
+                    // Groups 4e .. 4e + 4 of the quarter: sub-block 8n + 2s + e.
+                    let quants = |g| [q6_quants(wb, n, s, 4 * e + g, 0), q6_quants(wb, n, s, 4 * e + g, 1)];
+                    let acc_s = dot_groups::<DOT, T>(4, quants, ab.map(|a| a.add(Q8K_QS + 128 * n + 32 * s + 16 * e)));
                     let sc16 = vmovl_s8(vget_low_s8(sc8));
                     let sc = widen_rows(sc16);
                     let j = 8 * n + 2 * s + e;
+                    add_scaled(&mut isum, &acc_s, sc);
                     for t in 0..T {
-                        for h in 0..2 {
-                            isum[t][h] = vmlaq_s32(isum[t][h], acc_s[t][h], sc[h]);
-                        }
                         mlal_rows(&mut off[t], sc16, bsum(ab[t], j));
                     }
                 }
@@ -216,22 +196,12 @@ pub(super) enum KQuant {
 /// As [`crate::quant::qgemm::ResidentKernels::resident_tile`]: `x.panel` is a
 /// resident panel of `x.nb` super-blocks of `ty`, `x` holds `tokens` q8_K rows.
 pub(super) unsafe fn tile(ty: KQuant, dot: bool, x: &PanelTile, tokens: usize, res: &mut [[f32; 8]; 4]) {
-    macro_rules! by_tokens {
-        ($f:ident) => {
-            match tokens {
-                4 => $f::<4>(x, res),
-                3 => $f::<3>(x, res),
-                2 => $f::<2>(x, res),
-                _ => $f::<1>(x, res),
-            }
-        };
-    }
     match (ty, dot) {
-        (KQuant::Q4K, true) => by_tokens!(q4_k_dot),
-        (KQuant::Q4K, false) => by_tokens!(q4_k_neon),
-        (KQuant::Q5K, true) => by_tokens!(q5_k_dot),
-        (KQuant::Q5K, false) => by_tokens!(q5_k_neon),
-        (KQuant::Q6K, true) => by_tokens!(q6_k_dot),
-        (KQuant::Q6K, false) => by_tokens!(q6_k_neon),
+        (KQuant::Q4K, true) => by_tokens!(q4_k_dot, tokens, x, res),
+        (KQuant::Q4K, false) => by_tokens!(q4_k_neon, tokens, x, res),
+        (KQuant::Q5K, true) => by_tokens!(q5_k_dot, tokens, x, res),
+        (KQuant::Q5K, false) => by_tokens!(q5_k_neon, tokens, x, res),
+        (KQuant::Q6K, true) => by_tokens!(q6_k_dot, tokens, x, res),
+        (KQuant::Q6K, false) => by_tokens!(q6_k_neon, tokens, x, res),
     }
 }

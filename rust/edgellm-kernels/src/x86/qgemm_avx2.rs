@@ -71,6 +71,7 @@ impl ResidentKernels for Avx2Panels {
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
         match ty {
             GgmlType::Q4_0 => widen_q4_0(panel, nb, out),
+            GgmlType::Q8_0 => widen_q8_0(panel, nb, out),
             GgmlType::Q4K => resident_q45k_avx2::widen::<false>(panel, nb, out),
             GgmlType::Q5K => resident_q45k_avx2::widen::<true>(panel, nb, out),
             GgmlType::Q6K => resident_q6k_avx2::widen(panel, nb, out),
@@ -96,6 +97,21 @@ unsafe fn widen_q4_0(panel: *const u8, nb: usize, out: &mut [u8]) {
             _mm256_storeu_si256(dst.add(128 + 32 * c) as *mut __m256i, _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
         }
         _mm256_storeu_ps(dst.add(l.d) as *mut f32, resident_scales::<128>(&x, b));
+    }
+}
+
+/// A resident q8_0 panel of `nb` blocks into the per-call layout: its eight
+/// quant vectors as they are (the same groups), then the scales as f32 (exact).
+/// AVX2 keeps q8_0 resident (nothing to split); the VNNI table widens it.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_q8_0(panel: *const u8, nb: usize, out: &mut [u8]) {
+    let l = panel_layout(GgmlType::Q8_0).expect("q8_0 has a panel layout");
+    assert!(out.len() >= nb * l.stride, "widen: output too small");
+    let x = PanelTile { panel, nb, l, acts: core::ptr::null(), ab: 0, da: &[], sa: &[], sa128: &[] };
+    for b in 0..nb {
+        let dst = out.as_mut_ptr().add(b * l.stride);
+        core::ptr::copy_nonoverlapping(resident_block::<256>(&x, b).1, dst, 256);
+        _mm256_storeu_ps(dst.add(l.d) as *mut f32, resident_scales::<256>(&x, b));
     }
 }
 
@@ -532,8 +548,9 @@ mod widen_tests {
             return;
         }
         let kern = Avx2Panels(());
-        for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
-            assert!(kern.widens(ty));
+        // q8_0: widened by the VNNI table only.
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            assert_eq!(kern.widens(ty), ty != GgmlType::Q8_0);
             for nb in [1usize, 2, 5] {
                 let k = ty.block_elems() * nb;
                 let rb = ty.row_bytes(k).unwrap();

@@ -58,8 +58,13 @@ impl ResidentKernels for VnniPanels {
         }
     }
 
-    fn widens(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    /// Every type. `vpdpbusd` makes the tile's products so cheap that reading
+    /// resident panels cost prompts 9-11% against the per-call panels (q4_0:
+    /// its nibbles split again per tile of tokens; q8_0: the scales converted
+    /// again, the quants apart from them), pp512 matmuls on a Sapphire
+    /// Rapids-class VM, 2 threads.
+    fn widens(&self, _ty: GgmlType) -> bool {
+        true
     }
 
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {

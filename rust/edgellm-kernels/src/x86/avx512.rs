@@ -1,6 +1,7 @@
 //! The AVX-512 table (F/BW/VL + VNNI, on top of AVX2/FMA/F16C): the AVX2 kernels,
-//! with the q4_0 and q8_0 products of the quantized prompt GEMM
-//! ([`super::qgemm_vnni`]) and decode GEMV ([`super::gemv_vnni`]) on `vpdpbusd`.
+//! with the products of the quantized prompt GEMM (q4_0, q8_0 and the k-quants:
+//! [`super::qgemm_vnni`]) and the q4_0/q8_0 decode GEMV ([`super::gemv_vnni`])
+//! on `vpdpbusd`.
 //! The float kernels stay on 256-bit vectors (on Zen 4 a 512-bit FMA issues as
 //! two 256-bit halves) but use the 32 registers of AVX-512 VL where more
 //! accumulators help: `gemm_few` (16 tokens per weight row) and the long-row

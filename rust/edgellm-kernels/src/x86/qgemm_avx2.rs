@@ -408,23 +408,36 @@ unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
                 }
             }
         }
-        // The -32 offset of every value: 32 · Σ scale · bsum.
-        let mut off = [_mm256_setzero_si256(); T];
-        for p in 0..8 {
-            let sp = ld256(wb.add(l.sc2 + 32 * p));
-            for t in 0..T {
-                off[t] = _mm256_add_epi32(off[t], _mm256_madd_epi16(sp, bcast4(ab[t].add(Q8K_BSUMS + 4 * p))));
-            }
-        }
-        let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
-        for t in 0..T {
-            let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
-            let i = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(off[t], 5));
-            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(i)));
-        }
+        q6_k_finish(wb, l, &ab, &isum, &mut acc);
     }
     for t in 0..T {
         _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+/// The end of a q6_K super-block (packed at `wb`, layout `l`) for `T` tokens,
+/// as the scalar `vec_dot` does it: the −32 offset of every value taken off the
+/// exact sum as `32 · Σ scale · bsum`, then `acc += (d · da) · isum` per row.
+#[inline(always)]
+pub(super) unsafe fn q6_k_finish<const T: usize>(
+    wb: *const u8,
+    l: PanelLayout,
+    ab: &[*const u8; T],
+    isum: &[__m256i; T],
+    acc: &mut [__m256; T],
+) {
+    let mut off = [_mm256_setzero_si256(); T];
+    for p in 0..8 {
+        let sp = ld256(wb.add(l.sc2 + 32 * p));
+        for t in 0..T {
+            off[t] = _mm256_add_epi32(off[t], _mm256_madd_epi16(sp, bcast4(ab[t].add(Q8K_BSUMS + 4 * p))));
+        }
+    }
+    let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
+    for t in 0..T {
+        let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
+        let i = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(off[t], 5));
+        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(i)));
     }
 }
 
@@ -539,7 +552,7 @@ mod pack {
 mod widen_tests {
     use super::*;
 
-    /// Widening a resident panel (q4_0, q4_K, q5_K, q6_K) writes the per-call
+    /// Widening a resident panel (every type) writes the per-call
     /// panel of its rows, byte for byte, so the per-call tile gives the resident
     /// tile's results.
     #[test]

@@ -7,7 +7,8 @@
 //! flipping their sign bits (`w + 128`); the `128 · Σ a` this adds per block is
 //! subtracted from the exact integer sum, as q4_0's `8 · Σ a`. The f32 steps are
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
-//! q4_K, q5_K and q6_K keep the AVX2 tiles.
+//! q4_K, q5_K and q6_K have their own tiles ([`super::qgemm_kquant_vnni`]);
+//! their resident tiles (decode) stay the AVX2 ones.
 
 use super::qgemm_avx2::{bcast4, Avx2Panels, PerCall, ResidentQ4, ResidentQ8, Src};
 use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
@@ -35,7 +36,9 @@ impl PanelKernels for VnniPanels {
         match ty {
             GgmlType::Q4_0 => tiles::<PerCall, false>(x, x.sa, tokens, res),
             GgmlType::Q8_0 => tiles::<PerCall, true>(x, x.sa128, tokens, res),
-            _ => Avx2Panels(()).tile(ty, x, tokens, res),
+            GgmlType::Q4K | GgmlType::Q5K => super::qgemm_kquant_vnni::q45_k(x, tokens, res),
+            GgmlType::Q6K => super::qgemm_kquant_vnni::q6_k(x, tokens, res),
+            _ => unreachable!("no VNNI panel kernel for {}", ty.name()),
         }
     }
 }
@@ -46,7 +49,8 @@ pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32
     qgemm::gemm_q_resident_panels(&VnniPanels(()), ty, w, qa, out, ldo)
 }
 
-/// q4_0 and q8_0 on `vpdpbusd`; the k-quants as on AVX2.
+/// Resident tiles (decode): q4_0 and q8_0 on `vpdpbusd`, the k-quants as on
+/// AVX2. Prompts widen every type into the per-call tiles.
 impl ResidentKernels for VnniPanels {
     const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
 

@@ -1,0 +1,131 @@
+//! AVX-512 VNNI tiles of the quantized prompt GEMM for q4_K, q5_K and q6_K, on
+//! the per-call panel layout (and resident panels widened into it). Both keep
+//! the integer sum of every super-block exactly the scalar `vec_dot`'s and the
+//! f32 steps the AVX2 tiles' own, so results are bit-identical to the scalar
+//! reference.
+//!
+//! - q4_K and q5_K (unsigned quants ≤ 31): one `vpdpbusd` per 4-element group
+//!   and token adds the 8 rows' products into their i32 lanes, where AVX2 needs
+//!   `vpmaddubsw` and an i16 add; each 32-element sub-block's sum is then
+//!   multiplied by its row's scale (`vpmulld`). 10-14% faster prompts than the
+//!   AVX2 tiles (pp512 matmuls, Sapphire Rapids-class VM, 2 threads).
+//! - q6_K: its sub-blocks hold only 16 elements, and a `vpmulld` per 4 groups
+//!   made that route 4% slower than AVX2. It keeps AVX2's pair sums and lets
+//!   `vpdpwssd` fold the multiply by the scales and the i32 add into one
+//!   instruction, in two chains per token: 13% faster than AVX2.
+
+use super::qgemm_avx2::{bcast4, q4_k_finish, q6_k_finish};
+use crate::quant::blocks::Q8K_QS;
+use crate::quant::qgemm::{PanelTile, PANEL, TILE_TOKENS};
+use crate::x86::simd::ld256;
+use core::arch::x86_64::*;
+
+/// q4_K or q5_K (the same per-call layout) against 1 ..= [`TILE_TOKENS`] tokens.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as [`crate::quant::qgemm::PanelKernels::tile`].
+pub(super) unsafe fn q45_k(x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    match tokens {
+        4 => q45_k_t::<4>(x, res),
+        3 => q45_k_t::<3>(x, res),
+        2 => q45_k_t::<2>(x, res),
+        _ => q45_k_t::<1>(x, res),
+    }
+}
+
+/// q6_K against 1 ..= [`TILE_TOKENS`] tokens.
+///
+/// # Safety
+/// As [`q45_k`].
+pub(super) unsafe fn q6_k(x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    match tokens {
+        4 => q6_k_t::<4>(x, res),
+        3 => q6_k_t::<3>(x, res),
+        2 => q6_k_t::<2>(x, res),
+        _ => q6_k_t::<1>(x, res),
+    }
+}
+
+/// `scale · Σ_g dot(group g)` of one q4_K/q5_K sub-block (groups `g0 .. g0 +
+/// 8`) for `T` tokens (`y[t]`: the token's activation bytes of group `g0`),
+/// added to `isum`. Two chains per token: one chain of dependent `vpdpbusd`
+/// leaves the tile waiting on their latency.
+#[inline(always)]
+unsafe fn sub_block<const T: usize>(
+    wb: *const u8,
+    g0: usize,
+    y: [*const u8; T],
+    scale: __m256i,
+    isum: &mut [__m256i; T],
+) {
+    let mut s32 = [[_mm256_setzero_si256(); 2]; T];
+    for g in 0..8 {
+        let w = ld256(wb.add(32 * (g0 + g)));
+        for t in 0..T {
+            s32[t][g & 1] = _mm256_dpbusd_epi32(s32[t][g & 1], w, bcast4(y[t].add(4 * g)));
+        }
+    }
+    for t in 0..T {
+        let dot = _mm256_add_epi32(s32[t][0], s32[t][1]);
+        isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(dot, scale));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q45_k_t<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let (nb, l) = (x.nb, x.l);
+    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wb = x.panel.add(b * l.stride);
+        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+        let mut isum = [_mm256_setzero_si256(); T];
+        for sb in 0..8 {
+            // Row r's 6-bit scale, from the upper copy of its i16 pair.
+            let scale = _mm256_srli_epi32(ld256(wb.add(l.sc + 32 * sb)), 16);
+            let y = core::array::from_fn(|t| ab[t].add(Q8K_QS + 32 * sb));
+            sub_block::<T>(wb, 8 * sb, y, scale, &mut isum);
+        }
+        let mins = core::array::from_fn(|sb| ld256(wb.add(l.sc2 + 32 * sb)));
+        let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
+        let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
+        q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
+    }
+    for t in 0..T {
+        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q6_k_t<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let (nb, l) = (x.nb, x.l);
+    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wb = x.panel.add(b * l.stride);
+        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+        let mut i2 = [[_mm256_setzero_si256(); 2]; T];
+        // Chain h: the pair sums of groups 4j + 2h and 4j + 2h + 1 (6-bit × i8:
+        // two groups stay below 2^15), times the scale of sub-block j.
+        for j in 0..16 {
+            let sc = ld256(wb.add(l.sc + 32 * j));
+            for h in 0..2 {
+                let g = 4 * j + 2 * h;
+                let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
+                for t in 0..T {
+                    let y = ab[t].add(Q8K_QS + 4 * g);
+                    let s = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(w0, bcast4(y)),
+                        _mm256_maddubs_epi16(w1, bcast4(y.add(4))),
+                    );
+                    i2[t][h] = _mm256_dpwssd_epi32(i2[t][h], s, sc);
+                }
+            }
+        }
+        let isum = core::array::from_fn(|t| _mm256_add_epi32(i2[t][0], i2[t][1]));
+        q6_k_finish(wb, l, &ab, &isum, &mut acc);
+    }
+    for t in 0..T {
+        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
+    }
+}

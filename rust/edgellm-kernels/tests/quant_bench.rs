@@ -228,7 +228,7 @@ fn gemm_q_throughput() {
     let x = row(3, N * KD);
     let w_f32 = row(4, 64 * KD);
     println!("single thread gemm_q, {N} tokens x {M} rows x k = {KD}: GOP/s");
-    for ty in [Q4_0, Q8_0, Q4K, Q6K] {
+    for ty in [Q4_0, Q8_0, Q4K, Q5K, Q6K] {
         let w = weight_rows(ty, KD, M, &w_f32);
         let paths: Vec<(Isa, &Kernels, QActs)> = Isa::supported()
             .into_iter()

@@ -7,12 +7,16 @@
 //! - q4_K and q5_K (unsigned quants ≤ 31): one `vpdpbusd` per 4-element group
 //!   and token adds the 8 rows' products into their i32 lanes, where AVX2 needs
 //!   `vpmaddubsw` and an i16 add; each 32-element sub-block's sum is then
-//!   multiplied by its row's scale (`vpmulld`). 10-14% faster prompts than the
-//!   AVX2 tiles (pp512 matmuls, Sapphire Rapids-class VM, 2 threads).
+//!   multiplied by its row's scale (`vpmulld`).
 //! - q6_K: its sub-blocks hold only 16 elements, and a `vpmulld` per 4 groups
-//!   made that route 4% slower than AVX2. It keeps AVX2's pair sums and lets
+//!   made that route slower than AVX2. It keeps AVX2's pair sums and lets
 //!   `vpdpwssd` fold the multiply by the scales and the i32 add into one
-//!   instruction, in two chains per token: 13% faster than AVX2.
+//!   instruction, in two chains per token.
+//!
+//! Single thread, 128 tokens × 2048 rows × k = 2048 (`quant_bench
+//! gemm_q_throughput`, Sapphire Rapids-class VM), GOP/s AVX2 → these tiles:
+//! q4_K 154 → 181, q5_K 148 → 176, q6_K 142 → 168. Tried: q4_K on pair sums
+//! and `vpdpwssd` as q6_K (157-162 in the same build).
 
 use super::qgemm_avx2::{bcast4, q4_k_finish, q6_k_finish};
 use crate::quant::blocks::Q8K_QS;
@@ -46,23 +50,20 @@ pub(super) unsafe fn q6_k(x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL];
     }
 }
 
-/// `scale · Σ_g dot(group g)` of one q4_K/q5_K sub-block (groups `g0 .. g0 +
-/// 8`) for `T` tokens (`y[t]`: the token's activation bytes of group `g0`),
-/// added to `isum`. Two chains per token: one chain of dependent `vpdpbusd`
-/// leaves the tile waiting on their latency.
+/// `isum += scale · Σ_g dot(group g)` over the 8 groups of sub-block `sb` of
+/// the q4_K/q5_K super-block at `wb`, for `T` tokens (`ab[t]`: the token's q8_K
+/// block; `sc`: the sub-block's scale table, i16 pairs): `vpdpbusd` into i32,
+/// then one `vpmulld` by the scale. Two chains per token: one chain of
+/// dependent `vpdpbusd` leaves the tile waiting on their latency.
 #[inline(always)]
-unsafe fn sub_block<const T: usize>(
-    wb: *const u8,
-    g0: usize,
-    y: [*const u8; T],
-    scale: __m256i,
-    isum: &mut [__m256i; T],
-) {
+unsafe fn sub_block<const T: usize>(wb: *const u8, ab: &[*const u8; T], sb: usize, sc: __m256i, isum: &mut [__m256i; T]) {
+    // Row r's 6-bit scale, from the upper copy of its i16 pair.
+    let scale = _mm256_srli_epi32(sc, 16);
     let mut s32 = [[_mm256_setzero_si256(); 2]; T];
     for g in 0..8 {
-        let w = ld256(wb.add(32 * (g0 + g)));
+        let wg = ld256(wb.add(32 * (8 * sb + g)));
         for t in 0..T {
-            s32[t][g & 1] = _mm256_dpbusd_epi32(s32[t][g & 1], w, bcast4(y[t].add(4 * g)));
+            s32[t][g & 1] = _mm256_dpbusd_epi32(s32[t][g & 1], wg, bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g)));
         }
     }
     for t in 0..T {
@@ -81,10 +82,7 @@ unsafe fn q45_k_t<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_T
         let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
-            // Row r's 6-bit scale, from the upper copy of its i16 pair.
-            let scale = _mm256_srli_epi32(ld256(wb.add(l.sc + 32 * sb)), 16);
-            let y = core::array::from_fn(|t| ab[t].add(Q8K_QS + 32 * sb));
-            sub_block::<T>(wb, 8 * sb, y, scale, &mut isum);
+            sub_block::<T>(wb, &ab, sb, ld256(wb.add(l.sc + 32 * sb)), &mut isum);
         }
         let mins = core::array::from_fn(|sb| ld256(wb.add(l.sc2 + 32 * sb)));
         let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);

@@ -129,14 +129,22 @@ impl PanelKernels for Avx2Panels {
     }
 
     unsafe fn tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-        match tokens {
-            4 => run::<4>(ty, x, res),
-            3 => run::<3>(ty, x, res),
-            2 => run::<2>(ty, x, res),
-            _ => run::<1>(ty, x, res),
-        }
+        by_tokens!(run, tokens, ty, x, res)
     }
 }
+
+/// `$f::<T>(args)` for the tile's token count `$tokens` (1 ..= [`TILE_TOKENS`]).
+macro_rules! by_tokens {
+    ($f:ident, $tokens:expr, $($arg:expr),*) => {
+        match $tokens {
+            4 => $f::<4>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            _ => $f::<1>($($arg),*),
+        }
+    };
+}
+pub(super) use by_tokens;
 
 unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     match ty {
@@ -321,12 +329,8 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
 /// all 8 groups, q5_K's 31 only 4).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, l) = (x.nb, x.l);
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+    let l = x.l;
+    super_blocks::<T>(x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
             let sc = ld256(wb.add(l.sc + 32 * sb));
@@ -344,17 +348,45 @@ unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32
                 }
             }
         }
-        let mut mins = [_mm256_setzero_si256(); 8];
-        for (sb, m) in mins.iter_mut().enumerate() {
-            *m = ld256(wb.add(l.sc2 + 32 * sb));
-        }
-        let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
-        let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
-        q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
+        q4_k_finish_panel(wb, l, ab, &isum, acc);
+    })
+}
+
+/// The super-block loop of the k-quant tiles (per-call panels of 256-element
+/// blocks against q8_K activations): `block(wb, ab, acc)` for every block, with
+/// the panel's block at `wb` and the `T` tokens' q8_K blocks `ab`, then the
+/// accumulated rows stored into `res`.
+#[inline(always)]
+pub(super) unsafe fn super_blocks<const T: usize>(
+    x: &PanelTile,
+    res: &mut [[f32; PANEL]; TILE_TOKENS],
+    mut block: impl FnMut(*const u8, &[*const u8; T], &mut [__m256; T]),
+) {
+    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..x.nb {
+        let ab = core::array::from_fn(|t| a[t].add(292 * b));
+        block(x.panel.add(b * x.l.stride), &ab, &mut acc);
     }
     for t in 0..T {
         _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
     }
+}
+
+/// [`q4_k_finish`] for a per-call q4_K/q5_K panel block at `wb` (layout `l`):
+/// its mins, `d` and `dmin` tables.
+#[inline(always)]
+pub(super) unsafe fn q4_k_finish_panel<const T: usize>(
+    wb: *const u8,
+    l: PanelLayout,
+    ab: &[*const u8; T],
+    isum: &[__m256i; T],
+    acc: &mut [__m256; T],
+) {
+    let mins = core::array::from_fn(|sb| ld256(wb.add(l.sc2 + 32 * sb)));
+    let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
+    let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
+    q4_k_finish(&mins, d, dmin, ab, isum, acc);
 }
 
 /// The end of a q4_K super-block for `T` tokens, as the scalar `vec_dot` does
@@ -385,34 +417,32 @@ pub(super) unsafe fn q4_k_finish<const T: usize>(
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, l) = (x.nb, x.l);
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+    let l = x.l;
+    super_blocks::<T>(x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..16 {
             let sc = ld256(wb.add(l.sc + 32 * j));
             for h in 0..2 {
-                let g = 4 * j + 2 * h;
-                let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
+                let s = q6_k_pair_sums(wb, ab, 4 * j + 2 * h);
                 for t in 0..T {
-                    let y = ab[t].add(Q8K_QS + 4 * g);
-                    // 6-bit × i8: two groups of pair sums stay below 2^15.
-                    let s = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, bcast4(y)),
-                        _mm256_maddubs_epi16(w1, bcast4(y.add(4))),
-                    );
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s, sc));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
                 }
             }
         }
-        q6_k_finish(wb, l, &ab, &isum, &mut acc);
-    }
-    for t in 0..T {
-        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
-    }
+        q6_k_finish(wb, l, ab, &isum, acc);
+    })
+}
+
+/// The i16 pair sums of q6_K groups `g` and `g + 1` of the per-call panel block
+/// at `wb` for each of `T` tokens (`ab`: their q8_K blocks). 6-bit × i8: two
+/// groups' pair sums stay below 2^15.
+#[inline(always)]
+pub(super) unsafe fn q6_k_pair_sums<const T: usize>(wb: *const u8, ab: &[*const u8; T], g: usize) -> [__m256i; T] {
+    let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
+    core::array::from_fn(|t| {
+        let y = ab[t].add(Q8K_QS + 4 * g);
+        _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast4(y)), _mm256_maddubs_epi16(w1, bcast4(y.add(4))))
+    })
 }
 
 /// The end of a q6_K super-block (packed at `wb`, layout `l`) for `T` tokens,

@@ -15,38 +15,30 @@
 //!
 //! Single thread, 128 tokens × 2048 rows × k = 2048 (`quant_bench
 //! gemm_q_throughput`, Sapphire Rapids-class VM), GOP/s AVX2 → these tiles:
-//! q4_K 154 → 181, q5_K 148 → 176, q6_K 142 → 168. Tried: q4_K on pair sums
-//! and `vpdpwssd` as q6_K (157-162 in the same build).
+//! q4_K 170 → 184, q5_K 159 → 178, q6_K 151 → 171. Tried: q4_K on pair sums
+//! and `vpdpwssd` as q6_K (157-162 against 181 for this route then).
 
-use super::qgemm_avx2::{bcast4, q4_k_finish, q6_k_finish};
+use super::qgemm_avx2::{bcast4, by_tokens, q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
 use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::{PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::GgmlType;
 use crate::x86::simd::ld256;
 use core::arch::x86_64::*;
 
-/// q4_K or q5_K (the same per-call layout) against 1 ..= [`TILE_TOKENS`] tokens.
+/// `res[i][r] = vec_dot(row r of the panel, token i)` for a q4_K, q5_K (the same
+/// per-call layout) or q6_K panel and 1 ..= [`TILE_TOKENS`] tokens.
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as [`crate::quant::qgemm::PanelKernels::tile`].
-pub(super) unsafe fn q45_k(x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    match tokens {
-        4 => q45_k_t::<4>(x, res),
-        3 => q45_k_t::<3>(x, res),
-        2 => q45_k_t::<2>(x, res),
-        _ => q45_k_t::<1>(x, res),
-    }
+pub(super) unsafe fn tile(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    by_tokens!(run, tokens, ty, x, res)
 }
 
-/// q6_K against 1 ..= [`TILE_TOKENS`] tokens.
-///
-/// # Safety
-/// As [`q45_k`].
-pub(super) unsafe fn q6_k(x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    match tokens {
-        4 => q6_k_t::<4>(x, res),
-        3 => q6_k_t::<3>(x, res),
-        2 => q6_k_t::<2>(x, res),
-        _ => q6_k_t::<1>(x, res),
+unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => q45_k::<T>(x, res),
+        GgmlType::Q6K => q6_k::<T>(x, res),
+        _ => unreachable!("no VNNI k-quant tile for {}", ty.name()),
     }
 }
 
@@ -73,57 +65,34 @@ unsafe fn sub_block<const T: usize>(wb: *const u8, ab: &[*const u8; T], sb: usiz
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q45_k_t<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, l) = (x.nb, x.l);
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+unsafe fn q45_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let l = x.l;
+    super_blocks::<T>(x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
-            sub_block::<T>(wb, &ab, sb, ld256(wb.add(l.sc + 32 * sb)), &mut isum);
+            sub_block::<T>(wb, ab, sb, ld256(wb.add(l.sc + 32 * sb)), &mut isum);
         }
-        let mins = core::array::from_fn(|sb| ld256(wb.add(l.sc2 + 32 * sb)));
-        let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
-        let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
-        q4_k_finish(&mins, d, dmin, &ab, &isum, &mut acc);
-    }
-    for t in 0..T {
-        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
-    }
+        q4_k_finish_panel(wb, l, ab, &isum, acc);
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6_k_t<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let (nb, l) = (x.nb, x.l);
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let wb = x.panel.add(b * l.stride);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    let l = x.l;
+    super_blocks::<T>(x, res, |wb, ab, acc| {
         let mut i2 = [[_mm256_setzero_si256(); 2]; T];
-        // Chain h: the pair sums of groups 4j + 2h and 4j + 2h + 1 (6-bit × i8:
-        // two groups stay below 2^15), times the scale of sub-block j.
+        // Chain h: the pair sums of groups 4j + 2h and 4j + 2h + 1 times the
+        // scale of sub-block j.
         for j in 0..16 {
             let sc = ld256(wb.add(l.sc + 32 * j));
             for h in 0..2 {
-                let g = 4 * j + 2 * h;
-                let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
+                let s = q6_k_pair_sums(wb, ab, 4 * j + 2 * h);
                 for t in 0..T {
-                    let y = ab[t].add(Q8K_QS + 4 * g);
-                    let s = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(w0, bcast4(y)),
-                        _mm256_maddubs_epi16(w1, bcast4(y.add(4))),
-                    );
-                    i2[t][h] = _mm256_dpwssd_epi32(i2[t][h], s, sc);
+                    i2[t][h] = _mm256_dpwssd_epi32(i2[t][h], s[t], sc);
                 }
             }
         }
         let isum = core::array::from_fn(|t| _mm256_add_epi32(i2[t][0], i2[t][1]));
-        q6_k_finish(wb, l, &ab, &isum, &mut acc);
-    }
-    for t in 0..T {
-        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
-    }
+        q6_k_finish(wb, l, ab, &isum, acc);
+    })
 }

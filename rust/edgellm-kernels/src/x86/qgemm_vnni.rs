@@ -36,9 +36,7 @@ impl PanelKernels for VnniPanels {
         match ty {
             GgmlType::Q4_0 => tiles::<PerCall, false>(x, x.sa, tokens, res),
             GgmlType::Q8_0 => tiles::<PerCall, true>(x, x.sa128, tokens, res),
-            GgmlType::Q4K | GgmlType::Q5K => super::qgemm_kquant_vnni::q45_k(x, tokens, res),
-            GgmlType::Q6K => super::qgemm_kquant_vnni::q6_k(x, tokens, res),
-            _ => unreachable!("no VNNI panel kernel for {}", ty.name()),
+            _ => super::qgemm_kquant_vnni::tile(ty, x, tokens, res),
         }
     }
 }

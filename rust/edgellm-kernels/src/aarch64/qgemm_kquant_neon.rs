@@ -12,23 +12,14 @@
 //! order: the tiles are bit-identical to it.
 
 use super::quant_neon::imp::dot4;
-use crate::quant::blocks::{BlockQ8K, Q8K_BSUMS, Q8K_QS};
-use crate::quant::qgemm::PanelTile;
+use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
+use crate::quant::qgemm::{by_tokens, PanelTile};
 use core::arch::aarch64::*;
-
-/// Bytes of one q8_K activation block.
-const ACT: usize = core::mem::size_of::<BlockQ8K>();
 
 /// A 4-byte activation group at `p`, broadcast to the four lanes.
 #[inline(always)]
 unsafe fn act4(p: *const u8) -> int8x16_t {
     vreinterpretq_s8_s32(vld1q_dup_s32(p as *const i32))
-}
-
-/// Super-block `b` of the tile's `T` activation rows.
-#[inline(always)]
-pub(super) unsafe fn act_blocks<const T: usize>(x: &PanelTile, b: usize) -> [*const u8; T] {
-    core::array::from_fn(|t| x.row(t).add(ACT * b))
 }
 
 /// The activation's 16-element sum `j` of the super-block at `ab`.
@@ -151,7 +142,7 @@ unsafe fn q45_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32;
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * l.stride);
-        let ab = act_blocks::<T>(x, b);
+        let ab = x.q8k_blocks::<T>(b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut msum = [[vdupq_n_s32(0); 2]; T];
         for sb in 0..8 {
@@ -180,7 +171,7 @@ unsafe fn q6_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * l.stride);
-        let ab = act_blocks::<T>(x, b);
+        let ab = x.q8k_blocks::<T>(b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut off = [[vdupq_n_s32(0); 2]; T];
         for j in 0..16 {
@@ -232,15 +223,3 @@ pub(super) unsafe fn tile(six: bool, dot: bool, x: &PanelTile, tokens: usize, re
     }
 }
 
-/// `f::<T>(x, res)` for the tile's token count `T` (1 ..= 4).
-macro_rules! by_tokens {
-    ($f:ident, $tokens:expr, $x:expr, $res:expr) => {
-        match $tokens {
-            4 => $f::<4>($x, $res),
-            3 => $f::<3>($x, $res),
-            2 => $f::<2>($x, $res),
-            _ => $f::<1>($x, $res),
-        }
-    };
-}
-pub(super) use by_tokens;

@@ -16,10 +16,10 @@
 //! ([`super::qgemm_kquant_neon`]), so the results are bit-identical to the
 //! scalar `vec_dot`.
 
-use super::qgemm_kquant_neon::{act_blocks, act_d, add_scaled, bsum, by_tokens, dot_groups, finish_k4, finish_k6, mlal_rows, store, widen_rows};
+use super::qgemm_kquant_neon::{act_d, add_scaled, bsum, dot_groups, finish_k4, finish_k6, mlal_rows, store, widen_rows};
 use super::quant_neon::imp::resident_scales;
 use crate::quant::blocks::Q8K_QS;
-use crate::quant::qgemm::PanelTile;
+use crate::quant::qgemm::{by_tokens, PanelTile};
 use crate::quant::resident::{q45_k, q6_k};
 use core::arch::aarch64::*;
 
@@ -83,7 +83,7 @@ unsafe fn q45_k<const DOT: bool, const FIVE: bool, const T: usize>(x: &PanelTile
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * bk);
-        let ab = act_blocks::<T>(x, b);
+        let ab = x.q8k_blocks::<T>(b);
         let (sm0, sm1) = (scales_mins(wb, 0), scales_mins(wb, 1));
         let (sc, mn) = ([sm0.0, sm1.0], [sm0.1, sm1.1]);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
@@ -132,7 +132,7 @@ unsafe fn q6_k<const DOT: bool, const T: usize>(x: &PanelTile, res: &mut [[f32; 
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * q6_k::BLOCK);
-        let ab = act_blocks::<T>(x, b);
+        let ab = x.q8k_blocks::<T>(b);
         let mut isum = [[vdupq_n_s32(0); 2]; T];
         let mut off = [[vdupq_n_s32(0); 2]; T];
         for n in 0..2 {

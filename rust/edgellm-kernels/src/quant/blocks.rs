@@ -285,6 +285,8 @@ pub(crate) const Q5K_QS: usize = offset_of!(BlockQ5K, qs);
 pub(crate) const Q6K_QH: usize = offset_of!(BlockQ6K, qh);
 pub(crate) const Q6K_SCALES: usize = offset_of!(BlockQ6K, scales);
 pub(crate) const Q6K_D: usize = offset_of!(BlockQ6K, d);
+/// Bytes of one q8_K activation block.
+pub(crate) const Q8K_BYTES: usize = core::mem::size_of::<BlockQ8K>();
 pub(crate) const Q8K_QS: usize = offset_of!(BlockQ8K, qs);
 pub(crate) const Q8K_BSUMS: usize = offset_of!(BlockQ8K, bsums);
 pub(crate) const IQ4NL_QS: usize = offset_of!(BlockIQ4NL, qs);

@@ -137,6 +137,22 @@ pub struct QGemmScratch {
 /// Tokens per register tile of the interleaved kernels.
 pub(crate) const TILE_TOKENS: usize = 4;
 
+/// `$f::<T>(args)` for a tile's token count `$tokens` (1 ..= [`TILE_TOKENS`]):
+/// the SIMD tiles are monomorphised per token count.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_macros))]
+macro_rules! by_tokens {
+    ($f:ident, $tokens:expr, $($arg:expr),*) => {
+        match $tokens {
+            4 => $f::<4>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            _ => $f::<1>($($arg),*),
+        }
+    };
+}
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_imports))]
+pub(crate) use by_tokens;
+
 /// One register tile of the interleaved kernels: a packed panel and up to
 /// [`TILE_TOKENS`] consecutive activation rows.
 pub(crate) struct PanelTile<'a> {
@@ -158,6 +174,21 @@ pub(crate) struct PanelTile<'a> {
 }
 
 impl PanelTile<'_> {
+    /// A tile of a panel's weights alone (no activations), for the code that
+    /// reads blocks out of a panel with the tiles' own accessors (widening).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn weights(panel: *const u8, nb: usize, l: PanelLayout) -> PanelTile<'static> {
+        PanelTile { panel, nb, l, acts: core::ptr::null(), ab: 0, da: &[], sa: &[], sa128: &[] }
+    }
+
+    /// Super-block `b` of the tile's first `T` activation rows (q8_K blocks,
+    /// for the k-quant tiles).
+    #[inline(always)]
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    pub(crate) unsafe fn q8k_blocks<const T: usize>(&self, b: usize) -> [*const u8; T] {
+        core::array::from_fn(|t| self.row(t).add(Q8K_BYTES * b))
+    }
+
     /// Activation row `t` of the tile.
     #[inline(always)]
     pub(crate) unsafe fn row(&self, t: usize) -> *const u8 {

@@ -10,7 +10,7 @@
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::simd::{ld256, load_f16, prefetch_lines};
-use crate::quant::qgemm::{self, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{self, by_tokens, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
 use super::{resident_q45k_avx2, resident_q6k_avx2};
 use core::arch::x86_64::*;
@@ -36,29 +36,7 @@ impl ResidentKernels for Avx2Panels {
     const TYPES: &'static [GgmlType] = RESIDENT_TYPES;
 
     unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-        match (ty, tokens) {
-            (GgmlType::Q4_0, 4) => q4_0::<ResidentQ4, 4>(x, res),
-            (GgmlType::Q4_0, 3) => q4_0::<ResidentQ4, 3>(x, res),
-            (GgmlType::Q4_0, 2) => q4_0::<ResidentQ4, 2>(x, res),
-            (GgmlType::Q4_0, _) => q4_0::<ResidentQ4, 1>(x, res),
-            (GgmlType::Q8_0, 4) => q8_0::<ResidentQ8, 4>(x, res),
-            (GgmlType::Q8_0, 3) => q8_0::<ResidentQ8, 3>(x, res),
-            (GgmlType::Q8_0, 2) => q8_0::<ResidentQ8, 2>(x, res),
-            (GgmlType::Q8_0, _) => q8_0::<ResidentQ8, 1>(x, res),
-            (GgmlType::Q4K, 4) => resident_q45k_avx2::tile::<4, false>(x, res),
-            (GgmlType::Q4K, 3) => resident_q45k_avx2::tile::<3, false>(x, res),
-            (GgmlType::Q4K, 2) => resident_q45k_avx2::tile::<2, false>(x, res),
-            (GgmlType::Q4K, _) => resident_q45k_avx2::tile::<1, false>(x, res),
-            (GgmlType::Q5K, 4) => resident_q45k_avx2::tile::<4, true>(x, res),
-            (GgmlType::Q5K, 3) => resident_q45k_avx2::tile::<3, true>(x, res),
-            (GgmlType::Q5K, 2) => resident_q45k_avx2::tile::<2, true>(x, res),
-            (GgmlType::Q5K, _) => resident_q45k_avx2::tile::<1, true>(x, res),
-            (GgmlType::Q6K, 4) => resident_q6k_avx2::tile::<4>(x, res),
-            (GgmlType::Q6K, 3) => resident_q6k_avx2::tile::<3>(x, res),
-            (GgmlType::Q6K, 2) => resident_q6k_avx2::tile::<2>(x, res),
-            (GgmlType::Q6K, _) => resident_q6k_avx2::tile::<1>(x, res),
-            _ => unreachable!("no resident layout for {}", ty.name()),
-        }
+        by_tokens!(run_resident, tokens, ty, x, res)
     }
 
     /// All but q8_0: the resident tile splits every nibble vector again for
@@ -88,7 +66,7 @@ unsafe fn widen_q4_0(panel: *const u8, nb: usize, out: &mut [u8]) {
     let l = panel_layout(GgmlType::Q4_0).expect("q4_0 has a panel layout");
     assert!(out.len() >= nb * l.stride, "widen: output too small");
     let m = _mm256_set1_epi8(0x0F);
-    let x = PanelTile { panel, nb, l, acts: core::ptr::null(), ab: 0, da: &[], sa: &[], sa128: &[] };
+    let x = PanelTile::weights(panel, nb, l);
     for b in 0..nb {
         let dst = out.as_mut_ptr().add(b * l.stride);
         for c in 0..4 {
@@ -107,7 +85,7 @@ unsafe fn widen_q4_0(panel: *const u8, nb: usize, out: &mut [u8]) {
 unsafe fn widen_q8_0(panel: *const u8, nb: usize, out: &mut [u8]) {
     let l = panel_layout(GgmlType::Q8_0).expect("q8_0 has a panel layout");
     assert!(out.len() >= nb * l.stride, "widen: output too small");
-    let x = PanelTile { panel, nb, l, acts: core::ptr::null(), ab: 0, da: &[], sa: &[], sa128: &[] };
+    let x = PanelTile::weights(panel, nb, l);
     for b in 0..nb {
         let dst = out.as_mut_ptr().add(b * l.stride);
         core::ptr::copy_nonoverlapping(resident_block::<256>(&x, b).1, dst, 256);
@@ -133,18 +111,17 @@ impl PanelKernels for Avx2Panels {
     }
 }
 
-/// `$f::<T>(args)` for the tile's token count `$tokens` (1 ..= [`TILE_TOKENS`]).
-macro_rules! by_tokens {
-    ($f:ident, $tokens:expr, $($arg:expr),*) => {
-        match $tokens {
-            4 => $f::<4>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            _ => $f::<1>($($arg),*),
-        }
-    };
+
+unsafe fn run_resident<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    match ty {
+        GgmlType::Q4_0 => q4_0::<ResidentQ4, T>(x, res),
+        GgmlType::Q8_0 => q8_0::<ResidentQ8, T>(x, res),
+        GgmlType::Q4K => resident_q45k_avx2::tile::<T, false>(x, res),
+        GgmlType::Q5K => resident_q45k_avx2::tile::<T, true>(x, res),
+        GgmlType::Q6K => resident_q6k_avx2::tile::<T>(x, res),
+        _ => unreachable!("no resident layout for {}", ty.name()),
+    }
 }
-pub(super) use by_tokens;
 
 unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     match ty {
@@ -362,11 +339,9 @@ pub(super) unsafe fn super_blocks<const T: usize>(
     res: &mut [[f32; PANEL]; TILE_TOKENS],
     mut block: impl FnMut(*const u8, &[*const u8; T], &mut [__m256; T]),
 ) {
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..x.nb {
-        let ab = core::array::from_fn(|t| a[t].add(292 * b));
-        block(x.panel.add(b * x.l.stride), &ab, &mut acc);
+        block(x.panel.add(b * x.l.stride), &x.q8k_blocks(b), &mut acc);
     }
     for t in 0..T {
         _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);

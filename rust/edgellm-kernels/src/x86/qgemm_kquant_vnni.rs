@@ -18,9 +18,9 @@
 //! q4_K 170 → 184, q5_K 159 → 178, q6_K 151 → 171. Tried: q4_K on pair sums
 //! and `vpdpwssd` as q6_K (157-162 against 181 for this route then).
 
-use super::qgemm_avx2::{bcast4, by_tokens, q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
+use super::qgemm_avx2::{bcast4, q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
 use crate::quant::blocks::Q8K_QS;
-use crate::quant::qgemm::{PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{by_tokens, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use crate::x86::simd::ld256;
 use core::arch::x86_64::*;

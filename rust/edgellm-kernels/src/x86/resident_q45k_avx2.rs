@@ -108,7 +108,6 @@ unsafe fn quants<const FIVE: bool>(wb: *const u8, j: usize, i: usize) -> (__m256
 /// `x.nb` super-blocks and `x` holds `T` q8_K activation rows of as many.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let bk = block::<FIVE>();
     // Groups whose pair sums add up in i16 before widening (see the module docs).
     let run = if FIVE { 4 } else { 8 };
@@ -118,7 +117,7 @@ pub(super) unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, res: 
         // Spread over the chunks: the header's two lines now, each chunk's share below.
         let ahead = wb.wrapping_add(AHEAD * bk);
         prefetch_lines(ahead, QS);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+        let ab: [*const u8; T] = x.q8k_blocks(b);
         let (sc, mn) = scales_mins(wb);
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..4 {

@@ -74,13 +74,12 @@ unsafe fn quants(wb: *const u8, n: usize, s: usize, i: usize) -> __m256i {
 /// super-blocks and `x` holds `T` q8_K activation rows of as many.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let (even, odd) = (ld256(EVEN.as_ptr()), ld256(ODD.as_ptr()));
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..x.nb {
         let wb = x.panel.add(b * BLOCK);
         let ahead = wb.wrapping_add(AHEAD * BLOCK);
-        let ab: [*const u8; T] = core::array::from_fn(|t| a[t].add(292 * b));
+        let ab: [*const u8; T] = x.q8k_blocks(b);
         let mut isum = [_mm256_setzero_si256(); T];
         for n in 0..2 {
             // This half's share of a later super-block.

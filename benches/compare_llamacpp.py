@@ -15,6 +15,7 @@ benches/out/compare_llamacpp.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import shutil
@@ -78,8 +79,10 @@ def bytes_per_token(path: Path) -> int:
     return sum(n for name, n in tensors.items() if tied or name != "token_embd.weight")
 
 
+@functools.cache
 def tests_module(name: str):
-    """A helper module of tests/ shared with the benches (llama.cpp's quantizer, its loader)."""
+    """A helper module of tests/ shared with the benches (llama.cpp's quantizer, its
+    loader), loaded once."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -92,8 +95,9 @@ class LlamaCpp:
     def __init__(self, path: Path, threads: int, pp: int, tg: int, vocab: int):
         # Without its AMX weight buffers where llama.cpp would use them: they crash
         # there (tests/llamacpp_model.py); the report says which ran.
-        self.llm = tests_module("llamacpp_model").open_model(path, n_threads=threads, n_threads_batch=threads, n_batch=pp, n_ubatch=pp,
-                         n_ctx=max(pp, tg) + 16, verbose=False)
+        self.llm = tests_module("llamacpp_model").open_model(
+            path, n_threads=threads, n_threads_batch=threads, n_batch=pp, n_ubatch=pp, n_ctx=max(pp, tg) + 16,
+            verbose=False)
         self.pp, self.tg, self.vocab = pp, tg, vocab
         self.rng = np.random.default_rng(0)
 

@@ -11,12 +11,14 @@ as a user's default install does.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional, Union
 
 
+@functools.cache
 def has_amx() -> bool:
-    """Whether this llama.cpp build uses AMX on this CPU."""
+    """Whether this llama.cpp build uses AMX on this CPU (asked once per process)."""
     import llama_cpp
 
     return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")

@@ -14,6 +14,7 @@ import pytest
 import edgellm
 from edgellm.calibrate import Grid, QuantizedWeight, rtn
 from edgellm.calibrate.kquants import dequantize_q4_k, pack_q4_k, refit_q4_k, sub_block_grids
+from llamacpp_model import open_model
 
 DEFAULT = Path(edgellm.default_model_path())
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n"
@@ -101,10 +102,8 @@ def test_q4_k_gguf_runs_in_llamacpp(q4k_dir, tmp_path):
 
     path = export_gguf(q4k_dir, tmp_path / "m.gguf")
     edge = edgellm.load(path, threads=2)
-    from llamacpp_model import open_model
-
     lc = open_model(path, n_ctx=128, n_batch=128, n_ubatch=128, n_threads=2, n_threads_batch=2,
-                         logits_all=True, type_k=0, type_v=0, verbose=False)
+                    logits_all=True, type_k=0, type_v=0, verbose=False)
     ids = edge.tokenizer.encode(TEXT)[:48]
     lc.eval(ids)
     theirs = np.asarray(lc.scores[: len(ids)], dtype=np.float32)

@@ -85,6 +85,29 @@ pub struct BStream {
 pub type MicroKernelStream =
     unsafe fn(kc: usize, ap: *const f32, lda: usize, b: &BStream, c: *mut f32, ldc: usize, add: bool);
 
+/// The wide tile of 512-bit tables: two A panels (`2 · MR` rows) by two B
+/// panels (`2 · NR` columns), the B panels `kc × NR` values each at `bp` and
+/// `bp + bs` (whole panels of a packed block, or of resident weights, whose
+/// panels span all of k). A is packed when `lda` is 0 (the second panel
+/// `kc · MR` values after the first, as [`PackedA`] lays out neighbours),
+/// else read in place (`ap[r · lda + kk]`, `r < 2 · MR`). Each output sums
+/// the same FMAs in the same order as the table's [`MicroKernelOf`] tile, so
+/// the tiling does not change a bit.
+///
+/// # Safety
+/// As [`MicroKernel`] for two panels of A and of B and `2 · MR` rows of
+/// `2 · NR` outputs.
+pub type WideKernelOf<E> =
+    unsafe fn(kc: usize, ap: *const f32, lda: usize, bp: *const E, bs: usize, c: *mut f32, ldc: usize, add: bool);
+
+/// A table's [`WideKernelOf`] tiles, one per B element type.
+#[derive(Clone, Copy)]
+pub struct WideKernels {
+    pub f32: WideKernelOf<f32>,
+    pub f16: WideKernelOf<f16>,
+    pub bf16: WideKernelOf<bf16>,
+}
+
 /// Packs rows `j0..j1` of B, k-range `k0..k0 + kc`, into `NR`-wide panels:
 /// `out[p · kc · NR + kk · NR + c] = B[j0 + p · NR + c][k0 + kk]` (zero past
 /// `j1`). `out` must hold `(j1 - j0).div_ceil(NR) · kc · NR` values.
@@ -358,8 +381,8 @@ pub unsafe fn gemm_packed_raw<'a>(
     }
     // Only the in-place path pays for (zeroing) this 12 KiB.
     let mut last: [f32; MR * KC];
-    let tiles = match a {
-        AOperand::Packed(pa) => Tiles::Packed(pa, kern.gemm_micro),
+    let (source, rows) = match a {
+        AOperand::Packed(pa) => (ASource::Packed(pa), None),
         AOperand::Rows(a) => {
             let rows = kern.gemm_micro_rows.expect("gemm_packed: AOperand::rows checks the kernel");
             last = [0f32; MR * KC];
@@ -368,9 +391,10 @@ pub unsafe fn gemm_packed_raw<'a>(
                 // panel is packed (zero-padded) here.
                 pack_a_block(a.a, a.n, a.k, 0, a.n / MR, &mut last[..a.k * MR]);
             }
-            Tiles::Rows { a, rows, packed: kern.gemm_micro, last: &last }
+            (ASource::Rows { a, last: &last }, Some(rows))
         }
     };
+    let tiles = Tiles { a: source, packed: kern.gemm_micro, rows, wide: kern.gemm_wide.map(|w| w.f32) };
     for jb0 in (j0..j1).step_by(JB) {
         let jb1 = (jb0 + JB).min(j1);
         for k0 in (0..k).step_by(KC) {
@@ -384,7 +408,7 @@ pub unsafe fn gemm_packed_raw<'a>(
             }
             let packed = &mut scratch.b[..len];
             let stream = match (b, kern.gemm_micro_stream) {
-                (BRows::F32Cols { data, ld }, Some(kernel)) => {
+                (BRows::F32Cols { data, ld }, Some(kernel)) if kern.gemm_wide.is_none() => {
                     // Full panels are packed by the first chunk's tiles; a
                     // partial last one here.
                     let full = (jb1 - jb0) / NR;
@@ -461,17 +485,23 @@ impl<'a> From<&'a PackedA> for AOperand<'a> {
     }
 }
 
-/// A's tiles with the micro-kernels that read them.
-enum Tiles<'a, E> {
-    Packed(&'a PackedA, MicroKernelOf<E>),
-    /// Full panels read in place by `rows`; the partial last one (rows past `n`)
-    /// by `packed` from `last`, its packing.
-    Rows {
-        a: RowMajorA<'a>,
-        rows: MicroKernelRowsOf<E>,
-        packed: MicroKernelOf<E>,
-        last: &'a [f32; MR * KC],
-    },
+/// Where A's tiles come from.
+#[derive(Clone, Copy)]
+enum ASource<'a> {
+    Packed(&'a PackedA),
+    /// Full panels read in place; the partial last one (rows past `n`) from
+    /// `last`, its packing.
+    Rows { a: RowMajorA<'a>, last: &'a [f32; MR * KC] },
+}
+
+/// A's tiles with the micro-kernels that read them: `packed` on packed
+/// panels, `rows` (set for [`ASource::Rows`]) on rows in place, and the
+/// table's `wide` tile where it has one.
+struct Tiles<'a, E> {
+    a: ASource<'a>,
+    packed: MicroKernelOf<E>,
+    rows: Option<MicroKernelRowsOf<E>>,
+    wide: Option<WideKernelOf<E>>,
 }
 
 impl<E> Clone for Tiles<'_, E> {
@@ -483,25 +513,27 @@ impl<E> Copy for Tiles<'_, E> {}
 
 impl<E> Tiles<'_, E> {
     fn n(&self) -> usize {
-        match self {
-            Tiles::Packed(pa, _) => pa.n,
-            Tiles::Rows { a, .. } => a.n,
+        match self.a {
+            ASource::Packed(pa) => pa.n,
+            ASource::Rows { a, .. } => a.n,
         }
     }
     fn k(&self) -> usize {
-        match self {
-            Tiles::Packed(pa, _) => pa.k,
-            Tiles::Rows { a, .. } => a.k,
+        match self.a {
+            ASource::Packed(pa) => pa.k,
+            ASource::Rows { a, .. } => a.k,
         }
     }
 
     /// Panel `p` of k-block `kb`: a pointer and A's row stride, 0 for packed
-    /// (as [`MicroKernelStream`] takes it).
+    /// (as [`MicroKernelStream`] and [`WideKernelOf`] take it). A full panel
+    /// in place or packed is followed by panel `p + 1` as the wide tile
+    /// reads it.
     fn a_tile(&self, kb: usize, p: usize) -> (*const f32, usize) {
-        match *self {
-            Tiles::Packed(pa, _) => (pa.block(kb, p).as_ptr(), 0),
-            Tiles::Rows { a, .. } if (p + 1) * MR <= a.n => (a.a[p * MR * a.k..].as_ptr(), a.k),
-            Tiles::Rows { last, .. } => (last.as_ptr(), 0),
+        match self.a {
+            ASource::Packed(pa) => (pa.block(kb, p).as_ptr(), 0),
+            ASource::Rows { a, .. } if (p + 1) * MR <= a.n => (a.a[p * MR * a.k..].as_ptr(), a.k),
+            ASource::Rows { last, .. } => (last.as_ptr(), 0),
         }
     }
 
@@ -513,10 +545,9 @@ impl<E> Tiles<'_, E> {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(&self, kb: usize, kc: usize, p: usize, bq: *const E, c: *mut f32, ldc: usize, add: bool) {
         let (ap, lda) = self.a_tile(kb, p);
-        match *self {
-            Tiles::Packed(_, micro) => micro(kc, ap, bq, c, ldc, add),
-            Tiles::Rows { rows, .. } if lda > 0 => rows(kc, ap, lda, bq, c, ldc, add),
-            Tiles::Rows { packed, .. } => packed(kc, ap, bq, c, ldc, add),
+        match self.rows {
+            Some(rows) if lda > 0 => rows(kc, ap, lda, bq, c, ldc, add),
+            _ => (self.packed)(kc, ap, bq, c, ldc, add),
         }
     }
 
@@ -526,9 +557,9 @@ impl<E> Tiles<'_, E> {
         if !prefetch_next_chunk() {
             return NextChunk { at: core::ptr::null(), lines: 0, per_call: 0 };
         }
-        let (data, at) = match self {
-            Tiles::Packed(pa, _) => (pa.data.as_slice(), pa.block_range(kb * KC, pc).start),
-            Tiles::Rows { a, .. } => (a.a, pc * MR * a.k),
+        let (data, at) = match self.a {
+            ASource::Packed(pa) => (pa.data.as_slice(), pa.block_range(kb * KC, pc).start),
+            ASource::Rows { a, .. } => (a.a, pc * MR * a.k),
         };
         NextChunk::after(data, at + MC_PANELS * MR * kc, MC_PANELS * MR * kc, calls)
     }
@@ -546,15 +577,20 @@ pub unsafe fn gemm_panels_raw(kern: &Kernels, a: &PackedA, b: Panels<'_>, m: usi
     if k == 0 {
         return zero_columns(c, n, ldc, m);
     }
+    let a = ASource::Packed(a);
+    let wide = kern.gemm_wide;
     match b {
-        Panels::F32(w) => panels_times_a(Tiles::Packed(a, kern.gemm_micro), w, m, c, ldc),
+        Panels::F32(w) => {
+            let tiles = Tiles { a, packed: kern.gemm_micro, rows: None, wide: wide.map(|w| w.f32) };
+            panels_times_a(tiles, w, m, c, ldc)
+        }
         Panels::F16(w) => {
-            let micro = kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel");
-            panels_times_a(Tiles::Packed(a, micro), w, m, c, ldc)
+            let packed = kern.gemm_micro_f16.expect("gemm_panels: no f16 micro-kernel");
+            panels_times_a(Tiles { a, packed, rows: None, wide: wide.map(|w| w.f16) }, w, m, c, ldc)
         }
         Panels::Bf16(w) => {
-            let micro = kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel");
-            panels_times_a(Tiles::Packed(a, micro), w, m, c, ldc)
+            let packed = kern.gemm_micro_bf16.expect("gemm_panels: no bf16 micro-kernel");
+            panels_times_a(Tiles { a, packed, rows: None, wide: wide.map(|w| w.bf16) }, w, m, c, ldc)
         }
     }
 }
@@ -577,10 +613,12 @@ unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc
         // A short prompt, whose packed A stays in cache: each weight panel is read
         // once, front to back, as one stream (block by block, the 16 panels of a
         // column block would be 16 interleaved streams from memory).
-        for q in 0..m.div_ceil(NR) {
+        // (Two at a time, as two streams, for the wide tile.)
+        let step = if a.wide.is_some() { 2 } else { 1 };
+        for q in (0..m.div_ceil(NR)).step_by(step) {
             for k0 in (0..k).step_by(KC) {
                 let bp = w[q * panel + k0 * NR..].as_ptr();
-                block_times_a(a, k0, bp, panel, NR.min(m - q * NR), c.add(q * NR), ldc, None);
+                block_times_a(a, k0, bp, panel, (step * NR).min(m - q * NR), c.add(q * NR), ldc, None);
             }
         }
         return;
@@ -616,9 +654,11 @@ unsafe fn block_times_a<E>(
     stream: Option<Stream>,
 ) {
     debug_assert!(stream.is_none() || core::mem::size_of::<E>() == 4, "a stream packs f32 panels");
+    if let (Some(wide), None) = (a.wide, stream) {
+        return block_times_a_wide(a, wide, k0, bp, stride, cols, c, ldc);
+    }
     let (n, kb) = (a.n(), k0 / KC);
     let kc = KC.min(a.k() - k0);
-    let mut edge = [0f32; MR * NR];
     let panels_b = cols.div_ceil(NR);
     let panels = n.div_ceil(MR);
     for pc in (0..panels).step_by(MC_PANELS) {
@@ -641,13 +681,7 @@ unsafe fn block_times_a<E>(
             let per_tile = ahead_rows.div_ceil(chunk);
             for p in pc..pc + chunk {
                 ahead.step();
-                let rows = MR.min(n - p * MR);
-                let out = c.add(p * MR * ldc + q * NR);
-                let full = rows == MR && w == NR;
-                // An edge tile goes through a full-size buffer, then its valid
-                // part to `out`.
-                let (dst, ld, add) = if full { (out, ldc, kb > 0) } else { (edge.as_mut_ptr(), NR, false) };
-                match stream {
+                edge_tile(n, w, kb, c.add(p * MR * ldc + q * NR), ldc, p, |dst, ld, add| match stream {
                     Some(s) => {
                         let (ap, lda) = a.a_tile(kb, p);
                         let first = (p - pc) * per_tile;
@@ -661,20 +695,82 @@ unsafe fn block_times_a<E>(
                         (s.kernel)(kc, ap, lda, &b, dst, ld, add)
                     }
                     None => a.tile(kb, kc, p, bq, dst, ld, add),
-                }
-                if full {
-                    continue;
-                }
-                for r in 0..rows {
-                    let (d, s) = (out.add(r * ldc), &edge[r * NR..r * NR + w]);
-                    if kb == 0 {
-                        // Written, not read: the output may be uninitialized.
-                        core::ptr::copy_nonoverlapping(s.as_ptr(), d, w);
-                    } else {
-                        std::slice::from_raw_parts_mut(d, w).iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                    }
-                }
+                });
             }
+        }
+    }
+}
+
+/// [`block_times_a`] on a table with a wide tile (and B packed or resident):
+/// each pair of A panels meets every pair of the block's B panels in turn.
+/// The pair (24 KiB at `KC`) is read across the block from L1 while the B
+/// panels stream from L2, where the 6 × 16 tiles keep a B panel in L1 and
+/// stream A (a pair of B panels is 64 KiB). The panels left over (an odd
+/// one, partial ones) go through the table's 6 × 16 tile.
+///
+/// # Safety
+/// As [`block_times_a`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_times_a_wide<E>(
+    a: Tiles<'_, E>,
+    wide: WideKernelOf<E>,
+    k0: usize,
+    bp: *const E,
+    stride: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (n, kb) = (a.n(), k0 / KC);
+    let kc = KC.min(a.k() - k0);
+    let (panels, panels_b) = (n.div_ceil(MR), cols.div_ceil(NR));
+    // Pairs of whole panels only: a partial one needs the edge buffer.
+    let (pairs, pairs_b) = (n / MR / 2, cols / NR / 2);
+    let narrow = |p: usize, q: usize| {
+        let w = NR.min(cols - q * NR);
+        let bq = bp.add(q * stride);
+        edge_tile(n, w, kb, c.add(p * MR * ldc + q * NR), ldc, p, |dst, ld, add| a.tile(kb, kc, p, bq, dst, ld, add));
+    };
+    for p in (0..2 * pairs).step_by(2) {
+        let (ap, lda) = a.a_tile(kb, p);
+        let out = c.add(p * MR * ldc);
+        for q in (0..2 * pairs_b).step_by(2) {
+            wide(kc, ap, lda, bp.add(q * stride), stride, out.add(q * NR), ldc, kb > 0);
+        }
+        for q in 2 * pairs_b..panels_b {
+            narrow(p, q);
+            narrow(p + 1, q);
+        }
+    }
+    for p in 2 * pairs..panels {
+        for q in 0..panels_b {
+            narrow(p, q);
+        }
+    }
+}
+
+/// The tile of A panel `p` at `out` (`w ≤ NR` columns of k-block `kb`), by
+/// `run(dst, ld, add)`, the micro-kernel writing `MR` rows of `NR` at `dst`:
+/// in place when the tile is whole, else into a full-size buffer whose valid
+/// part is then stored into (first k-block) or added to `out`.
+///
+/// # Safety
+/// `out` as [`gemm_packed_raw`]'s output for the tile's valid rows and columns.
+#[inline(always)]
+unsafe fn edge_tile(n: usize, w: usize, kb: usize, out: *mut f32, ldc: usize, p: usize, run: impl FnOnce(*mut f32, usize, bool)) {
+    let rows = MR.min(n - p * MR);
+    if rows == MR && w == NR {
+        return run(out, ldc, kb > 0);
+    }
+    let mut edge = [0f32; MR * NR];
+    run(edge.as_mut_ptr(), NR, false);
+    for r in 0..rows {
+        let (d, s) = (out.add(r * ldc), &edge[r * NR..r * NR + w]);
+        if kb == 0 {
+            // Written, not read: the output may be uninitialized.
+            core::ptr::copy_nonoverlapping(s.as_ptr(), d, w);
+        } else {
+            std::slice::from_raw_parts_mut(d, w).iter_mut().zip(s).for_each(|(d, s)| *d += s);
         }
     }
 }

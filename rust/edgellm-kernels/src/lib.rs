@@ -73,6 +73,10 @@ pub struct Kernels {
     pub gemm_micro_f16: Option<gemm::MicroKernelOf<f16>>,
     /// [`Self::gemm_micro_f16`] for bf16 panels.
     pub gemm_micro_bf16: Option<gemm::MicroKernelOf<bf16>>,
+    /// The 12 × 32 tiles of tables with 512-bit vectors ([`gemm::WideKernelOf`]),
+    /// bit-identical to [`Self::gemm_micro`] and its f16/bf16 twins; the packed
+    /// GEMM runs its whole panel pairs on them. `None` elsewhere.
+    pub gemm_wide: Option<gemm::WideKernels>,
     /// Decode and short prompts on float weights repacked at load into panels
     /// ([`panels`]), summed in the micro-kernel's order (so bit-identical to the
     /// packed GEMM on the same panels, and to [`panels::gemm_panels_ref`]).

@@ -29,6 +29,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_q_resident_types: &[],
     gemm_micro_f16: None,
     gemm_micro_bf16: None,
+    gemm_wide: None,
     gemm_panels: None,
     dequantize_row,
 };

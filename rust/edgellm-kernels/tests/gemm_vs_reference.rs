@@ -2,7 +2,8 @@
 //! f16 and bf16 weights, on odd shapes that exercise every edge (partial panels,
 //! partial k-blocks, several B blocks); A read in place (one k-block) against
 //! A packed, and k-major f32 B (packed as the product goes, where the table
-//! streams it) against row-major, bit for bit.
+//! streams it) against row-major, bit for bit, and the AVX-512 table (12 × 32
+//! tiles) against AVX2's (6 × 16) bit for bit.
 
 use edgellm_kernels::gemm::{gemm_packed, pack_a, pack_b, AOperand, BRows, BStream, GemmScratch, MR, NR};
 use edgellm_kernels::{bf16, f16, Isa, Kernels};
@@ -23,6 +24,9 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
     let (j0, j1) = (m / 3, m);
     let w = j1 - j0;
     let ldc = w + 2;
+    // Each B type's AVX2 product, which the AVX-512 table (whose wide tiles
+    // sum in the same order) must match bit for bit.
+    let mut avx2: Vec<(&str, Vec<f32>)> = Vec::new();
     for isa in Isa::supported() {
         let kern = Kernels::for_isa(isa).unwrap();
         let mut f32_rows: Option<Vec<f32>> = None;
@@ -64,6 +68,17 @@ fn check(n: usize, m: usize, k: usize, seed: u64) {
                     "{} {n}x{m}x{k}: k-major B differs from row-major",
                     isa.name()
                 ),
+                _ => {}
+            }
+            match isa {
+                Isa::Avx2 => avx2.push((name, c.clone())),
+                Isa::Avx512 => {
+                    let (_, want) = avx2.iter().find(|(t, _)| *t == name).expect("AVX-512 implies AVX2");
+                    assert!(
+                        c.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan()),
+                        "{name} {n}x{m}x{k}: the AVX-512 product differs from AVX2's"
+                    );
+                }
                 _ => {}
             }
             if let Some(in_place) = AOperand::rows(kern, &a, n, k) {

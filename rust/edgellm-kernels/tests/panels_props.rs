@@ -150,7 +150,8 @@ fn panels_model_shapes() {
     }
 }
 
-/// Every SIMD table has the panel kernel and the widening micro-kernels, so
+/// Every SIMD table has the panel kernel and the widening micro-kernels (and
+/// the AVX-512 one its wide tiles), so
 /// the tests above compare something on each machine but a scalar-only one.
 #[test]
 fn simd_tables_have_the_panel_kernels() {
@@ -159,5 +160,7 @@ fn simd_tables_have_the_panel_kernels() {
             continue;
         }
         assert!(kern.gemm_panels.is_some() && kern.gemm_micro_f16.is_some() && kern.gemm_micro_bf16.is_some(), "{}", kern.isa.name());
+        // The 512-bit table runs whole panel pairs on its 12 × 32 tiles.
+        assert_eq!(kern.gemm_wide.is_some(), kern.isa == edgellm_kernels::Isa::Avx512, "{}", kern.isa.name());
     }
 }

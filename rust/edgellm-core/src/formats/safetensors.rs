@@ -255,9 +255,28 @@ impl TensorStore {
 mod tests {
     use super::*;
 
+    /// A test file's directory, removed when dropped (a mapped file stays
+    /// readable after its name is gone).
+    struct TempFile(PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
     /// A safetensors file of one U8 tensor of `bytes` bytes with `metadata` (raw JSON
     /// string values) in a fresh directory.
-    fn write(tag: &str, bytes: usize, metadata: Option<&str>, dtype: &str) -> PathBuf {
+    fn write(tag: &str, bytes: usize, metadata: Option<&str>, dtype: &str) -> TempFile {
         let dir = std::env::temp_dir().join(format!("edgellm-stq-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let meta = metadata.map(|m| format!("\"__metadata__\":{{\"{QUANT_METADATA_KEY}\":{}}},", serde_json::Value::String(m.into()))).unwrap_or_default();
@@ -268,7 +287,7 @@ mod tests {
         file.extend((0..bytes).map(|i| (i * 37 % 251) as u8));
         let path = dir.join("model.safetensors");
         std::fs::write(&path, file).unwrap();
-        path
+        TempFile(path)
     }
 
     fn open(path: &Path) -> Result<TensorStore> {

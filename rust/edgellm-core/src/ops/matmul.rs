@@ -40,7 +40,8 @@ const PACK_PER_TASK: usize = 8;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource<'_>, m: usize, out: &mut [f32]) {
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
-    let cols = column_blocks(m, par::threads());
+    let unit = if k.gemm_wide.is_some() { 2 * WIDTH } else { WIDTH };
+    let cols = column_blocks(m, par::threads(), unit);
     let shared = SharedMut::new(out);
     let in_place = if matches!(b, BSource::Panels(_)) { None } else { AOperand::rows(k, x, n, kd) };
     let mut kept = Reused::take(&PACKING);
@@ -107,16 +108,17 @@ thread_local! {
 const KEEP_PACKING: usize = 4 << 20;
 
 /// Column blocks of an `m`-column product for `threads` threads: each a
-/// multiple of the micro-tile width (16, 256 at most), narrowing as the
-/// columns left do. Wide blocks up front keep B packing and A re-reads few;
-/// narrow ones at the end keep the thread that finishes first from waiting
-/// long for the other's last block (with equal blocks, four per thread, that
-/// wait cost ~5% of a 2-thread 512³ product).
-fn column_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
+/// multiple of `unit`, the micro-tile width (16, or 32 for the wide tiles of
+/// 512-bit tables, which run a 16-column block at half speed; 256 at most),
+/// narrowing as the columns left do. Wide blocks up front keep B packing
+/// and A re-reads few; narrow ones at the end keep the thread that finishes
+/// first from waiting long for the other's last block (with equal blocks,
+/// four per thread, that wait cost ~5% of a 2-thread 512³ product).
+fn column_blocks(m: usize, threads: usize, unit: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut j = 0;
     while j < m {
-        let w = ((m - j) / (2 * threads.max(1))).clamp(16, 256).next_multiple_of(16);
+        let w = ((m - j) / (2 * threads.max(1))).clamp(unit, 256).next_multiple_of(unit);
         out.push((j, (j + w).min(m)));
         j += w;
     }

@@ -53,6 +53,7 @@ const NEON: Kernels = Kernels {
     gemm_q_resident_types: super::quant_neon::RESIDENT_TYPES,
     gemm_micro_f16: Some(super::gemm_neon::micro_kernel_f16),
     gemm_micro_bf16: Some(super::gemm_neon::micro_kernel_bf16),
+    gemm_wide: None,
     gemm_panels: Some(super::panels_neon::gemm_panels),
     dequantize_row: super::nf4_fp8_neon::dequantize_row,
 };

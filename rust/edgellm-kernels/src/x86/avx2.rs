@@ -25,6 +25,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_pack_b: super::gemm_avx2::pack_b,
     gemm_micro_f16: Some(super::gemm_avx2::micro_kernel_f16),
     gemm_micro_bf16: Some(super::gemm_avx2::micro_kernel_bf16),
+    gemm_wide: None,
     gemm_panels: Some(super::panels_avx2::gemm_panels),
     quantize_act: super::quant_avx2::quantize_act,
     vec_dot: super::quant_avx2::vec_dot,

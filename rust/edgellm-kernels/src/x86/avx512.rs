@@ -21,5 +21,10 @@ pub static KERNELS: Kernels = Kernels {
     gemm_q_resident: Some(super::qgemm_vnni::gemm_q_resident),
     gemm_few: super::few_avx2::gemm_few_avx512,
     gemm_panels: Some(super::panels_avx2::gemm_panels_avx512),
+    gemm_wide: Some(crate::gemm::WideKernels {
+        f32: super::gemm_avx512::wide_f32,
+        f16: super::gemm_avx512::wide_f16,
+        bf16: super::gemm_avx512::wide_bf16,
+    }),
     ..super::avx2::KERNELS
 };

@@ -4,6 +4,7 @@
 pub mod avx2;
 pub mod avx512;
 pub mod gemm_avx2;
+pub mod gemm_avx512;
 pub mod few_avx2;
 pub mod gemv_avx2;
 pub mod gemv_vnni;

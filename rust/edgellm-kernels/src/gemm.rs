@@ -379,19 +379,22 @@ pub unsafe fn gemm_packed_raw<'a>(
     if k == 0 {
         return zero_columns(c, n, ldc, j1 - j0);
     }
-    // Only the in-place path pays for (zeroing) this 12 KiB.
-    let mut last: [f32; MR * KC];
+    let GemmScratch { b: bbuf, last } = scratch;
     let (source, rows) = match a {
         AOperand::Packed(pa) => (ASource::Packed(pa), None),
         AOperand::Rows(a) => {
             let rows = kern.gemm_micro_rows.expect("gemm_packed: AOperand::rows checks the kernel");
-            last = [0f32; MR * KC];
             if a.n % MR != 0 {
                 // Reading MR rows in place would pass A's end: the partial last
-                // panel is packed (zero-padded) here.
-                pack_a_block(a.a, a.n, a.k, 0, a.n / MR, &mut last[..a.k * MR]);
+                // panel is packed (zero-padded) here, k-block by k-block as
+                // PackedA lays out one panel.
+                last.resize(MR * k, 0.0);
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    pack_a_block(a.a, a.n, a.k, k0, a.n / MR, &mut last[k0 * MR..(k0 + kc) * MR]);
+                }
             }
-            (ASource::Rows { a, last: &last }, Some(rows))
+            (ASource::Rows { a, last: last.as_slice() }, Some(rows))
         }
     };
     let tiles = Tiles { a: source, packed: kern.gemm_micro, rows, wide: kern.gemm_wide.map(|w| w.f32) };
@@ -403,10 +406,10 @@ pub unsafe fn gemm_packed_raw<'a>(
             // (padding columns too), so a narrower block after a wider one
             // needs no fresh zeroing (0.4% of a 2-thread 512³ product).
             let len = (jb1 - jb0).div_ceil(NR) * kc * NR;
-            if scratch.b.len() < len {
-                scratch.b.resize(len, 0.0);
+            if bbuf.len() < len {
+                bbuf.resize(len, 0.0);
             }
-            let packed = &mut scratch.b[..len];
+            let packed = &mut bbuf[..len];
             let stream = match (b, kern.gemm_micro_stream) {
                 (BRows::F32Cols { data, ld }, Some(kernel)) if kern.gemm_wide.is_none() => {
                     // Full panels are packed by the first chunk's tiles; a
@@ -447,7 +450,7 @@ pub enum AOperand<'a> {
     Rows(RowMajorA<'a>),
 }
 
-/// Row-major `n × k` activations (`a`), `k ≤ KC`.
+/// Row-major `n × k` activations (`a`): `k ≤ KC`, or any `k` on a table with wide tiles.
 #[derive(Clone, Copy)]
 pub struct RowMajorA<'a> {
     a: &'a [f32],
@@ -456,13 +459,18 @@ pub struct RowMajorA<'a> {
 }
 
 impl<'a> AOperand<'a> {
-    /// Row-major `a` (`n × k`) read in place, where that needs no packing: `k`
-    /// is one k-block (so each tile's rows are `k` contiguous values, and a
-    /// chunk of `MC_PANELS` panels one contiguous stretch of A, as packed)
-    /// and `kern` has a row-reading micro-kernel. `None` otherwise: pack A.
-    /// Packing 512 × 512 activations was ~4% of a 2-thread 512³ product.
+    /// Row-major `a` (`n × k`) read in place, where that needs no packing:
+    /// `kern` has a row-reading micro-kernel, and `k` is one k-block (so a
+    /// chunk of `MC_PANELS` panels is one contiguous stretch of A, as packed)
+    /// or the table has wide tiles (whose pair of A panels, read across a
+    /// block's B panels from L1, is fetched once per column block: in place,
+    /// twelve rows of one k-block, where the 6 × 16 tiles' chunks read past
+    /// the k-block's end ran 8% slower than packed). `None` otherwise: pack A.
+    /// Packing 512 × 512 activations was ~4% of a 2-thread 512³ product;
+    /// at 4096³ the packing is 64 MiB written and read back.
     pub fn rows(kern: &Kernels, a: &'a [f32], n: usize, k: usize) -> Option<AOperand<'a>> {
-        (kern.gemm_micro_rows.is_some() && (1..=KC).contains(&k) && Some(a.len()) == n.checked_mul(k))
+        let blocks = (1..=KC).contains(&k) || (kern.gemm_wide.is_some() && k > 0);
+        (kern.gemm_micro_rows.is_some() && blocks && Some(a.len()) == n.checked_mul(k))
             .then_some(AOperand::Rows(RowMajorA { a, n, k }))
     }
     pub fn n(&self) -> usize {
@@ -490,8 +498,8 @@ impl<'a> From<&'a PackedA> for AOperand<'a> {
 enum ASource<'a> {
     Packed(&'a PackedA),
     /// Full panels read in place; the partial last one (rows past `n`) from
-    /// `last`, its packing.
-    Rows { a: RowMajorA<'a>, last: &'a [f32; MR * KC] },
+    /// `last`, its packing (k-block after k-block).
+    Rows { a: RowMajorA<'a>, last: &'a [f32] },
 }
 
 /// A's tiles with the micro-kernels that read them: `packed` on packed
@@ -532,8 +540,8 @@ impl<E> Tiles<'_, E> {
     fn a_tile(&self, kb: usize, p: usize) -> (*const f32, usize) {
         match self.a {
             ASource::Packed(pa) => (pa.block(kb, p).as_ptr(), 0),
-            ASource::Rows { a, .. } if (p + 1) * MR <= a.n => (a.a[p * MR * a.k..].as_ptr(), a.k),
-            ASource::Rows { last, .. } => (last.as_ptr(), 0),
+            ASource::Rows { a, .. } if (p + 1) * MR <= a.n => (a.a[p * MR * a.k + kb * KC..].as_ptr(), a.k),
+            ASource::Rows { last, .. } => (last[kb * KC * MR..].as_ptr(), 0),
         }
     }
 
@@ -858,6 +866,8 @@ fn prefetch_l2(p: *const u8) {
 #[derive(Default)]
 pub struct GemmScratch {
     b: Vec<f32>,
+    /// The partial last panel of A read in place, packed.
+    last: Vec<f32>,
 }
 
 /// Portable [`MicroKernelRows`]: [`micro_kernel_scalar`] with A's rows read in place.

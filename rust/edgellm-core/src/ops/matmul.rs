@@ -32,9 +32,9 @@ const PACK_PER_TASK: usize = 8;
 /// before its first block: one pool wake-up and one join, where packing and
 /// product as two loops took two (+4-5% on 2-thread 512³ and 1024³ products).
 /// Every output is computed by one block in a fixed order: results do not
-/// depend on the thread count. When k is one k-block and the table has a
-/// micro-kernel that reads A's rows in place ([`AOperand::rows`]), nothing is
-/// packed and the threads go straight to the column blocks, with the same
+/// depend on the thread count. Where the table's micro-kernels read A's rows
+/// in place ([`AOperand::rows`]: k of one k-block, or any k on a table with
+/// wide tiles), nothing is packed and the threads go straight to the column blocks, with the same
 /// results (resident panels, whose f16/bf16 kernels read packed A only, still
 /// pack).
 #[allow(clippy::too_many_arguments)]

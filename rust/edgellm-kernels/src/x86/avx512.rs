@@ -2,10 +2,14 @@
 //! with the products of the quantized prompt GEMM (q4_0, q8_0 and the k-quants:
 //! [`super::qgemm_vnni`]) and the q4_0/q8_0 decode GEMV ([`super::gemv_vnni`])
 //! on `vpdpbusd`.
-//! The float kernels stay on 256-bit vectors (on Zen 4 a 512-bit FMA issues as
-//! two 256-bit halves) but use the 32 registers of AVX-512 VL where more
-//! accumulators help: `gemm_few` (16 tokens per weight row) and the long-row
-//! float GEMV (4 rows per pass instead of 3).
+//! The float prompt GEMM runs 12 × 32 tiles on 512-bit vectors
+//! ([`super::gemm_avx512`]): on cores with two 512-bit FMA units (Intel
+//! server parts) that is twice the 6 × 16 AVX2 tile's rate, and on Zen 4,
+//! which issues a 512-bit FMA as two halves, fewer loads per FMA. The
+//! memory-bound float kernels stay on 256-bit vectors but use the 32
+//! registers of AVX-512 VL where more accumulators help: `gemm_few` (16
+//! tokens per weight row) and the long-row float GEMV (4 rows per pass
+//! instead of 3).
 
 use crate::{Isa, Kernels};
 

@@ -254,9 +254,8 @@ pub(super) unsafe fn q4_0_rows<P: Q4Pair>(w: &[u8], rb: usize, act: &[u8], nb: u
         for b in 8 * groups..nb {
             let (wb, ab) = (wr.add(18 * b), act.as_ptr().add(34 * b));
             // One block as a pair with itself: the low lane holds its sums.
-            let low = |p: *const u8| _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p as *const __m128i));
-            let v = low(wb.add(2));
-            let pair = [low(ab.add(2)), low(ab.add(18))];
+            let v = low128(wb.add(2));
+            let pair = [low128(ab.add(2)), low128(ab.add(18))];
             let s = _mm256_castsi256_si128(P::pair(v, pair.as_ptr()));
             let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
             let isum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)));
@@ -302,4 +301,12 @@ pub(super) unsafe fn q8_0_rows<B: Q8Block>(w: &[u8], rb: usize, act: &[u8], nb: 
         *y = sum;
     }
     PREPARED.with_borrow_mut(|s| *s = Some(p));
+}
+
+/// 16 bytes at `p` in the low lane of a vector, the high lane zero. (A helper
+/// rather than a closure: closures do not inherit their caller's target
+/// features, so their intrinsics may stay calls.)
+#[inline(always)]
+unsafe fn low128(p: *const u8) -> __m256i {
+    _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p as *const __m128i))
 }

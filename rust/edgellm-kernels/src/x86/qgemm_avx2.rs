@@ -9,7 +9,7 @@
 //! once. Bit-identical to the scalar `vec_dot` (see the module docs of `qgemm`).
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::x86::simd::{ld256, load_f16, prefetch_lines};
+use crate::x86::simd::{ld256, load_f16, prefetch_lines, st256};
 use crate::quant::qgemm::{self, by_tokens, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
 use super::{resident_q45k_avx2, resident_q6k_avx2};
@@ -358,7 +358,10 @@ pub(super) unsafe fn q4_k_finish_panel<const T: usize>(
     isum: &[__m256i; T],
     acc: &mut [__m256; T],
 ) {
-    let mins = core::array::from_fn(|sb| ld256(wb.add(l.sc2 + 32 * sb)));
+    let mut mins = [_mm256_setzero_si256(); 8];
+    for (sb, m) in mins.iter_mut().enumerate() {
+        *m = ld256(wb.add(l.sc2 + 32 * sb));
+    }
     let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
     let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
     q4_k_finish(&mins, d, dmin, ab, isum, acc);
@@ -414,10 +417,15 @@ unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
 #[inline(always)]
 pub(super) unsafe fn q6_k_pair_sums<const T: usize>(wb: *const u8, ab: &[*const u8; T], g: usize) -> [__m256i; T] {
     let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
-    core::array::from_fn(|t| {
+    // A loop, not `array::from_fn`: a closure does not inherit the caller's
+    // target features, and its intrinsics, left as calls, made q6_K prompts
+    // 30× slower in one build.
+    let mut s = [_mm256_setzero_si256(); T];
+    for (t, s) in s.iter_mut().enumerate() {
         let y = ab[t].add(Q8K_QS + 4 * g);
-        _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast4(y)), _mm256_maddubs_epi16(w1, bcast4(y.add(4))))
-    })
+        *s = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast4(y)), _mm256_maddubs_epi16(w1, bcast4(y.add(4))));
+    }
+    s
 }
 
 /// The end of a q6_K super-block (packed at `wb`, layout `l`) for `T` tokens,
@@ -489,25 +497,28 @@ mod pack {
         for b in 0..nb {
             let src = w.as_ptr().add(b * bb);
             let o = out.as_mut_ptr().add(b * l.stride);
-            let st = |g: usize, v: __m256i| _mm256_storeu_si256(o.add(32 * g) as *mut __m256i, v);
             let row = |r: usize| src.add(r * rb + 2);
             if ty == GgmlType::Q4_0 {
                 // Rows r and r + 4 share a register (low / high lane), so the
                 // transpose leaves dword g of rows 0..8 in one vector: group g's
                 // low nibbles, group g + 4's high nibbles.
-                let x = core::array::from_fn(|r| _mm256_loadu2_m128i(row(r + 4) as *const __m128i, row(r) as *const __m128i));
+                let mut x = [_mm256_setzero_si256(); 4];
+                for (r, x) in x.iter_mut().enumerate() {
+                    *x = _mm256_loadu2_m128i(row(r + 4) as *const __m128i, row(r) as *const __m128i);
+                }
                 for (g, v) in transpose4(x).into_iter().enumerate() {
-                    st(g, _mm256_and_si256(v, nib));
-                    st(g + 4, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                    st256(o, 32 * g, _mm256_and_si256(v, nib));
+                    st256(o, 32 * (g + 4), _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                 }
             } else {
                 // q8_0: dwords 0..4 of each row, then dwords 4..8.
                 for half in 0..2 {
-                    let x = core::array::from_fn(|r| {
-                        _mm256_loadu2_m128i(row(r + 4).add(16 * half) as *const __m128i, row(r).add(16 * half) as *const __m128i)
-                    });
+                    let mut x = [_mm256_setzero_si256(); 4];
+                    for (r, x) in x.iter_mut().enumerate() {
+                        *x = _mm256_loadu2_m128i(row(r + 4).add(16 * half) as *const __m128i, row(r).add(16 * half) as *const __m128i);
+                    }
                     for (g, v) in transpose4(x).into_iter().enumerate() {
-                        st(4 * half + g, v);
+                        st256(o, 32 * (4 * half + g), v);
                     }
                 }
             }

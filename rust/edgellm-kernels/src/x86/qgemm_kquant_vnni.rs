@@ -92,7 +92,10 @@ unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKE
                 }
             }
         }
-        let isum = core::array::from_fn(|t| _mm256_add_epi32(i2[t][0], i2[t][1]));
+        let mut isum = [_mm256_setzero_si256(); T];
+        for (s, i2) in isum.iter_mut().zip(&i2) {
+            *s = _mm256_add_epi32(i2[0], i2[1]);
+        }
         q6_k_finish(wb, l, ab, &isum, acc);
     })
 }

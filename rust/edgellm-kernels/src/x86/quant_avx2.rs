@@ -175,8 +175,11 @@ mod imp {
     #[inline(always)]
     unsafe fn group_scales(sc: __m256i, n: usize) -> [__m256i; 4] {
         let half = if n == 0 { _mm256_permute2x128_si256(sc, sc, 0x00) } else { _mm256_permute2x128_si256(sc, sc, 0x11) };
-        let pick = |s: usize| _mm256_shuffle_epi8(half, ld256(PAIR_MASKS[s].as_ptr()));
-        [pick(0), pick(1), pick(2), pick(3)]
+        let mut out = [_mm256_setzero_si256(); 4];
+        for (s, o) in out.iter_mut().enumerate() {
+            *o = _mm256_shuffle_epi8(half, ld256(PAIR_MASKS[s].as_ptr()));
+        }
+        out
     }
 
     /// Runs `$body` for blocks `$i` in `0..$nb`, alternating two f32 accumulators
@@ -390,7 +393,7 @@ mod imp {
     /// Four vectors of 8 integral floats (|v| ≤ 127) to 32 bytes in order.
     #[inline(always)]
     unsafe fn pack_i8(v: [__m256; 4], out: *mut u8) {
-        let i = v.map(|x| _mm256_cvttps_epi32(x));
+        let i = [_mm256_cvttps_epi32(v[0]), _mm256_cvttps_epi32(v[1]), _mm256_cvttps_epi32(v[2]), _mm256_cvttps_epi32(v[3])];
         let a = _mm256_packs_epi32(i[0], i[1]);
         let b = _mm256_packs_epi32(i[2], i[3]);
         let p = _mm256_packs_epi16(a, b);
@@ -405,19 +408,23 @@ mod imp {
         let one = _mm256_set1_ps(1.0);
         let sign = _mm256_set1_ps(-0.0);
         for (xb, b) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
-            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xb.as_ptr().add(o)));
+            let mut v = [_mm256_setzero_ps(); 4];
+            for (j, v) in v.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(xb.as_ptr().add(8 * j));
+            }
             let m = _mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])), _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])));
             let d = hmax(m) / 127.0;
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
             b[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
-            let q = v.map(|vi| {
-                let t = _mm256_mul_ps(vi, id);
+            let mut q = v;
+            for q in q.iter_mut() {
+                let t = _mm256_mul_ps(*q, id);
                 let r = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
                 // t - trunc(t) is exact; step away from zero where it is ≥ 0.5.
                 let up = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(t, r)), half, _CMP_GE_OQ);
                 let step = _mm256_and_ps(up, _mm256_or_ps(_mm256_and_ps(t, sign), one));
-                _mm256_add_ps(r, step)
-            });
+                *q = _mm256_add_ps(r, step);
+            }
             pack_i8(q, b.as_mut_ptr().add(Q8_0_QS));
         }
     }
@@ -441,10 +448,11 @@ mod imp {
             let iscale = -127.0 / max;
             let is = _mm256_set1_ps(iscale);
             for j in 0..8 {
-                let v = [0, 8, 16, 24].map(|o| {
-                    let t = _mm256_mul_ps(is, _mm256_loadu_ps(xb.as_ptr().add(32 * j + o)));
-                    _mm256_min_ps(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), q127)
-                });
+                let mut v = [_mm256_setzero_ps(); 4];
+                for (o, v) in v.iter_mut().enumerate() {
+                    let t = _mm256_mul_ps(is, _mm256_loadu_ps(xb.as_ptr().add(32 * j + 8 * o)));
+                    *v = _mm256_min_ps(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), q127);
+                }
                 pack_i8(v, b.as_mut_ptr().add(Q8K_QS + 32 * j));
             }
             for j in 0..16 {

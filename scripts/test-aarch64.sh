@@ -36,3 +36,17 @@ for cpu in max cortex-a53; do
     EDGELLM_ALLOC_SIMD_ONLY=1 cargo test --release -p edgellm-core --test decode_allocations \
         --target aarch64-unknown-linux-gnu --target-dir target/aarch64
 done
+
+# As tests/test_kernel_intrinsics.py for the x86 extension: a NEON intrinsic
+# compiled as a call (inside a closure, which does not inherit a kernel's
+# target features) costs a call per instruction and changes no result.
+echo "== aarch64 release build: every NEON intrinsic inlined =="
+bins=$(find target/aarch64/aarch64-unknown-linux-gnu/release/deps -maxdepth 1 -type f -name 'isa_paths-*' ! -name '*.d')
+aarch64-linux-gnu-nm --defined-only $bins | grep -q edgellm_kernels || { echo "no kernel symbols in $bins" >&2; exit 1; }
+calls=$(aarch64-linux-gnu-nm --defined-only $bins | awk '$2 ~ /^[tT]$/ && $3 ~ /core_arch/ && $3 ~ /neon/ && $3 !~ /fmt/ {print $3}' | sort -u)
+if [ -n "$calls" ]; then
+    echo "intrinsics left as calls:" >&2
+    echo "$calls" >&2
+    exit 1
+fi
+echo "none left as calls"

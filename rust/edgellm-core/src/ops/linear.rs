@@ -27,6 +27,10 @@ const PACKED_MIN_ROWS: usize = 9;
 /// f16 panels, GFLOP/s gemm_panels | GEMM: 16 tokens 70 | 50-58, 32 tokens 81-84
 /// | 65-68, 64 tokens 82-84 | 79, 128 tokens 67-86 | 82-91 (AVX2 | AVX-512).
 const PANELS_GEMM_MIN_ROWS: usize = 64;
+/// [`PANELS_GEMM_MIN_ROWS`] on tables with wide GEMM tiles (512-bit): there the
+/// GEMM wins from 16 tokens (same bench, an Intel AVX-512 core, gemm_panels |
+/// GEMM: 16 tokens 64 | 87, 32 tokens 69 | 96, 64 tokens 72 | 122).
+const PANELS_GEMM_MIN_ROWS_WIDE: usize = 16;
 /// Row counts from which quantized weights take the multi-row integer GEMM
 /// (`Kernels::gemm_q`) instead of one GEMV per row: below, repacking the weight
 /// panels costs more than reading the weights once per row (measured, AVX2, 2
@@ -269,13 +273,15 @@ impl Linear {
     }
 
     /// `out = x Wᵀ` (no bias) on float panels: up to `PANELS_GEMM_MIN_ROWS` rows
+    /// (`PANELS_GEMM_MIN_ROWS_WIDE` on tables with wide tiles)
     /// through `Kernels::gemm_panels` on blocks of panels claimed in order (one
     /// front through the weights), longer prompts through the packed GEMM reading
     /// the panels in place. Both sum in the same order: a token's outputs are the same bits
     /// however many tokens come with it.
     fn forward_panels(&self, k: &Kernels, p: Panels<'_>, x: &[f32], n: usize, out: &mut [f32]) {
         let (m, kd) = (self.out_features(), self.in_features());
-        if n >= PANELS_GEMM_MIN_ROWS {
+        let min_rows = if k.gemm_wide.is_some() { PANELS_GEMM_MIN_ROWS_WIDE } else { PANELS_GEMM_MIN_ROWS };
+        if n >= min_rows {
             return par_matmul(k, x, n, kd, BSource::Panels(p), m, out);
         }
         let run = k.gemm_panels.expect("float panels need gemm_panels");

@@ -425,7 +425,8 @@ pub unsafe fn gemm_packed_raw<'a>(
                     None
                 }
             };
-            block_times_a(tiles, k0, packed.as_mut_ptr().cast_const(), kc * NR, jb1 - jb0, c.add(jb0 - j0), ldc, stream);
+            let b = BlockB { at: packed.as_mut_ptr().cast_const(), stride: kc * NR, cols: jb1 - jb0 };
+            block_times_a(tiles, k0, b, c.add(jb0 - j0), ldc, stream);
         }
     }
 }
@@ -626,7 +627,8 @@ unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc
         for q in (0..m.div_ceil(NR)).step_by(step) {
             for k0 in (0..k).step_by(KC) {
                 let bp = w[q * panel + k0 * NR..].as_ptr();
-                block_times_a(a, k0, bp, panel, (step * NR).min(m - q * NR), c.add(q * NR), ldc, None);
+                let b = BlockB { at: bp, stride: panel, cols: (step * NR).min(m - q * NR) };
+                block_times_a(a, k0, b, c.add(q * NR), ldc, None);
             }
         }
         return;
@@ -636,35 +638,33 @@ unsafe fn panels_times_a<E>(a: Tiles<'_, E>, w: &[E], m: usize, c: *mut f32, ldc
     for jb0 in (0..m).step_by(JB) {
         for k0 in (0..k).step_by(KC) {
             let bp = w[jb0 / NR * panel + k0 * NR..].as_ptr();
-            block_times_a(a, k0, bp, panel, JB.min(m - jb0), c.add(jb0), ldc, None);
+            block_times_a(a, k0, BlockB { at: bp, stride: panel, cols: JB.min(m - jb0) }, c.add(jb0), ldc, None);
         }
     }
 }
 
-/// One k-block (from `k0`) of a column block: every A panel times the `cols`
-/// columns' B panels (the first at `bp`, the next `stride` elements on, each `kc
-/// × NR` from there), added to `c` (stored for the first k-block). With a
-/// `stream`, the first chunk of A panels packs the whole B panels as it goes.
-///
-/// # Safety
-/// `bp` holds the panels (writable f32 for the whole ones when `stream` is
-/// given, which then holds their source rows); `c` as in [`gemm_packed_raw`]
-/// for `cols` columns.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_times_a<E>(
-    a: Tiles<'_, E>,
-    k0: usize,
-    bp: *const E,
+/// A k-block of a column block's B panels: `cols` columns, the first panel
+/// at `at`, the next `stride` elements on, each `kc × NR` from there.
+struct BlockB<E> {
+    at: *const E,
     stride: usize,
     cols: usize,
-    c: *mut f32,
-    ldc: usize,
-    stream: Option<Stream>,
-) {
+}
+
+/// One k-block (from `k0`) of a column block: every A panel times the B
+/// panels `b`, added to `c` (stored for the first k-block). With a `stream`,
+/// the first chunk of A panels packs the whole B panels as it goes.
+///
+/// # Safety
+/// `b.at` holds the panels (writable f32 for the whole ones when `stream` is
+/// given, which then holds their source rows); `c` as in [`gemm_packed_raw`]
+/// for `b.cols` columns.
+unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, b: BlockB<E>, c: *mut f32, ldc: usize, stream: Option<Stream>) {
     debug_assert!(stream.is_none() || core::mem::size_of::<E>() == 4, "a stream packs f32 panels");
     if let (Some(wide), None) = (a.wide, stream) {
-        return block_times_a_wide(a, wide, k0, bp, stride, cols, c, ldc);
+        return block_times_a_wide(a, wide, k0, b, c, ldc);
     }
+    let BlockB { at: bp, stride, cols } = b;
     let (n, kb) = (a.n(), k0 / KC);
     let kc = KC.min(a.k() - k0);
     let panels_b = cols.div_ceil(NR);
@@ -718,17 +718,8 @@ unsafe fn block_times_a<E>(
 ///
 /// # Safety
 /// As [`block_times_a`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_times_a_wide<E>(
-    a: Tiles<'_, E>,
-    wide: WideKernelOf<E>,
-    k0: usize,
-    bp: *const E,
-    stride: usize,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn block_times_a_wide<E>(a: Tiles<'_, E>, wide: WideKernelOf<E>, k0: usize, b: BlockB<E>, c: *mut f32, ldc: usize) {
+    let BlockB { at: bp, stride, cols } = b;
     let (n, kb) = (a.n(), k0 / KC);
     let kc = KC.min(a.k() - k0);
     let (panels, panels_b) = (n.div_ceil(MR), cols.div_ceil(NR));

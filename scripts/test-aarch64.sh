@@ -42,8 +42,11 @@ done
 # target features) costs a call per instruction and changes no result.
 echo "== aarch64 release build: every NEON intrinsic inlined =="
 bins=$(find target/aarch64/aarch64-unknown-linux-gnu/release/deps -maxdepth 1 -type f -name 'isa_paths-*' ! -name '*.d')
-aarch64-linux-gnu-nm --defined-only $bins | grep -q edgellm_kernels || { echo "no kernel symbols in $bins" >&2; exit 1; }
-calls=$(aarch64-linux-gnu-nm --defined-only $bins | awk '$2 ~ /^[tT]$/ && $3 ~ /core_arch/ && $3 ~ /neon/ && $3 !~ /fmt/ {print $3}' | sort -u)
+# (nm's output is kept: `nm | grep -q` fails under pipefail when grep stops
+# reading early.)
+syms=$(aarch64-linux-gnu-nm --defined-only $bins)
+grep -q edgellm_kernels <<< "$syms" || { echo "no kernel symbols in $bins" >&2; exit 1; }
+calls=$(awk '$2 ~ /^[tT]$/ && $3 ~ /core_arch/ && $3 ~ /neon/ && $3 !~ /fmt/ {print $3}' <<< "$syms" | sort -u)
 if [ -n "$calls" ]; then
     echo "intrinsics left as calls:" >&2
     echo "$calls" >&2

@@ -411,7 +411,7 @@ pub unsafe fn gemm_packed_raw<'a>(
             }
             let packed = &mut bbuf[..len];
             let stream = match (b, kern.gemm_micro_stream) {
-                (BRows::F32Cols { data, ld }, Some(kernel)) if kern.gemm_wide.is_none() => {
+                (BRows::F32Cols { data, ld }, Some(kernel)) => {
                     // Full panels are packed by the first chunk's tiles; a
                     // partial last one here.
                     let full = (jb1 - jb0) / NR;
@@ -661,7 +661,8 @@ struct BlockB<E> {
 /// for `b.cols` columns.
 unsafe fn block_times_a<E>(a: Tiles<'_, E>, k0: usize, b: BlockB<E>, c: *mut f32, ldc: usize, stream: Option<Stream>) {
     debug_assert!(stream.is_none() || core::mem::size_of::<E>() == 4, "a stream packs f32 panels");
-    if let (Some(wide), None) = (a.wide, stream) {
+    if let Some(wide) = a.wide {
+        debug_assert!(stream.is_none(), "tables with wide tiles have no streaming tile");
         return block_times_a_wide(a, wide, k0, b, c, ldc);
     }
     let BlockB { at: bp, stride, cols } = b;

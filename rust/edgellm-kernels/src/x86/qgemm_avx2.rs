@@ -300,6 +300,30 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
     }
 }
 
+/// The super-block loop of the k-quant tiles (per-call panels of 256-element
+/// blocks against q8_K activations) for `$t` tokens: `$body` for every block,
+/// with `$wb` the panel's block, `$ab` the tokens' q8_K blocks and `$acc` the
+/// `&mut [__m256; $t]` row accumulators, then the rows stored into `$res`. A
+/// macro, not a function taking a closure: the body is the tile's whole
+/// integer kernel, and a closure does not inherit the tile's target features,
+/// so its intrinsics may stay calls (see [`q6_k_pair_sums`]).
+macro_rules! super_blocks {
+    ($t:ident, $x:expr, $res:expr, |$wb:ident, $ab:ident, $acc:ident| $body:block) => {{
+        let (x, res): (&PanelTile, &mut [[f32; PANEL]; TILE_TOKENS]) = ($x, $res);
+        let mut rows = [_mm256_setzero_ps(); $t];
+        for b in 0..x.nb {
+            let $wb = x.panel.add(b * x.l.stride);
+            let $ab: &[*const u8; $t] = &x.q8k_blocks(b);
+            let $acc = &mut rows;
+            $body
+        }
+        for t in 0..$t {
+            _mm256_storeu_ps(res[t].as_mut_ptr(), rows[t]);
+        }
+    }};
+}
+pub(super) use super_blocks;
+
 /// q4_K and q5_K (the same layout, a byte per quant): per sub-block, the pair
 /// sums of `RUN` groups add up in i16 before `vpmaddwd` by the scales, as many
 /// as cannot overflow (2 · RUN products of a quant and an i8: q4_K's 15 allow
@@ -307,7 +331,7 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks::<T>(x, res, |wb, ab, acc| {
+    super_blocks!(T, x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
             let sc = ld256(wb.add(l.sc + 32 * sb));
@@ -327,25 +351,6 @@ unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32
         }
         q4_k_finish_panel(wb, l, ab, &isum, acc);
     })
-}
-
-/// The super-block loop of the k-quant tiles (per-call panels of 256-element
-/// blocks against q8_K activations): `block(wb, ab, acc)` for every block, with
-/// the panel's block at `wb` and the `T` tokens' q8_K blocks `ab`, then the
-/// accumulated rows stored into `res`.
-#[inline(always)]
-pub(super) unsafe fn super_blocks<const T: usize>(
-    x: &PanelTile,
-    res: &mut [[f32; PANEL]; TILE_TOKENS],
-    mut block: impl FnMut(*const u8, &[*const u8; T], &mut [__m256; T]),
-) {
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..x.nb {
-        block(x.panel.add(b * x.l.stride), &x.q8k_blocks(b), &mut acc);
-    }
-    for t in 0..T {
-        _mm256_storeu_ps(res[t].as_mut_ptr(), acc[t]);
-    }
 }
 
 /// [`q4_k_finish`] for a per-call q4_K/q5_K panel block at `wb` (layout `l`):
@@ -396,7 +401,7 @@ pub(super) unsafe fn q4_k_finish<const T: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks::<T>(x, res, |wb, ab, acc| {
+    super_blocks!(T, x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..16 {
             let sc = ld256(wb.add(l.sc + 32 * j));

@@ -67,7 +67,7 @@ unsafe fn sub_block<const T: usize>(wb: *const u8, ab: &[*const u8; T], sb: usiz
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q45_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks::<T>(x, res, |wb, ab, acc| {
+    super_blocks!(T, x, res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
             sub_block::<T>(wb, ab, sb, ld256(wb.add(l.sc + 32 * sb)), &mut isum);
@@ -79,7 +79,7 @@ unsafe fn q45_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOK
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks::<T>(x, res, |wb, ab, acc| {
+    super_blocks!(T, x, res, |wb, ab, acc| {
         let mut i2 = [[_mm256_setzero_si256(); 2]; T];
         // Chain h: the pair sums of groups 4j + 2h and 4j + 2h + 1 times the
         // scale of sub-block j.

@@ -219,7 +219,36 @@ pub(crate) trait PanelKernels {
         tokens: usize,
         res: &mut [[f32; PANEL]; TILE_TOKENS],
     );
+
+    /// Whether [`Self::tile_pair`] runs `ty`: tables whose vectors hold 16
+    /// lanes take two panels per instruction.
+    fn pairs(&self, _ty: GgmlType) -> bool {
+        false
+    }
+
+    /// [`Self::tile`] on two panels at once: lanes `0..PANEL` of `res[i]` are
+    /// the rows of `tile`'s panel, lanes `PANEL..` those of `second` (a panel of
+    /// the same type, layout and block count), each bit-identical to what
+    /// [`Self::tile`] gives for that panel alone. Only called where
+    /// [`Self::pairs`].
+    ///
+    /// # Safety
+    /// As [`Self::tile`], for both panels.
+    unsafe fn tile_pair(
+        &self,
+        ty: GgmlType,
+        _tile: &PanelTile,
+        _second: *const u8,
+        _tokens: usize,
+        _res: &mut [[f32; 2 * PANEL]; TILE_TOKENS],
+    ) {
+        unreachable!("no paired {} tiles", ty.name())
+    }
 }
+
+/// A tile of two panels ([`PanelKernels::tile_pair`]) as [`tiles_over_panels`]
+/// takes it.
+type PairTile<'f> = &'f dyn Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]);
 
 /// `gemm_q` through the interleaved kernels of `kern` (for types with a
 /// [`panel_layout`]): every panel of [`PANEL`] weight rows packed once per call,
@@ -256,7 +285,12 @@ pub(crate) fn gemm_q_panels(
     }
     let panel = |p: usize| s.w[p * pb..(p + 1) * pb].as_ptr();
     // Sound: every panel was packed above for `nb` blocks of `ty`.
-    unsafe { tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res)) }
+    // Sound: only `tiles_over_panels` calls it, on two of the panels below.
+    let pair = |x: &PanelTile, second: *const u8, c: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]| unsafe {
+        kern.tile_pair(ty, x, second, c, res)
+    };
+    let pair: Option<PairTile> = if kern.pairs(ty) { Some(&pair) } else { None };
+    unsafe { tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res), pair) }
 }
 
 /// The instruction-set specific half of [`gemm_q_resident_panels`].
@@ -317,24 +351,43 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
         unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, out) };
     }
     let panel = |p: usize| if widened { wide[p * wb..].as_ptr() } else { w[p * pb..].as_ptr() };
+    // Widened panels are per-call ones, which the paired tiles read too.
+    // Sound: only `tiles_over_panels` calls it, on two of the panels below.
+    let pair = |x: &PanelTile, second: *const u8, c: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]| unsafe {
+        kern.tile_pair(ty, x, second, c, res)
+    };
+    let pair: Option<PairTile> = if widened && kern.pairs(ty) { Some(&pair) } else { None };
     // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`,
     // and widened ones are per-call panels of the same blocks.
     unsafe {
-        tiles_over_panels(panels, panels * PANEL, nb, l, qa, out, ldo, panel, |x, c, res| match widened {
-            true => kern.tile(ty, x, c, res),
-            false => kern.resident_tile(ty, x, c, res),
-        })
+        tiles_over_panels(
+            panels,
+            panels * PANEL,
+            nb,
+            l,
+            qa,
+            out,
+            ldo,
+            panel,
+            |x, c, res| match widened {
+                true => kern.tile(ty, x, c, res),
+                false => kern.resident_tile(ty, x, c, res),
+            },
+            pair,
+        )
     }
 }
 
 /// For blocks of tokens whose activations (~96 KiB) stay in L2, each panel
 /// `panel(p)` (asked once per block of tokens) against tiles of up to
 /// [`TILE_TOKENS`] tokens through `tile`, the results written to rows `8p..`
-/// (of `rows`) of `out`.
+/// (of `rows`) of `out`; panels two at a time through `pair` where given (an
+/// odd last one through `tile`).
 ///
 /// # Safety
-/// `panel(p)` for `p < panels` points at a panel `tile` can read (`nb` blocks of
-/// `qa`'s type), and `qa`, `out` and `ldo` passed the `gemm_q` checks.
+/// `panel(p)` for `p < panels` points at a panel `tile` and `pair` can read
+/// (`nb` blocks of `qa`'s type), still valid after the next `panel` call, and
+/// `qa`, `out` and `ldo` passed the `gemm_q` checks.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tiles_over_panels(
     panels: usize,
@@ -346,39 +399,63 @@ unsafe fn tiles_over_panels(
     ldo: usize,
     mut panel: impl FnMut(usize) -> *const u8,
     tile: impl Fn(&PanelTile, usize, &mut [[f32; PANEL]; TILE_TOKENS]),
+    pair: Option<PairTile>,
 ) {
     let n = qa.n;
     let ab = vec_dot_type(qa.ty).row_bytes(qa.k).unwrap();
     let per_row = |v: usize, t: usize| if v == 0 { 0 } else { t * nb };
     assert!([qa.da.len(), qa.sa.len(), qa.sa128.len()].into_iter().all(|v| v == per_row(v, n)));
     let nt = ((96 * 1024) / ab).clamp(TILE_TOKENS, 1024) / TILE_TOKENS * TILE_TOKENS;
+    let tile_at = |at: *const u8, t: usize| PanelTile {
+        panel: at,
+        nb,
+        l,
+        acts: qa.bytes[t * ab..].as_ptr(),
+        ab,
+        da: &qa.da[per_row(qa.da.len(), t)..],
+        sa: &qa.sa[per_row(qa.sa.len(), t)..],
+        sa128: &qa.sa128[per_row(qa.sa128.len(), t)..],
+    };
     let mut res = [[0f32; PANEL]; TILE_TOKENS];
+    let mut res2 = [[0f32; 2 * PANEL]; TILE_TOKENS];
     for t0 in (0..n).step_by(nt) {
         let t1 = (t0 + nt).min(n);
-        for p in 0..panels {
-            let (r0, nr) = (p * PANEL, PANEL.min(rows - p * PANEL));
+        let mut p = 0;
+        while p < panels {
+            let r0 = p * PANEL;
             // Once per panel and block of tokens (it may widen the panel).
             let at = panel(p);
+            let (second, step) = match pair {
+                Some(_) if p + 1 < panels => (panel(p + 1), 2),
+                _ => (core::ptr::null(), 1),
+            };
+            let nr = (step * PANEL).min(rows - r0);
             let mut t = t0;
             while t < t1 {
                 let c = TILE_TOKENS.min(t1 - t);
-                let x = PanelTile {
-                    panel: at,
-                    nb,
-                    l,
-                    acts: qa.bytes[t * ab..].as_ptr(),
-                    ab,
-                    da: &qa.da[per_row(qa.da.len(), t)..],
-                    sa: &qa.sa[per_row(qa.sa.len(), t)..],
-                    sa128: &qa.sa128[per_row(qa.sa128.len(), t)..],
-                };
-                tile(&x, c, &mut res);
-                for (i, rr) in res.iter().enumerate().take(c) {
-                    out[(t + i) * ldo + r0..][..nr].copy_from_slice(&rr[..nr]);
+                let x = tile_at(at, t);
+                match pair {
+                    Some(pair) if step == 2 => {
+                        pair(&x, second, c, &mut res2);
+                        store(&res2[..c], out, (t * ldo + r0, ldo), nr);
+                    }
+                    _ => {
+                        tile(&x, c, &mut res);
+                        store(&res[..c], out, (t * ldo + r0, ldo), nr);
+                    }
                 }
                 t += c;
             }
+            p += step;
         }
+    }
+}
+
+/// The first `nr` values of each tile row of `res` into `out`, row `i` at
+/// `at + i · ldo`.
+fn store<const W: usize>(res: &[[f32; W]], out: &mut [f32], (at, ldo): (usize, usize), nr: usize) {
+    for (i, r) in res.iter().enumerate() {
+        out[at + i * ldo..][..nr].copy_from_slice(&r[..nr]);
     }
 }
 

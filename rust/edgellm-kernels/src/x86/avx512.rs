@@ -1,7 +1,7 @@
 //! The AVX-512 table (F/BW/VL + VNNI, on top of AVX2/FMA/F16C): the AVX2 kernels,
 //! with the products of the quantized prompt GEMM (q4_0, q8_0 and the k-quants:
-//! [`super::qgemm_vnni`]) and the q4_0/q8_0 decode GEMV ([`super::gemv_vnni`])
-//! on `vpdpbusd`.
+//! [`super::qgemm_vnni`], two 8-row panels per 512-bit vector where a pair is
+//! left) and the q4_0/q8_0 decode GEMV ([`super::gemv_vnni`]) on `vpdpbusd`.
 //! The float prompt GEMM runs 12 × 32 tiles on 512-bit vectors
 //! ([`super::gemm_avx512`]): on cores with two 512-bit FMA units (Intel
 //! server parts) that is twice the 6 × 16 AVX2 tile's rate, and on Zen 4,

@@ -12,6 +12,7 @@ pub mod lowbit_avx2;
 pub mod panels_avx2;
 pub mod qgemm_avx2;
 mod qgemm_kquant_vnni;
+mod qgemm_pair_vnni;
 pub mod qgemm_vnni;
 pub mod quant_avx2;
 mod resident_q45k_avx2;

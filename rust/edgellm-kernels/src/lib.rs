@@ -24,6 +24,13 @@ use std::sync::OnceLock;
 /// the product of row-major `a` (n × k) with the transpose of row-major `b` (m × k).
 pub type MatmulFn = fn(a: &[f32], b: &[f32], k: usize, c: &mut [f32], ldc: usize);
 
+/// `c[i * ldc + j] = Σ_p a[i*k + p] · b[p*m + j]` for `i < n = a.len() / k`,
+/// `j < m`: the product of row-major `a` (n × k) and row-major `b` (k × m).
+/// The SIMD kernels compute every output as one fused multiply-add chain over
+/// `p` in order, from zero, so they agree bit for bit with each other whatever
+/// their tiling.
+pub type MatmulNnFn = fn(a: &[f32], b: &[f32], k: usize, m: usize, c: &mut [f32], ldc: usize);
+
 /// One function per kernel for one instruction set. Every entry computes the same
 /// mathematical result as the [`scalar`] reference, up to float summation order.
 #[derive(Clone, Copy)]
@@ -56,6 +63,10 @@ pub struct Kernels {
     pub bf16_to_f32: fn(&[bf16], &mut [f32]),
     /// `A · Bᵀ` on f32 (see [`MatmulFn`]) for small row counts.
     pub matmul_f32: MatmulFn,
+    /// `A · B` on f32 (see [`MatmulNnFn`]) for small operands held in cache
+    /// (attention's scores against transposed keys, its probabilities against
+    /// values): broadcast-and-FMA register tiles, no packing.
+    pub matmul_nn_f32: MatmulNnFn,
     /// Register-tile micro-kernel of the packed GEMM ([`gemm::gemm_packed`]), the
     /// prefill work-horse of float weights.
     pub gemm_micro: gemm::MicroKernel,

@@ -17,6 +17,7 @@ pub static KERNELS: Kernels = Kernels {
     f16_to_f32,
     bf16_to_f32,
     matmul_f32,
+    matmul_nn_f32,
     gemm_micro: crate::gemm::micro_kernel_scalar,
     gemm_micro_rows: Some(crate::gemm::micro_kernel_rows_scalar),
     gemm_micro_stream: Some(crate::gemm::micro_kernel_stream_scalar),
@@ -184,6 +185,32 @@ pub(crate) unsafe fn matmul_tiled<T: F32Tile>(a: &[f32], b: &[f32], n: usize, m:
         let j0 = if i < n_full { m_full } else { 0 };
         for j in j0..m {
             c[i * ldc + j] = T::dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
+        }
+    }
+}
+
+/// Checks the shapes shared by every `matmul_nn_f32` implementation; returns n.
+pub(crate) fn matmul_nn_dims(a: &[f32], b: &[f32], k: usize, m: usize, c: &[f32], ldc: usize) -> usize {
+    assert!(k > 0, "matmul_nn_f32: k must be positive");
+    assert!(a.len() % k == 0, "matmul_nn_f32: a is not whole rows of k");
+    assert_eq!(b.len(), k * m, "matmul_nn_f32: b is not k × m");
+    assert!(ldc >= m, "matmul_nn_f32: ldc smaller than the number of columns");
+    let n = a.len() / k;
+    assert!(n == 0 || c.len() >= (n - 1) * ldc + m, "matmul_nn_f32: output too small");
+    n
+}
+
+/// [`crate::MatmulNnFn`]: each output a plain multiply-then-add chain over `p`
+/// (a fused one would call libm's software `fmaf` on cores without FMA).
+pub fn matmul_nn_f32(a: &[f32], b: &[f32], k: usize, m: usize, c: &mut [f32], ldc: usize) {
+    let n = matmul_nn_dims(a, b, k, m, c, ldc);
+    for i in 0..n {
+        let row = &mut c[i * ldc..i * ldc + m];
+        row.fill(0.0);
+        for (p, &x) in a[i * k..(i + 1) * k].iter().enumerate() {
+            for (o, &y) in row.iter_mut().zip(&b[p * m..(p + 1) * m]) {
+                *o += x * y;
+            }
         }
     }
 }

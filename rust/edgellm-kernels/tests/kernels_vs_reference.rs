@@ -295,6 +295,47 @@ fn gemv_rejects_a_short_weight() {
     (k.gemv_f32)(&[0.0; 8], &[0.0; 3], &mut out);
 }
 
+/// `matmul_nn_f32` (`c = a · b`, `b` row-major k × m) of every path: the SIMD
+/// ones bit for bit equal to one fused multiply-add chain per output (their
+/// contract, whatever their tiles), every path within f32 rounding of f64, and
+/// nothing written between `m` and `ldc`.
+fn check_matmul_nn(n: usize, m: usize, k: usize, seed: u64) {
+    let a = data(seed, n * k);
+    let b = data(seed + 11, k * m);
+    let ldc = m + 2;
+    const FILL: f32 = -3.5;
+    for kern in paths() {
+        let mut c = vec![FILL; (n - 1) * ldc + m + 2];
+        (kern.matmul_nn_f32)(&a, &b, k, m, &mut c, ldc);
+        for i in 0..n {
+            for j in 0..ldc {
+                let got = c[i * ldc + j];
+                let what = format!("{} matmul_nn {n}x{k}x{m} at ({i},{j})", kern.isa.name());
+                if j >= m {
+                    assert_eq!(got, FILL, "{what}: written past the columns");
+                    continue;
+                }
+                let col: Vec<f32> = (0..k).map(|p| b[p * m + j]).collect();
+                let row = &a[i * k..(i + 1) * k];
+                assert!(close(got, dot_f64(row.iter().copied(), &col), k), "{what}: {got} vs f64");
+                if kern.isa != Isa::Scalar {
+                    let fused = row.iter().zip(&col).fold(0f32, |s, (x, y)| x.mul_add(*y, s));
+                    assert_eq!(got.to_bits(), fused.to_bits(), "{what}: {got} vs the fused chain {fused}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_nn_edge_shapes() {
+    // Attention's shapes (64-key blocks, head_dim 64 and 128, up to 48 rows),
+    // and every ragged edge of the 6-row, 4/8/16-lane tiles.
+    for &(n, k, m) in &[(48, 64, 64), (48, 64, 128), (13, 128, 64), (7, 1, 1), (6, 3, 17), (5, 9, 33), (1, 64, 65), (12, 5, 100), (8, 31, 7)] {
+        check_matmul_nn(n, m, k, (n * m * k) as u64);
+    }
+}
+
 #[test]
 fn matmul_edge_shapes() {
     for &(n, m, k) in &[
@@ -329,6 +370,11 @@ proptest! {
     #[test]
     fn matmul_random(n in 1usize..12, m in 1usize..14, k in 1usize..90, seed in any::<u64>()) {
         check_matmul(n, m, k, seed);
+    }
+
+    #[test]
+    fn matmul_nn_random(n in 1usize..15, m in 1usize..140, k in 1usize..80, seed in any::<u64>()) {
+        check_matmul_nn(n, m, k, seed);
     }
 }
 

@@ -5,11 +5,14 @@
 //!   maximum `m`, a running sum `l` and an f32 accumulator, rescaled by
 //!   `exp(m_old − m_new)` when the maximum grows (online softmax).
 //! - The query heads of one GQA/MQA group, for a block of query tokens, form the
-//!   rows of one task, so each key block is read once per group: scores are one
-//!   `rows × block` product (`Kernels::matmul_f32`, queries pre-scaled); values
-//!   are accumulated with `Kernels::axpy` for short tasks (decoding) or, for
-//!   tasks of at least 16 rows, as one more `matmul_f32` against value blocks
-//!   transposed once per call. Tokens of a task that see nothing of a key block
+//!   rows of one task, so each key block is read once per group. Short tasks
+//!   (decoding) take the scores as one `rows × block` dot-product matmul
+//!   (`Kernels::matmul_f32`, queries pre-scaled) and accumulate values with
+//!   `Kernels::axpy`; tasks of at least 16 rows (prompts) multiply the queries
+//!   by key blocks transposed once per call, then the probabilities by the value
+//!   blocks in place, both through `Kernels::matmul_nn_f32` (broadcast-FMA tiles:
+//!   a 512-token TinyLlama prompt spent a fifth of its time in the dot-product
+//!   form's horizontal sums). Tokens of a task that see nothing of a key block
 //!   (above the causal diagonal, outside the window) are left out of its products.
 //! - Causal mask, sliding window (query at `p` sees keys `p − window < j ≤ p`) and
 //!   soft-capping (`cap · tanh(s / cap)`, applied to the scaled score before the
@@ -42,10 +45,11 @@ pub const SPLIT_MAX_TOKENS: usize = 16;
 pub const SPLIT_MIN_KEYS: usize = 512;
 /// Key blocks per chunk when the keys are split.
 pub const CHUNK_BLOCKS: usize = 4;
-/// Tasks of at least this many rows multiply the probabilities by transposed
-/// value blocks (`matmul_f32`) instead of one `axpy` per row and key; the values
-/// are then transposed once per call.
-const VT_MIN_ROWS: usize = 16;
+/// Tasks of at least this many rows take their products through
+/// `matmul_nn_f32` (scores against keys transposed once per call,
+/// probabilities against the values) instead of a dot-product matmul and one
+/// `axpy` per row and key.
+const TALL_MIN_ROWS: usize = 16;
 
 /// Causal attention of `q` (`[n × num_heads × head_dim]`, positions
 /// `pos0..pos0+n`) over layer `layer` of `cache`, whose keys and values for
@@ -302,10 +306,10 @@ struct Plan<'a, M: Mask> {
     group: usize,
     qb_tokens: usize,
     blocks: Vec<Block>,
-    /// Values transposed per block, `[kv head][block: head_dim × block keys]`
+    /// Keys transposed per block, `[kv head][block: head_dim × block keys]`
     /// (block `b` of head `h` at `(h · kv.len + b.j0) · head_dim`), if tasks are
     /// tall enough to use them.
-    vt: Option<Vec<f32>>,
+    kt: Option<Vec<f32>>,
 }
 
 impl<M: Mask> Plan<'_, M> {
@@ -333,14 +337,22 @@ impl<M: Mask> Plan<'_, M> {
         let ta = t0 + sc.vis.iter().position(|v| *v != Vis::None)?;
         let tb = t0 + sc.vis.iter().rposition(|v| *v != Vis::None)? + 1;
         let bk = b.j1 - b.j0;
-        let kb = self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
         let rows = (tb - ta) * g;
         if sc.s.len() < rows * bk {
             // A whole block's worth (see `KvPart::block`).
             sc.s.resize(rows * KEY_BLOCK.max(bk), 0.0);
         }
         let s = &mut sc.s[..rows * bk];
-        (self.k.matmul_f32)(self.qrows(kvh, ta, tb), kb, hd, s, bk);
+        match &self.kt {
+            Some(kt) => {
+                let ktb = &kt[(kvh * self.kv.len + b.j0) * hd..][..bk * hd];
+                (self.k.matmul_nn_f32)(self.qrows(kvh, ta, tb), ktb, hd, bk, s, bk)
+            }
+            None => {
+                let kb = self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, false, &mut sc.kt);
+                (self.k.matmul_f32)(self.qrows(kvh, ta, tb), kb, hd, s, bk)
+            }
+        }
         for (ti, (v, srow)) in sc.vis[ta - t0..tb - t0].iter().zip(s.chunks_exact_mut(g * bk)).enumerate() {
             if *v == Vis::None {
                 srow.fill(f32::NEG_INFINITY);
@@ -380,11 +392,7 @@ impl<M: Mask> Plan<'_, M> {
             let Some((ta, tb)) = self.scores(kvh, t0, t1, b, sc) else { continue };
             let bk = b.j1 - b.j0;
             let Scratch { s, m, l, acc, pv, live, vtile, .. } = sc;
-            let vb: &[f32] = if self.vt.is_none() {
-                self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, true, vtile)
-            } else {
-                &[]
-            };
+            let vb = self.kv.part(b.part).block(kvh, b.j0, b.j1, hd, true, vtile);
             // Rows ta..tb of the task.
             let (r0, rows) = ((ta - t0) * self.group, (tb - ta) * self.group);
             let (m, l, acc) = (&mut m[r0..r0 + rows], &mut l[r0..r0 + rows], &mut acc[r0 * hd..(r0 + rows) * hd]);
@@ -405,7 +413,7 @@ impl<M: Mask> Plan<'_, M> {
                 m[r] = m_new;
                 srow.iter_mut().for_each(|x| *x = exp_neg(*x - m_new));
                 l[r] += sum(srow);
-                if self.vt.is_none() {
+                if self.kt.is_none() {
                     for (jj, &w) in srow.iter().enumerate() {
                         if w != 0.0 {
                             (self.k.axpy)(w, &vb[jj * hd..(jj + 1) * hd], accr);
@@ -413,11 +421,10 @@ impl<M: Mask> Plan<'_, M> {
                     }
                 }
             }
-            if let Some(vt) = &self.vt {
+            if self.kt.is_some() {
                 // Rows that saw nothing of this block hold −∞ and are ignored.
-                let vtb = &vt[(kvh * self.kv.len + b.j0) * hd..][..bk * hd];
                 pv.resize(rows * hd, 0.0);
-                (self.k.matmul_f32)(&s[..rows * bk], vtb, bk, pv, hd);
+                (self.k.matmul_nn_f32)(&s[..rows * bk], vb, bk, hd, pv, hd);
                 for (r, _) in live.iter().enumerate().filter(|(_, l)| **l) {
                     for (a, x) in acc[r * hd..(r + 1) * hd].iter_mut().zip(&pv[r * hd..(r + 1) * hd]) {
                         *a += x;
@@ -531,12 +538,12 @@ pub(crate) fn run<M: Mask>(
         }
     }
     let qb_tokens = (ROWS_PER_TASK / group).max(1);
-    let vt = (qb_tokens.min(n) * group >= VT_MIN_ROWS).then(|| {
-        let mut vt = vec![0f32; nkv * kv.len * hd];
-        par::for_each_chunk_mut(&mut vt, (kv.len * hd).max(1), |h, dst| {
+    let kt = (qb_tokens.min(n) * group >= TALL_MIN_ROWS).then(|| {
+        let mut kt = vec![0f32; nkv * kv.len * hd];
+        par::for_each_chunk_mut(&mut kt, (kv.len * hd).max(1), |h, dst| {
             let mut buf = Vec::new();
             for b in &blocks {
-                let src = kv.part(b.part).block(h, b.j0, b.j1, hd, true, &mut buf);
+                let src = kv.part(b.part).block(h, b.j0, b.j1, hd, false, &mut buf);
                 let bk = b.j1 - b.j0;
                 let d = &mut dst[b.j0 * hd..b.j1 * hd];
                 for (jj, row) in src.chunks_exact(hd).enumerate() {
@@ -546,9 +553,9 @@ pub(crate) fn run<M: Mask>(
                 }
             }
         });
-        vt
+        kt
     });
-    let plan = Plan { k, p, kv, mask, qp, n, group, qb_tokens, blocks, vt };
+    let plan = Plan { k, p, kv, mask, qp, n, group, qb_tokens, blocks, kt };
     let tiles = || kv.parts.iter().flatten().filter_map(|part| match part.data {
         KvData::Tiles(t) => Some(t),
         _ => None,

@@ -3,6 +3,7 @@
 pub mod neon;
 pub mod gemm_neon;
 pub mod lowbit_neon;
+mod matmul_nn_neon;
 pub mod quant_neon;
 pub mod qgemm_kquant_neon;
 pub mod resident_kquant_neon;

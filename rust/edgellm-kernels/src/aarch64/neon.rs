@@ -41,6 +41,7 @@ const NEON: Kernels = Kernels {
     f16_to_f32,
     bf16_to_f32,
     matmul_f32,
+    matmul_nn_f32: super::matmul_nn_neon::matmul_nn_f32,
     gemm_micro: super::gemm_neon::micro_kernel,
     gemm_micro_rows: None,
     gemm_micro_stream: None,

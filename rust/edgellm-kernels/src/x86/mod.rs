@@ -9,6 +9,7 @@ pub mod few_avx2;
 pub mod gemv_avx2;
 pub mod gemv_vnni;
 pub mod lowbit_avx2;
+mod matmul_nn;
 pub mod panels_avx2;
 pub mod qgemm_avx2;
 mod qgemm_kquant_vnni;

@@ -67,6 +67,10 @@ pub struct Kernels {
     /// (attention's scores against transposed keys, its probabilities against
     /// values): broadcast-and-FMA register tiles, no packing.
     pub matmul_nn_f32: MatmulNnFn,
+    /// `x[i] = exp(x[i] − shift)` for `x[i] ≤ shift` (−∞ gives 0), returning
+    /// `Σ x[i]`: the exponentials of an online-softmax block. Each value is
+    /// bit for bit [`scalar::exp_neg`]'s; the sum's order is the path's own.
+    pub exp_sum: fn(x: &mut [f32], shift: f32) -> f32,
     /// Register-tile micro-kernel of the packed GEMM ([`gemm::gemm_packed`]), the
     /// prefill work-horse of float weights.
     pub gemm_micro: gemm::MicroKernel,

@@ -18,6 +18,7 @@ pub static KERNELS: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     matmul_nn_f32,
+    exp_sum,
     gemm_micro: crate::gemm::micro_kernel_scalar,
     gemm_micro_rows: Some(crate::gemm::micro_kernel_rows_scalar),
     gemm_micro_stream: Some(crate::gemm::micro_kernel_stream_scalar),
@@ -187,6 +188,53 @@ pub(crate) unsafe fn matmul_tiled<T: F32Tile>(a: &[f32], b: &[f32], n: usize, m:
             c[i * ldc + j] = T::dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]);
         }
     }
+}
+
+/// The constants of [`exp_neg`] (Cephes' `expf`), shared with the SIMD
+/// versions, which repeat its operations one for one (no fused multiply-adds)
+/// and so give its bits.
+pub(crate) mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// 1.5 · 2^23: adding it rounds to an integer.
+    pub const MAGIC: f32 = 12_582_912.0;
+    /// `MAGIC`'s bits: subtracted from a rounded value's bits, the integer.
+    pub const MAGIC_BITS: i32 = 0x4B40_0000;
+    /// Below this, `exp` is 0 (and the exponent would underflow).
+    pub const LOW: f32 = -87.0;
+    /// The polynomial's coefficients, highest degree first.
+    pub const P: [f32; 6] = [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+}
+
+/// `exp(x)` for `x ≤ 0` (`−∞` and anything below −87 give 0), to about 1 ulp
+/// (Cephes' `expf`); branch-free, so loops over it vectorise.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    use exp_consts::*;
+    let xc = x.max(LOW);
+    let z = xc * LOG2E + MAGIC;
+    let n = z - MAGIC;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let poly = ((((P[0] * r + P[1]) * r + P[2]) * r + P[3]) * r + P[4]) * r + P[5];
+    let e = poly * r * r + r + 1.0;
+    let ni = (z.to_bits() as i32).wrapping_sub(MAGIC_BITS);
+    let y = e * f32::from_bits(((ni + 127) << 23) as u32);
+    if x < LOW {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// [`Kernels::exp_sum`]: [`exp_neg`] of every `x[i] − shift`, summed in order.
+pub fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    let mut s = 0.0;
+    for v in x {
+        *v = exp_neg(*v - shift);
+        s += *v;
+    }
+    s
 }
 
 /// Checks the shapes shared by every `matmul_nn_f32` implementation; returns n.

@@ -336,6 +336,43 @@ fn matmul_nn_edge_shapes() {
     }
 }
 
+/// `exp_sum` of every path on odd lengths of scores up to `shift`, with −∞
+/// (masked keys), values past exp's underflow and `shift` itself among them:
+/// each exponential bit for bit `scalar::exp_neg`'s, which is within 2e-7 of
+/// f64's `exp`, and the sum within f32 rounding of the f64 sum.
+fn check_exp_sum(n: usize, seed: u64) {
+    let shift = 1.5f32;
+    let mut x: Vec<f32> = data(seed, n).iter().map(|v| shift - 30.0 * v.abs()).collect();
+    for (i, v) in x.iter_mut().enumerate() {
+        match i % 11 {
+            3 => *v = f32::NEG_INFINITY,
+            5 => *v = shift - 90.0 - i as f32,
+            7 => *v = shift,
+            _ => {}
+        }
+    }
+    for kern in paths() {
+        let mut y = x.clone();
+        let s = (kern.exp_sum)(&mut y, shift);
+        let mut want = 0f64;
+        for (i, (&got, &xi)) in y.iter().zip(&x).enumerate() {
+            let e = scalar::exp_neg(xi - shift);
+            assert_eq!(got.to_bits(), e.to_bits(), "{} exp_sum n={n} at {i}: {got} vs exp_neg {e}", kern.isa.name());
+            let exact = ((xi - shift) as f64).exp();
+            assert!((e as f64 - exact).abs() <= 2e-7 * exact + 1e-38, "exp_neg({}) = {e}, f64 {exact}", xi - shift);
+            want += e as f64;
+        }
+        assert!((s as f64 - want).abs() <= (n as f64 + 2.0) * f32::EPSILON as f64 * want + 1e-30, "{} exp_sum n={n}: sum {s} vs {want}", kern.isa.name());
+    }
+}
+
+#[test]
+fn exp_sum_odd_lengths() {
+    for n in ODD_LENGTHS {
+        check_exp_sum(n, n as u64 + 1);
+    }
+}
+
 #[test]
 fn matmul_edge_shapes() {
     for &(n, m, k) in &[
@@ -370,6 +407,11 @@ proptest! {
     #[test]
     fn matmul_random(n in 1usize..12, m in 1usize..14, k in 1usize..90, seed in any::<u64>()) {
         check_matmul(n, m, k, seed);
+    }
+
+    #[test]
+    fn exp_sum_random(n in 0usize..200, seed in any::<u64>()) {
+        check_exp_sum(n, seed);
     }
 
     #[test]

@@ -411,8 +411,7 @@ impl<M: Mask> Plan<'_, M> {
                     accr.iter_mut().for_each(|a| *a *= alpha);
                 }
                 m[r] = m_new;
-                srow.iter_mut().for_each(|x| *x = exp_neg(*x - m_new));
-                l[r] += sum(srow);
+                l[r] += (self.k.exp_sum)(srow, m_new);
                 if self.kt.is_none() {
                     for (jj, &w) in srow.iter().enumerate() {
                         if w != 0.0 {
@@ -448,48 +447,9 @@ fn max(x: &[f32]) -> f32 {
     chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a })
 }
 
-/// Pairwise-free but fixed-order sum (8 lanes, then the lanes in order), so it
-/// vectorises and does not depend on anything but the slice.
-#[inline]
-fn sum(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, b) in lanes.iter_mut().zip(c) {
-            *a += b;
-        }
-    }
-    let mut s = lanes.iter().sum::<f32>();
-    for v in chunks.remainder() {
-        s += v;
-    }
-    s
-}
-
-/// `exp(x)` for `x ≤ 0` (`−∞` and anything below −87 give 0), to about 1 ulp
-/// (Cephes' `expf`); branch-free, so loops over it vectorise.
-#[inline(always)]
-pub(crate) fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let xc = x.max(-87.0);
-    let z = xc * LOG2E + MAGIC;
-    let n = z - MAGIC;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let poly = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = poly * r * r + r + 1.0;
-    let ni = (z.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let y = e * f32::from_bits(((ni + 127) << 23) as u32);
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
-}
+/// `exp(x)` for `x ≤ 0`, the kernels' reference one (whose bits the
+/// `Kernels::exp_sum` paths give).
+pub(crate) use edgellm_kernels::scalar::exp_neg;
 
 /// Attention of `q` over `kv` under `mask`; see the module documentation.
 pub(crate) fn run<M: Mask>(

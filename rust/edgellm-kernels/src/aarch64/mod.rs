@@ -1,6 +1,7 @@
 //! aarch64 kernels, reached only through tables built after run-time detection.
 
 pub mod neon;
+mod exp_sum_neon;
 pub mod gemm_neon;
 pub mod lowbit_neon;
 mod matmul_nn_neon;

@@ -42,6 +42,7 @@ const NEON: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     matmul_nn_f32: super::matmul_nn_neon::matmul_nn_f32,
+    exp_sum: super::exp_sum_neon::exp_sum,
     gemm_micro: super::gemm_neon::micro_kernel,
     gemm_micro_rows: None,
     gemm_micro_stream: None,

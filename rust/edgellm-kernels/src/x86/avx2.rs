@@ -20,6 +20,7 @@ pub static KERNELS: Kernels = Kernels {
     bf16_to_f32,
     matmul_f32,
     matmul_nn_f32: super::matmul_nn::matmul_nn_avx2,
+    exp_sum: super::exp_sum::exp_sum_avx2,
     gemm_micro: super::gemm_avx2::micro_kernel,
     gemm_micro_rows: Some(super::gemm_avx2::micro_kernel_rows),
     gemm_micro_stream: Some(super::gemm_avx2::micro_kernel_stream),

@@ -25,6 +25,7 @@ pub static KERNELS: Kernels = Kernels {
     gemm_q_resident: Some(super::qgemm_vnni::gemm_q_resident),
     gemm_few: super::few_avx2::gemm_few_avx512,
     matmul_nn_f32: super::matmul_nn::matmul_nn_avx512,
+    exp_sum: super::exp_sum::exp_sum_avx512,
     gemm_panels: Some(super::panels_avx2::gemm_panels_avx512),
     // k-major B is packed in a pass of its own: the streaming tile is a 6 × 16
     // one, and packing B as the wide tiles go is not written yet.

@@ -3,6 +3,7 @@
 
 pub mod avx2;
 pub mod avx512;
+mod exp_sum;
 pub mod gemm_avx2;
 pub mod gemm_avx512;
 pub mod few_avx2;

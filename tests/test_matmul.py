@@ -85,6 +85,22 @@ def test_no_stale_values_from_earlier_products():
         _check(a, b, edgellm.matmul(a, b, threads=2))
 
 
+def test_result_is_an_ordinary_writable_array():
+    # The product's memory comes from the extension's allocator, handed to numpy
+    # without a copy: it must behave as numpy's own and outlive the call.
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    c = edgellm.matmul(a, a.T.copy(), threads=2)
+    assert c.flags.c_contiguous and c.flags.writeable and c.shape == (3, 3)
+    c[1, 2] = -1.0
+    d = c.copy()
+    del a
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(c, d)
+    assert c[1, 2] == -1.0 and c[0, 0] == 14.0
+
+
 def test_converts_inputs_and_handles_empty():
     a = np.arange(12, dtype=np.float64).reshape(3, 4)
     b = np.asfortranarray(np.ones((4, 2), dtype=np.float16))

@@ -189,9 +189,8 @@ pub fn matmul_f32(
 }
 
 /// [`matmul_f32`] into `out` (`n × m`, row-major), which it writes without
-/// reading: the Python binding passes a fresh numpy array, whose allocator
-/// reuses freed memory where a large Rust allocation came back from the OS
-/// as new pages to fault in (~2% of a 2-thread 1024³ product).
+/// reading (the Python binding passes uninitialised memory it reserved
+/// fallibly, to hand to numpy without a copy).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_f32_into(
     a: &[f32],

@@ -153,14 +153,20 @@ impl Rope {
 
     /// Rotates the first `dim` values of every head in `x` (`[n × heads × head_dim]`)
     /// in place, pairing element `i` with `i + dim/2` (HF's rotate_half layout).
+    /// A prompt's tokens are rotated in parallel (see
+    /// [`crate::ops::norm::rows_in_parallel`]).
     pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = self.dim / 2;
-        for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-            for head in row.chunks_exact_mut(head_dim) {
-                rotate(head, c, s, self.interleaved);
+        let width = heads * head_dim;
+        crate::ops::norm::rows_in_parallel(x, width, |t0, rows| {
+            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                let t = t0 + i;
+                let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                for head in row.chunks_exact_mut(head_dim) {
+                    rotate(head, c, s, self.interleaved);
+                }
             }
-        }
+        });
     }
 
     /// Rotates every head row of `x` (`[rows × head_dim]`, already rotated at some
@@ -214,6 +220,30 @@ mod tests {
 
     fn rope(scaling: RopeScaling) -> Rope {
         Rope::new(&RopeConfig { theta: 10000.0, dim: 32, scaling })
+    }
+
+    /// A prompt's tokens rotated in pieces on the pool equal each token
+    /// rotated alone (its own table row), on any thread count.
+    #[test]
+    fn tokens_in_parallel_equal_tokens_alone() {
+        use crate::ops::norm::PAR_MIN_ROWS;
+        let r = rope(RopeScaling::None);
+        let (heads, hd) = (3, 32);
+        for n in [PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 2 * PAR_MIN_ROWS + 3] {
+            let x: Vec<f32> = (0..n * heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            let (c, s) = r.tables(5..5 + n, 5 + n);
+            let mut want = x.clone();
+            for (t, row) in want.chunks_exact_mut(heads * hd).enumerate() {
+                let (ct, st) = r.tables(5 + t..6 + t, 5 + n);
+                r.apply(row, heads, hd, &ct, &st);
+                assert_eq!((&ct[..], &st[..]), (&c[t * 16..(t + 1) * 16], &s[t * 16..(t + 1) * 16]));
+            }
+            for threads in [1, 2, 3] {
+                let mut y = x.clone();
+                crate::pool::Pool::new(threads).unwrap().install(|| r.apply(&mut y, heads, hd, &c, &s));
+                assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n} threads {threads}");
+            }
+        }
     }
 
     #[test]

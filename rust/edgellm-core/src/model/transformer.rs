@@ -219,10 +219,20 @@ impl Transformer<'_> {
     }
 }
 
+/// `x += scale · y` (the residual adds), in pieces on the pool from a
+/// prompt's size on (a decode step's row costs less than a parallel loop).
 fn add_scaled(x: &mut [f32], y: &[f32], scale: f32) {
-    if scale == 1.0 {
-        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-    } else {
-        x.iter_mut().zip(y).for_each(|(a, b)| *a += scale * b);
+    const PIECE: usize = 1 << 14;
+    assert_eq!(x.len(), y.len(), "add_scaled: shapes differ");
+    let add = |xs: &mut [f32], ys: &[f32]| {
+        if scale == 1.0 {
+            xs.iter_mut().zip(ys).for_each(|(a, b)| *a += b);
+        } else {
+            xs.iter_mut().zip(ys).for_each(|(a, b)| *a += scale * b);
+        }
+    };
+    if x.len() < 4 * PIECE {
+        return add(x, y);
     }
+    crate::ops::par::for_each_chunk_mut(x, PIECE, |i, xs| add(xs, &y[i * PIECE..][..xs.len()]));
 }

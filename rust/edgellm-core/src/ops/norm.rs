@@ -84,18 +84,39 @@ impl Norm {
         debug_assert_eq!(out, dst.len());
     }
 
-    /// Normalises every `dim()`-wide row of `x` in place.
+    /// Normalises every `dim()`-wide row of `x` in place (a prompt's rows in
+    /// parallel, see [`rows_in_parallel`]).
     pub fn apply(&self, x: &mut [f32]) {
-        for row in x.chunks_exact_mut(self.dim()) {
-            self.apply_row(row);
-        }
+        let dim = self.dim();
+        rows_in_parallel(x, dim, |_, rows| rows.chunks_exact_mut(dim).for_each(|row| self.apply_row(row)));
     }
 
     /// Normalises `src` into `dst` (same shape).
     pub fn apply_into(&self, src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-        self.apply(dst);
+        assert_eq!(src.len(), dst.len(), "apply_into: shapes differ");
+        let dim = self.dim();
+        rows_in_parallel(dst, dim, |r0, rows| {
+            rows.copy_from_slice(&src[r0 * dim..r0 * dim + rows.len()]);
+            rows.chunks_exact_mut(dim).for_each(|row| self.apply_row(row));
+        });
     }
+}
+
+/// Rows from which row-wise steps of a forward pass (norms, RoPE) run on the
+/// pool: a prompt's. Alone on the calling thread they left the other threads
+/// waiting (a 512-token TinyLlama prompt sampled 6% of its time in RoPE with a
+/// worker idle); a decode step's few rows cost less than a parallel loop.
+pub(crate) const PAR_MIN_ROWS: usize = 16;
+
+/// `f(first row, rows)` over `x` (rows of `width`), in pieces of
+/// [`PAR_MIN_ROWS`] rows on the pool when there are at least that many, else
+/// in one call. Each row's result is the same either way.
+pub(crate) fn rows_in_parallel(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = if width == 0 { 0 } else { x.len() / width };
+    if rows < PAR_MIN_ROWS {
+        return f(0, x);
+    }
+    crate::ops::par::for_each_chunk_mut(x, PAR_MIN_ROWS * width, |i, piece| f(i * PAR_MIN_ROWS, piece));
 }
 
 /// Query/key normalisation over each head of `[n × heads × head_dim]`: one norm
@@ -116,5 +137,42 @@ impl HeadNorm {
 
     pub fn params(&self) -> usize {
         self.norms.iter().map(Norm::params).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 * 6.0 - 3.0).collect()
+    }
+
+    /// A prompt's rows normalised in pieces on the pool equal each row
+    /// normalised alone, on any thread count, for row counts around the
+    /// threshold and a ragged last piece.
+    #[test]
+    fn rows_in_parallel_equal_rows_alone() {
+        let dim = 40;
+        for kind in [NormKind::Rms, NormKind::RmsOffset, NormKind::Layer] {
+            let norm = Norm { kind, weight: values(dim, 7), bias: (kind == NormKind::Layer).then(|| values(dim, 9)), eps: 1e-5 };
+            for rows in [1, PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 3 * PAR_MIN_ROWS + 5] {
+                let x = values(rows * dim, rows as u32);
+                let mut want = x.clone();
+                want.chunks_exact_mut(dim).for_each(|r| norm.apply_row(r));
+                for threads in [1, 2, 3] {
+                    let pool = Pool::new(threads).unwrap();
+                    let (mut a, mut b) = (x.clone(), vec![f32::NAN; x.len()]);
+                    pool.install(|| {
+                        norm.apply(&mut a);
+                        norm.apply_into(&x, &mut b);
+                    });
+                    for got in [&a, &b] {
+                        assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{kind:?} rows {rows} threads {threads}");
+                    }
+                }
+            }
+        }
     }
 }

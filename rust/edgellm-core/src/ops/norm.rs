@@ -145,8 +145,9 @@ mod tests {
     use super::*;
     use crate::pool::Pool;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 * 6.0 - 3.0).collect()
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::rng::Rng::new(seed);
+        (0..n).map(|_| (r.next_f64() * 6.0 - 3.0) as f32).collect()
     }
 
     /// A prompt's rows normalised in pieces on the pool equal each row
@@ -158,7 +159,7 @@ mod tests {
         for kind in [NormKind::Rms, NormKind::RmsOffset, NormKind::Layer] {
             let norm = Norm { kind, weight: values(dim, 7), bias: (kind == NormKind::Layer).then(|| values(dim, 9)), eps: 1e-5 };
             for rows in [1, PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 3 * PAR_MIN_ROWS + 5] {
-                let x = values(rows * dim, rows as u32);
+                let x = values(rows * dim, rows as u64);
                 let mut want = x.clone();
                 want.chunks_exact_mut(dim).for_each(|r| norm.apply_row(r));
                 for threads in [1, 2, 3] {

@@ -154,7 +154,7 @@ impl Rope {
     /// Rotates the first `dim` values of every head in `x` (`[n × heads × head_dim]`)
     /// in place, pairing element `i` with `i + dim/2` (HF's rotate_half layout).
     /// A prompt's tokens are rotated in parallel (see
-    /// [`crate::ops::norm::rows_in_parallel`]).
+    /// `ops::norm::rows_in_parallel`).
     pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = self.dim / 2;
         let width = heads * head_dim;

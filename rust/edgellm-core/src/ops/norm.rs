@@ -85,7 +85,7 @@ impl Norm {
     }
 
     /// Normalises every `dim()`-wide row of `x` in place (a prompt's rows in
-    /// parallel, see [`rows_in_parallel`]).
+    /// parallel, see `rows_in_parallel`).
     pub fn apply(&self, x: &mut [f32]) {
         let dim = self.dim();
         rows_in_parallel(x, dim, |_, rows| rows.chunks_exact_mut(dim).for_each(|row| self.apply_row(row)));

@@ -3,7 +3,7 @@
 
 use crate::error::to_py;
 use edgellm_core::model::parse_isa;
-use edgellm_core::ops::matmul::matmul_f32_into;
+use edgellm_core::ops::matmul::matmul_f32_in;
 use edgellm_core::Error;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -36,15 +36,7 @@ pub fn matmul<'py>(
     let len = n.checked_mul(m).filter(|&l| system_would_allocate(l.saturating_mul(4))).ok_or_else(|| too_large(n, m))?;
     let mut out: Vec<f32> = Vec::new();
     out.try_reserve_exact(len).map_err(|_| too_large(n, m))?;
-    py.detach(|| {
-        // SAFETY: `len` values of capacity; `matmul_f32_into` writes every
-        // one and reads none.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), len) };
-        matmul_f32_into(sa, n, k, sb, m, dst, threads, isa)
-    })
-    .map_err(to_py)?;
-    // SAFETY: all `len` values were written above.
-    unsafe { out.set_len(len) };
+    let out = py.detach(|| matmul_f32_in(out, sa, n, k, sb, m, threads, isa)).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape([n, m])?.into_any())
 }
 

@@ -154,11 +154,11 @@ impl Rope {
     /// Rotates the first `dim` values of every head in `x` (`[n × heads × head_dim]`)
     /// in place, pairing element `i` with `i + dim/2` (HF's rotate_half layout).
     /// A prompt's tokens are rotated in parallel (see
-    /// `ops::norm::rows_in_parallel`).
+    /// `ops::par::rows_in_parallel`).
     pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = self.dim / 2;
         let width = heads * head_dim;
-        crate::ops::norm::rows_in_parallel(x, width, |t0, rows| {
+        crate::ops::par::rows_in_parallel(x, width, |t0, rows| {
             for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                 let t = t0 + i;
                 let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
@@ -226,7 +226,7 @@ mod tests {
     /// rotated alone (its own table row), on any thread count.
     #[test]
     fn tokens_in_parallel_equal_tokens_alone() {
-        use crate::ops::norm::PAR_MIN_ROWS;
+        use crate::ops::par::PAR_MIN_ROWS;
         let r = rope(RopeScaling::None);
         let (heads, hd) = (3, 32);
         for n in [PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 2 * PAR_MIN_ROWS + 3] {

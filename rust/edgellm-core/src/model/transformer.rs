@@ -220,19 +220,13 @@ impl Transformer<'_> {
 }
 
 /// `x += scale · y` (the residual adds), in pieces on the pool from a
-/// prompt's size on (a decode step's row costs less than a parallel loop).
+/// prompt's size on (four pieces: a decode step's rows stay serial).
 fn add_scaled(x: &mut [f32], y: &[f32], scale: f32) {
-    const PIECE: usize = 1 << 14;
-    assert_eq!(x.len(), y.len(), "add_scaled: shapes differ");
-    let add = |xs: &mut [f32], ys: &[f32]| {
+    crate::ops::par::zip_pieces(x, y, 4, |xs, ys| {
         if scale == 1.0 {
             xs.iter_mut().zip(ys).for_each(|(a, b)| *a += b);
         } else {
             xs.iter_mut().zip(ys).for_each(|(a, b)| *a += scale * b);
         }
-    };
-    if x.len() < 4 * PIECE {
-        return add(x, y);
-    }
-    crate::ops::par::for_each_chunk_mut(x, PIECE, |i, xs| add(xs, &y[i * PIECE..][..xs.len()]));
+    });
 }

@@ -6,11 +6,9 @@ use super::par;
 use crate::attention::flash::exp_neg;
 use crate::model::config::Activation;
 
-/// Elements per parallel piece. A decode step's FFN row (a few thousand)
-/// stays on the calling thread, where a dispatch would cost about what it saves;
-/// a 512-token prompt's (millions, an `exp` each) took ~7% of TinyLlama's
-/// prefill on one thread.
-const PIECE: usize = 16 * 1024;
+// Elements per parallel piece: a 512-token prompt's FFN rows (millions, an
+// `exp` each) took ~7% of TinyLlama's prefill on one thread.
+use par::PIECE;
 
 /// `x · sigmoid(x)`, from `e = exp(−|x|) ≤ 1` (the branch-free `exp_neg`, so
 /// the loops vectorise; libm's `expf` was ~4 ns an element): sigmoid is
@@ -57,11 +55,7 @@ pub fn apply(act: Activation, x: &mut [f32]) {
 
 // Generic over the function, so that each loop is compiled with it inlined.
 fn gated_with(f: impl Fn(f32) -> f32 + Sync, gate: &mut [f32], up: &[f32]) {
-    let run = |g: &mut [f32], u: &[f32]| g.iter_mut().zip(u).for_each(|(g, u)| *g = f(*g) * u);
-    if gate.len() < 2 * PIECE {
-        return run(gate, up);
-    }
-    par::for_each_chunk_mut(gate, PIECE, |i, g| run(g, &up[i * PIECE..][..g.len()]));
+    par::zip_pieces(gate, up, 2, |g, u| g.iter_mut().zip(u).for_each(|(g, u)| *g = f(*g) * u));
 }
 
 fn apply_with(f: impl Fn(f32) -> f32 + Sync, x: &mut [f32]) {

@@ -173,11 +173,29 @@ pub fn matmul_f32(
     threads: Option<usize>,
     isa: Option<Isa>,
 ) -> Result<Vec<f32>> {
+    matmul_f32_in(Vec::new(), a, n, k, b, m, threads, isa)
+}
+
+/// [`matmul_f32`] into the capacity of `out` (cleared first, grown where it
+/// holds less than the product), returned holding the product: callers that
+/// must reserve the memory fallibly (the Python binding) do so first.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_in(
+    mut out: Vec<f32>,
+    a: &[f32],
+    n: usize,
+    k: usize,
+    b: &[f32],
+    m: usize,
+    threads: Option<usize>,
+    isa: Option<Isa>,
+) -> Result<Vec<f32>> {
     let len = size(n, m, "the product")?;
+    out.clear();
+    out.reserve_exact(len);
     // Not zeroed first (numpy's `empty`): the product writes every element
     // before reading it (its first k-block stores), so a memset would only
     // cost time (~2% of a 2-thread 512³ product).
-    let mut out = Vec::<f32>::with_capacity(len);
     {
         // SAFETY: `len` values of capacity; none is read before it is written.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), len) };
@@ -189,8 +207,7 @@ pub fn matmul_f32(
 }
 
 /// [`matmul_f32`] into `out` (`n × m`, row-major), which it writes without
-/// reading (the Python binding passes uninitialised memory it reserved
-/// fallibly, to hand to numpy without a copy).
+/// reading (so `out` may be uninitialised capacity, as [`matmul_f32_in`]'s).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_f32_into(
     a: &[f32],

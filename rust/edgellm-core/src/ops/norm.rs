@@ -1,6 +1,7 @@
 //! Normalisation layers: RMSNorm, Gemma's RMSNorm with a `1 + w` gain, and
 //! LayerNorm, all accumulated in f32 as transformers computes them.
 
+use super::par::rows_in_parallel;
 use crate::model::config::NormKind;
 use edgellm_kernels::quant::{self, GgmlType};
 use edgellm_kernels::Kernels;
@@ -85,7 +86,7 @@ impl Norm {
     }
 
     /// Normalises every `dim()`-wide row of `x` in place (a prompt's rows in
-    /// parallel, see `rows_in_parallel`).
+    /// parallel, see `ops::par::rows_in_parallel`).
     pub fn apply(&self, x: &mut [f32]) {
         let dim = self.dim();
         rows_in_parallel(x, dim, |_, rows| rows.chunks_exact_mut(dim).for_each(|row| self.apply_row(row)));
@@ -100,23 +101,6 @@ impl Norm {
             rows.chunks_exact_mut(dim).for_each(|row| self.apply_row(row));
         });
     }
-}
-
-/// Rows from which row-wise steps of a forward pass (norms, RoPE) run on the
-/// pool: a prompt's. Alone on the calling thread they left the other threads
-/// waiting (a 512-token TinyLlama prompt sampled 6% of its time in RoPE with a
-/// worker idle); a decode step's few rows cost less than a parallel loop.
-pub(crate) const PAR_MIN_ROWS: usize = 16;
-
-/// `f(first row, rows)` over `x` (rows of `width`), in pieces of
-/// [`PAR_MIN_ROWS`] rows on the pool when there are at least that many, else
-/// in one call. Each row's result is the same either way.
-pub(crate) fn rows_in_parallel(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = if width == 0 { 0 } else { x.len() / width };
-    if rows < PAR_MIN_ROWS {
-        return f(0, x);
-    }
-    crate::ops::par::for_each_chunk_mut(x, PAR_MIN_ROWS * width, |i, piece| f(i * PAR_MIN_ROWS, piece));
 }
 
 /// Query/key normalisation over each head of `[n × heads × head_dim]`: one norm
@@ -158,6 +142,7 @@ mod tests {
         let dim = 40;
         for kind in [NormKind::Rms, NormKind::RmsOffset, NormKind::Layer] {
             let norm = Norm { kind, weight: values(dim, 7), bias: (kind == NormKind::Layer).then(|| values(dim, 9)), eps: 1e-5 };
+            use crate::ops::par::PAR_MIN_ROWS;
             for rows in [1, PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 3 * PAR_MIN_ROWS + 5] {
                 let x = values(rows * dim, rows as u64);
                 let mut want = x.clone();

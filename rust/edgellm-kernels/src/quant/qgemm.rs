@@ -246,9 +246,19 @@ pub(crate) trait PanelKernels {
     }
 }
 
-/// A tile of two panels ([`PanelKernels::tile_pair`]) as [`tiles_over_panels`]
-/// takes it.
-type PairTile<'f> = &'f dyn Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]);
+/// `kern`'s tile of two panels of `ty` ([`PanelKernels::tile_pair`]) as
+/// [`tiles_over_panels`] takes it.
+///
+/// # Safety
+/// Only to be called as `tiles_over_panels` calls it: on two panels of `ty`
+/// that `tile_pair` can read, and where `kern.pairs(ty)`.
+unsafe fn pair_tile<K: PanelKernels>(
+    kern: &K,
+    ty: GgmlType,
+) -> impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]) + '_ {
+    // SAFETY: the caller's contract above.
+    move |x, second, c, res| unsafe { kern.tile_pair(ty, x, second, c, res) }
+}
 
 /// `gemm_q` through the interleaved kernels of `kern` (for types with a
 /// [`panel_layout`]): every panel of [`PANEL`] weight rows packed once per call,
@@ -284,13 +294,12 @@ pub(crate) fn gemm_q_panels(
         );
     }
     let panel = |p: usize| s.w[p * pb..(p + 1) * pb].as_ptr();
-    // Sound: every panel was packed above for `nb` blocks of `ty`.
-    // Sound: only `tiles_over_panels` calls it, on two of the panels below.
-    let pair = |x: &PanelTile, second: *const u8, c: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]| unsafe {
-        kern.tile_pair(ty, x, second, c, res)
-    };
-    let pair: Option<PairTile> = if kern.pairs(ty) { Some(&pair) } else { None };
-    unsafe { tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res), pair) }
+    // Sound: every panel was packed above for `nb` blocks of `ty`, and pairs
+    // are only asked where the table has them.
+    unsafe {
+        let pair = kern.pairs(ty).then(|| pair_tile(kern, ty));
+        tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res), pair)
+    }
 }
 
 /// The instruction-set specific half of [`gemm_q_resident_panels`].
@@ -351,15 +360,11 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
         unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, out) };
     }
     let panel = |p: usize| if widened { wide[p * wb..].as_ptr() } else { w[p * pb..].as_ptr() };
-    // Widened panels are per-call ones, which the paired tiles read too.
-    // Sound: only `tiles_over_panels` calls it, on two of the panels below.
-    let pair = |x: &PanelTile, second: *const u8, c: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]| unsafe {
-        kern.tile_pair(ty, x, second, c, res)
-    };
-    let pair: Option<PairTile> = if widened && kern.pairs(ty) { Some(&pair) } else { None };
     // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`,
-    // and widened ones are per-call panels of the same blocks.
+    // and widened ones are per-call panels of the same blocks, which the
+    // paired tiles read too.
     unsafe {
+        let pair = (widened && kern.pairs(ty)).then(|| pair_tile(kern, ty));
         tiles_over_panels(
             panels,
             panels * PANEL,
@@ -399,7 +404,7 @@ unsafe fn tiles_over_panels(
     ldo: usize,
     mut panel: impl FnMut(usize) -> *const u8,
     tile: impl Fn(&PanelTile, usize, &mut [[f32; PANEL]; TILE_TOKENS]),
-    pair: Option<PairTile>,
+    pair: Option<impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS])>,
 ) {
     let n = qa.n;
     let ab = vec_dot_type(qa.ty).row_bytes(qa.k).unwrap();
@@ -434,7 +439,7 @@ unsafe fn tiles_over_panels(
             while t < t1 {
                 let c = TILE_TOKENS.min(t1 - t);
                 let x = tile_at(at, t);
-                match pair {
+                match &pair {
                     Some(pair) if step == 2 => {
                         pair(&x, second, c, &mut res2);
                         store(&res2[..c], out, (t * ldo + r0, ldo), nr);

@@ -8,7 +8,7 @@ use super::reuse::{Reused, Slot};
 use std::cell::RefCell;
 use crate::{Error, Result};
 use crate::pool::Pool;
-use edgellm_kernels::gemm::{gemm_packed_raw, gemm_panels_raw, pack_a_block, AOperand, BRows, GemmScratch, PackedA, KC, MR};
+use edgellm_kernels::gemm::{block_columns, gemm_packed_raw, gemm_panels_raw, pack_a_block, AOperand, BRows, GemmScratch, PackedA, KC, MR};
 use edgellm_kernels::panels::{Panels, WIDTH};
 use edgellm_kernels::{Isa, Kernels};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +41,12 @@ const PACK_PER_TASK: usize = 8;
 pub(crate) fn par_matmul(k: &Kernels, x: &[f32], n: usize, kd: usize, b: BSource<'_>, m: usize, out: &mut [f32]) {
     assert!(x.len() == n * kd && out.len() >= n * m, "par_matmul: shape mismatch");
     let unit = if k.gemm_wide.is_some() { 2 * WIDTH } else { WIDTH };
-    let cols = column_blocks(m, par::threads(), unit);
+    // B packed per call: blocks as wide as the packer takes ([`block_columns`]),
+    // as A is read again per block. Resident panels and dequantized rows (widened
+    // into each thread's buffer) keep to 256 columns: 512 ran the 5632-deep
+    // down projection of F16 panels 5% slower, the other shapes no faster.
+    let widest = if matches!(b, BSource::Rows(_)) { block_columns() } else { NARROW_COLUMNS };
+    let cols = column_blocks(m, par::threads(), unit, widest);
     let shared = SharedMut::new(out);
     let in_place = if matches!(b, BSource::Panels(_)) { None } else { AOperand::rows(k, x, n, kd) };
     let mut kept = Reused::take(&PACKING);
@@ -107,18 +112,21 @@ thread_local! {
 /// are freed, so that a long prompt leaves no large buffer behind.
 const KEEP_PACKING: usize = 4 << 20;
 
+/// The widest column block of resident panels and dequantized rows.
+const NARROW_COLUMNS: usize = 256;
+
 /// Column blocks of an `m`-column product for `threads` threads: each a
 /// multiple of `unit`, the micro-tile width (16, or 32 for the wide tiles of
-/// 512-bit tables, which run a 16-column block at half speed; 256 at most),
+/// 512-bit tables, which run a 16-column block at half speed; `widest` at most),
 /// narrowing as the columns left do. Wide blocks up front keep B packing
 /// and A re-reads few; narrow ones at the end keep the thread that finishes
 /// first from waiting long for the other's last block (with equal blocks,
 /// four per thread, that wait cost ~5% of a 2-thread 512³ product).
-fn column_blocks(m: usize, threads: usize, unit: usize) -> Vec<(usize, usize)> {
+fn column_blocks(m: usize, threads: usize, unit: usize, widest: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut j = 0;
     while j < m {
-        let w = ((m - j) / (2 * threads.max(1))).clamp(unit, 256).next_multiple_of(unit);
+        let w = ((m - j) / (2 * threads.max(1))).clamp(unit, widest).next_multiple_of(unit);
         out.push((j, (j + w).min(m)));
         j += w;
     }
@@ -255,13 +263,13 @@ mod tests {
         (0..len).map(|_| r.next_f64() as f32 - 0.5).collect()
     }
 
-    /// Several packing tasks, chunks of A and k-blocks, edge panels and
-    /// narrowing column blocks: every output within f32 rounding of an f64
+    /// Several packing tasks, chunks of A and k-blocks, edge panels,
+    /// narrowing column blocks and the widest ones ([`block_columns`]): every output within f32 rounding of an f64
     /// product, and the same bits on 1, 2 and 3 threads (whichever thread
     /// packs which blocks).
     #[test]
     fn packed_product_is_exact_and_thread_independent() {
-        for &(n, k, m) in &[(200usize, 1100usize, 70usize), (97, 513, 300), (7, 40, 33), (150, 512, 16)] {
+        for &(n, k, m) in &[(200usize, 1100usize, 70usize), (97, 513, 300), (7, 40, 33), (150, 512, 16), (26, 600, 1100)] {
             let (a, b) = (data(n as u64, n * k), data(m as u64 + 7, k * m));
             let runs: Vec<Vec<f32>> = [1, 2, 3].iter().map(|&t| matmul_f32(&a, n, k, &b, m, Some(t), None).unwrap()).collect();
             for i in 0..n {

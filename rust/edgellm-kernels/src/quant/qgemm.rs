@@ -260,6 +260,27 @@ unsafe fn pair_tile<K: PanelKernels>(
     move |x, second, c, res| unsafe { kern.tile_pair(ty, x, second, c, res) }
 }
 
+/// [`pair_tile`] for [`gemm_q_resident_panels`]: on widened panels the
+/// per-call paired tile, else the resident one
+/// ([`ResidentKernels::resident_tile_pair`]).
+///
+/// # Safety
+/// As [`pair_tile`], where `kern.pairs(ty)` (widened) or
+/// `kern.resident_pairs(ty)` (not).
+unsafe fn resident_pair_tile<K: ResidentKernels>(
+    kern: &K,
+    ty: GgmlType,
+    widened: bool,
+) -> impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]) + '_ {
+    // SAFETY: the caller's contract above.
+    move |x, second, c, res| unsafe {
+        match widened {
+            true => kern.tile_pair(ty, x, second, c, res),
+            false => kern.resident_tile_pair(ty, x, second, c, res),
+        }
+    }
+}
+
 /// `gemm_q` through the interleaved kernels of `kern` (for types with a
 /// [`panel_layout`]): every panel of [`PANEL`] weight rows packed once per call,
 /// then, for blocks of tokens whose activations (~96 KiB) stay in L2, each panel
@@ -332,6 +353,27 @@ pub(crate) trait ResidentKernels: PanelKernels {
     unsafe fn widen(&self, ty: GgmlType, _panel: *const u8, _nb: usize, _out: &mut [u8]) {
         unreachable!("no widening of resident {} panels", ty.name())
     }
+
+    /// Whether [`Self::resident_tile_pair`] runs `ty` (on panels not widened).
+    fn resident_pairs(&self, _ty: GgmlType) -> bool {
+        false
+    }
+
+    /// As [`PanelKernels::tile_pair`], on two resident panels. Only called
+    /// where [`Self::resident_pairs`].
+    ///
+    /// # Safety
+    /// As [`Self::resident_tile`], for both panels.
+    unsafe fn resident_tile_pair(
+        &self,
+        ty: GgmlType,
+        _tile: &PanelTile,
+        _second: *const u8,
+        _tokens: usize,
+        _res: &mut [[f32; 2 * PANEL]; TILE_TOKENS],
+    ) {
+        unreachable!("no paired resident {} tiles", ty.name())
+    }
 }
 
 /// Tokens from which the resident prompt GEMM widens panels where the table
@@ -364,7 +406,8 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
     // and widened ones are per-call panels of the same blocks, which the
     // paired tiles read too.
     unsafe {
-        let pair = (widened && kern.pairs(ty)).then(|| pair_tile(kern, ty));
+        let pairs = if widened { kern.pairs(ty) } else { kern.resident_pairs(ty) };
+        let pair = pairs.then(|| resident_pair_tile(kern, ty, widened));
         tiles_over_panels(
             panels,
             panels * PANEL,

@@ -18,6 +18,8 @@ mod qgemm_pair_vnni;
 pub mod qgemm_vnni;
 pub mod quant_avx2;
 mod resident_q45k_avx2;
+mod resident_q45k_pair;
 mod resident_q6k_avx2;
+mod resident_q6k_pair;
 mod simd;
 pub mod nf4_fp8_avx2;

@@ -40,11 +40,12 @@ unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, re
     }
 }
 
-/// Block `b` of both panels.
+/// A block of each of two panels (the resident tiles' pairs too).
 #[derive(Clone, Copy)]
-struct Pair(*const u8, *const u8);
+pub(super) struct Pair(pub(super) *const u8, pub(super) *const u8);
 
 impl Pair {
+    /// Block `b` of both per-call panels.
     #[inline(always)]
     unsafe fn block(x: &PanelTile, second: *const u8, b: usize) -> Pair {
         Pair(x.panel.add(b * x.l.stride), second.add(b * x.l.stride))
@@ -52,8 +53,15 @@ impl Pair {
 
     /// The 32 bytes at `off` of each panel's block, low half first.
     #[inline(always)]
-    unsafe fn ld(self, off: usize) -> __m512i {
+    pub(super) unsafe fn ld(self, off: usize) -> __m512i {
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(self.0.add(off))), ld256(self.1.add(off)))
+    }
+
+    /// The 16 bytes at `off` of each panel's block, low half first.
+    #[inline(always)]
+    pub(super) unsafe fn ld128(self, off: usize) -> __m256i {
+        let lo = _mm256_castsi128_si256(_mm_loadu_si128(self.0.add(off) as *const __m128i));
+        _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(self.1.add(off) as *const __m128i))
     }
 
     /// The 8 f32 at `off` of each panel's block.
@@ -65,7 +73,7 @@ impl Pair {
 
 /// The 4 bytes at `p` in every i32 lane.
 #[inline(always)]
-unsafe fn bcast4z(p: *const u8) -> __m512i {
+pub(super) unsafe fn bcast4z(p: *const u8) -> __m512i {
     _mm512_set1_epi32((p as *const i32).read_unaligned())
 }
 
@@ -139,19 +147,34 @@ unsafe fn q45_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut Res)
     store(&acc, res);
 }
 
-/// The end of a q4_K/q5_K super-block, as `qgemm_avx2::q4_k_finish`:
-/// `msum = Σ_s min_s · (bsum[2s] + bsum[2s + 1])`, then
-/// `acc += (d · da) · isum − (dmin · da) · msum` per row.
+/// [`q4_k_finish_with`] for a per-call panel pair: its mins, `d` and `dmin` tables.
 #[inline(always)]
 unsafe fn q4_k_finish<const T: usize>(wb: Pair, l: PanelLayout, ab: &[*const u8; T], isum: &[__m512i; T], acc: &mut [__m512; T]) {
+    let mut mins = [_mm512_setzero_si512(); 8];
+    for (s, m) in mins.iter_mut().enumerate() {
+        *m = wb.ld(l.sc2 + 32 * s);
+    }
+    q4_k_finish_with(&mins, wb.ld_ps(l.d), wb.ld_ps(l.dmin), ab, isum, acc)
+}
+
+/// The end of a q4_K/q5_K super-block, as `qgemm_avx2::q4_k_finish`:
+/// `msum = Σ_s min_s · (bsum[2s] + bsum[2s + 1])` from the 8 sub-blocks' i16
+/// min pairs, then `acc += (d · da) · isum − (dmin · da) · msum` per row.
+#[inline(always)]
+pub(super) unsafe fn q4_k_finish_with<const T: usize>(
+    mins: &[__m512i; 8],
+    d: __m512,
+    dmin: __m512,
+    ab: &[*const u8; T],
+    isum: &[__m512i; T],
+    acc: &mut [__m512; T],
+) {
     let mut msum = [_mm512_setzero_si512(); T];
-    for s in 0..8 {
-        let m = wb.ld(l.sc2 + 32 * s);
+    for (s, &m) in mins.iter().enumerate() {
         for t in 0..T {
             msum[t] = _mm512_add_epi32(msum[t], _mm512_madd_epi16(m, bcast4z(ab[t].add(Q8K_BSUMS + 4 * s))));
         }
     }
-    let (d, dmin) = (wb.ld_ps(l.d), wb.ld_ps(l.dmin));
     for t in 0..T {
         let da = _mm512_set1_ps((ab[t] as *const f32).read_unaligned());
         let x = _mm512_mul_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(isum[t]));

@@ -8,9 +8,9 @@
 //! subtracted from the exact integer sum, as q4_0's `8 · Σ a`. The f32 steps are
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
 //! q4_K, q5_K and q6_K have their own tiles ([`super::qgemm_kquant_vnni`]);
-//! their resident tiles (decode) stay the AVX2 ones. Panels go through the
-//! 512-bit tiles of [`super::qgemm_pair_vnni`] two at a time (these 256-bit
-//! tiles take an odd last one): single thread, 128 tokens × 2048 rows × k =
+//! their resident tiles (decode) are the AVX2 ones' steps on two panels at a
+//! time. Panels go through the 512-bit tiles of [`super::qgemm_pair_vnni`]
+//! two at a time (these 256-bit tiles take an odd last one): single thread, 128 tokens × 2048 rows × k =
 //! 2048 (`quant_bench gemm_q_throughput`, Emerald Rapids-class VM), GOP/s
 //! 256-bit → paired: q4_0 213 → 279, q8_0 200 → 264, q4_K 168 → 229, q5_K
 //! 163 → 219, q6_K 159 → 199.
@@ -62,7 +62,9 @@ pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32
 }
 
 /// Resident tiles (decode): q4_0 and q8_0 on `vpdpbusd`, the k-quants as on
-/// AVX2. Prompts widen every type into the per-call tiles.
+/// AVX2 but two panels at a time in 512-bit registers
+/// ([`super::resident_q45k_pair`], [`super::resident_q6k_pair`]). Prompts
+/// widen every type into the per-call tiles.
 impl ResidentKernels for VnniPanels {
     const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
 
@@ -85,6 +87,21 @@ impl ResidentKernels for VnniPanels {
 
     unsafe fn widen(&self, ty: GgmlType, panel: *const u8, nb: usize, out: &mut [u8]) {
         Avx2Panels(()).widen(ty, panel, nb, out)
+    }
+
+    /// The k-quants, whose 256-bit resident tiles issued about as many
+    /// instructions per weight byte as decode has time for (q4_0 and q8_0
+    /// decode reach the bandwidth bound on theirs).
+    fn resident_pairs(&self, ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    }
+
+    unsafe fn resident_tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]) {
+        match ty {
+            GgmlType::Q4K => super::resident_q45k_pair::tile_pair::<false>(x, second, tokens, res),
+            GgmlType::Q5K => super::resident_q45k_pair::tile_pair::<true>(x, second, tokens, res),
+            _ => super::resident_q6k_pair::tile_pair(x, second, tokens, res),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ const AHEAD: usize = 2;
 /// `4 (s % 4) + r % 4` holds row `r`'s value of sub-block `s`), mask `s % 4`
 /// puts sub-block `s`'s values at i16 lanes `2r` and `2r + 1`, those of row `r`'s
 /// pair sums (zero-extended: the values are below 64).
-const PAIR: [[i8; 32]; 4] = {
+pub(super) const PAIR: [[i8; 32]; 4] = {
     let mut m = [[0i8; 32]; 4];
     let mut q = 0;
     while q < 4 {
@@ -73,7 +73,7 @@ unsafe fn pairs(v: &[__m256i; 2], s: usize) -> __m256i {
 }
 
 /// Bytes of a panel's super-block: q5_K's when `FIVE`, else q4_K's.
-const fn block<const FIVE: bool>() -> usize {
+pub(super) const fn block<const FIVE: bool>() -> usize {
     if FIVE {
         BLOCK5
     } else {

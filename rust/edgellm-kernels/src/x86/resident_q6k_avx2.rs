@@ -27,8 +27,8 @@ const AHEAD: usize = 2;
 /// Byte shuffles of a pair's widened scales (i16 lanes `2r + e`: row `r`'s scale
 /// of sub-block `2p + e`, per 128-bit lane): [`EVEN`] gives each row's scale of
 /// sub-block `2p` in both of its lanes, [`ODD`] that of `2p + 1`.
-const EVEN: [u8; 32] = pick(0);
-const ODD: [u8; 32] = pick(2);
+pub(super) const EVEN: [u8; 32] = pick(0);
+pub(super) const ODD: [u8; 32] = pick(2);
 
 const fn pick(at: u8) -> [u8; 32] {
     let mut m = [0u8; 32];

@@ -137,6 +137,10 @@ pub struct QGemmScratch {
 /// Tokens per register tile of the interleaved kernels.
 pub(crate) const TILE_TOKENS: usize = 4;
 
+/// The results of a tile of two panels: lanes `0..PANEL` of each token's row
+/// for the first panel, `PANEL..` for the second.
+pub(crate) type PairResults = [[f32; 2 * PANEL]; TILE_TOKENS];
+
 /// `$f::<T>(args)` for a tile's token count `$tokens` (1 ..= [`TILE_TOKENS`]):
 /// the SIMD tiles are monomorphised per token count.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_macros))]
@@ -234,14 +238,7 @@ pub(crate) trait PanelKernels {
     ///
     /// # Safety
     /// As [`Self::tile`], for both panels.
-    unsafe fn tile_pair(
-        &self,
-        ty: GgmlType,
-        _tile: &PanelTile,
-        _second: *const u8,
-        _tokens: usize,
-        _res: &mut [[f32; 2 * PANEL]; TILE_TOKENS],
-    ) {
+    unsafe fn tile_pair(&self, ty: GgmlType, _tile: &PanelTile, _second: *const u8, _tokens: usize, _res: &mut PairResults) {
         unreachable!("no paired {} tiles", ty.name())
     }
 }
@@ -255,7 +252,7 @@ pub(crate) trait PanelKernels {
 unsafe fn pair_tile<K: PanelKernels>(
     kern: &K,
     ty: GgmlType,
-) -> impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]) + '_ {
+) -> impl Fn(&PanelTile, *const u8, usize, &mut PairResults) + '_ {
     // SAFETY: the caller's contract above.
     move |x, second, c, res| unsafe { kern.tile_pair(ty, x, second, c, res) }
 }
@@ -271,7 +268,7 @@ unsafe fn resident_pair_tile<K: ResidentKernels>(
     kern: &K,
     ty: GgmlType,
     widened: bool,
-) -> impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS]) + '_ {
+) -> impl Fn(&PanelTile, *const u8, usize, &mut PairResults) + '_ {
     // SAFETY: the caller's contract above.
     move |x, second, c, res| unsafe {
         match widened {
@@ -364,14 +361,7 @@ pub(crate) trait ResidentKernels: PanelKernels {
     ///
     /// # Safety
     /// As [`Self::resident_tile`], for both panels.
-    unsafe fn resident_tile_pair(
-        &self,
-        ty: GgmlType,
-        _tile: &PanelTile,
-        _second: *const u8,
-        _tokens: usize,
-        _res: &mut [[f32; 2 * PANEL]; TILE_TOKENS],
-    ) {
+    unsafe fn resident_tile_pair(&self, ty: GgmlType, _x: &PanelTile, _second: *const u8, _tokens: usize, _res: &mut PairResults) {
         unreachable!("no paired resident {} tiles", ty.name())
     }
 }
@@ -447,7 +437,7 @@ unsafe fn tiles_over_panels(
     ldo: usize,
     mut panel: impl FnMut(usize) -> *const u8,
     tile: impl Fn(&PanelTile, usize, &mut [[f32; PANEL]; TILE_TOKENS]),
-    pair: Option<impl Fn(&PanelTile, *const u8, usize, &mut [[f32; 2 * PANEL]; TILE_TOKENS])>,
+    pair: Option<impl Fn(&PanelTile, *const u8, usize, &mut PairResults)>,
 ) {
     let n = qa.n;
     let ab = vec_dot_type(qa.ty).row_bytes(qa.k).unwrap();

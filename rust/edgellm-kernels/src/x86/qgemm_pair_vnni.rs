@@ -12,13 +12,11 @@
 //! weight group, shared by the tile's tokens.
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::quant::qgemm::{by_tokens, PanelLayout, PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{by_tokens, PairResults, PanelLayout, PanelTile};
 use crate::quant::GgmlType;
 use crate::x86::simd::ld256;
 use core::arch::x86_64::*;
 
-/// The tile's result rows: 8 lanes per panel.
-type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 
 /// `res[i][r] = vec_dot(row r of the pair, token i)` for the panel of `x`
 /// (rows `0..8`) and `second` (rows `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
@@ -26,11 +24,11 @@ type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as
 /// [`crate::quant::qgemm::PanelKernels::tile_pair`].
-pub(super) unsafe fn tile_pair(ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut Res) {
+pub(super) unsafe fn tile_pair(ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
     by_tokens!(run, tokens, ty, x, second, res)
 }
 
-unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut Res) {
+unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
     match ty {
         GgmlType::Q4_0 => q4_0_q8_0::<T, false>(x, second, x.sa, res),
         GgmlType::Q8_0 => q4_0_q8_0::<T, true>(x, second, x.sa128, res),
@@ -81,7 +79,7 @@ pub(super) unsafe fn bcast4z(p: *const u8) -> __m512i {
 /// flipped to `w + 128`): as the 256-bit VNNI tile,
 /// `res[t][r] = Σ_b (d_w · d_a) · (dot_b - offsets[t, b])`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, second: *const u8, offsets: &[i32], res: &mut Res) {
+unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, second: *const u8, offsets: &[i32], res: &mut PairResults) {
     let (nb, l) = (x.nb, x.l);
     assert!(x.da.len() >= T * nb && offsets.len() >= T * nb);
     // Indexed below without bounds checks (two per token and block otherwise).
@@ -120,7 +118,7 @@ unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, second: *co
 /// q4_K and q5_K: per sub-block, `vpdpbusd` in two chains per token, then one
 /// `vpmulld` by the rows' scales, as the 256-bit k-quant tile.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q45_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut Res) {
+unsafe fn q45_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
     let l = x.l;
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..x.nb {
@@ -187,7 +185,7 @@ pub(super) unsafe fn q4_k_finish_with<const T: usize>(
 /// 16-element sub-blocks' scales and added in i32 by `vpdpwssd`, in two chains
 /// per token, as the 256-bit k-quant tile.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut Res) {
+unsafe fn q6_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
     let l = x.l;
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..x.nb {
@@ -228,7 +226,7 @@ unsafe fn q6_k<const T: usize>(x: &PanelTile, second: *const u8, res: &mut Res) 
 }
 
 #[inline(always)]
-unsafe fn store<const T: usize>(acc: &[__m512; T], res: &mut Res) {
+unsafe fn store<const T: usize>(acc: &[__m512; T], res: &mut PairResults) {
     for t in 0..T {
         _mm512_storeu_ps(res[t].as_mut_ptr(), acc[t]);
     }

@@ -16,7 +16,7 @@
 //! 163 → 219, q6_K 159 → 199.
 
 use super::qgemm_avx2::{bcast4, Avx2Panels, PerCall, ResidentQ4, ResidentQ8, Src};
-use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PairResults, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
@@ -50,7 +50,7 @@ impl PanelKernels for VnniPanels {
         matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
-    unsafe fn tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]) {
+    unsafe fn tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
         super::qgemm_pair_vnni::tile_pair(ty, x, second, tokens, res)
     }
 }
@@ -96,7 +96,7 @@ impl ResidentKernels for VnniPanels {
         matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
-    unsafe fn resident_tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut [[f32; 2 * PANEL]; TILE_TOKENS]) {
+    unsafe fn resident_tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
         match ty {
             GgmlType::Q4K => super::resident_q45k_pair::tile_pair::<false>(x, second, tokens, res),
             GgmlType::Q5K => super::resident_q45k_pair::tile_pair::<true>(x, second, tokens, res),

@@ -8,7 +8,7 @@
 use super::qgemm_pair_vnni::{bcast4z, q4_k_finish_with, Pair};
 use super::resident_q45k_avx2::{block, PAIR};
 use crate::quant::blocks::Q8K_QS;
-use crate::quant::qgemm::{PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{PairResults, PanelTile};
 use crate::quant::resident::q45_k::{D, DMIN, HI, LM, LSC, QH, QS};
 use crate::x86::simd::prefetch_lines;
 use core::arch::x86_64::*;
@@ -16,8 +16,6 @@ use core::arch::x86_64::*;
 /// Super-blocks ahead of the one being read that the tile prefetches, per panel.
 const AHEAD: usize = 2;
 
-/// The tile's result rows: 8 lanes per panel.
-type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 
 /// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q5_K
 /// (`FIVE`) or q4_K panel of `x` (rows `0..8`) and the one at `second` (rows
@@ -27,7 +25,7 @@ type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
 /// panels of that type of `x.nb` super-blocks, and `x` holds the tokens' q8_K
 /// rows.
-pub(super) unsafe fn tile_pair<const FIVE: bool>(x: &PanelTile, second: *const u8, tokens: usize, res: &mut Res) {
+pub(super) unsafe fn tile_pair<const FIVE: bool>(x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
     match tokens {
         4 => tile::<4, FIVE>(x, second, res),
         3 => tile::<3, FIVE>(x, second, res),
@@ -78,7 +76,7 @@ unsafe fn quants<const FIVE: bool>(w: Pair, j: usize, i: usize) -> (__m512i, __m
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, second: *const u8, res: &mut Res) {
+unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
     let bk = block::<FIVE>();
     // Groups whose pair sums add up in i16 before widening (as the 256-bit tile).
     let run = if FIVE { 4 } else { 8 };

@@ -10,7 +10,7 @@
 //! halving them moves q6_K decode toward the bandwidth bound.
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::quant::qgemm::{by_tokens, PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{by_tokens, PairResults, PanelTile};
 use crate::quant::resident::q6_k::{BLOCK, D, QH, QL, SC};
 use super::qgemm_pair_vnni::{bcast4z, Pair};
 use crate::x86::simd::prefetch_lines;
@@ -19,8 +19,6 @@ use core::arch::x86_64::*;
 /// Super-blocks ahead of the one being read that the tile prefetches, per panel.
 const AHEAD: usize = 2;
 
-/// The tile's result rows: 8 lanes per panel.
-type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 
 /// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q6_K
 /// panel of `x` (rows `0..8`) and the one at `second` (rows `8..16`), 1 ..=
@@ -29,7 +27,7 @@ type Res = [[f32; 2 * PANEL]; TILE_TOKENS];
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
 /// q6_K panels of `x.nb` super-blocks, and `x` holds the tokens' q8_K rows.
-pub(super) unsafe fn tile_pair(x: &PanelTile, second: *const u8, tokens: usize, res: &mut Res) {
+pub(super) unsafe fn tile_pair(x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
     by_tokens!(tile, tokens, x, second, res)
 }
 
@@ -72,7 +70,7 @@ unsafe fn quants(w: Pair, n: usize, s: usize, i: usize) -> __m512i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn tile<const T: usize>(x: &PanelTile, second: *const u8, res: &mut Res) {
+unsafe fn tile<const T: usize>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
     let (even, odd) = (_mm512_loadu_si512(EVEN.as_ptr().cast()), _mm512_loadu_si512(ODD.as_ptr().cast()));
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..x.nb {

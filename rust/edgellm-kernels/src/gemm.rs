@@ -337,6 +337,7 @@ pub fn block_columns() -> usize {
     static JB_HERE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *JB_HERE.get_or_init(|| if l2_kib().is_some_and(|kib| kib >= 2048) { 2 * JB } else { JB })
 }
+
 /// A panels per chunk (`MC_PANELS · MR` rows × `KC`, 192 KiB): the chunk stays in
 /// L2 while each B panel (in L1) meets all of its panels. Without this
 /// level every A panel met every B panel of the block from L2, and A was

@@ -17,7 +17,6 @@ use crate::quant::GgmlType;
 use crate::x86::simd::ld256;
 use core::arch::x86_64::*;
 
-
 /// `res[i][r] = vec_dot(row r of the pair, token i)` for the panel of `x`
 /// (rows `0..8`) and `second` (rows `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
 ///

@@ -10,8 +10,9 @@
 //! q4_K, q5_K and q6_K have their own tiles ([`super::qgemm_kquant_vnni`]);
 //! their resident tiles (decode) are the AVX2 ones' steps on two panels at a
 //! time. Panels go through the 512-bit tiles of [`super::qgemm_pair_vnni`]
-//! two at a time (these 256-bit tiles take an odd last one): single thread, 128 tokens × 2048 rows × k =
-//! 2048 (`quant_bench gemm_q_throughput`, Emerald Rapids-class VM), GOP/s
+//! two at a time (these 256-bit tiles take an odd last one): single thread,
+//! 128 tokens × 2048 rows × k = 2048 (`quant_bench gemm_q_throughput`,
+//! Emerald Rapids-class VM), GOP/s
 //! 256-bit → paired: q4_0 213 → 279, q8_0 200 → 264, q4_K 168 → 229, q5_K
 //! 163 → 219, q6_K 159 → 199.
 
@@ -97,11 +98,17 @@ impl ResidentKernels for VnniPanels {
     }
 
     unsafe fn resident_tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
-        match ty {
-            GgmlType::Q4K => super::resident_q45k_pair::tile_pair::<false>(x, second, tokens, res),
-            GgmlType::Q5K => super::resident_q45k_pair::tile_pair::<true>(x, second, tokens, res),
-            _ => super::resident_q6k_pair::tile_pair(x, second, tokens, res),
-        }
+        qgemm::by_tokens!(resident_pair, tokens, ty, x, second, res)
+    }
+}
+
+/// The paired resident k-quant tile of `ty` for `T` tokens.
+unsafe fn resident_pair<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
+    match ty {
+        GgmlType::Q4K => super::resident_q45k_pair::tile::<T, false>(x, second, res),
+        GgmlType::Q5K => super::resident_q45k_pair::tile::<T, true>(x, second, res),
+        GgmlType::Q6K => super::resident_q6k_pair::tile::<T>(x, second, res),
+        _ => unreachable!("no paired resident tile for {}", ty.name()),
     }
 }
 

@@ -16,24 +16,6 @@ use core::arch::x86_64::*;
 /// Super-blocks ahead of the one being read that the tile prefetches, per panel.
 const AHEAD: usize = 2;
 
-
-/// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q5_K
-/// (`FIVE`) or q4_K panel of `x` (rows `0..8`) and the one at `second` (rows
-/// `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
-///
-/// # Safety
-/// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
-/// panels of that type of `x.nb` super-blocks, and `x` holds the tokens' q8_K
-/// rows.
-pub(super) unsafe fn tile_pair<const FIVE: bool>(x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
-    match tokens {
-        4 => tile::<4, FIVE>(x, second, res),
-        3 => tile::<3, FIVE>(x, second, res),
-        2 => tile::<2, FIVE>(x, second, res),
-        _ => tile::<1, FIVE>(x, second, res),
-    }
-}
-
 /// Both panels' 64 scales and 64 mins, as the 256-bit tile's `scales_mins`.
 #[inline(always)]
 unsafe fn scales_mins(w: Pair) -> ([__m512i; 2], [__m512i; 2]) {
@@ -75,8 +57,15 @@ unsafe fn quants<const FIVE: bool>(w: Pair, j: usize, i: usize) -> (__m512i, __m
     )
 }
 
+/// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q5_K
+/// (`FIVE`) or q4_K panel of `x` (rows `0..8`) and the one at `second` (rows
+/// `8..16`), `T` tokens.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
+/// panels of that type of `x.nb` super-blocks, and `x` holds `T` q8_K rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
+pub(super) unsafe fn tile<const T: usize, const FIVE: bool>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
     let bk = block::<FIVE>();
     // Groups whose pair sums add up in i16 before widening (as the 256-bit tile).
     let run = if FIVE { 4 } else { 8 };

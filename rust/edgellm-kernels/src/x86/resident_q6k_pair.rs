@@ -10,41 +10,15 @@
 //! halving them moves q6_K decode toward the bandwidth bound.
 
 use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
-use crate::quant::qgemm::{by_tokens, PairResults, PanelTile};
+use crate::quant::qgemm::{PairResults, PanelTile};
 use crate::quant::resident::q6_k::{BLOCK, D, QH, QL, SC};
 use super::qgemm_pair_vnni::{bcast4z, Pair};
-use crate::x86::simd::prefetch_lines;
+use super::resident_q6k_avx2::{EVEN, ODD};
+use crate::x86::simd::{ld256, prefetch_lines};
 use core::arch::x86_64::*;
 
 /// Super-blocks ahead of the one being read that the tile prefetches, per panel.
 const AHEAD: usize = 2;
-
-
-/// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q6_K
-/// panel of `x` (rows `0..8`) and the one at `second` (rows `8..16`), 1 ..=
-/// [`TILE_TOKENS`] tokens.
-///
-/// # Safety
-/// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
-/// q6_K panels of `x.nb` super-blocks, and `x` holds the tokens' q8_K rows.
-pub(super) unsafe fn tile_pair(x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
-    by_tokens!(tile, tokens, x, second, res)
-}
-
-/// The 256-bit tile's byte shuffles of a pair's widened scales, in every
-/// 128-bit lane.
-const EVEN: [u8; 64] = twice(super::resident_q6k_avx2::EVEN);
-const ODD: [u8; 64] = twice(super::resident_q6k_avx2::ODD);
-
-const fn twice(m: [u8; 32]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    let mut i = 0;
-    while i < 64 {
-        out[i] = m[i % 32];
-        i += 1;
-    }
-    out
-}
 
 /// The scales of sub-blocks `2p` and `2p + 1` of both panels, as i16 pairs.
 #[inline(always)]
@@ -69,9 +43,17 @@ unsafe fn quants(w: Pair, n: usize, s: usize, i: usize) -> __m512i {
     _mm512_or_si512(l, h)
 }
 
+/// `res[t][r] = vec_dot(row r of the pair, token t)` for the resident q6_K
+/// panel of `x` (rows `0..8`) and the one at `second` (rows `8..16`), `T`
+/// tokens.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL; `x.panel` and `second` are resident
+/// q6_K panels of `x.nb` super-blocks, and `x` holds `T` q8_K rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn tile<const T: usize>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
-    let (even, odd) = (_mm512_loadu_si512(EVEN.as_ptr().cast()), _mm512_loadu_si512(ODD.as_ptr().cast()));
+pub(super) unsafe fn tile<const T: usize>(x: &PanelTile, second: *const u8, res: &mut PairResults) {
+    // The 256-bit tile's byte shuffles in both halves (they stay within 128-bit lanes).
+    let (even, odd) = (_mm512_broadcast_i64x4(ld256(EVEN.as_ptr())), _mm512_broadcast_i64x4(ld256(ODD.as_ptr())));
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..x.nb {
         let w = Pair(x.panel.add(b * BLOCK), second.add(b * BLOCK));

@@ -12,7 +12,8 @@ use crate::quant::blocks::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::simd::{ld256, load_f16, prefetch_lines, st256};
 use crate::quant::qgemm::{self, by_tokens, pack_panel, panel_layout, PanelKernels, PanelLayout, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::{resident, GgmlType};
-use super::{resident_q45k_avx2, resident_q6k_avx2};
+use super::lanes::{Lanes, Ymm};
+use super::{resident_q45k, resident_q6k};
 use core::arch::x86_64::*;
 
 /// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
@@ -50,9 +51,9 @@ impl ResidentKernels for Avx2Panels {
         match ty {
             GgmlType::Q4_0 => widen_q4_0(panel, nb, out),
             GgmlType::Q8_0 => widen_q8_0(panel, nb, out),
-            GgmlType::Q4K => resident_q45k_avx2::widen::<false>(panel, nb, out),
-            GgmlType::Q5K => resident_q45k_avx2::widen::<true>(panel, nb, out),
-            GgmlType::Q6K => resident_q6k_avx2::widen(panel, nb, out),
+            GgmlType::Q4K => resident_q45k::widen::<false>(panel, nb, out),
+            GgmlType::Q5K => resident_q45k::widen::<true>(panel, nb, out),
+            GgmlType::Q6K => resident_q6k::widen(panel, nb, out),
             _ => unreachable!("AVX2 does not widen resident {} panels", ty.name()),
         }
     }
@@ -116,9 +117,9 @@ unsafe fn run_resident<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[
     match ty {
         GgmlType::Q4_0 => q4_0::<ResidentQ4, T>(x, res),
         GgmlType::Q8_0 => q8_0::<ResidentQ8, T>(x, res),
-        GgmlType::Q4K => resident_q45k_avx2::tile::<T, false>(x, res),
-        GgmlType::Q5K => resident_q45k_avx2::tile::<T, true>(x, res),
-        GgmlType::Q6K => resident_q6k_avx2::tile::<T>(x, res),
+        GgmlType::Q4K => resident_q45k::tile::<T, false>(x, res),
+        GgmlType::Q5K => resident_q45k::tile::<T, true>(x, res),
+        GgmlType::Q6K => resident_q6k::tile::<T>(x, res),
         _ => unreachable!("no resident layout for {}", ty.name()),
     }
 }
@@ -301,24 +302,25 @@ pub(super) unsafe fn q8_0<S: Src, const T: usize>(x: &PanelTile, res: &mut [[f32
 }
 
 /// The super-block loop of the k-quant tiles (per-call panels of 256-element
-/// blocks against q8_K activations) for `$t` tokens: `$body` for every block,
-/// with `$wb` the panel's block, `$ab` the tokens' q8_K blocks and `$acc` the
-/// `&mut [__m256; $t]` row accumulators, then the rows stored into `$res`. A
-/// macro, not a function taking a closure: the body is the tile's whole
-/// integer kernel, and a closure does not inherit the tile's target features,
-/// so its intrinsics may stay calls (see [`q6_k_pair_sums`]).
+/// blocks against q8_K activations) for `$t` tokens on the panel(s) `$panel`
+/// of lanes `$l` ([`Lanes`]): `$body` for every block, with `$wb` the block,
+/// `$ab` the tokens' q8_K blocks and `$acc` the `&mut [$l::F; $t]` row
+/// accumulators, then the rows stored into `$res`. A macro, not a function
+/// taking a closure: the body is the tile's whole integer kernel, and a
+/// closure does not inherit the tile's target features, so its intrinsics may
+/// stay calls (see [`q6_k_pair_sums`]).
 macro_rules! super_blocks {
-    ($t:ident, $x:expr, $res:expr, |$wb:ident, $ab:ident, $acc:ident| $body:block) => {{
-        let (x, res): (&PanelTile, &mut [[f32; PANEL]; TILE_TOKENS]) = ($x, $res);
-        let mut rows = [_mm256_setzero_ps(); $t];
+    ($l:ty, $t:ident, $x:expr, $panel:expr, $res:expr, |$wb:ident, $ab:ident, $acc:ident| $body:block) => {{
+        let (x, panel, res): (&PanelTile, $l, &mut <$l as Lanes>::Results) = ($x, $panel, $res);
+        let mut rows = [<$l as Lanes>::zero_ps(); $t];
         for b in 0..x.nb {
-            let $wb = x.panel.add(b * x.l.stride);
+            let $wb = panel.add(b * x.l.stride);
             let $ab: &[*const u8; $t] = &x.q8k_blocks(b);
             let $acc = &mut rows;
             $body
         }
-        for t in 0..$t {
-            _mm256_storeu_ps(res[t].as_mut_ptr(), rows[t]);
+        for (t, &r) in rows.iter().enumerate() {
+            <$l as Lanes>::store(res, t, r);
         }
     }};
 }
@@ -331,14 +333,14 @@ pub(super) use super_blocks;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks!(T, x, res, |wb, ab, acc| {
+    super_blocks!(Ymm, T, x, Ymm(x.panel), res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for sb in 0..8 {
-            let sc = ld256(wb.add(l.sc + 32 * sb));
+            let sc = wb.ld(l.sc + 32 * sb);
             for g0 in (0..8).step_by(RUN) {
                 let mut s16 = [_mm256_setzero_si256(); T];
                 for g in g0..g0 + RUN {
-                    let w = ld256(wb.add(32 * (8 * sb + g)));
+                    let w = wb.ld(32 * (8 * sb + g));
                     for t in 0..T {
                         let y = bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g));
                         s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(w, y));
@@ -349,113 +351,113 @@ unsafe fn q45_k<const T: usize, const RUN: usize>(x: &PanelTile, res: &mut [[f32
                 }
             }
         }
-        q4_k_finish_panel(wb, l, ab, &isum, acc);
+        q4_k_finish_panel::<Ymm, T>(wb, l, ab, &isum, acc);
     })
 }
 
-/// [`q4_k_finish`] for a per-call q4_K/q5_K panel block at `wb` (layout `l`):
-/// its mins, `d` and `dmin` tables.
+/// [`q4_k_finish`] for a per-call q4_K/q5_K panel block at `wb` (layout `l`),
+/// or a pair of them: its mins, `d` and `dmin` tables.
 #[inline(always)]
-pub(super) unsafe fn q4_k_finish_panel<const T: usize>(
-    wb: *const u8,
+pub(super) unsafe fn q4_k_finish_panel<L: Lanes, const T: usize>(
+    wb: L,
     l: PanelLayout,
     ab: &[*const u8; T],
-    isum: &[__m256i; T],
-    acc: &mut [__m256; T],
+    isum: &[L::I; T],
+    acc: &mut [L::F; T],
 ) {
-    let mut mins = [_mm256_setzero_si256(); 8];
-    for (sb, m) in mins.iter_mut().enumerate() {
-        *m = ld256(wb.add(l.sc2 + 32 * sb));
+    // A loop, not `array::from_fn`: a closure's intrinsics may be left as calls.
+    let mut mins = [L::zero(); 8];
+    for (s, m) in mins.iter_mut().enumerate() {
+        *m = wb.ld(l.sc2 + 32 * s);
     }
-    let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
-    let dmin = _mm256_loadu_ps(wb.add(l.dmin) as *const f32);
-    q4_k_finish(&mins, d, dmin, ab, isum, acc);
+    q4_k_finish::<L, T>(&mins, wb.ld_ps(l.d), wb.ld_ps(l.dmin), ab, isum, acc);
 }
 
 /// The end of a q4_K super-block for `T` tokens, as the scalar `vec_dot` does
 /// it: `msum = Σ_s min_s · (bsum[2s] + bsum[2s + 1])` from the 8 sub-blocks'
 /// i16 min pairs, then `acc += (d · da) · isum − (dmin · da) · msum` per row.
 #[inline(always)]
-pub(super) unsafe fn q4_k_finish<const T: usize>(
-    mins: &[__m256i; 8],
-    d: __m256,
-    dmin: __m256,
+pub(super) unsafe fn q4_k_finish<L: Lanes, const T: usize>(
+    mins: &[L::I; 8],
+    d: L::F,
+    dmin: L::F,
     ab: &[*const u8; T],
-    isum: &[__m256i; T],
-    acc: &mut [__m256; T],
+    isum: &[L::I; T],
+    acc: &mut [L::F; T],
 ) {
-    let mut msum = [_mm256_setzero_si256(); T];
+    let mut msum = [L::zero(); T];
     for (s, &m) in mins.iter().enumerate() {
         for t in 0..T {
-            msum[t] = _mm256_add_epi32(msum[t], _mm256_madd_epi16(m, bcast4(ab[t].add(Q8K_BSUMS + 4 * s))));
+            msum[t] = L::add32(msum[t], L::madd(m, L::bcast4(ab[t].add(Q8K_BSUMS + 4 * s))));
         }
     }
     for t in 0..T {
-        let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
-        let x = _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(isum[t]));
-        let m = _mm256_mul_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum[t]));
-        acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(x, m));
+        let da = L::splat_ps((ab[t] as *const f32).read_unaligned());
+        let x = L::mul_ps(L::mul_ps(d, da), L::to_ps(isum[t]));
+        let m = L::mul_ps(L::mul_ps(dmin, da), L::to_ps(msum[t]));
+        acc[t] = L::add_ps(acc[t], L::sub_ps(x, m));
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
     let l = x.l;
-    super_blocks!(T, x, res, |wb, ab, acc| {
+    super_blocks!(Ymm, T, x, Ymm(x.panel), res, |wb, ab, acc| {
         let mut isum = [_mm256_setzero_si256(); T];
         for j in 0..16 {
-            let sc = ld256(wb.add(l.sc + 32 * j));
+            let sc = wb.ld(l.sc + 32 * j);
             for h in 0..2 {
-                let s = q6_k_pair_sums(wb, ab, 4 * j + 2 * h);
+                let s = q6_k_pair_sums::<Ymm, T>(wb, ab, 4 * j + 2 * h);
                 for t in 0..T {
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
                 }
             }
         }
-        q6_k_finish(wb, l, ab, &isum, acc);
+        q6_k_finish::<Ymm, T>(wb, l, ab, &isum, acc);
     })
 }
 
 /// The i16 pair sums of q6_K groups `g` and `g + 1` of the per-call panel block
-/// at `wb` for each of `T` tokens (`ab`: their q8_K blocks). 6-bit × i8: two
+/// (or pair of them) at `wb` for each of `T` tokens (`ab`: their q8_K blocks). 6-bit × i8: two
 /// groups' pair sums stay below 2^15.
 #[inline(always)]
-pub(super) unsafe fn q6_k_pair_sums<const T: usize>(wb: *const u8, ab: &[*const u8; T], g: usize) -> [__m256i; T] {
-    let (w0, w1) = (ld256(wb.add(32 * g)), ld256(wb.add(32 * g + 32)));
+pub(super) unsafe fn q6_k_pair_sums<L: Lanes, const T: usize>(wb: L, ab: &[*const u8; T], g: usize) -> [L::I; T] {
+    let (w0, w1) = (wb.ld(32 * g), wb.ld(32 * g + 32));
     // A loop, not `array::from_fn`: a closure does not inherit the caller's
     // target features, and its intrinsics, left as calls, made q6_K prompts
     // 30× slower in one build.
-    let mut s = [_mm256_setzero_si256(); T];
+    let mut s = [L::zero(); T];
     for (t, s) in s.iter_mut().enumerate() {
         let y = ab[t].add(Q8K_QS + 4 * g);
-        *s = _mm256_add_epi16(_mm256_maddubs_epi16(w0, bcast4(y)), _mm256_maddubs_epi16(w1, bcast4(y.add(4))));
+        *s = L::add16(L::maddubs(w0, L::bcast4(y)), L::maddubs(w1, L::bcast4(y.add(4))));
     }
     s
 }
 
-/// The end of a q6_K super-block (packed at `wb`, layout `l`) for `T` tokens,
+/// The end of a q6_K super-block (packed at `wb`, layout `l`: one panel's or a
+/// pair's) for `T` tokens,
 /// as the scalar `vec_dot` does it: the −32 offset of every value taken off the
 /// exact sum as `32 · Σ scale · bsum`, then `acc += (d · da) · isum` per row.
 #[inline(always)]
-pub(super) unsafe fn q6_k_finish<const T: usize>(
-    wb: *const u8,
+pub(super) unsafe fn q6_k_finish<L: Lanes, const T: usize>(
+    wb: L,
     l: PanelLayout,
     ab: &[*const u8; T],
-    isum: &[__m256i; T],
-    acc: &mut [__m256; T],
+    isum: &[L::I; T],
+    acc: &mut [L::F; T],
 ) {
-    let mut off = [_mm256_setzero_si256(); T];
+    let mut off = [L::zero(); T];
     for p in 0..8 {
-        let sp = ld256(wb.add(l.sc2 + 32 * p));
+        let sp = wb.ld(l.sc2 + 32 * p);
         for t in 0..T {
-            off[t] = _mm256_add_epi32(off[t], _mm256_madd_epi16(sp, bcast4(ab[t].add(Q8K_BSUMS + 4 * p))));
+            off[t] = L::add32(off[t], L::madd(sp, L::bcast4(ab[t].add(Q8K_BSUMS + 4 * p))));
         }
     }
-    let d = _mm256_loadu_ps(wb.add(l.d) as *const f32);
+    let d = wb.ld_ps(l.d);
     for t in 0..T {
-        let da = _mm256_set1_ps((ab[t] as *const f32).read_unaligned());
-        let i = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(off[t], 5));
-        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(i)));
+        let da = L::splat_ps((ab[t] as *const f32).read_unaligned());
+        let i = L::sub32(isum[t], L::shl32(off[t], 5));
+        acc[t] = L::add_ps(acc[t], L::mul_ps(L::mul_ps(d, da), L::to_ps(i)));
     }
 }
 

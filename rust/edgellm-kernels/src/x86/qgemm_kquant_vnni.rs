@@ -1,5 +1,7 @@
 //! AVX-512 VNNI tiles of the quantized prompt GEMM for q4_K, q5_K and q6_K, on
-//! the per-call panel layout (and resident panels widened into it). Both keep
+//! the per-call panel layout (and resident panels widened into it), one panel
+//! in 256-bit registers or two in 512-bit ones ([`super::lanes`]; the pairs
+//! serve [`super::qgemm_pair_vnni`]). Both keep
 //! the integer sum of every super-block exactly the scalar `vec_dot`'s and the
 //! f32 steps the AVX2 tiles' own, so results are bit-identical to the scalar
 //! reference.
@@ -18,12 +20,11 @@
 //! q4_K 170 → 184, q5_K 159 → 178, q6_K 151 → 171. Tried: q4_K on pair sums
 //! and `vpdpwssd` as q6_K (157-162 against 181 for this route then).
 
-use super::qgemm_avx2::{bcast4, q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
+use super::lanes::{Lanes, Pair, Ymm};
+use super::qgemm_avx2::{q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
 use crate::quant::blocks::Q8K_QS;
-use crate::quant::qgemm::{by_tokens, PanelTile, PANEL, TILE_TOKENS};
+use crate::quant::qgemm::{by_tokens, PairResults, PanelTile, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
-use crate::x86::simd::ld256;
-use core::arch::x86_64::*;
 
 /// `res[i][r] = vec_dot(row r of the panel, token i)` for a q4_K, q5_K (the same
 /// per-call layout) or q6_K panel and 1 ..= [`TILE_TOKENS`] tokens.
@@ -31,15 +32,7 @@ use core::arch::x86_64::*;
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as [`crate::quant::qgemm::PanelKernels::tile`].
 pub(super) unsafe fn tile(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    by_tokens!(run, tokens, ty, x, res)
-}
-
-unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    match ty {
-        GgmlType::Q4K | GgmlType::Q5K => q45_k::<T>(x, res),
-        GgmlType::Q6K => q6_k::<T>(x, res),
-        _ => unreachable!("no VNNI k-quant tile for {}", ty.name()),
-    }
+    by_tokens!(one, tokens, ty, x, res)
 }
 
 /// `isum += scale · Σ_g dot(group g)` over the 8 groups of sub-block `sb` of
@@ -48,54 +41,76 @@ unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANE
 /// then one `vpmulld` by the scale. Two chains per token: one chain of
 /// dependent `vpdpbusd` leaves the tile waiting on their latency.
 #[inline(always)]
-unsafe fn sub_block<const T: usize>(wb: *const u8, ab: &[*const u8; T], sb: usize, sc: __m256i, isum: &mut [__m256i; T]) {
+unsafe fn sub_block<L: Lanes, const T: usize>(wb: L, ab: &[*const u8; T], sb: usize, sc: L::I, isum: &mut [L::I; T]) {
     // Row r's 6-bit scale, from the upper copy of its i16 pair.
-    let scale = _mm256_srli_epi32(sc, 16);
-    let mut s32 = [[_mm256_setzero_si256(); 2]; T];
+    let scale = L::shr32(sc, 16);
+    let mut s32 = [[L::zero(); 2]; T];
     for g in 0..8 {
-        let wg = ld256(wb.add(32 * (8 * sb + g)));
+        let wg = wb.ld(32 * (8 * sb + g));
         for t in 0..T {
-            s32[t][g & 1] = _mm256_dpbusd_epi32(s32[t][g & 1], wg, bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g)));
+            s32[t][g & 1] = L::dpbusd(s32[t][g & 1], wg, L::bcast4(ab[t].add(Q8K_QS + 32 * sb + 4 * g)));
         }
     }
     for t in 0..T {
-        let dot = _mm256_add_epi32(s32[t][0], s32[t][1]);
-        isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(dot, scale));
+        let dot = L::add32(s32[t][0], s32[t][1]);
+        isum[t] = L::add32(isum[t], L::mullo32(dot, scale));
     }
 }
 
+/// The tile of a q4_K, q5_K or q6_K panel.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q45_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+unsafe fn one<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    tile_of::<Ymm, T>(ty, x, Ymm(x.panel), res)
+}
+
+/// [`one`] on the panel of `x` (rows `0..8`) and the one at `second` (rows
+/// `8..16`) at once, in 512-bit registers ([`super::qgemm_pair_vnni`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn pair<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
+    tile_of::<Pair, T>(ty, x, Pair(x.panel, second), res)
+}
+
+#[inline(always)]
+unsafe fn tile_of<L: Lanes, const T: usize>(ty: GgmlType, x: &PanelTile, panel: L, res: &mut L::Results) {
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => q45_k::<L, T>(x, panel, res),
+        GgmlType::Q6K => q6_k::<L, T>(x, panel, res),
+        _ => unreachable!("no VNNI k-quant tile for {}", ty.name()),
+    }
+}
+
+#[inline(always)]
+unsafe fn q45_k<L: Lanes, const T: usize>(x: &PanelTile, panel: L, res: &mut L::Results) {
     let l = x.l;
-    super_blocks!(T, x, res, |wb, ab, acc| {
-        let mut isum = [_mm256_setzero_si256(); T];
+    super_blocks!(L, T, x, panel, res, |wb, ab, acc| {
+        let mut isum = [L::zero(); T];
         for sb in 0..8 {
-            sub_block::<T>(wb, ab, sb, ld256(wb.add(l.sc + 32 * sb)), &mut isum);
+            sub_block::<L, T>(wb, ab, sb, wb.ld(l.sc + 32 * sb), &mut isum);
         }
-        q4_k_finish_panel(wb, l, ab, &isum, acc);
+        q4_k_finish_panel::<L, T>(wb, l, ab, &isum, acc);
     })
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6_k<const T: usize>(x: &PanelTile, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+#[inline(always)]
+unsafe fn q6_k<L: Lanes, const T: usize>(x: &PanelTile, panel: L, res: &mut L::Results) {
     let l = x.l;
-    super_blocks!(T, x, res, |wb, ab, acc| {
-        let mut i2 = [[_mm256_setzero_si256(); 2]; T];
+    super_blocks!(L, T, x, panel, res, |wb, ab, acc| {
+        let mut i2 = [[L::zero(); 2]; T];
         // Chain h: the pair sums of groups 4j + 2h and 4j + 2h + 1 times the
         // scale of sub-block j.
         for j in 0..16 {
-            let sc = ld256(wb.add(l.sc + 32 * j));
+            let sc = wb.ld(l.sc + 32 * j);
             for h in 0..2 {
-                let s = q6_k_pair_sums(wb, ab, 4 * j + 2 * h);
+                let s = q6_k_pair_sums::<L, T>(wb, ab, 4 * j + 2 * h);
                 for t in 0..T {
-                    i2[t][h] = _mm256_dpwssd_epi32(i2[t][h], s[t], sc);
+                    i2[t][h] = L::dpwssd(i2[t][h], s[t], sc);
                 }
             }
         }
-        let mut isum = [_mm256_setzero_si256(); T];
+        let mut isum = [L::zero(); T];
         for (s, i2) in isum.iter_mut().zip(&i2) {
-            *s = _mm256_add_epi32(i2[0], i2[1]);
+            *s = L::add32(i2[0], i2[1]);
         }
-        q6_k_finish(wb, l, ab, &isum, acc);
+        q6_k_finish::<L, T>(wb, l, ab, &isum, acc);
     })
 }

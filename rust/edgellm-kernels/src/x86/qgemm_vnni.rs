@@ -64,7 +64,7 @@ pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32
 
 /// Resident tiles (decode): q4_0 and q8_0 on `vpdpbusd`, the k-quants as on
 /// AVX2 but two panels at a time in 512-bit registers
-/// ([`super::resident_q45k_pair`], [`super::resident_q6k_pair`]). Prompts
+/// ([`super::resident_q45k`], [`super::resident_q6k`]). Prompts
 /// widen every type into the per-call tiles.
 impl ResidentKernels for VnniPanels {
     const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
@@ -105,9 +105,9 @@ impl ResidentKernels for VnniPanels {
 /// The paired resident k-quant tile of `ty` for `T` tokens.
 unsafe fn resident_pair<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
     match ty {
-        GgmlType::Q4K => super::resident_q45k_pair::tile::<T, false>(x, second, res),
-        GgmlType::Q5K => super::resident_q45k_pair::tile::<T, true>(x, second, res),
-        GgmlType::Q6K => super::resident_q6k_pair::tile::<T>(x, second, res),
+        GgmlType::Q4K => super::resident_q45k::tile_pair::<T, false>(x, second, res),
+        GgmlType::Q5K => super::resident_q45k::tile_pair::<T, true>(x, second, res),
+        GgmlType::Q6K => super::resident_q6k::tile_pair::<T>(x, second, res),
         _ => unreachable!("no paired resident tile for {}", ty.name()),
     }
 }

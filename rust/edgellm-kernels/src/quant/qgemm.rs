@@ -132,6 +132,8 @@ pub const PANEL: usize = 8;
 pub struct QGemmScratch {
     /// Packed weight panels.
     pub(crate) w: Vec<u8>,
+    /// Scratch of [`zip_panels`].
+    pub(crate) zip: Vec<u8>,
 }
 
 /// Tokens per register tile of the interleaved kernels.
@@ -230,15 +232,15 @@ pub(crate) trait PanelKernels {
         false
     }
 
-    /// [`Self::tile`] on two panels at once: lanes `0..PANEL` of `res[i]` are
-    /// the rows of `tile`'s panel, lanes `PANEL..` those of `second` (a panel of
-    /// the same type, layout and block count), each bit-identical to what
-    /// [`Self::tile`] gives for that panel alone. Only called where
+    /// [`Self::tile`] on two panels at once, zipped at `tile.panel`
+    /// ([`zip_panels`]): lanes `0..PANEL` of `res[i]` are the rows of the
+    /// first panel, lanes `PANEL..` those of the second, each bit-identical to
+    /// what [`Self::tile`] gives for that panel alone. Only called where
     /// [`Self::pairs`].
     ///
     /// # Safety
-    /// As [`Self::tile`], for both panels.
-    unsafe fn tile_pair(&self, ty: GgmlType, _tile: &PanelTile, _second: *const u8, _tokens: usize, _res: &mut PairResults) {
+    /// As [`Self::tile`], for both panels, zipped.
+    unsafe fn tile_pair(&self, ty: GgmlType, _tile: &PanelTile, _tokens: usize, _res: &mut PairResults) {
         unreachable!("no paired {} tiles", ty.name())
     }
 }
@@ -253,8 +255,8 @@ unsafe fn pair_tile<K: PanelKernels>(
     kern: &K,
     ty: GgmlType,
 ) -> impl Fn(&PanelTile, *const u8, usize, &mut PairResults) + '_ {
-    // SAFETY: the caller's contract above.
-    move |x, second, c, res| unsafe { kern.tile_pair(ty, x, second, c, res) }
+    // SAFETY: the caller's contract above (the panels zipped at `x.panel`).
+    move |x, _second, c, res| unsafe { kern.tile_pair(ty, x, c, res) }
 }
 
 /// [`pair_tile`] for [`gemm_q_resident_panels`]: on widened panels the
@@ -272,7 +274,7 @@ unsafe fn resident_pair_tile<K: ResidentKernels>(
     // SAFETY: the caller's contract above.
     move |x, second, c, res| unsafe {
         match widened {
-            true => kern.tile_pair(ty, x, second, c, res),
+            true => kern.tile_pair(ty, x, c, res),
             false => kern.resident_tile_pair(ty, x, second, c, res),
         }
     }
@@ -300,22 +302,19 @@ pub(crate) fn gemm_q_panels(
     let nb = k / l.elems;
     let (panels, pb) = (rows.div_ceil(PANEL), nb * l.stride);
     s.w.resize(panels * pb, 0);
+    let pairs = kern.pairs(ty);
     for p in 0..panels {
         let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
-        kern.pack(
-            ty,
-            &w[r0 * rb..r1 * rb],
-            rb,
-            k,
-            l,
-            &mut s.w[p * pb..(p + 1) * pb],
-        );
+        kern.pack(ty, &w[r0 * rb..r1 * rb], rb, k, l, &mut s.w[p * pb..(p + 1) * pb]);
+        if pairs && p % 2 == 1 {
+            zip_panels(&mut s.w[(p - 1) * pb..(p + 1) * pb], &mut s.zip);
+        }
     }
     let panel = |p: usize| s.w[p * pb..(p + 1) * pb].as_ptr();
-    // Sound: every panel was packed above for `nb` blocks of `ty`, and pairs
-    // are only asked where the table has them.
+    // Sound: every panel was packed above for `nb` blocks of `ty` (pairs
+    // zipped), and pairs are only asked where the table has them.
     unsafe {
-        let pair = kern.pairs(ty).then(|| pair_tile(kern, ty));
+        let pair = pairs.then(|| pair_tile(kern, ty));
         tiles_over_panels(panels, rows, nb, l, qa, out, ldo, panel, |x, c, res| kern.tile(ty, x, c, res), pair)
     }
 }
@@ -387,9 +386,16 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
     let widened = n >= WIDEN_MIN_TOKENS && kern.widens(ty);
     let wb = nb * l.stride;
     let mut wide = vec![0u8; if widened { panels * wb } else { 0 }];
+    let mut zip = Vec::new();
     for (p, out) in wide.chunks_exact_mut(wb.max(1)).enumerate() {
         // Sound: `check` found whole resident panels; `out` holds nb blocks.
         unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, out) };
+    }
+    if widened && kern.pairs(ty) {
+        // As gemm_q_panels lays out per-call panels for the paired tile.
+        for two in wide.chunks_exact_mut(2 * wb) {
+            zip_panels(two, &mut zip);
+        }
     }
     let panel = |p: usize| if widened { wide[p * wb..].as_ptr() } else { w[p * pb..].as_ptr() };
     // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`,
@@ -595,6 +601,23 @@ pub(crate) struct PanelLayout {
     /// min of row `r`); q6_K scale pairs (per pair `p` of 16-element sub-blocks,
     /// lanes `2r` = scale `2p` of row `r`, `2r + 1` = scale `2p + 1`).
     pub sc2: usize,
+}
+
+/// Zips the two per-call panels in `two` (its halves) in place: each 32 bytes
+/// of the first then the same 32 of the second, so that the paired tiles
+/// ([`PanelKernels::tile_pair`]) read a 512-bit vector of both with one load
+/// (two loads and an insert apart). Every table of the panel layout is in
+/// 32-byte units. `tmp` is scratch (grown to `two`'s length).
+pub(crate) fn zip_panels(two: &mut [u8], tmp: &mut Vec<u8>) {
+    assert!(two.len().is_multiple_of(64), "zip_panels: panels of 32-byte units");
+    let half = two.len() / 2;
+    tmp.clear();
+    tmp.extend_from_slice(two);
+    let (a, b) = tmp.split_at(half);
+    for ((out, a), b) in two.chunks_exact_mut(64).zip(a.chunks_exact(32)).zip(b.chunks_exact(32)) {
+        out[..32].copy_from_slice(a);
+        out[32..].copy_from_slice(b);
+    }
 }
 
 pub(crate) fn panel_layout(ty: GgmlType) -> Option<PanelLayout> {

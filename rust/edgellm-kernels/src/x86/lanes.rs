@@ -90,9 +90,43 @@ pub(super) trait Lanes: Copy {
 #[derive(Clone, Copy)]
 pub(super) struct Ymm(pub(super) *const u8);
 
-/// A block of each of two panels.
+/// A block of each of two panels: apart (`ZIP = false`: byte `off` of the
+/// block at `.0 + off` and `.1 + off`), or zipped into one run of bytes, 32 of
+/// the first panel's then 32 of the second's ([`Zipped`]), where a zmm is one
+/// load instead of two and an insert.
 #[derive(Clone, Copy)]
-pub(super) struct Pair(pub(super) *const u8, pub(super) *const u8);
+pub(super) struct Pair<const ZIP: bool = false>(pub(super) *const u8, pub(super) *const u8);
+
+/// Two zipped per-call panels ([`crate::quant::qgemm::zip_panels`]).
+pub(super) type Zipped = Pair<true>;
+
+impl Zipped {
+    /// The zipped panels at `at`.
+    #[inline(always)]
+    pub(super) fn at(at: *const u8) -> Zipped {
+        Pair(at, at.wrapping_add(32))
+    }
+}
+
+impl<const ZIP: bool> Pair<ZIP> {
+    /// How far each panel's byte `off` lies from its byte 0.
+    #[inline(always)]
+    const fn pos(off: usize) -> usize {
+        if ZIP {
+            2 * (off & !31) + (off & 31)
+        } else {
+            off
+        }
+    }
+
+    /// The 16 bytes at `off` of each panel's block, low half first.
+    #[inline(always)]
+    unsafe fn ld128(self, off: usize) -> __m256i {
+        let at = Self::pos(off);
+        let lo = _mm256_castsi128_si256(_mm_loadu_si128(self.0.add(at) as *const __m128i));
+        _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(self.1.add(at) as *const __m128i))
+    }
+}
 
 /// The 4 bytes at `p` in every i32 lane of a zmm.
 #[inline(always)]
@@ -220,27 +254,37 @@ impl Lanes for Ymm {
     );
 }
 
-impl Lanes for Pair {
+impl<const ZIP: bool> Lanes for Pair<ZIP> {
     type I = __m512i;
     type F = __m512;
     type Results = PairResults;
 
     #[inline(always)]
     unsafe fn add(self, off: usize) -> Self {
-        Pair(self.0.add(off), self.1.add(off))
+        Pair(self.0.add(Self::pos(off)), self.1.add(Self::pos(off)))
     }
     #[inline(always)]
     fn wrapping_add(self, off: usize) -> Self {
-        Pair(self.0.wrapping_add(off), self.1.wrapping_add(off))
+        Pair(self.0.wrapping_add(Self::pos(off)), self.1.wrapping_add(Self::pos(off)))
     }
     #[inline(always)]
     unsafe fn prefetch(self, bytes: usize) {
-        prefetch_lines(self.0, bytes);
-        prefetch_lines(self.1, bytes);
+        if ZIP {
+            prefetch_lines(self.0, 2 * bytes);
+        } else {
+            prefetch_lines(self.0, bytes);
+            prefetch_lines(self.1, bytes);
+        }
     }
     #[inline(always)]
     unsafe fn ld(self, off: usize) -> __m512i {
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(self.0.add(off))), ld256(self.1.add(off)))
+        if ZIP {
+            // The two halves are adjacent: off is a multiple of 32 wherever zipped panels are read.
+            debug_assert_eq!(off % 32, 0);
+            _mm512_loadu_si512(self.0.add(Self::pos(off)) as *const _)
+        } else {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld256(self.0.add(off))), ld256(self.1.add(off)))
+        }
     }
     #[inline(always)]
     unsafe fn ld_ps(self, off: usize) -> __m512 {
@@ -328,11 +372,3 @@ impl Lanes for Pair {
     );
 }
 
-impl Pair {
-    /// The 16 bytes at `off` of each panel's block, low half first.
-    #[inline(always)]
-    unsafe fn ld128(self, off: usize) -> __m256i {
-        let lo = _mm256_castsi128_si256(_mm_loadu_si128(self.0.add(off) as *const __m128i));
-        _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(self.1.add(off) as *const __m128i))
-    }
-}

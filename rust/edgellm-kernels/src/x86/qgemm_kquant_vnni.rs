@@ -20,7 +20,7 @@
 //! q4_K 170 → 184, q5_K 159 → 178, q6_K 151 → 171. Tried: q4_K on pair sums
 //! and `vpdpwssd` as q6_K (157-162 against 181 for this route then).
 
-use super::lanes::{Lanes, Pair, Ymm};
+use super::lanes::{Lanes, Ymm, Zipped};
 use super::qgemm_avx2::{q4_k_finish_panel, q6_k_finish, q6_k_pair_sums, super_blocks};
 use crate::quant::blocks::Q8K_QS;
 use crate::quant::qgemm::{by_tokens, PairResults, PanelTile, PANEL, TILE_TOKENS};
@@ -63,11 +63,11 @@ unsafe fn one<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut [[f32; PANE
     tile_of::<Ymm, T>(ty, x, Ymm(x.panel), res)
 }
 
-/// [`one`] on the panel of `x` (rows `0..8`) and the one at `second` (rows
-/// `8..16`) at once, in 512-bit registers ([`super::qgemm_pair_vnni`]).
+/// [`one`] on the two zipped panels at `x.panel` (rows `0..8` and `8..16`) at
+/// once, in 512-bit registers ([`super::qgemm_pair_vnni`]).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn pair<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
-    tile_of::<Pair, T>(ty, x, Pair(x.panel, second), res)
+pub(super) unsafe fn pair<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut PairResults) {
+    tile_of::<Zipped, T>(ty, x, Zipped::at(x.panel), res)
 }
 
 #[inline(always)]

@@ -13,41 +13,41 @@
 //! products per cycle; the panels' halves are joined by one `vinserti64x4` per
 //! weight group, shared by the tile's tokens.
 
-use super::lanes::{bcast4z, Lanes, Pair};
+use super::lanes::{bcast4z, Lanes, Zipped};
 use crate::quant::qgemm::{by_tokens, PairResults, PanelTile};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
-/// `res[i][r] = vec_dot(row r of the pair, token i)` for the panel of `x`
-/// (rows `0..8`) and `second` (rows `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
+/// `res[i][r] = vec_dot(row r of the pair, token i)` for the two zipped panels
+/// at `x.panel` (rows `0..8`, then `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as
 /// [`crate::quant::qgemm::PanelKernels::tile_pair`].
-pub(super) unsafe fn tile_pair(ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
-    by_tokens!(run, tokens, ty, x, second, res)
+pub(super) unsafe fn tile_pair(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut PairResults) {
+    by_tokens!(run, tokens, ty, x, res)
 }
 
-unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, second: *const u8, res: &mut PairResults) {
+unsafe fn run<const T: usize>(ty: GgmlType, x: &PanelTile, res: &mut PairResults) {
     match ty {
-        GgmlType::Q4_0 => q4_0_q8_0::<T, false>(x, second, x.sa, res),
-        GgmlType::Q8_0 => q4_0_q8_0::<T, true>(x, second, x.sa128, res),
-        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => super::qgemm_kquant_vnni::pair::<T>(ty, x, second, res),
+        GgmlType::Q4_0 => q4_0_q8_0::<T, false>(x, x.sa, res),
+        GgmlType::Q8_0 => q4_0_q8_0::<T, true>(x, x.sa128, res),
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => super::qgemm_kquant_vnni::pair::<T>(ty, x, res),
         _ => unreachable!("no paired tile for {}", ty.name()),
     }
 }
 
-/// Block `b` of both per-call panels.
+/// Block `b` of both zipped per-call panels.
 #[inline(always)]
-unsafe fn block(x: &PanelTile, second: *const u8, b: usize) -> Pair {
-    Pair(x.panel.add(b * x.l.stride), second.add(b * x.l.stride))
+unsafe fn block(x: &PanelTile, b: usize) -> Zipped {
+    Zipped::at(x.panel).add(b * x.l.stride)
 }
 
 /// q4_0 (`FLIP = false`, unsigned nibbles) or q8_0 (`FLIP = true`, sign bits
 /// flipped to `w + 128`): as the 256-bit VNNI tile,
 /// `res[t][r] = Σ_b (d_w · d_a) · (dot_b - offsets[t, b])`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, second: *const u8, offsets: &[i32], res: &mut PairResults) {
+unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, offsets: &[i32], res: &mut PairResults) {
     let (nb, l) = (x.nb, x.l);
     assert!(x.da.len() >= T * nb && offsets.len() >= T * nb);
     // Indexed below without bounds checks (two per token and block otherwise).
@@ -56,7 +56,7 @@ unsafe fn q4_0_q8_0<const T: usize, const FLIP: bool>(x: &PanelTile, second: *co
     let a: [*const u8; T] = core::array::from_fn(|t| x.row(t));
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
-        let wb = block(x, second, b);
+        let wb = block(x, b);
         // Two chains per token, as the 256-bit tile: groups c and c + 4.
         let mut s32 = [[_mm512_setzero_si512(); 2]; T];
         for c in 0..4 {

@@ -51,8 +51,8 @@ impl PanelKernels for VnniPanels {
         matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
-    unsafe fn tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
-        super::qgemm_pair_vnni::tile_pair(ty, x, second, tokens, res)
+    unsafe fn tile_pair(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut PairResults) {
+        super::qgemm_pair_vnni::tile_pair(ty, x, tokens, res)
     }
 }
 

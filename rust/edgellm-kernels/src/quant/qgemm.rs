@@ -386,15 +386,13 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
     let widened = n >= WIDEN_MIN_TOKENS && kern.widens(ty);
     let wb = nb * l.stride;
     let mut wide = vec![0u8; if widened { panels * wb } else { 0 }];
-    let mut zip = Vec::new();
-    for (p, out) in wide.chunks_exact_mut(wb.max(1)).enumerate() {
-        // Sound: `check` found whole resident panels; `out` holds nb blocks.
-        unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, out) };
-    }
-    if widened && kern.pairs(ty) {
-        // As gemm_q_panels lays out per-call panels for the paired tile.
-        for two in wide.chunks_exact_mut(2 * wb) {
-            zip_panels(two, &mut zip);
+    let (zipped, mut zip) = (widened && kern.pairs(ty), Vec::new());
+    for p in 0..if widened { panels } else { 0 } {
+        // Sound: `check` found whole resident panels; the slice holds nb blocks.
+        unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, &mut wide[p * wb..(p + 1) * wb]) };
+        // Zipped while in cache, as gemm_q_panels lays out packed panels.
+        if zipped && p % 2 == 1 {
+            zip_panels(&mut wide[(p - 1) * wb..(p + 1) * wb], &mut zip);
         }
     }
     let panel = |p: usize| if widened { wide[p * wb..].as_ptr() } else { w[p * pb..].as_ptr() };

@@ -6,12 +6,13 @@
 //! (lane for lane the same steps, integer sums exact and f32 operations in the
 //! same order, so results stay bit-identical to the scalar `vec_dot`). A
 //! token's broadcast activation group serves both panels. The k-quant pairs
-//! are the 256-bit tiles' own bodies on [`Pair`] lanes; q4_0 and q8_0 are
+//! are the 256-bit tiles' own bodies on [`Zipped`] lanes; q4_0 and q8_0 are
 //! here.
 //!
 //! On cores with two 512-bit FMA units (Intel server parts) that doubles the
-//! products per cycle; the panels' halves are joined by one `vinserti64x4` per
-//! weight group, shared by the tile's tokens.
+//! products per cycle. The two panels are zipped when packed
+//! ([`crate::quant::qgemm::zip_panels`]), so each weight group of both is one
+//! 512-bit load.
 
 use super::lanes::{bcast4z, Lanes, Zipped};
 use crate::quant::qgemm::{by_tokens, PairResults, PanelTile};
@@ -19,7 +20,7 @@ use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
 /// `res[i][r] = vec_dot(row r of the pair, token i)` for the two zipped panels
-/// at `x.panel` (rows `0..8`, then `8..16`), 1 ..= [`TILE_TOKENS`] tokens.
+/// at `x.panel` (rows `0..8`, then `8..16`), 1 ..= [`TILE_TOKENS`](crate::quant::qgemm::TILE_TOKENS) tokens.
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; as

@@ -219,6 +219,28 @@ impl Tensor {
         }
     }
 
+    /// [`Self::release_pages`] for the whole 2 MiB stretches of the map inside
+    /// bytes `start..start + len` of the tensor (clamped to it), so that the
+    /// pages of the bytes around the range, which may still be read, stay.
+    pub fn release_range(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        if let Bytes::Mapped { map, start: at, len: total } = &self.bytes {
+            // Whole 2 MiB stretches from the map's start (which the kernel
+            // aligns so for a large file): a file's page cache may be mapped in
+            // 2 MiB folios (ext4 on recent kernels), which a DontNeed on part of
+            // one leaves mapped; and a multiple of every base page size.
+            let page = 2 << 20;
+            let (s, e) = (at + start.min(*total), at + start.saturating_add(len).min(*total));
+            let (s, e) = (s.next_multiple_of(page), e / page * page);
+            if e > s {
+                // SAFETY: as in `release_pages`; the range is whole pages of the map.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+    }
+
     /// Bytes of one row of a 2-D tensor.
     pub fn row_bytes(&self) -> usize {
         self.dtype.bytes_for(*self.shape.last().unwrap_or(&1)).unwrap_or(0)
@@ -266,3 +288,4 @@ impl Tensor {
         out
     }
 }
+

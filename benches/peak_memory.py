@@ -52,7 +52,7 @@ LLAMACPP_CHILD = r"""
 import json, resource, sys
 import numpy as np
 from llama_cpp import Llama
-path, p, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, p, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])  # argv[5]: --quant, unused
 if path == "-":
     print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     sys.exit(0)
@@ -69,9 +69,8 @@ print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child(path: str, p: int, n: int, threads: int, quant: Optional[str], script: str = CHILD) -> Dict[str, Any]:
-    args = [] if script is LLAMACPP_CHILD else [quant or "-"]
     out = subprocess.run(
-        [sys.executable, "-c", script, path, str(p), str(n), str(threads), *args],
+        [sys.executable, "-c", script, path, str(p), str(n), str(threads), quant or "-"],
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -139,9 +139,9 @@ def test_repacking_at_load_does_not_hold_a_matrix_twice(tmp_path, kind):
     its pages raised the peak by the matrix's size."""
     from test_gguf import T_F16, T_Q8_0
 
-    path = _big_gguf(tmp_path / f"big-{kind}.gguf", {"q8_0": T_Q8_0, "f16": T_F16}[kind])
     if edgellm.active_isa() == "scalar":
         pytest.skip("the scalar table repacks nothing")
+    path = _big_gguf(tmp_path / f"big-{kind}.gguf", {"q8_0": T_Q8_0, "f16": T_F16}[kind])
     out = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(path)], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
     matrix = {"q8_0": 65536 * 1024 * 34 / 32, "f16": 32768 * 1024 * 2}[kind]

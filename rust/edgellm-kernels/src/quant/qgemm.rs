@@ -303,13 +303,10 @@ pub(crate) fn gemm_q_panels(
     let (panels, pb) = (rows.div_ceil(PANEL), nb * l.stride);
     s.w.resize(panels * pb, 0);
     let pairs = kern.pairs(ty);
-    for p in 0..panels {
+    fill_panels(&mut s.w, pb, pairs.then_some(&mut s.zip), |p, dst| {
         let (r0, r1) = (p * PANEL, ((p + 1) * PANEL).min(rows));
-        kern.pack(ty, &w[r0 * rb..r1 * rb], rb, k, l, &mut s.w[p * pb..(p + 1) * pb]);
-        if pairs && p % 2 == 1 {
-            zip_panels(&mut s.w[(p - 1) * pb..(p + 1) * pb], &mut s.zip);
-        }
-    }
+        kern.pack(ty, &w[r0 * rb..r1 * rb], rb, k, l, dst)
+    });
     let panel = |p: usize| s.w[p * pb..(p + 1) * pb].as_ptr();
     // Sound: every panel was packed above for `nb` blocks of `ty` (pairs
     // zipped), and pairs are only asked where the table has them.
@@ -386,15 +383,12 @@ pub(crate) fn gemm_q_resident_panels<K: ResidentKernels>(kern: &K, ty: GgmlType,
     let widened = n >= WIDEN_MIN_TOKENS && kern.widens(ty);
     let wb = nb * l.stride;
     let mut wide = vec![0u8; if widened { panels * wb } else { 0 }];
-    let (zipped, mut zip) = (widened && kern.pairs(ty), Vec::new());
-    for p in 0..if widened { panels } else { 0 } {
-        // Sound: `check` found whole resident panels; the slice holds nb blocks.
-        unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, &mut wide[p * wb..(p + 1) * wb]) };
-        // Zipped while in cache, as gemm_q_panels lays out packed panels.
-        if zipped && p % 2 == 1 {
-            zip_panels(&mut wide[(p - 1) * wb..(p + 1) * wb], &mut zip);
-        }
-    }
+    // Zipped as gemm_q_panels lays out packed panels.
+    let mut zip = Vec::new();
+    fill_panels(&mut wide, wb, kern.pairs(ty).then_some(&mut zip), |p, dst| {
+        // Sound: `check` found whole resident panels; `dst` holds nb blocks.
+        unsafe { kern.widen(ty, w[p * pb..].as_ptr(), nb, dst) }
+    });
     let panel = |p: usize| if widened { wide[p * wb..].as_ptr() } else { w[p * pb..].as_ptr() };
     // Sound: `check` found `panels` whole resident panels of `ty` rows of `k`,
     // and widened ones are per-call panels of the same blocks, which the
@@ -601,13 +595,25 @@ pub(crate) struct PanelLayout {
     pub sc2: usize,
 }
 
+/// Fills each `pb`-byte panel of `buf` by `fill(p, panel)`, zipping each pair
+/// ([`zip_panels`], through `zip`) as soon as both are filled, while in cache.
+fn fill_panels(buf: &mut [u8], pb: usize, mut zip: Option<&mut Vec<u8>>, mut fill: impl FnMut(usize, &mut [u8])) {
+    for p in 0..buf.len() / pb.max(1) {
+        fill(p, &mut buf[p * pb..(p + 1) * pb]);
+        if let (Some(tmp), 1) = (zip.as_deref_mut(), p % 2) {
+            zip_panels(&mut buf[(p - 1) * pb..(p + 1) * pb], tmp);
+        }
+    }
+}
+
 /// Zips the two per-call panels in `two` (its halves) in place: each 32 bytes
 /// of the first then the same 32 of the second, so that the paired tiles
 /// ([`PanelKernels::tile_pair`]) read a 512-bit vector of both with one load
 /// (two loads and an insert apart). Every table of the panel layout is in
 /// 32-byte units. `tmp` is scratch (grown to `two`'s length).
 pub(crate) fn zip_panels(two: &mut [u8], tmp: &mut Vec<u8>) {
-    assert!(two.len().is_multiple_of(64), "zip_panels: panels of 32-byte units");
+    // `%`, not `is_multiple_of`: that needs Rust 1.87, the workspace says 1.80.
+    assert!(two.len() % 64 == 0, "zip_panels: panels of 32-byte units");
     let half = two.len() / 2;
     tmp.clear();
     tmp.extend_from_slice(two);

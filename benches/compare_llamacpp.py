@@ -141,7 +141,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--formats", nargs="*", default=list(DEFAULT_FORMATS), choices=FORMATS)
-    ap.add_argument("--isa", help="edgellm's kernel path (e.g. avx2: what a Zen 3 runs; llama.cpp keeps its native build)")
+    ap.add_argument("--isa", help="edgellm's kernel path (e.g. avx2: what a Zen 3 runs); llama.cpp runs the build that "
+                    "`import llama_cpp` finds (PYTHONPATH may point at one built for the same instruction sets)")
     a = ap.parse_args()
     from edgellm.bench import bandwidth_probe
 
@@ -199,7 +200,13 @@ def main() -> None:
               f"{row['paired_ratio_pp']:.2f}x tg {row['paired_ratio_tg']:.2f}x", flush=True)
     out = ROOT / "benches" / "out"
     out.mkdir(exist_ok=True)
+    import llama_cpp
+
+    # Which llama.cpp ran: its version and the instruction sets it was built for
+    # (a native build, or one made for another CPU class; see benches/README.md).
     report = {"threads": a.threads, "pp": a.p, "tg": a.n, "reps": a.reps, "edgellm_isa": a.isa or "best",
+              "llamacpp_version": llama_cpp.__version__,
+              "llamacpp_system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
               "llamacpp_extra_bufts": not tests_module("llamacpp_model").has_amx(), "bandwidth_gb_s": max(probes), "rows": rows}
     (out / "compare_llamacpp.json").write_text(json.dumps(report, indent=2))
     print(f"report in {out / 'compare_llamacpp.json'}")

@@ -1034,7 +1034,7 @@ def test_repacked_weights_compute_what_the_file_layout_does(name):
     assert off.info()["repacked_bytes"] == 0
     want = off.logits(ids)
     greedy = off.generate(ids, max_new_tokens=8, temperature=0, ignore_eos=True)
-    packs = edgellm.active_isa() in ("avx2", "avx512")
+    packs = edgellm.active_isa() in ("avx2", "avxvnni", "avx512")
     for repack in ["all", True, None]:
         m = edgellm.load(path, threads=2, **({} if repack is None else {"repack": repack}))
         assert (m.info()["repacked_bytes"] > 0) == packs, repack

@@ -19,7 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
         p.add_argument("-m", "--model", default=None, help="model directory (default: the embedded model)")
     p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--max-context", type=int, default=None, help="longest sequence in tokens (default: the model's)")
-    p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, avx512, neon, dotprod, i8mm")
+    p.add_argument("--isa", default=None, help="force a kernel path: scalar, avx2, avxvnni, avx512, neon, dotprod, i8mm")
     p.add_argument("--quant", default=None,
                    help="quantize weights at load: q8_0, q4_0, q4_K, q6_K, ..., nf4, fp8_e4m3, fp8_e5m2")
     p.add_argument("--repack", default=None, choices=["auto", "all", "off"],

@@ -158,7 +158,7 @@ class Model:
 
     @property
     def isa(self) -> str:
-        """Kernel path in use (``scalar``, ``avx2``, ``avx512``, ``neon``, ``dotprod`` or ``i8mm``)."""
+        """Kernel path in use (``scalar``, ``avx2``, ``avxvnni``, ``avx512``, ``neon``, ``dotprod`` or ``i8mm``)."""
         return self._core.isa
 
     def info(self) -> Dict[str, Any]:
@@ -356,7 +356,7 @@ def load(
     describes the conversion.
 
     Options: ``threads`` (default: all cores), ``max_context`` (tokens),
-    ``isa`` (force a kernel path: "scalar", "avx2", "avx512", "neon", "dotprod", "i8mm"; default from ``EDGELLM_ISA``),
+    ``isa`` (force a kernel path: "scalar", "avx2", "avxvnni", "avx512", "neon", "dotprod", "i8mm"; default from ``EDGELLM_ISA``),
     ``quant`` (quantize the weights at load: "q8_0", "q4_0", "q4_K", "q6_K", ... —
     GGUF-compatible blocks run by the integer-dot kernels — or edgellm's own
     "nf4" (QLoRA NormalFloat, f16 absmax per 64 values, 4.25 bits/weight),

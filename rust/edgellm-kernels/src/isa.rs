@@ -2,9 +2,15 @@
 
 use std::fmt;
 
-/// Environment variable that forces a kernel path (`scalar`, `avx2`, `avx512`,
-/// `neon`, `dotprod`, `i8mm`, or `auto`).
+/// Environment variable that forces a kernel path (`scalar`, `avx2`, `avxvnni`,
+/// `avx512`, `neon`, `dotprod`, `i8mm`, or `auto`).
 pub const ISA_ENV: &str = "EDGELLM_ISA";
+
+/// Environment variable that, set to `1`, takes AVX-VNNI as present where CPUID
+/// does not report it. Some hypervisors mask the bit on CPUs that have the
+/// instructions (a Sapphire Rapids-class VM here runs them); on a CPU without
+/// them the AVX-VNNI kernels stop the process with an illegal instruction.
+pub const ASSUME_AVXVNNI_ENV: &str = "EDGELLM_X86_AVXVNNI";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -12,6 +18,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell / Zen 1 and later).
     Avx2,
+    /// AVX2 plus AVX-VNNI (Alder Lake and later client cores, which have no
+    /// AVX-512): the quantized products on the VEX `vpdpbusd`, 256-bit.
+    AvxVnni,
     /// AVX2 plus AVX-512 F/BW/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4 and
     /// later): the quantized prompt GEMM multiplies bytes with `vpdpbusd`, one
     /// instruction where AVX2 needs two to four.
@@ -63,12 +72,15 @@ impl fmt::Display for IsaError {
 impl std::error::Error for IsaError {}
 
 impl Isa {
-    pub const ALL: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dotprod, Isa::I8mm];
+    /// Every path, each after the ones it improves on ([`Isa::best`] takes the
+    /// last supported).
+    pub const ALL: [Isa; 7] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Neon, Isa::Dotprod, Isa::I8mm];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::Dotprod => "dotprod",
@@ -92,18 +104,18 @@ impl Isa {
     pub fn is_supported(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 | Isa::Avx512 => {
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => {
                 #[cfg(target_arch = "x86_64")]
                 {
                     use std::is_x86_feature_detected as has;
                     has!("avx2")
                         && has!("fma")
                         && has!("f16c")
-                        && (self == Isa::Avx2
-                            || (has!("avx512f")
-                                && has!("avx512bw")
-                                && has!("avx512vl")
-                                && has!("avx512vnni")))
+                        && match self {
+                            Isa::AvxVnni => has_avxvnni(),
+                            Isa::Avx512 => has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni"),
+                            _ => true,
+                        }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
@@ -135,6 +147,12 @@ impl Isa {
     pub fn best() -> Isa {
         *Isa::supported().last().unwrap_or(&Isa::Scalar)
     }
+}
+
+/// Whether the CPU has AVX-VNNI, or [`ASSUME_AVXVNNI_ENV`] says so.
+#[cfg(target_arch = "x86_64")]
+fn has_avxvnni() -> bool {
+    std::is_x86_feature_detected!("avxvnni") || std::env::var(ASSUME_AVXVNNI_ENV).is_ok_and(|v| v.trim() == "1")
 }
 
 /// The path forced by `EDGELLM_ISA`, if any.

@@ -16,7 +16,7 @@ pub mod scalar;
 mod x86;
 
 pub use half::{bf16, f16};
-pub use isa::{Isa, IsaError};
+pub use isa::{Isa, IsaError, ASSUME_AVXVNNI_ENV};
 
 use std::sync::OnceLock;
 
@@ -151,6 +151,8 @@ impl Kernels {
             Isa::Scalar => &scalar::KERNELS,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => &x86::avx2::KERNELS,
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => &x86::avxvnni::KERNELS,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => &x86::avx512::KERNELS,
             #[cfg(target_arch = "aarch64")]

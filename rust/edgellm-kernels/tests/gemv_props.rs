@@ -78,17 +78,27 @@ fn gemv_q_length_checks() {
     }
 }
 
-/// The VNNI GEMV's integer sums are exact, and its f32 steps are the AVX2
+/// The VNNI GEMVs' integer sums are exact, and their f32 steps are the AVX2
 /// path's: on machines with both, q4_0 and q8_0 agree bit for bit, weights
-/// holding −128 included.
+/// holding −128 included (AVX-512 VNNI and AVX-VNNI alike).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn gemv_q_vnni_equals_avx2_bitwise() {
     use edgellm_kernels::{Isa, Kernels};
-    let (Ok(avx2), Ok(vnni)) = (Kernels::for_isa(Isa::Avx2), Kernels::for_isa(Isa::Avx512)) else {
-        eprintln!("skipped: this CPU lacks AVX-512 VNNI");
-        return;
+    let Ok(avx2) = Kernels::for_isa(Isa::Avx2) else {
+        return eprintln!("skipped: this CPU lacks AVX2");
     };
+    let vnni: Vec<_> = [Isa::AvxVnni, Isa::Avx512].into_iter().filter_map(|i| Kernels::for_isa(i).ok()).collect();
+    if vnni.is_empty() {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI and AVX-VNNI");
+    }
+    for vnni in vnni {
+        gemv_q_equals_bitwise(avx2, vnni);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn gemv_q_equals_bitwise(avx2: &edgellm_kernels::Kernels, vnni: &edgellm_kernels::Kernels) {
     let mut r = Rng::new(11);
     for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
         for nb in [1usize, 7, 8, 9, 24, 129] {
@@ -104,7 +114,7 @@ fn gemv_q_vnni_equals_avx2_bitwise() {
             (avx2.gemv_q)(ty, &w, &act, k, &mut a);
             (vnni.gemv_q)(ty, &w, &act, k, &mut b);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&b), "{} nb={nb}", ty.name());
+            assert_eq!(bits(&a), bits(&b), "{} {} nb={nb}", vnni.isa.name(), ty.name());
         }
     }
 }

@@ -435,10 +435,17 @@ fn isa_override_parsing() {
             && has!("avx512vnni");
         assert_eq!(Kernels::for_isa(Isa::Avx512).is_ok(), avx512);
         assert_eq!(Isa::best() == Isa::Avx512, avx512);
+        // AVX-VNNI: as the CPU reports it, or the override for CPUs whose
+        // hypervisor masks the bit; below AVX-512 when both run.
+        let reported = has!("avxvnni");
+        let assumed = std::env::var(edgellm_kernels::ASSUME_AVXVNNI_ENV).is_ok_and(|v| v == "1");
+        assert_eq!(Kernels::for_isa(Isa::AvxVnni).is_ok(), Isa::Avx2.is_supported() && (reported || assumed));
+        assert_eq!(Isa::best() == Isa::AvxVnni, !avx512 && Isa::AvxVnni.is_supported());
         eprintln!("x86 kernel tables under test: {:?}", Isa::supported());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    assert!(Kernels::for_isa(Isa::Avx512).is_err());
+    assert!(Kernels::for_isa(Isa::Avx512).is_err() && Kernels::for_isa(Isa::AvxVnni).is_err());
+    assert_eq!(Isa::parse("AvxVnni").unwrap(), Some(Isa::AvxVnni));
     assert_eq!(Isa::parse("auto").unwrap(), None);
     assert!(Isa::parse("sse9").is_err());
     assert!(Kernels::for_isa(Isa::Scalar).is_ok());

@@ -143,10 +143,20 @@ pub(crate) const TILE_TOKENS: usize = 4;
 /// for the first panel, `PANEL..` for the second.
 pub(crate) type PairResults = [[f32; 2 * PANEL]; TILE_TOKENS];
 
-/// `$f::<T>(args)` for a tile's token count `$tokens` (1 ..= [`TILE_TOKENS`]):
-/// the SIMD tiles are monomorphised per token count.
+/// `$f::<T>(args)` (or `$f::<G.., T>(args)`) for a tile's token count
+/// `$tokens` (1 ..= [`TILE_TOKENS`]): the SIMD tiles are monomorphised per
+/// token count.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_macros))]
 macro_rules! by_tokens {
+    // A function with leading generic arguments of its own: `f::<A, B>`.
+    ($f:ident::<$($g:tt),+>, $tokens:expr, $($arg:expr),*) => {
+        match $tokens {
+            4 => $f::<$($g),+, 4>($($arg),*),
+            3 => $f::<$($g),+, 3>($($arg),*),
+            2 => $f::<$($g),+, 2>($($arg),*),
+            _ => $f::<$($g),+, 1>($($arg),*),
+        }
+    };
     ($f:ident, $tokens:expr, $($arg:expr),*) => {
         match $tokens {
             4 => $f::<4>($($arg),*),

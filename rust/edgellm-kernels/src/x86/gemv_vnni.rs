@@ -1,5 +1,6 @@
-//! AVX-512 VNNI decode GEMV ([`crate::Kernels::gemv_q`]): the AVX2 row loops
-//! ([`super::gemv_avx2`]) with block products on 256-bit `vpdpbusd`, which adds
+//! VNNI decode GEMV ([`crate::Kernels::gemv_q`]): the AVX2 row loops
+//! ([`super::gemv_avx2`]) with block products on 256-bit `vpdpbusd` (EVEX on
+//! the AVX-512 table, VEX on the AVX-VNNI one: [`super::vnni`]), which adds
 //! four unsigned × signed byte products straight into each i32 lane where AVX2
 //! needs `vpmaddubsw` and a widening `vpmaddwd` (and, for q8_0, two sign
 //! transfers). q8_0 weights are made unsigned by flipping their sign bits
@@ -7,11 +8,14 @@
 //! integer sums are exact, so the results equal the AVX2 path's bit for bit.
 
 use super::gemv_avx2::{nibbles2, q4_0_rows, q8_0_rows, Q4Pair, Q8Block, PAIR_ORD};
+use super::lanes::Ymm;
+use super::vnni::{Evex, Vex, Vnni};
 use crate::quant::{self, GgmlType};
 use core::arch::x86_64::*;
+use core::marker::PhantomData;
 
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
-/// [`crate::Kernels::gemv_q`]). Panics on a length mismatch.
+/// [`crate::Kernels::gemv_q`]) on AVX-512 VNNI. Panics on a length mismatch.
 pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
     let rb = quant::check_gemv(ty, w, act, n, out.len());
     // Sound: only reachable through the AVX-512 table, handed out after
@@ -23,22 +27,59 @@ pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f3
     }
 }
 
+/// [`gemv_q`] on AVX-VNNI.
+pub(crate) fn gemv_q_vex(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
+    let rb = quant::check_gemv(ty, w, act, n, out.len());
+    // Sound: only reachable through the AVX-VNNI table, handed out after
+    // detecting avx2, fma, f16c and avx-vnni.
+    match ty {
+        GgmlType::Q4_0 if rb > 0 => unsafe { q4_0_vex(w, rb, act, n / 32, out) },
+        GgmlType::Q8_0 if rb > 0 => unsafe { q8_0_vex(w, rb, act, n / 32, out) },
+        _ => super::gemv_avx2::gemv_q(ty, w, act, n, out),
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4_0(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
-    q4_0_rows::<DpbusdQ4>(w, rb, act, nb, out)
+    q4_0_rows::<DpbusdQ4<Evex>>(w, rb, act, nb, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q8_0(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
-    q8_0_rows::<DpbusdQ8>(w, rb, act, nb, out)
+    q8_0_rows::<DpbusdQ8<Evex>>(w, rb, act, nb, out)
 }
 
-struct DpbusdQ4;
-impl Q4Pair for DpbusdQ4 {
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn q4_0_vex(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
+    q4_0_rows::<DpbusdQ4<Vex>>(w, rb, act, nb, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn q8_0_vex(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]) {
+    q8_0_rows::<DpbusdQ8<Vex>>(w, rb, act, nb, out)
+}
+
+/// The block products in encoding `V`; the scales gathered by a word permute
+/// where AVX-512 has one, by the AVX2 loops' own gather otherwise.
+struct DpbusdQ4<V>(PhantomData<V>);
+struct DpbusdQ8<V>(PhantomData<V>);
+
+#[inline(always)]
+unsafe fn q4_pair<V: Vnni<Ymm>>(v: __m256i, a: *const __m256i) -> __m256i {
+    let (lo, hi) = nibbles2(v);
+    V::dpbusd(V::dpbusd(_mm256_setzero_si256(), lo, *a), hi, *a.add(1))
+}
+
+#[inline(always)]
+unsafe fn q8_block<V: Vnni<Ymm>>(w: *const u8, a: *const u8) -> __m256i {
+    let flipped = _mm256_xor_si256(_mm256_loadu_si256(w as *const __m256i), _mm256_set1_epi8(i8::MIN));
+    V::dpbusd(_mm256_setzero_si256(), flipped, _mm256_loadu_si256(a as *const __m256i))
+}
+
+impl Q4Pair for DpbusdQ4<Evex> {
     #[inline(always)]
     unsafe fn pair(v: __m256i, a: *const __m256i) -> __m256i {
-        let (lo, hi) = nibbles2(v);
-        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, *a), hi, *a.add(1))
+        q4_pair::<Evex>(v, a)
     }
     #[inline(always)]
     unsafe fn scales(w: *const u8) -> __m256 {
@@ -48,13 +89,18 @@ impl Q4Pair for DpbusdQ4 {
     }
 }
 
-struct DpbusdQ8;
-impl Q8Block for DpbusdQ8 {
+impl Q4Pair for DpbusdQ4<Vex> {
+    #[inline(always)]
+    unsafe fn pair(v: __m256i, a: *const __m256i) -> __m256i {
+        q4_pair::<Vex>(v, a)
+    }
+}
+
+impl Q8Block for DpbusdQ8<Evex> {
     const OFFSET: bool = true;
     #[inline(always)]
     unsafe fn block(w: *const u8, a: *const u8) -> __m256i {
-        let flipped = _mm256_xor_si256(_mm256_loadu_si256(w as *const __m256i), _mm256_set1_epi8(i8::MIN));
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), flipped, _mm256_loadu_si256(a as *const __m256i))
+        q8_block::<Evex>(w, a)
     }
     #[inline(always)]
     unsafe fn scales(w: *const u8) -> __m256 {
@@ -62,6 +108,14 @@ impl Q8Block for DpbusdQ8 {
         const IDX: [u16; 32] = word_index(17, [0, 1, 2, 3, 0, 0, 0, 0]);
         let (lo, hi) = (pick_words(w, &IDX), pick_words(w.add(4 * 34), &IDX));
         _mm256_cvtph_ps(_mm_unpacklo_epi64(lo, hi))
+    }
+}
+
+impl Q8Block for DpbusdQ8<Vex> {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn block(w: *const u8, a: *const u8) -> __m256i {
+        q8_block::<Vex>(w, a)
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! The bodies are `#[inline(always)]` and reach their features through the
 //! `#[target_feature]` entry that instantiates them (AVX2 for [`Ymm`],
-//! AVX-512 F/BW/VL for [`Pair`], and AVX-512 VNNI (with VL) where a body
-//! calls [`Lanes::dpbusd`] or [`Lanes::dpwssd`]).
+//! AVX-512 F/BW/VL for [`Pair`]); the VNNI products, whose encoding is a
+//! choice of its own, are in [`super::vnni`].
 
 use super::qgemm_avx2::bcast4;
 use crate::quant::qgemm::{PairResults, PANEL, TILE_TOKENS};
@@ -70,11 +70,6 @@ pub(super) trait Lanes: Copy {
     unsafe fn shr32(a: Self::I, n: i32) -> Self::I;
     /// Low 32 bits of the i32 products.
     unsafe fn mullo32(a: Self::I, b: Self::I) -> Self::I;
-    /// `vpdpbusd` (VNNI): `acc` plus the 4 products of unsigned bytes of `u`
-    /// and signed bytes of `s` per i32 lane.
-    unsafe fn dpbusd(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
-    /// `vpdpwssd` (VNNI): `acc` plus the 2 i16 products per i32 lane.
-    unsafe fn dpwssd(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
 
     unsafe fn zero_ps() -> Self::F;
     unsafe fn splat_ps(x: f32) -> Self::F;
@@ -239,14 +234,6 @@ impl Lanes for Ymm {
     unsafe fn shr32(a: __m256i, n: i32) -> __m256i {
         _mm256_srl_epi32(a, _mm_cvtsi32_si128(n))
     }
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        _mm256_dpwssd_epi32(acc, a, b)
-    }
     binary!(F:
         add_ps => _mm256_add_ps,
         sub_ps => _mm256_sub_ps,
@@ -356,14 +343,6 @@ impl<const ZIP: bool> Lanes for Pair<ZIP> {
     #[inline(always)]
     unsafe fn shr32(a: __m512i, n: i32) -> __m512i {
         _mm512_srl_epi32(a, _mm_cvtsi32_si128(n))
-    }
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        _mm512_dpwssd_epi32(acc, a, b)
     }
     binary!(F:
         add_ps => _mm512_add_ps,

@@ -3,6 +3,7 @@
 
 pub mod avx2;
 pub mod avx512;
+pub mod avxvnni;
 mod exp_sum;
 pub mod gemm_avx2;
 pub mod gemm_avx512;
@@ -10,6 +11,7 @@ pub mod few_avx2;
 pub mod gemv_avx2;
 pub mod gemv_vnni;
 mod lanes;
+mod vnni;
 pub mod lowbit_avx2;
 mod matmul_nn;
 pub mod panels_avx2;

@@ -1,6 +1,7 @@
-//! AVX-512 VNNI tiles of the quantized prompt GEMM (see [`crate::quant::qgemm`]),
-//! on the AVX2 panel layout and packer. Per 4-element group and token, one
-//! `vpdpbusd` (256-bit, AVX512-VL) adds the four unsigned × signed byte products
+//! VNNI tiles of the quantized prompt GEMM (see [`crate::quant::qgemm`]), on the
+//! AVX2 panel layout and packer, for the AVX-512 table (EVEX) and the AVX-VNNI
+//! one (VEX, see [`super::vnni`]; the same tiles but for the 512-bit pairs).
+//! Per 4-element group and token, one `vpdpbusd` (256-bit) adds the four unsigned × signed byte products
 //! of each of the 8 rows straight into its i32 lane, where AVX2 needs
 //! `vpmaddubsw` plus a widening step (and for q8_0 a sign transfer first), and
 //! the i32 sums cannot saturate. q8_0's signed weights are made unsigned by
@@ -16,63 +17,114 @@
 //! 256-bit → paired: q4_0 213 → 279, q8_0 200 → 264, q4_K 168 → 229, q5_K
 //! 163 → 219, q6_K 159 → 199.
 
+use super::lanes::Ymm;
 use super::qgemm_avx2::{bcast4, Avx2Panels, PerCall, ResidentQ4, ResidentQ8, Src};
-use crate::quant::qgemm::{self, panel_layout, PanelKernels, PanelLayout, PairResults, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
+use super::vnni::{Evex, Vex, Vnni};
+use crate::quant::qgemm::{self, by_tokens, panel_layout, PanelKernels, PanelLayout, PairResults, PanelTile, QActs, QGemmScratch, ResidentKernels, PANEL, TILE_TOKENS};
 use crate::quant::GgmlType;
 use core::arch::x86_64::*;
 
-/// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`]).
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` (see [`crate::Kernels::gemm_q`])
+/// on AVX-512 VNNI.
 pub(crate) fn gemm_q(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
+    gemm_q_on::<Evex>(w, qa, out, ldo, s)
+}
+
+/// [`gemm_q`] on AVX-VNNI.
+pub(crate) fn gemm_q_vex(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
+    gemm_q_on::<Vex>(w, qa, out, ldo, s)
+}
+
+fn gemm_q_on<E: Encoding>(w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize, s: &mut QGemmScratch) {
     if panel_layout(qa.ty()).is_none() {
         return qgemm::gemm_q_with(super::quant_avx2::vec_dot, w, qa, out, ldo);
     }
-    qgemm::gemm_q_panels(&VnniPanels(()), w, qa, out, ldo, s)
+    qgemm::gemm_q_panels(&VnniPanels::<E>(core::marker::PhantomData), w, qa, out, ldo, s)
 }
 
-/// Only built by [`gemm_q`], which the AVX-512 table alone reaches (after the
-/// AVX2 and AVX-512 F/BW/VL/VNNI features were detected).
-struct VnniPanels(());
+/// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
+/// [`crate::Kernels::gemm_q_resident`]), AVX-512 VNNI.
+pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&VnniPanels::<Evex>(core::marker::PhantomData), ty, w, qa, out, ldo)
+}
 
-impl PanelKernels for VnniPanels {
+/// [`gemm_q_resident`] on AVX-VNNI.
+pub(crate) fn gemm_q_resident_vex(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
+    qgemm::gemm_q_resident_panels(&VnniPanels::<Vex>(core::marker::PhantomData), ty, w, qa, out, ldo)
+}
+
+/// The tiles of one VNNI encoding, each an entry compiled for its table's
+/// features.
+trait Encoding: Vnni<Ymm> {
+    /// Whether the table has 512-bit registers for pairs of panels.
+    const PAIRS: bool;
+    /// The q4_0 (`FLIP = false`) or q8_0 (`FLIP = true`) tile.
+    unsafe fn q4_q8<S: Src, const FLIP: bool>(x: &PanelTile, offsets: &[i32], tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+    /// The k-quant tile ([`super::qgemm_kquant_vnni`]).
+    unsafe fn kquant(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]);
+}
+
+impl Encoding for Evex {
+    const PAIRS: bool = true;
+    unsafe fn q4_q8<S: Src, const FLIP: bool>(x: &PanelTile, offsets: &[i32], tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        by_tokens!(tile_evex::<S, FLIP>, tokens, x, offsets, res)
+    }
+    unsafe fn kquant(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        super::qgemm_kquant_vnni::tile(ty, x, tokens, res)
+    }
+}
+
+impl Encoding for Vex {
+    const PAIRS: bool = false;
+    unsafe fn q4_q8<S: Src, const FLIP: bool>(x: &PanelTile, offsets: &[i32], tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        by_tokens!(tile_vex::<S, FLIP>, tokens, x, offsets, res)
+    }
+    unsafe fn kquant(ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+        super::qgemm_kquant_vnni::tile_vex(ty, x, tokens, res)
+    }
+}
+
+/// Only built by the functions above, which the AVX-512 table (`Evex`: after
+/// the AVX2 and AVX-512 F/BW/VL/VNNI features were detected) or the AVX-VNNI
+/// one (`Vex`: AVX2 and AVX-VNNI) alone reach.
+struct VnniPanels<E>(core::marker::PhantomData<E>);
+
+impl<E: Encoding> PanelKernels for VnniPanels<E> {
     fn pack(&self, ty: GgmlType, w: &[u8], rb: usize, k: usize, l: PanelLayout, out: &mut [u8]) {
         Avx2Panels(()).pack(ty, w, rb, k, l, out)
     }
 
     unsafe fn tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
         match ty {
-            GgmlType::Q4_0 => tiles::<PerCall, false>(x, x.sa, tokens, res),
-            GgmlType::Q8_0 => tiles::<PerCall, true>(x, x.sa128, tokens, res),
-            _ => super::qgemm_kquant_vnni::tile(ty, x, tokens, res),
+            GgmlType::Q4_0 => E::q4_q8::<PerCall, false>(x, x.sa, tokens, res),
+            GgmlType::Q8_0 => E::q4_q8::<PerCall, true>(x, x.sa128, tokens, res),
+            _ => E::kquant(ty, x, tokens, res),
         }
     }
 
-    /// Every type with a tile here (all have per-call panels).
+    /// Every type with a tile here (all have per-call panels), where the
+    /// table has 512-bit registers.
     fn pairs(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+        E::PAIRS && matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
     unsafe fn tile_pair(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut PairResults) {
+        debug_assert!(E::PAIRS, "pairs run on 512-bit registers");
         super::qgemm_pair_vnni::tile_pair(ty, x, tokens, res)
     }
 }
 
-/// `out[t * ldo + r] = vec_dot(w_r, act_t)` on resident panels (see
-/// [`crate::Kernels::gemm_q_resident`]).
-pub(crate) fn gemm_q_resident(ty: GgmlType, w: &[u8], qa: &QActs, out: &mut [f32], ldo: usize) {
-    qgemm::gemm_q_resident_panels(&VnniPanels(()), ty, w, qa, out, ldo)
-}
-
 /// Resident tiles (decode): q4_0 and q8_0 on `vpdpbusd`, the k-quants as on
-/// AVX2 but two panels at a time in 512-bit registers
-/// ([`super::resident_q45k`], [`super::resident_q6k`]). Prompts
-/// widen every type into the per-call tiles.
-impl ResidentKernels for VnniPanels {
+/// AVX2, two panels at a time in 512-bit registers where the table has them
+/// ([`super::resident_q45k`], [`super::resident_q6k`]). Prompts widen every
+/// type into the per-call tiles.
+impl<E: Encoding> ResidentKernels for VnniPanels<E> {
     const TYPES: &'static [GgmlType] = super::qgemm_avx2::RESIDENT_TYPES;
 
     unsafe fn resident_tile(&self, ty: GgmlType, x: &PanelTile, tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
         match ty {
-            GgmlType::Q4_0 => tiles::<ResidentQ4, false>(x, x.sa, tokens, res),
-            GgmlType::Q8_0 => tiles::<ResidentQ8, true>(x, x.sa128, tokens, res),
+            GgmlType::Q4_0 => E::q4_q8::<ResidentQ4, false>(x, x.sa, tokens, res),
+            GgmlType::Q8_0 => E::q4_q8::<ResidentQ8, true>(x, x.sa128, tokens, res),
             _ => Avx2Panels(()).resident_tile(ty, x, tokens, res),
         }
     }
@@ -92,12 +144,13 @@ impl ResidentKernels for VnniPanels {
 
     /// The k-quants, whose 256-bit resident tiles issued about as many
     /// instructions per weight byte as decode has time for (q4_0 and q8_0
-    /// decode reach the bandwidth bound on theirs).
+    /// decode reach the bandwidth bound on theirs); 512-bit tables only.
     fn resident_pairs(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+        E::PAIRS && matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
     }
 
     unsafe fn resident_tile_pair(&self, ty: GgmlType, x: &PanelTile, second: *const u8, tokens: usize, res: &mut PairResults) {
+        debug_assert!(E::PAIRS, "pairs run on 512-bit registers");
         qgemm::by_tokens!(resident_pair, tokens, ty, x, second, res)
     }
 }
@@ -112,21 +165,22 @@ unsafe fn resident_pair<const T: usize>(ty: GgmlType, x: &PanelTile, second: *co
     }
 }
 
-/// [`tile`] for 1 ..= [`TILE_TOKENS`] tokens.
-#[inline(always)]
-unsafe fn tiles<S: Src, const FLIP: bool>(x: &PanelTile, offsets: &[i32], tokens: usize, res: &mut [[f32; PANEL]; TILE_TOKENS]) {
-    match tokens {
-        4 => tile::<S, 4, FLIP>(x, offsets, res),
-        3 => tile::<S, 3, FLIP>(x, offsets, res),
-        2 => tile::<S, 2, FLIP>(x, offsets, res),
-        _ => tile::<S, 1, FLIP>(x, offsets, res),
-    }
+/// [`tile`] on AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_evex<S: Src, const FLIP: bool, const T: usize>(x: &PanelTile, offsets: &[i32], res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    tile::<Evex, S, T, FLIP>(x, offsets, res)
+}
+
+/// [`tile`] on AVX-VNNI: AVX2 and the VEX VNNI instructions.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn tile_vex<S: Src, const FLIP: bool, const T: usize>(x: &PanelTile, offsets: &[i32], res: &mut [[f32; PANEL]; TILE_TOKENS]) {
+    tile::<Vex, S, T, FLIP>(x, offsets, res)
 }
 
 /// q4_0 (nibbles, `FLIP = false`) or q8_0 (signed bytes, `FLIP = true`) panel
 /// times `T` tokens: `res[t][r] = Σ_b (d_w · d_a) · (dot_b - offsets[t, b])`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile<S: Src, const T: usize, const FLIP: bool>(
+#[inline(always)]
+unsafe fn tile<V: Vnni<Ymm>, S: Src, const T: usize, const FLIP: bool>(
     x: &PanelTile,
     offsets: &[i32],
     res: &mut [[f32; PANEL]; TILE_TOKENS],
@@ -150,7 +204,7 @@ unsafe fn tile<S: Src, const T: usize, const FLIP: bool>(
                     w = _mm256_xor_si256(w, sign);
                 }
                 for t in 0..T {
-                    s32[t][h] = _mm256_dpbusd_epi32(s32[t][h], w, bcast4(a[t].add(34 * b + 2 + 4 * g)));
+                    s32[t][h] = V::dpbusd(s32[t][h], w, bcast4(a[t].add(34 * b + 2 + 4 * g)));
                 }
             }
         }

@@ -17,24 +17,30 @@ use core::marker::PhantomData;
 /// `out[r] = vec_dot(ty, row r of w, act, n)` for every row (see
 /// [`crate::Kernels::gemv_q`]) on AVX-512 VNNI. Panics on a length mismatch.
 pub(crate) fn gemv_q(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
-    let rb = quant::check_gemv(ty, w, act, n, out.len());
     // Sound: only reachable through the AVX-512 table, handed out after
     // detecting avx2, fma, f16c and avx512 f/bw/vl/vnni.
-    match ty {
-        GgmlType::Q4_0 if rb > 0 => unsafe { q4_0(w, rb, act, n / 32, out) },
-        GgmlType::Q8_0 if rb > 0 => unsafe { q8_0(w, rb, act, n / 32, out) },
-        _ => super::gemv_avx2::gemv_q(ty, w, act, n, out),
-    }
+    unsafe { gemv_q_on(q4_0, q8_0, ty, w, act, n, out) }
 }
 
 /// [`gemv_q`] on AVX-VNNI.
 pub(crate) fn gemv_q_vex(ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
-    let rb = quant::check_gemv(ty, w, act, n, out.len());
     // Sound: only reachable through the AVX-VNNI table, handed out after
     // detecting avx2, fma, f16c and avx-vnni.
+    unsafe { gemv_q_on(q4_0_vex, q8_0_vex, ty, w, act, n, out) }
+}
+
+/// The row loops of one table: `w` rows of `rb` bytes, `nb` blocks each.
+type Rows = unsafe fn(w: &[u8], rb: usize, act: &[u8], nb: usize, out: &mut [f32]);
+
+/// [`gemv_q`] with q4_0 and q8_0 rows on `q4` and `q8`, other types on AVX2.
+///
+/// # Safety
+/// The CPU runs `q4` and `q8`.
+unsafe fn gemv_q_on(q4: Rows, q8: Rows, ty: GgmlType, w: &[u8], act: &[u8], n: usize, out: &mut [f32]) {
+    let rb = quant::check_gemv(ty, w, act, n, out.len());
     match ty {
-        GgmlType::Q4_0 if rb > 0 => unsafe { q4_0_vex(w, rb, act, n / 32, out) },
-        GgmlType::Q8_0 if rb > 0 => unsafe { q8_0_vex(w, rb, act, n / 32, out) },
+        GgmlType::Q4_0 if rb > 0 => q4(w, rb, act, n / 32, out),
+        GgmlType::Q8_0 if rb > 0 => q8(w, rb, act, n / 32, out),
         _ => super::gemv_avx2::gemv_q(ty, w, act, n, out),
     }
 }

@@ -27,35 +27,22 @@ pub(super) struct Evex;
 /// AVX-VNNI: the VEX forms, ymm only.
 pub(super) struct Vex;
 
-impl Vnni<Ymm> for Evex {
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        _mm256_dpwssd_epi32(acc, a, b)
-    }
+/// `impl Vnni<$lanes> for $enc` by the two intrinsics named.
+macro_rules! vnni {
+    ($enc:ty, $lanes:ty, $v:ty, $dpbusd:ident, $dpwssd:ident $(, $g:tt)?) => {
+        impl$(<const $g: bool>)? Vnni<$lanes> for $enc {
+            #[inline(always)]
+            unsafe fn dpbusd(acc: $v, u: $v, s: $v) -> $v {
+                $dpbusd(acc, u, s)
+            }
+            #[inline(always)]
+            unsafe fn dpwssd(acc: $v, a: $v, b: $v) -> $v {
+                $dpwssd(acc, a, b)
+            }
+        }
+    };
 }
 
-impl<const ZIP: bool> Vnni<Pair<ZIP>> for Evex {
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        _mm512_dpwssd_epi32(acc, a, b)
-    }
-}
-
-impl Vnni<Ymm> for Vex {
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        _mm256_dpwssd_avx_epi32(acc, a, b)
-    }
-}
+vnni!(Evex, Ymm, __m256i, _mm256_dpbusd_epi32, _mm256_dpwssd_epi32);
+vnni!(Evex, Pair<ZIP>, __m512i, _mm512_dpbusd_epi32, _mm512_dpwssd_epi32, ZIP);
+vnni!(Vex, Ymm, __m256i, _mm256_dpbusd_avx_epi32, _mm256_dpwssd_avx_epi32);

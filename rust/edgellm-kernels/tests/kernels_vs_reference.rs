@@ -438,7 +438,7 @@ fn isa_override_parsing() {
         // AVX-VNNI: as the CPU reports it, or the override for CPUs whose
         // hypervisor masks the bit; below AVX-512 when both run.
         let reported = has!("avxvnni");
-        let assumed = std::env::var(edgellm_kernels::ASSUME_AVXVNNI_ENV).is_ok_and(|v| v == "1");
+        let assumed = std::env::var(edgellm_kernels::ASSUME_AVXVNNI_ENV).is_ok_and(|v| v.trim() == "1");
         assert_eq!(Kernels::for_isa(Isa::AvxVnni).is_ok(), Isa::Avx2.is_supported() && (reported || assumed));
         assert_eq!(Isa::best() == Isa::AvxVnni, !avx512 && Isa::AvxVnni.is_supported());
         eprintln!("x86 kernel tables under test: {:?}", Isa::supported());

@@ -1,10 +1,10 @@
 //! VNNI tiles of the quantized prompt GEMM (see [`crate::quant::qgemm`]), on the
 //! AVX2 panel layout and packer, for the AVX-512 table (EVEX) and the AVX-VNNI
 //! one (VEX, see [`super::vnni`]; the same tiles but for the 512-bit pairs).
-//! Per 4-element group and token, one `vpdpbusd` (256-bit) adds the four unsigned × signed byte products
-//! of each of the 8 rows straight into its i32 lane, where AVX2 needs
-//! `vpmaddubsw` plus a widening step (and for q8_0 a sign transfer first), and
-//! the i32 sums cannot saturate. q8_0's signed weights are made unsigned by
+//! Per 4-element group and token, one `vpdpbusd` (256-bit) adds the four
+//! unsigned × signed byte products of each of the 8 rows straight into its
+//! i32 lane, where AVX2 needs `vpmaddubsw` plus a widening step (and for
+//! q8_0 a sign transfer first), and the i32 sums cannot saturate. q8_0's signed weights are made unsigned by
 //! flipping their sign bits (`w + 128`); the `128 · Σ a` this adds per block is
 //! subtracted from the exact integer sum, as q4_0's `8 · Σ a`. The f32 steps are
 //! the AVX2 tiles' own, so results stay bit-identical to the scalar `vec_dot`.
